@@ -1,0 +1,49 @@
+// Finds an installed SPDK: $SPDK_DIR, then pkg-config (spdk_bdev), then /opt/spdk.
+// Without one, the build stops with a message saying where it looked.
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=SPDK_DIR");
+    println!("cargo:rerun-if-changed=build.rs");
+    let mut looked = Vec::new();
+    let root = find(&mut looked).unwrap_or_else(|| {
+        panic!(
+            "SPDK not found. Looked in: {}.\n\
+             Install SPDK (v26.05) and point the build at it with SPDK_DIR=/path/to/prefix \
+             (the directory holding include/spdk and lib), or make `pkg-config spdk_bdev` work \
+             (PKG_CONFIG_PATH=<prefix>/lib/pkgconfig), or install it to /opt/spdk.",
+            looked.join(", ")
+        )
+    });
+    println!("cargo:rustc-link-search=native={}", root.join("lib").display());
+    println!("cargo:root={}", root.display());
+}
+
+fn has_headers(p: &PathBuf) -> bool {
+    p.join("include/spdk/bdev_module.h").exists()
+}
+
+fn find(looked: &mut Vec<String>) -> Option<PathBuf> {
+    if let Ok(d) = std::env::var("SPDK_DIR") {
+        let p = PathBuf::from(&d);
+        looked.push(format!("SPDK_DIR={d}"));
+        if has_headers(&p) {
+            return Some(p);
+        }
+    } else {
+        looked.push("SPDK_DIR (unset)".into());
+    }
+    looked.push("pkg-config spdk_bdev".into());
+    if let Ok(out) = Command::new("pkg-config").args(["--variable=prefix", "spdk_bdev"]).output() {
+        if out.status.success() {
+            let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if has_headers(&p) {
+                return Some(p);
+            }
+        }
+    }
+    let p = PathBuf::from("/opt/spdk");
+    looked.push("/opt/spdk".into());
+    has_headers(&p).then_some(p)
+}

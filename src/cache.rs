@@ -1,0 +1,388 @@
+//! The cache: opening (format or load + replay), options, and shared state.
+//!
+//! The request paths (request.rs), writeback (writeback.rs) and GC (gc.rs) are
+//! `impl Cache` blocks over the state defined here.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::format::{
+    self, CacheInfo, KeyRecord, LogPos, Superblock, CACHE_INFO_OFF, FORMAT_VERSION, KSET_MAX_SIZE, MAX_SEGS,
+    MAX_SEG_SIZE, META_BLOCK, MIN_SEGS, MIN_SEG_SIZE, REC_CACHE_INFO, SB_FLAG_DATA_CRC, SB_OFF, SB_SIZE, SECTOR,
+    SEG_START,
+};
+use crate::index::Index;
+use crate::keylog::KeyLog;
+use crate::pmem::Media;
+use crate::replay::{replay, ReplayReport};
+use crate::replica::Replica;
+use crate::segment::{Geometry, SegmentTable};
+use crate::stats::{Counters, Stats};
+use crate::tails::Tails;
+use crate::writeback::WbState;
+
+/// Who the cache is in front of; recorded at format and checked at every open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseIdentity {
+    pub size: u64,
+    pub block_size: u32,
+    /// Caller-chosen name (a bdev name or UUID, a path); at most 64 bytes.
+    pub id: String,
+}
+
+/// How to open a cache device.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub base: BaseIdentity,
+    /// Keep a crc32c of every key's data and check it on every read hit.
+    pub data_crc: bool,
+    /// Start GC when this percentage of segments is in use (0–90). None keeps
+    /// what the device has (70 on a new one).
+    pub gc_percent: Option<u8>,
+    /// Segment size for a new format.
+    pub seg_size: u64,
+    /// How many workers will call the engine (one data head each).
+    pub workers: usize,
+    /// Format even if the device holds a pcache (dirty data is lost).
+    pub force_format: bool,
+    /// Insert read misses into the cache as clean keys.
+    pub read_cache: bool,
+    /// An open kset reaches media at the latest this long after its first key.
+    pub kset_flush_interval: Duration,
+}
+
+impl Config {
+    pub fn new(base: BaseIdentity) -> Self {
+        Config {
+            base,
+            data_crc: false,
+            gc_percent: None,
+            seg_size: format::DEFAULT_SEG_SIZE,
+            workers: 1,
+            force_format: false,
+            read_cache: true,
+            kset_flush_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+pub const DEFAULT_GC_PERCENT: u8 = 70;
+/// Open ksets; a key goes to the one of its subtree (so overlapping writes
+/// share a kset and replay in order).
+pub const N_KSETS: usize = 16;
+
+/// What open() did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    Formatted,
+    Loaded(ReplayReport),
+}
+
+/// A worker's current place to put data.
+#[derive(Default)]
+pub struct DataHead {
+    pub seg: Option<u32>,
+    pub off: u32,
+}
+
+/// Keys not yet journalled.
+#[derive(Default)]
+pub struct OpenKset {
+    pub keys: Vec<KeyRecord>,
+    pub since: Option<Instant>,
+}
+
+pub struct Cache {
+    pub(crate) media: Arc<dyn Media>,
+    pub(crate) sb: Superblock,
+    pub(crate) geo: Geometry,
+    pub(crate) segs: SegmentTable,
+    pub(crate) index: Index,
+    pub(crate) ksets: Vec<Mutex<OpenKset>>,
+    pub(crate) log: Mutex<KeyLog>,
+    pub(crate) tails: Mutex<Tails>,
+    pub(crate) info: Mutex<Replica>,
+    pub(crate) gc_percent: AtomicU8,
+    pub(crate) heads: Vec<Mutex<DataHead>>,
+    pub(crate) wb: Mutex<WbState>,
+    pub(crate) counters: Counters,
+    /// Set when a write could not get space; GC then runs whatever gc_percent says.
+    pub(crate) pressure: AtomicBool,
+    pub(crate) read_cache: bool,
+    pub(crate) kset_interval: Duration,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Free segments kept back so that sealing every open kset always finds log room.
+fn log_reserve(geo: &Geometry) -> u32 {
+    let need = (N_KSETS + 2) * KSET_MAX_SIZE;
+    (need as u32).div_ceil(geo.payload() - KSET_MAX_SIZE as u32) + 1
+}
+
+impl Cache {
+    /// Opens the cache on `media`: formats a blank device, loads and replays a
+    /// pcache, refuses anything else unless `cfg.force_format`.
+    pub fn open(media: Arc<dyn Media>, cfg: &Config) -> Result<(Cache, Opened)> {
+        validate_config(cfg)?;
+        let mut head = vec![0u8; META_BLOCK as usize];
+        if media.len() < SEG_START {
+            return Err(Error::InvalidArgument(format!("cache device of {} bytes is too small", media.len())));
+        }
+        media.read(SB_OFF, &mut head)?;
+        if cfg.force_format || head.iter().all(|&b| b == 0) {
+            let cache = Self::format(media, cfg)?;
+            return Ok((cache, Opened::Formatted));
+        }
+        let sb = Superblock::decode(&head, media.len())?;
+        check_identity(&sb, cfg)?;
+        let (cache, report) = Self::load(media, sb, cfg)?;
+        Ok((cache, Opened::Loaded(report)))
+    }
+
+    /// Reads a superblock without opening (for tools).
+    pub fn read_superblock(media: &dyn Media) -> Result<Superblock> {
+        let mut head = vec![0u8; SB_SIZE];
+        media.read(SB_OFF, &mut head)?;
+        if head.iter().all(|&b| b == 0) {
+            return Err(Error::NotPcache("device is blank".into()));
+        }
+        Superblock::decode(&head, media.len())
+    }
+
+    fn format(media: Arc<dyn Media>, cfg: &Config) -> Result<Cache> {
+        let seg_count = ((media.len() - SEG_START) / cfg.seg_size).min(MAX_SEGS);
+        if seg_count < MIN_SEGS {
+            return Err(Error::InvalidArgument(format!(
+                "cache device of {} bytes holds {seg_count} segments of {} bytes; at least {MIN_SEGS} are needed",
+                media.len(),
+                cfg.seg_size
+            )));
+        }
+        let sb = Superblock {
+            version: FORMAT_VERSION,
+            flags: if cfg.data_crc { SB_FLAG_DATA_CRC } else { 0 },
+            nonce: new_nonce(),
+            seg_size: cfg.seg_size as u32,
+            seg_count: seg_count as u32,
+            seg_start: SEG_START,
+            base_size: cfg.base.size,
+            base_block_size: cfg.base.block_size,
+            base_id: cfg.base.id.clone(),
+            cache_size: media.len(),
+        };
+        let geo = geometry(&sb);
+        check_workers(&geo, cfg.workers)?;
+        // Invalidate the old superblock first: a crash mid-format leaves a
+        // device that is refused, never a mix of two formats.
+        media.zero(SB_OFF, META_BLOCK)?;
+        media.fence();
+        SegmentTable::format(&*media, geo)?;
+        let gc = cfg.gc_percent.unwrap_or(DEFAULT_GC_PERCENT);
+        Replica::init(&*media, CACHE_INFO_OFF, REC_CACHE_INFO, |r| CacheInfo { gc_percent: gc }.to_body(r))?;
+        // The key log starts in segment 0.
+        Tails::format(&*media, LogPos { seg: 0, off: 0, seq: 1 })?;
+        media.write(SB_OFF, &sb.encode())?;
+        media.fence();
+        log::info!("formatted cache: {} segments of {} bytes", seg_count, cfg.seg_size);
+        let (cache, _) = Self::load(media, sb, cfg)?;
+        Ok(cache)
+    }
+
+    fn load(media: Arc<dyn Media>, sb: Superblock, cfg: &Config) -> Result<(Cache, ReplayReport)> {
+        let geo = geometry(&sb);
+        check_workers(&geo, cfg.workers)?;
+        let (mut info_rep, info_rec, _) = Replica::load(&*media, CACHE_INFO_OFF, REC_CACHE_INFO, "cache info")?;
+        let mut info = CacheInfo::from_body(&info_rec)?;
+        if let Some(gc) = cfg.gc_percent {
+            if gc != info.gc_percent {
+                info.gc_percent = gc;
+                info_rep.store(&*media, |r| info.to_body(r))?;
+            }
+        }
+        let segs = SegmentTable::load(&*media, geo, log_reserve(&geo))?;
+        let tails = Tails::load(&*media)?;
+        let index = Index::new(sb.base_size);
+        let replayed = replay(&*media, &sb, &segs, &index, &tails)?;
+        segs.finish_load();
+        let counters = Counters::default();
+        Counters::add(&counters.dirty_bytes, replayed.report.dirty_bytes);
+        let cache = Cache {
+            log: Mutex::new(KeyLog::new(replayed.head, sb.nonce)),
+            media,
+            geo,
+            segs,
+            index,
+            ksets: (0..N_KSETS).map(|_| Mutex::new(OpenKset::default())).collect(),
+            tails: Mutex::new(tails),
+            info: Mutex::new(info_rep),
+            gc_percent: AtomicU8::new(info.gc_percent),
+            heads: (0..cfg.workers).map(|_| Mutex::new(DataHead::default())).collect(),
+            wb: Mutex::new(WbState::default()),
+            counters,
+            pressure: AtomicBool::new(false),
+            read_cache: cfg.read_cache,
+            kset_interval: cfg.kset_flush_interval,
+            sb,
+        };
+        Ok((cache, replayed.report))
+    }
+
+    pub fn superblock(&self) -> &Superblock {
+        &self.sb
+    }
+
+    pub fn data_crc(&self) -> bool {
+        self.sb.data_crc()
+    }
+
+    pub fn workers(&self) -> usize {
+        self.heads.len()
+    }
+
+    /// Changes the GC threshold and persists it.
+    pub fn set_gc_percent(&self, pct: u8) -> Result<()> {
+        if pct > 90 {
+            return Err(Error::InvalidArgument(format!("gc_percent {pct} is above 90")));
+        }
+        lock(&self.info).store(&*self.media, |r| CacheInfo { gc_percent: pct }.to_body(r))?;
+        self.gc_percent.store(pct, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Called whenever segments are freed, from whatever thread freed them;
+    /// hosts use it to resume writes that were deferred for lack of space.
+    pub fn set_space_notifier(&self, f: Option<Box<dyn Fn() + Send + Sync>>) {
+        self.segs.set_notifier(f);
+    }
+
+    /// Changes each time segments are freed.
+    pub fn space_epoch(&self) -> u64 {
+        self.segs.space_epoch()
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = Stats::default();
+        self.counters.snapshot_into(&mut s);
+        s.segs_total = self.geo.seg_count;
+        s.segs_used = self.segs.used_count();
+        s.gc_percent = self.gc_percent.load(Ordering::Relaxed);
+        let head = lock(&self.log).head;
+        let t = lock(&self.tails);
+        s.key_head = (head.seg, head.off, head.seq);
+        s.key_tail = (t.key.seg, t.key.off, t.key.seq);
+        s.dirty_tail = (t.dirty.seg, t.dirty.off, t.dirty.seq);
+        s
+    }
+
+    /// Extents in the DRAM index.
+    pub fn index_extents(&self) -> usize {
+        self.index.extents()
+    }
+
+    /// True when nothing is dirty: every journalled key has been written back
+    /// and no open kset holds a dirty key.
+    pub fn is_clean(&self) -> bool {
+        let head = lock(&self.log).head;
+        let dirty_in_open = self.ksets.iter().any(|k| lock(k).keys.iter().any(|k| k.is_dirty()));
+        lock(&self.tails).dirty.seq == head.seq && !dirty_in_open
+    }
+
+    /// Orderly shutdown: journals every open kset and releases the data heads.
+    pub fn close(self) -> Result<()> {
+        self.flush()?;
+        for h in &self.heads {
+            if let Some(seg) = lock(h).seg.take() {
+                self.segs.put(&*self.media, seg)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn release_seg(&self, seg: u32) -> Result<()> {
+        self.segs.put(&*self.media, seg)
+    }
+}
+
+pub(crate) fn geometry(sb: &Superblock) -> Geometry {
+    Geometry { seg_start: sb.seg_start, seg_size: sb.seg_size as u64, seg_count: sb.seg_count }
+}
+
+fn validate_config(cfg: &Config) -> Result<()> {
+    let b = &cfg.base;
+    if b.block_size == 0 || b.block_size as u64 % SECTOR != 0 || !b.block_size.is_power_of_two() {
+        return Err(Error::InvalidArgument(format!("base block size {} is not a power-of-two multiple of 512", b.block_size)));
+    }
+    if b.size == 0 || b.size % b.block_size as u64 != 0 {
+        return Err(Error::InvalidArgument(format!("base size {} is not a multiple of its block size", b.size)));
+    }
+    if b.id.len() > format::BASE_ID_LEN {
+        return Err(Error::InvalidArgument(format!("base id is longer than {} bytes", format::BASE_ID_LEN)));
+    }
+    if !(MIN_SEG_SIZE..=MAX_SEG_SIZE).contains(&cfg.seg_size) || cfg.seg_size % META_BLOCK != 0 {
+        return Err(Error::InvalidArgument(format!(
+            "segment size {} must be a multiple of 4096 between {MIN_SEG_SIZE} and {MAX_SEG_SIZE}",
+            cfg.seg_size
+        )));
+    }
+    if let Some(gc) = cfg.gc_percent {
+        if gc > 90 {
+            return Err(Error::InvalidArgument(format!("gc_percent {gc} is above 90")));
+        }
+    }
+    if cfg.workers == 0 {
+        return Err(Error::InvalidArgument("at least one worker is needed".into()));
+    }
+    Ok(())
+}
+
+fn check_workers(geo: &Geometry, workers: usize) -> Result<()> {
+    // Every worker may pin a half-filled segment; the log needs its reserve and
+    // one segment of its own; GC needs at least one more to make progress.
+    let need = workers as u64 + log_reserve(geo) as u64 + 2;
+    if (geo.seg_count as u64) < need {
+        return Err(Error::InvalidArgument(format!(
+            "{} segments are too few for {workers} workers (need {need})",
+            geo.seg_count
+        )));
+    }
+    Ok(())
+}
+
+fn check_identity(sb: &Superblock, cfg: &Config) -> Result<()> {
+    let b = &cfg.base;
+    let mut diffs = Vec::new();
+    if sb.base_id != b.id {
+        diffs.push(format!("base id is {:?}, device records {:?}", b.id, sb.base_id));
+    }
+    if sb.base_size != b.size {
+        diffs.push(format!("base size is {}, device records {}", b.size, sb.base_size));
+    }
+    if sb.base_block_size != b.block_size {
+        diffs.push(format!("base block size is {}, device records {}", b.block_size, sb.base_block_size));
+    }
+    if sb.data_crc() != cfg.data_crc {
+        diffs.push(format!("data_crc requested {}, device has {}", cfg.data_crc, sb.data_crc()));
+    }
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Mismatch(format!("{} (use force_format to discard the cache)", diffs.join("; "))))
+    }
+}
+
+fn new_nonce() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        if f.read_exact(&mut b).is_ok() {
+            return u64::from_le_bytes(b);
+        }
+    }
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    (t as u64) ^ ((std::process::id() as u64) << 32)
+}

@@ -1,0 +1,72 @@
+//! pcache: a crash-consistent, log-structured write-back cache over persistent memory.
+//!
+//! This crate is the cache engine. It knows nothing of SPDK: hosts (the SPDK
+//! bdev module, the offline tools, the bench and the tests) call it from their
+//! own workers and pollers. It never blocks and starts no threads.
+//!
+//! - [`format`]: the on-media layout; [`replica`]: dual-replicated records
+//! - [`pmem`]: pmem access (libpmem, DRAM, crash simulation)
+//! - [`segment`]: space allocation and reclaim; [`index`]: the sharded DRAM index
+//! - [`keylog`]: the key log of ksets; [`tails`]: key_tail and dirty_tail
+//! - [`replay`]: rebuilding state at open
+//! - [`request`]: write, read, fill, flush; [`writeback`]; [`gc`]
+//! - [`base`]: the base device interface; [`stats`]
+
+pub mod base;
+pub mod cache;
+pub mod error;
+pub mod format;
+pub mod gc;
+pub mod index;
+pub mod iov;
+pub mod keylog;
+pub mod pmem;
+pub mod replay;
+pub mod replica;
+pub mod request;
+pub mod segment;
+pub mod stats;
+pub mod tails;
+pub mod writeback;
+
+pub use base::{BaseDevice, FileBase, MemBase};
+pub use cache::{BaseIdentity, Cache, Config, Opened};
+pub use error::{Error, Result};
+pub use request::{Miss, WriteOutcome};
+pub use stats::Stats;
+pub use writeback::WbProgress;
+
+use std::time::Duration;
+
+/// What a host poller tick did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tick {
+    pub ksets_sealed: usize,
+    pub writeback_advanced: bool,
+    pub writeback_busy: bool,
+    pub gc_ksets: usize,
+}
+
+impl Tick {
+    pub fn did_work(&self) -> bool {
+        self.ksets_sealed > 0 || self.writeback_advanced || self.gc_ksets > 0
+    }
+}
+
+impl Cache {
+    /// One round of background work: kset timer, writeback, GC.
+    pub fn background_step(&self, base: &dyn BaseDevice) -> Result<Tick> {
+        let ksets_sealed = self.flush_expired_ksets()?;
+        let wb = self.writeback_step(base)?;
+        let gc_ksets = self.gc_step()?;
+        Ok(Tick {
+            ksets_sealed,
+            writeback_advanced: wb == WbProgress::Advanced,
+            writeback_busy: wb == WbProgress::Busy,
+            gc_ksets,
+        })
+    }
+}
+
+/// Default interval at which hosts should call [`Cache::background_step`].
+pub const POLL_INTERVAL: Duration = Duration::from_micros(100);

@@ -1,0 +1,131 @@
+//! A pmem stand-in that simulates power failure.
+//!
+//! Every store is applied to the visible contents at once, and recorded per
+//! thread as pending cache lines. A thread's [`Media::fence`] makes its pending
+//! lines durable (copies them into the durable image). [`CrashSim::crash`]
+//! returns the durable image plus an arbitrary, seeded subset of the lines that
+//! were stored but never fenced — what real pmem may hold after a power cut.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::thread::ThreadId;
+
+use super::{check_range, Media, CACHE_LINE};
+use crate::error::Result;
+
+struct State {
+    visible: Vec<u8>,
+    durable: Vec<u8>,
+    /// Lines stored by each thread since its last fence.
+    pending: HashMap<ThreadId, HashSet<u64>>,
+}
+
+pub struct CrashSim {
+    state: Mutex<State>,
+}
+
+impl CrashSim {
+    pub fn new(len: usize) -> Self {
+        Self::from_image(vec![0; len])
+    }
+
+    /// Starts from a durable image (for example what a previous crash left).
+    pub fn from_image(image: Vec<u8>) -> Self {
+        CrashSim {
+            state: Mutex::new(State {
+                visible: image.clone(),
+                durable: image,
+                pending: HashMap::new(),
+            }),
+        }
+    }
+
+    /// Number of lines stored but not yet fenced, over all threads.
+    pub fn pending_lines(&self) -> usize {
+        let s = self.lock();
+        let all: HashSet<u64> = s.pending.values().flatten().copied().collect();
+        all.len()
+    }
+
+    /// The image after a power failure: durable lines, plus each unfenced line
+    /// kept with probability 1/2, chosen by `seed`.
+    pub fn crash(&self, seed: u64) -> Vec<u8> {
+        let s = self.lock();
+        let mut image = s.durable.clone();
+        let mut lines: Vec<u64> = s.pending.values().flatten().copied().collect();
+        lines.sort_unstable();
+        lines.dedup();
+        let mut rng = SplitMix64(seed);
+        for line in lines {
+            if rng.next() & 1 == 1 {
+                let a = (line * CACHE_LINE) as usize;
+                let b = (a + CACHE_LINE as usize).min(image.len());
+                image[a..b].copy_from_slice(&s.visible[a..b]);
+            }
+        }
+        image
+    }
+
+    /// The image as if every store had been fenced (an orderly shutdown).
+    pub fn visible_image(&self) -> Vec<u8> {
+        self.lock().visible.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Media for CrashSim {
+    fn len(&self) -> u64 {
+        self.lock().visible.len() as u64
+    }
+
+    fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
+        let s = self.lock();
+        check_range(s.visible.len() as u64, off, buf.len())?;
+        buf.copy_from_slice(&s.visible[off as usize..off as usize + buf.len()]);
+        Ok(())
+    }
+
+    fn write(&self, off: u64, data: &[u8]) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut s = self.lock();
+        check_range(s.visible.len() as u64, off, data.len())?;
+        s.visible[off as usize..off as usize + data.len()].copy_from_slice(data);
+        let first = off / CACHE_LINE;
+        let last = (off + data.len() as u64 - 1) / CACHE_LINE;
+        let me = std::thread::current().id();
+        let set = s.pending.entry(me).or_default();
+        set.extend(first..=last);
+        Ok(())
+    }
+
+    fn fence(&self) {
+        let mut s = self.lock();
+        let me = std::thread::current().id();
+        if let Some(lines) = s.pending.remove(&me) {
+            let State { visible, durable, .. } = &mut *s;
+            for line in lines {
+                let a = (line * CACHE_LINE) as usize;
+                let b = (a + CACHE_LINE as usize).min(visible.len());
+                durable[a..b].copy_from_slice(&visible[a..b]);
+            }
+        }
+    }
+}
+
+/// A small deterministic generator, so a failing crash seed reproduces exactly.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}

@@ -1,0 +1,290 @@
+//! The I/O paths: write, read, fill (read caching) and flush.
+//!
+//! A write copies the caller's data into space from the worker's data head,
+//! fences it, then — under its subtree lock — enters the key in the index and
+//! in the subtree's open kset. Doing both under one lock makes log order equal
+//! index order for overlapping writes, so replay rebuilds exactly what readers
+//! saw. A read copies hits from pmem under the subtree's read lock, which also
+//! keeps GC from reclaiming the segment mid-copy.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crate::cache::{lock, Cache, DataHead, OpenKset, N_KSETS};
+use crate::error::{Error, Result};
+use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC, KEY_FLAG_DIRTY, KSET_MAX_KEYS, SECTOR, SUBTREE_SIZE};
+use crate::index::{Extent, Index};
+use crate::iov;
+use crate::segment::Use;
+use crate::stats::Counters;
+
+/// Result of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// All bytes are in the cache.
+    Done,
+    /// The cache is full: the first `written` bytes are in; resubmit the rest
+    /// once space is freed (see [`Cache::set_space_notifier`]).
+    Deferred { written: u64 },
+}
+
+/// A range a read did not find in the cache. Read it from the base device,
+/// then optionally hand it to [`Cache::fill`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Miss {
+    /// Absolute base-device offset.
+    pub off: u64,
+    pub len: u64,
+    /// Byte position of this range inside the read's buffers.
+    pub buf_at: u64,
+    version: u64,
+}
+
+impl Cache {
+    fn check_io(&self, offset: u64, len: u64) -> Result<()> {
+        if offset % SECTOR != 0 || len % SECTOR != 0 {
+            return Err(Error::InvalidArgument(format!("I/O at {offset} of {len} bytes is not 512-byte aligned")));
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= self.sb.base_size => Ok(()),
+            _ => Err(Error::InvalidArgument(format!(
+                "I/O at {offset} of {len} bytes goes beyond the base device ({} bytes)",
+                self.sb.base_size
+            ))),
+        }
+    }
+
+    /// Writes `data` at base offset `offset` into the cache (dirty).
+    pub fn write(&self, worker: usize, offset: u64, data: &[IoSlice]) -> Result<WriteOutcome> {
+        let total = iov::total_len(data);
+        self.check_io(offset, total)?;
+        let mut head = lock(&self.heads[worker % self.heads.len()]);
+        let mut done = 0u64;
+        while done < total {
+            let off = offset + done;
+            let to_boundary = SUBTREE_SIZE - (off & (SUBTREE_SIZE - 1));
+            let want = (total - done).min(to_boundary) as u32;
+            let Some((seg, seg_off, got)) = self.alloc_data(&mut head, want)? else {
+                Counters::add(&self.counters.deferred_writes, 1);
+                return Ok(WriteOutcome::Deferred { written: done });
+            };
+            let crc = iov::gather_to_media(&*self.media, self.geo.addr(seg, seg_off), data, done, got as u64, self.data_crc())?;
+            self.media.fence();
+            let mut flags = KEY_FLAG_DIRTY;
+            if self.data_crc() {
+                flags |= KEY_FLAG_CRC;
+            }
+            let key = KeyRecord { off, len: got, flags, seg, seg_off, gen: self.segs.gen(seg), data_crc: if self.data_crc() { crc } else { 0 } };
+            match self.insert_key(key, None) {
+                Ok(_) => {}
+                Err(Error::NoSpace(_)) => {
+                    self.pressure.store(true, Ordering::Relaxed);
+                    Counters::add(&self.counters.deferred_writes, 1);
+                    return Ok(WriteOutcome::Deferred { written: done });
+                }
+                Err(e) => return Err(e),
+            }
+            done += got as u64;
+        }
+        Counters::add(&self.counters.write_ops, 1);
+        Counters::add(&self.counters.write_bytes, total);
+        Ok(WriteOutcome::Done)
+    }
+
+    /// Convenience for a single contiguous buffer.
+    pub fn write_buf(&self, worker: usize, offset: u64, data: &[u8]) -> Result<WriteOutcome> {
+        self.write(worker, offset, &[IoSlice::new(data)])
+    }
+
+    /// Takes up to `want` bytes from the worker's data head (never crossing a
+    /// segment). None when no segment can be had: the caller defers.
+    fn alloc_data(&self, head: &mut DataHead, want: u32) -> Result<Option<(u32, u32, u32)>> {
+        loop {
+            if let Some(seg) = head.seg {
+                let room = self.geo.payload() - head.off;
+                if room >= SECTOR as u32 {
+                    let got = want.min(room);
+                    let at = head.off;
+                    head.off += got;
+                    return Ok(Some((seg, at, got)));
+                }
+                head.seg = None;
+                self.release_seg(seg)?;
+            }
+            match self.segs.alloc(Use::Data) {
+                Some(seg) => {
+                    self.pressure.store(false, Ordering::Relaxed);
+                    head.seg = Some(seg);
+                    head.off = 0;
+                }
+                None => {
+                    self.pressure.store(true, Ordering::Relaxed);
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Enters a key in the index and its open kset. With `expect_version`,
+    /// only if the subtree has not changed since (read fills). Returns whether
+    /// the key went in.
+    fn insert_key(&self, key: KeyRecord, expect_version: Option<u64>) -> Result<bool> {
+        let st = Index::subtree_of(key.off);
+        let mut t = self.index.write(st);
+        if expect_version.is_some_and(|v| v != t.version) {
+            return Ok(false);
+        }
+        let mut ks = lock(&self.ksets[st % N_KSETS]);
+        if ks.keys.len() >= KSET_MAX_KEYS {
+            self.seal(&mut ks)?;
+        }
+        let e = Extent { len: key.len, seg: key.seg, seg_off: key.seg_off, gen: key.gen as u32, crc: key.data_crc, flags: key.flags };
+        let recrc = |e: &Extent| self.extent_crc(e);
+        t.insert(key.off, e, if self.data_crc() { Some(&recrc) } else { None });
+        self.segs.get(key.seg);
+        if key.is_dirty() {
+            Counters::add(&self.counters.dirty_bytes, key.len as u64);
+        }
+        ks.keys.push(key);
+        ks.since.get_or_insert_with(Instant::now);
+        Ok(true)
+    }
+
+    /// crc32c of an extent's bytes in pmem (!0 if unreadable, which never matches).
+    pub(crate) fn extent_crc(&self, e: &Extent) -> u32 {
+        let mut buf = vec![0u8; e.len as usize];
+        match self.media.read(self.geo.addr(e.seg, e.seg_off), &mut buf) {
+            Ok(()) => data_crc(&[&buf]),
+            Err(_) => !0,
+        }
+    }
+
+    /// Journals an open kset.
+    pub(crate) fn seal(&self, ks: &mut OpenKset) -> Result<()> {
+        if ks.keys.is_empty() {
+            return Ok(());
+        }
+        lock(&self.log).append(&*self.media, &self.segs, &ks.keys)?;
+        ks.keys.clear();
+        ks.since = None;
+        Counters::add(&self.counters.kset_flushes, 1);
+        Ok(())
+    }
+
+    /// Makes every write completed so far durable (FLUSH, and FUA after a write).
+    pub fn flush(&self) -> Result<()> {
+        for k in &self.ksets {
+            self.seal(&mut lock(k))?;
+        }
+        Counters::add(&self.counters.flush_ops, 1);
+        Ok(())
+    }
+
+    /// Journals open ksets older than the flush interval (or all of them when
+    /// writes wait for space). Returns how many were sealed.
+    pub fn flush_expired_ksets(&self) -> Result<usize> {
+        let all = self.pressure.load(Ordering::Relaxed);
+        let mut n = 0;
+        for k in &self.ksets {
+            let mut ks = lock(k);
+            let due = match ks.since {
+                Some(t) => all || t.elapsed() >= self.kset_interval,
+                None => false,
+            };
+            if due {
+                self.seal(&mut ks)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Reads `[offset, offset+len(bufs))`: cached bytes are copied into `bufs`;
+    /// the ranges returned are not cached and must be read from the base device.
+    pub fn read(&self, offset: u64, bufs: &mut [IoSliceMut]) -> Result<Vec<Miss>> {
+        let total = iov::total_len_mut(bufs);
+        self.check_io(offset, total)?;
+        let mut misses = Vec::new();
+        let mut pos = 0u64;
+        let mut hit_bytes = 0u64;
+        while pos < total {
+            let off = offset + pos;
+            let chunk = (total - pos).min(SUBTREE_SIZE - (off & (SUBTREE_SIZE - 1)));
+            let t = self.index.read(Index::subtree_of(off));
+            let version = t.version;
+            let mut err = None;
+            let mut hits = Vec::new();
+            t.walk(
+                off,
+                off + chunk,
+                |o, e, skip, n| hits.push((o, *e, skip, n)),
+                |o, n| misses.push(Miss { off: o, len: n, buf_at: o - offset, version }),
+            );
+            for (o, e, skip, n) in hits {
+                if let Err(x) = self.copy_hit(&e, skip, n, bufs, o - offset, o) {
+                    err = Some(x);
+                    break;
+                }
+                hit_bytes += n as u64;
+            }
+            drop(t);
+            if let Some(e) = err {
+                return Err(e);
+            }
+            pos += chunk;
+        }
+        let c = &self.counters;
+        Counters::add(&c.read_hit_bytes, hit_bytes);
+        Counters::add(&c.read_miss_bytes, total - hit_bytes);
+        Counters::add(if misses.is_empty() { &c.read_hit_ops } else { &c.read_miss_ops }, 1);
+        Ok(misses)
+    }
+
+    fn copy_hit(&self, e: &Extent, skip: u32, n: u32, bufs: &mut [IoSliceMut], at: u64, off: u64) -> Result<()> {
+        if e.gen != self.segs.gen(e.seg) as u32 {
+            // Unreachable by construction; never return data from a reused segment.
+            return Err(Error::corrupt("index", format!("stale extent at offset {off}")));
+        }
+        let src = self.geo.addr(e.seg, e.seg_off);
+        if self.data_crc() {
+            let mut whole = vec![0u8; e.len as usize];
+            self.media.read(src, &mut whole)?;
+            if data_crc(&[&whole]) != e.crc {
+                Counters::add(&self.counters.data_crc_errors, 1);
+                return Err(Error::DataCrc { offset: off - skip as u64, len: e.len as u64 });
+            }
+            iov::scatter_from_slice(&whole[skip as usize..(skip + n) as usize], bufs, at);
+            Ok(())
+        } else {
+            iov::scatter_from_media(&*self.media, src + skip as u64, bufs, at, n as u64)
+        }
+    }
+
+    /// Caches data just read from the base device for a miss, unless the range
+    /// changed since the read. Returns whether anything was cached.
+    pub fn fill(&self, worker: usize, miss: &Miss, data: &[u8]) -> Result<bool> {
+        if !self.read_cache || data.len() as u64 != miss.len {
+            return Ok(false);
+        }
+        if self.index.read(Index::subtree_of(miss.off)).version != miss.version {
+            return Ok(false);
+        }
+        let mut head = lock(&self.heads[worker % self.heads.len()]);
+        let Some((seg, seg_off, got)) = self.alloc_data(&mut head, miss.len as u32)? else { return Ok(false) };
+        let piece = &data[..got as usize];
+        self.media.write(self.geo.addr(seg, seg_off), piece)?;
+        self.media.fence();
+        let (flags, crc) = if self.data_crc() { (KEY_FLAG_CRC, data_crc(&[piece])) } else { (0, 0) };
+        let key = KeyRecord { off: miss.off, len: got, flags, seg, seg_off, gen: self.segs.gen(seg), data_crc: crc };
+        let inserted = match self.insert_key(key, Some(miss.version)) {
+            Ok(v) => v,
+            Err(Error::NoSpace(_)) => false,
+            Err(e) => return Err(e),
+        };
+        if inserted {
+            Counters::add(&self.counters.fill_bytes, got as u64);
+        }
+        Ok(inserted)
+    }
+}

@@ -1,0 +1,196 @@
+//! Segments: the unit of pmem space allocation and reclaim.
+//!
+//! A segment is referenced by the data head filling it (a pin), by every
+//! journalled key that points into it, and — for key-log segments — by the log
+//! until GC passes it. When the last reference goes, its generation is bumped
+//! and persisted, and only then is it returned to the free list: keys that
+//! still name the old generation are stale and are rejected.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::error::{Error, Result};
+use crate::format::{self, REC_SEG_META, SEG_META_OFF, SEG_PAYLOAD_OFF};
+use crate::pmem::Media;
+use crate::replica::Replica;
+
+/// Where segments sit on the cache device.
+#[derive(Debug, Clone, Copy)]
+pub struct Geometry {
+    pub seg_start: u64,
+    pub seg_size: u64,
+    pub seg_count: u32,
+}
+
+impl Geometry {
+    /// Bytes of payload (data or ksets) in one segment.
+    pub fn payload(&self) -> u32 {
+        (self.seg_size - SEG_PAYLOAD_OFF) as u32
+    }
+    /// Device offset of a byte in a segment's payload.
+    pub fn addr(&self, seg: u32, off: u32) -> u64 {
+        self.seg_start + seg as u64 * self.seg_size + SEG_PAYLOAD_OFF + off as u64
+    }
+    pub fn meta_offs(&self, seg: u32) -> [u64; 2] {
+        let base = self.seg_start + seg as u64 * self.seg_size;
+        [base + SEG_META_OFF[0], base + SEG_META_OFF[1]]
+    }
+}
+
+/// What a segment is used for; needed only for reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    Data,
+    Log,
+}
+
+struct Shared {
+    free: VecDeque<u32>,
+    meta: Vec<Replica>,
+}
+
+pub struct SegmentTable {
+    pub geo: Geometry,
+    refs: Vec<AtomicU32>,
+    gens: Vec<AtomicU64>,
+    is_log: Vec<AtomicBool>,
+    shared: Mutex<Shared>,
+    /// Free segments kept back for the key log, so journalling never deadlocks.
+    reserve: u32,
+    /// Bumped whenever a segment is freed; lets hosts wake deferred writes.
+    space_epoch: AtomicU64,
+    notifier: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+}
+
+impl SegmentTable {
+    /// Writes generation 0 into both replicas of every segment (format time).
+    pub fn format(media: &dyn Media, geo: Geometry) -> Result<()> {
+        for seg in 0..geo.seg_count {
+            Replica::init(media, geo.meta_offs(seg), REC_SEG_META, |r| format::seg_meta_body(r, seg, 0))?;
+        }
+        Ok(())
+    }
+
+    /// Loads every segment's generation. All segments start free; replay then
+    /// takes references on the ones in use and calls [`SegmentTable::finish_load`].
+    pub fn load(media: &dyn Media, geo: Geometry, reserve: u32) -> Result<Self> {
+        let n = geo.seg_count as usize;
+        let mut meta = Vec::with_capacity(n);
+        let mut gens = Vec::with_capacity(n);
+        for seg in 0..geo.seg_count {
+            let what = format!("segment {seg} metadata");
+            let (rep, rec, _) = Replica::load(media, geo.meta_offs(seg), REC_SEG_META, &what)?;
+            let (id, gen) = format::seg_meta_from_body(&rec);
+            if id != seg {
+                return Err(Error::corrupt(what, format!("records segment id {id}")));
+            }
+            meta.push(rep);
+            gens.push(AtomicU64::new(gen));
+        }
+        Ok(SegmentTable {
+            geo,
+            refs: (0..n).map(|_| AtomicU32::new(0)).collect(),
+            gens,
+            is_log: (0..n).map(|_| AtomicBool::new(false)).collect(),
+            shared: Mutex::new(Shared { free: VecDeque::new(), meta }),
+            reserve,
+            space_epoch: AtomicU64::new(0),
+            notifier: Mutex::new(None),
+        })
+    }
+
+    /// After replay: every segment nobody references is free.
+    pub fn finish_load(&self) {
+        let mut sh = self.lock();
+        sh.free = (0..self.geo.seg_count).filter(|&s| self.refs[s as usize].load(Ordering::Relaxed) == 0).collect();
+    }
+
+    /// Takes a reference during replay (no free-list bookkeeping yet).
+    pub fn replay_get(&self, seg: u32, use_: Use) {
+        self.refs[seg as usize].fetch_add(1, Ordering::Relaxed);
+        if use_ == Use::Log {
+            self.is_log[seg as usize].store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub fn gen(&self, seg: u32) -> u64 {
+        self.gens[seg as usize].load(Ordering::Acquire)
+    }
+
+    pub fn is_log(&self, seg: u32) -> bool {
+        self.is_log[seg as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn refs(&self, seg: u32) -> u32 {
+        self.refs[seg as usize].load(Ordering::Relaxed)
+    }
+
+    /// Allocates a free segment holding one reference for the caller.
+    /// Data allocations leave `reserve` segments for the key log.
+    pub fn alloc(&self, use_: Use) -> Option<u32> {
+        let mut sh = self.lock();
+        if use_ == Use::Data && sh.free.len() as u32 <= self.reserve {
+            return None;
+        }
+        let seg = sh.free.pop_front()?;
+        self.refs[seg as usize].store(1, Ordering::Release);
+        self.is_log[seg as usize].store(use_ == Use::Log, Ordering::Relaxed);
+        Some(seg)
+    }
+
+    /// Takes another reference on a segment the caller already holds one on.
+    pub fn get(&self, seg: u32) {
+        self.refs[seg as usize].fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Drops a reference; the last one bumps the generation and frees the segment.
+    pub fn put(&self, media: &dyn Media, seg: u32) -> Result<()> {
+        let prev = self.refs[seg as usize].fetch_sub(1, Ordering::AcqRel);
+        if prev != 1 {
+            debug_assert!(prev > 1, "segment {seg} reference underflow");
+            return Ok(());
+        }
+        let gen = self.gens[seg as usize].load(Ordering::Acquire) + 1;
+        {
+            let mut sh = self.lock();
+            sh.meta[seg as usize].store(media, |r| format::seg_meta_body(r, seg, gen))?;
+            self.gens[seg as usize].store(gen, Ordering::Release);
+            self.is_log[seg as usize].store(false, Ordering::Relaxed);
+            sh.free.push_back(seg);
+        }
+        self.space_epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(n) = self.notifier.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            n();
+        }
+        Ok(())
+    }
+
+    pub fn free_count(&self) -> u32 {
+        self.lock().free.len() as u32
+    }
+
+    pub fn used_count(&self) -> u32 {
+        self.geo.seg_count - self.free_count()
+    }
+
+    pub fn used_percent(&self) -> u32 {
+        self.used_count() * 100 / self.geo.seg_count
+    }
+
+    pub fn space_epoch(&self) -> u64 {
+        self.space_epoch.load(Ordering::Acquire)
+    }
+
+    pub fn set_notifier(&self, f: Option<Box<dyn Fn() + Send + Sync>>) {
+        *self.notifier.lock().unwrap_or_else(|e| e.into_inner()) = f;
+    }
+
+    pub fn reserve(&self) -> u32 {
+        self.reserve
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,43 @@
+//! The two persisted log tails.
+//!
+//! `key_tail` is where the live log starts (GC moves it); `dirty_tail` is the
+//! first kset not yet written back (writeback moves it). Always
+//! key_tail <= dirty_tail <= key head, compared by sequence number.
+
+use crate::error::Result;
+use crate::format::{LogPos, REC_DIRTY_TAIL, REC_KEY_TAIL, DIRTY_TAIL_OFF, KEY_TAIL_OFF};
+use crate::pmem::Media;
+use crate::replica::Replica;
+
+pub struct Tails {
+    pub key: LogPos,
+    pub dirty: LogPos,
+    key_rep: Replica,
+    dirty_rep: Replica,
+}
+
+impl Tails {
+    pub fn format(media: &dyn Media, start: LogPos) -> Result<Tails> {
+        let key_rep = Replica::init(media, KEY_TAIL_OFF, REC_KEY_TAIL, |r| start.to_body(r))?;
+        let dirty_rep = Replica::init(media, DIRTY_TAIL_OFF, REC_DIRTY_TAIL, |r| start.to_body(r))?;
+        Ok(Tails { key: start, dirty: start, key_rep, dirty_rep })
+    }
+
+    pub fn load(media: &dyn Media) -> Result<Tails> {
+        let (key_rep, k, _) = Replica::load(media, KEY_TAIL_OFF, REC_KEY_TAIL, "key_tail")?;
+        let (dirty_rep, d, _) = Replica::load(media, DIRTY_TAIL_OFF, REC_DIRTY_TAIL, "dirty_tail")?;
+        Ok(Tails { key: LogPos::from_body(&k), dirty: LogPos::from_body(&d), key_rep, dirty_rep })
+    }
+
+    pub fn set_key(&mut self, media: &dyn Media, pos: LogPos) -> Result<()> {
+        self.key_rep.store(media, |r| pos.to_body(r))?;
+        self.key = pos;
+        Ok(())
+    }
+
+    pub fn set_dirty(&mut self, media: &dyn Media, pos: LogPos) -> Result<()> {
+        self.dirty_rep.store(media, |r| pos.to_body(r))?;
+        self.dirty = pos;
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! Writeback: dirty data to the base device, in log order.
+//!
+//! One kset at a time, from dirty_tail: write its dirty keys to the base,
+//! wait, flush the base, then persist the advanced dirty_tail. The base device
+//! therefore always holds a prefix of the journalled history, and a kset whose
+//! writes fail is simply retried — nothing is dropped.
+//!
+//! The host calls [`Cache::writeback_step`] from a poller; completions may
+//! arrive on any thread and only update counters.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crate::base::BaseDevice;
+use crate::cache::{lock, Cache};
+use crate::error::{Error, Result};
+use crate::format::{data_crc, KeyRecord, LogPos, KEY_FLAG_CRC};
+use crate::keylog::read_kset;
+use crate::stats::Counters;
+
+/// Bytes of dirty data in flight to the base at once.
+const WAVE_BYTES: u64 = 8 << 20;
+
+#[derive(Default)]
+pub(crate) struct Inflight {
+    pending: AtomicUsize,
+    failed: AtomicBool,
+}
+
+#[derive(Default)]
+pub(crate) enum WbState {
+    #[default]
+    Idle,
+    /// Writing the kset at `pos`; `waves` are batches of non-overlapping keys.
+    Writing { pos: LogPos, next: LogPos, waves: Vec<Vec<KeyRecord>>, wave: usize, io: Arc<Inflight>, bytes: u64 },
+    Flushing { next: LogPos, io: Arc<Inflight>, bytes: u64 },
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WbProgress {
+    /// Nothing dirty is journalled.
+    Idle,
+    /// I/O is in flight or was just submitted.
+    Busy,
+    /// A kset was completely written back.
+    Advanced,
+}
+
+impl Cache {
+    /// Advances writeback by one step; never blocks.
+    pub fn writeback_step(&self, base: &dyn BaseDevice) -> Result<WbProgress> {
+        let mut st = lock(&self.wb);
+        loop {
+            match std::mem::take(&mut *st) {
+                WbState::Idle => {
+                    let head = lock(&self.log).head;
+                    let pos = lock(&self.tails).dirty;
+                    if pos.seq >= head.seq {
+                        return Ok(WbProgress::Idle);
+                    }
+                    let k = read_kset(&*self.media, &self.segs, self.sb.nonce, pos)?
+                        .ok_or_else(|| Error::corrupt("key log", format!("no kset at dirty_tail seq {}", pos.seq)))?;
+                    let keys: Vec<KeyRecord> =
+                        k.keys.into_iter().filter(|k| k.is_dirty() && k.gen == self.segs.gen(k.seg)).collect();
+                    let bytes = keys.iter().map(|k| k.len as u64).sum();
+                    *st = WbState::Writing { pos, next: k.next, waves: waves(keys), wave: 0, io: Arc::default(), bytes };
+                    // Submit the first wave right away.
+                    if let WbState::Writing { waves, wave, io, .. } = &mut *st {
+                        if let Some(w) = waves.first() {
+                            self.submit_wave(base, w, io)?;
+                            *wave = 1;
+                            return Ok(WbProgress::Busy);
+                        }
+                    }
+                }
+                WbState::Writing { pos, next, waves, wave, io, bytes } => {
+                    if io.pending.load(Ordering::Acquire) > 0 {
+                        *st = WbState::Writing { pos, next, waves, wave, io, bytes };
+                        return Ok(WbProgress::Busy);
+                    }
+                    if io.failed.load(Ordering::Acquire) {
+                        // Start the kset over later; rewriting is idempotent.
+                        Counters::add(&self.counters.writeback_errors, 1);
+                        *st = WbState::Idle;
+                        return Ok(WbProgress::Busy);
+                    }
+                    if wave < waves.len() {
+                        self.submit_wave(base, &waves[wave], &io)?;
+                        *st = WbState::Writing { pos, next, waves, wave: wave + 1, io, bytes };
+                        return Ok(WbProgress::Busy);
+                    }
+                    let io = Arc::new(Inflight { pending: AtomicUsize::new(1), failed: AtomicBool::new(false) });
+                    *st = WbState::Flushing { next, io: io.clone(), bytes };
+                    base.flush(completion(io));
+                }
+                WbState::Flushing { next, io, bytes } => {
+                    if io.pending.load(Ordering::Acquire) > 0 {
+                        *st = WbState::Flushing { next, io, bytes };
+                        return Ok(WbProgress::Busy);
+                    }
+                    if io.failed.load(Ordering::Acquire) {
+                        Counters::add(&self.counters.writeback_errors, 1);
+                        *st = WbState::Idle;
+                        return Ok(WbProgress::Busy);
+                    }
+                    lock(&self.tails).set_dirty(&*self.media, next)?;
+                    Counters::sub(&self.counters.dirty_bytes, bytes);
+                    Counters::add(&self.counters.writeback_bytes, bytes);
+                    Counters::add(&self.counters.writeback_ksets, 1);
+                    return Ok(WbProgress::Advanced);
+                }
+            }
+        }
+    }
+
+    fn submit_wave(&self, base: &dyn BaseDevice, wave: &[KeyRecord], io: &Arc<Inflight>) -> Result<()> {
+        // Read everything first, so a bad data CRC stops the wave before any write.
+        let mut bufs = Vec::with_capacity(wave.len());
+        for k in wave {
+            let mut buf = vec![0u8; k.len as usize];
+            self.media.read(self.geo.addr(k.seg, k.seg_off), &mut buf)?;
+            if k.flags & KEY_FLAG_CRC != 0 && data_crc(&[&buf]) != k.data_crc {
+                Counters::add(&self.counters.data_crc_errors, 1);
+                return Err(Error::DataCrc { offset: k.off, len: k.len as u64 });
+            }
+            bufs.push(buf);
+        }
+        io.pending.fetch_add(wave.len(), Ordering::AcqRel);
+        for (k, buf) in wave.iter().zip(bufs) {
+            base.write(k.off, buf, completion(io.clone()));
+        }
+        Ok(())
+    }
+
+    /// Drives writeback until everything journalled is on the base device.
+    /// For tools and tests with a base that completes inline or on other threads.
+    pub fn writeback_all(&self, base: &dyn BaseDevice) -> Result<()> {
+        let mut idle_spins = 0u32;
+        loop {
+            match self.writeback_step(base)? {
+                WbProgress::Idle => return Ok(()),
+                WbProgress::Advanced => idle_spins = 0,
+                WbProgress::Busy => {
+                    idle_spins += 1;
+                    if idle_spins > 1000 {
+                        std::thread::yield_now();
+                    }
+                    if self.counters.writeback_errors.load(Ordering::Relaxed) > 0 && idle_spins > 1_000_000 {
+                        return Err(Error::Io("writeback keeps failing".into()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn completion(io: Arc<Inflight>) -> crate::base::Done {
+    Box::new(move |r: Result<()>| {
+        if r.is_err() {
+            io.failed.store(true, Ordering::Release);
+        }
+        io.pending.fetch_sub(1, Ordering::AcqRel);
+    })
+}
+
+/// Splits keys into batches that can be written concurrently: a key that
+/// overlaps an earlier key of the batch (or would exceed the byte budget)
+/// starts a new batch, so overlapping writes reach the base in log order.
+fn waves(keys: Vec<KeyRecord>) -> Vec<Vec<KeyRecord>> {
+    let mut out: Vec<Vec<KeyRecord>> = Vec::new();
+    let mut bytes = 0u64;
+    for k in keys {
+        let start_new = match out.last() {
+            None => true,
+            Some(w) => {
+                bytes + k.len as u64 > WAVE_BYTES
+                    || w.iter().any(|o| o.off < k.off + k.len as u64 && k.off < o.off + o.len as u64)
+            }
+        };
+        if start_new {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += k.len as u64;
+        out.last_mut().expect("a wave exists").push(k);
+    }
+    out
+}
