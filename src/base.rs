@@ -32,6 +32,8 @@ pub struct MemBase {
 struct MemBaseState {
     visible: Vec<u8>,
     durable: Vec<u8>,
+    /// Writes completed since the last flush, in completion order.
+    unflushed: Vec<(u64, Vec<u8>)>,
     fail_writes: bool,
     writes: u64,
     flushes: u64,
@@ -44,7 +46,7 @@ impl MemBase {
 
     pub fn from_image(image: Vec<u8>, block_size: u32) -> Self {
         MemBase {
-            state: Mutex::new(MemBaseState { visible: image.clone(), durable: image, fail_writes: false, writes: 0, flushes: 0 }),
+            state: Mutex::new(MemBaseState { visible: image.clone(), durable: image, unflushed: Vec::new(), fail_writes: false, writes: 0, flushes: 0 }),
             block_size,
         }
     }
@@ -52,6 +54,20 @@ impl MemBase {
     /// The contents as a power failure would leave them (only flushed writes).
     pub fn durable_image(&self) -> Vec<u8> {
         self.lock().durable.clone()
+    }
+
+    /// The contents after a power failure of a disk with a volatile cache: the
+    /// flushed image plus an arbitrary (seeded) subset of the later writes.
+    pub fn crash_image(&self, seed: u64) -> Vec<u8> {
+        let s = self.lock();
+        let mut img = s.durable.clone();
+        let mut rng = crate::pmem::SplitMix64(seed);
+        for (off, data) in &s.unflushed {
+            if rng.next() & 1 == 1 {
+                img[*off as usize..*off as usize + data.len()].copy_from_slice(data);
+            }
+        }
+        img
     }
 
     pub fn visible_image(&self) -> Vec<u8> {
@@ -90,6 +106,7 @@ impl BaseDevice for MemBase {
                 Err(Error::Io(format!("base write beyond end at {offset}")))
             } else {
                 s.visible[offset as usize..end].copy_from_slice(&data);
+                s.unflushed.push((offset, data));
                 s.writes += 1;
                 Ok(())
             }
@@ -100,6 +117,7 @@ impl BaseDevice for MemBase {
         {
             let mut s = self.lock();
             s.durable = s.visible.clone();
+            s.unflushed.clear();
             s.flushes += 1;
         }
         done(Ok(()));

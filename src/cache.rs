@@ -107,6 +107,8 @@ pub struct Cache {
     pub(crate) gc_percent: AtomicU8,
     pub(crate) heads: Vec<Mutex<DataHead>>,
     pub(crate) wb: Mutex<WbState>,
+    /// Held by the one GC pass that may run at a time.
+    pub(crate) gc: Mutex<()>,
     pub(crate) counters: Counters,
     /// Set when a write could not get space; GC then runs whatever gc_percent says.
     pub(crate) pressure: AtomicBool,
@@ -223,6 +225,7 @@ impl Cache {
             gc_percent: AtomicU8::new(info.gc_percent),
             heads: (0..cfg.workers).map(|_| Mutex::new(DataHead::default())).collect(),
             wb: Mutex::new(WbState::default()),
+            gc: Mutex::new(()),
             counters,
             pressure: AtomicBool::new(false),
             read_cache: cfg.read_cache,

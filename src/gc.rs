@@ -25,6 +25,8 @@ impl Cache {
 
     /// Reclaims up to a bounded number of ksets. Returns how many.
     pub fn gc_step(&self) -> Result<usize> {
+        // Two passes over the same kset would drop its references twice.
+        let Ok(_pass) = self.gc.try_lock() else { return Ok(0) };
         let mut n = 0;
         while n < KSETS_PER_STEP && self.gc_wanted() {
             let (pos, dirty) = {

@@ -16,7 +16,7 @@ mod crashsim;
 mod file;
 mod mem;
 
-pub use crashsim::CrashSim;
+pub use crashsim::{CrashSim, SplitMix64};
 pub use file::PmemFile;
 pub use mem::MemMedia;
 

@@ -1,0 +1,88 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::io::IoSliceMut;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pcache::pmem::{Media, SplitMix64};
+use pcache::{BaseDevice, BaseIdentity, Cache, Config};
+
+pub const SEG: u64 = 64 << 10;
+pub const SECTOR: usize = 512;
+
+pub fn config(base_size: u64, workers: usize) -> Config {
+    let mut cfg = Config::new(BaseIdentity { size: base_size, block_size: 512, id: "test-base".into() });
+    cfg.seg_size = SEG;
+    cfg.workers = workers;
+    cfg.kset_flush_interval = Duration::from_millis(5);
+    cfg
+}
+
+/// Media bytes for `segs` segments of SEG bytes.
+pub fn media_len(segs: u64) -> usize {
+    (pcache::format::SEG_START + segs * SEG) as usize
+}
+
+pub fn open(media: Arc<dyn Media>, cfg: &Config) -> Cache {
+    Cache::open(media, cfg).map(|(c, _)| c).unwrap_or_else(|e| panic!("open failed: {e}"))
+}
+
+/// Reads through the cache: hits from pmem, misses from the base (then
+/// cached if read caching is on), the way a host does.
+pub fn read_through(cache: &Cache, base: &dyn BaseDevice, worker: usize, off: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    let misses = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        cache.read(off, &mut iov).unwrap_or_else(|e| panic!("read at {off}: {e}"))
+    };
+    for m in misses {
+        let (tx, rx) = std::sync::mpsc::channel();
+        base.read(m.off, vec![0u8; m.len as usize], Box::new(move |b, r| tx.send((b, r)).unwrap()));
+        let (data, r) = rx.recv().unwrap();
+        r.unwrap_or_else(|e| panic!("base read: {e}"));
+        buf[m.buf_at as usize..m.buf_at as usize + m.len as usize].copy_from_slice(&data);
+        cache.fill(worker, &m, &data).unwrap();
+    }
+    buf
+}
+
+/// A sector's worth of bytes that names the write that produced it.
+pub fn pattern(write_id: u64, sector: u64) -> Vec<u8> {
+    let mut rng = SplitMix64(write_id.wrapping_mul(0x1000_0000_01B3) ^ sector);
+    let mut v = Vec::with_capacity(SECTOR);
+    while v.len() < SECTOR {
+        v.extend_from_slice(&rng.next().to_le_bytes());
+    }
+    v[..8].copy_from_slice(&write_id.to_le_bytes());
+    v[8..16].copy_from_slice(&sector.to_le_bytes());
+    v
+}
+
+/// Data for a write of `sectors` sectors starting at sector `first`.
+pub fn write_data(write_id: u64, first: u64, sectors: u64) -> Vec<u8> {
+    (first..first + sectors).flat_map(|s| pattern(write_id, s)).collect()
+}
+
+/// Which write produced this sector's bytes (0 = never written, all zeros).
+pub fn who_wrote(sector_bytes: &[u8], sector: u64) -> Option<u64> {
+    if sector_bytes.iter().all(|&b| b == 0) {
+        return Some(0);
+    }
+    let id = u64::from_le_bytes(sector_bytes[..8].try_into().unwrap());
+    (pattern(id, sector) == sector_bytes).then_some(id)
+}
+
+/// Writes, retrying deferred parts after running background work (a host's queue).
+pub fn write_all(cache: &Cache, base: &dyn BaseDevice, worker: usize, off: u64, data: &[u8]) {
+    let mut done = 0usize;
+    loop {
+        match cache.write_buf(worker, off + done as u64, &data[done..]).unwrap() {
+            pcache::WriteOutcome::Done => return,
+            pcache::WriteOutcome::Deferred { written } => {
+                done += written as usize;
+                cache.background_step(base).unwrap();
+            }
+        }
+    }
+}
