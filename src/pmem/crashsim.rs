@@ -7,6 +7,7 @@
 //! were stored but never fenced — what real pmem may hold after a power cut.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::thread::ThreadId;
 
@@ -22,6 +23,17 @@ struct State {
 
 pub struct CrashSim {
     state: Mutex<State>,
+    /// Counts stores and fences, so a test can crash at any one of them.
+    ops: AtomicU64,
+    crash_points: Mutex<CrashPoints>,
+}
+
+/// Media operations at which to capture a crash image, and what to call then.
+#[derive(Default)]
+struct CrashPoints {
+    at: Vec<u64>,
+    seed: u64,
+    hook: Option<Box<dyn FnMut(u64, Vec<u8>) + Send>>,
 }
 
 impl CrashSim {
@@ -37,6 +49,34 @@ impl CrashSim {
                 durable: image,
                 pending: HashMap::new(),
             }),
+            ops: AtomicU64::new(0),
+            crash_points: Mutex::new(CrashPoints::default()),
+        }
+    }
+
+    /// Before media operation number `at[i]` (stores and fences, counted from
+    /// 0), captures the image a power failure would leave at that instant and
+    /// hands it to `hook` with the operation number.
+    pub fn set_crash_points(&self, mut at: Vec<u64>, seed: u64, hook: Box<dyn FnMut(u64, Vec<u8>) + Send>) {
+        at.sort_unstable();
+        at.reverse();
+        *self.crash_points.lock().unwrap_or_else(|e| e.into_inner()) = CrashPoints { at, seed, hook: Some(hook) };
+    }
+
+    /// Media operations so far.
+    pub fn ops(&self) -> u64 {
+        self.ops.load(Ordering::Relaxed)
+    }
+
+    fn count_op(&self) {
+        let n = self.ops.fetch_add(1, Ordering::Relaxed);
+        let mut cp = self.crash_points.lock().unwrap_or_else(|e| e.into_inner());
+        while cp.at.last() == Some(&n) {
+            cp.at.pop();
+            let image = self.crash(cp.seed ^ n.wrapping_mul(0x9E37_79B9));
+            if let Some(h) = cp.hook.as_mut() {
+                h(n, image);
+            }
         }
     }
 
@@ -92,6 +132,7 @@ impl Media for CrashSim {
         if data.is_empty() {
             return Ok(());
         }
+        self.count_op();
         let mut s = self.lock();
         check_range(s.visible.len() as u64, off, data.len())?;
         s.visible[off as usize..off as usize + data.len()].copy_from_slice(data);
@@ -104,6 +145,7 @@ impl Media for CrashSim {
     }
 
     fn fence(&self) {
+        self.count_op();
         let mut s = self.lock();
         let me = std::thread::current().id();
         if let Some(lines) = s.pending.remove(&me) {
