@@ -1,0 +1,282 @@
+//! Damaged and crafted cache images: load uses the good replica or fails with
+//! an error — never a panic, never wrong data. Covers bit flips, torn replicas
+//! and truncations in every metadata structure, and each class from the
+//! upstream hardening (crafted metadata with valid CRCs).
+
+mod common;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use common::*;
+use pcache::format::{
+    self, encode_kset, KeyRecord, KsetHeader, LogPos, Record, Superblock, CACHE_INFO_OFF, DIRTY_TAIL_OFF,
+    KEY_FLAG_DIRTY, KEY_TAIL_OFF, KSET_FLAG_LAST, REC_DIRTY_TAIL, REC_KEY_TAIL, REC_SIZE, SEG_META_OFF,
+};
+use pcache::pmem::{MemMedia, Media, SplitMix64};
+use pcache::{Cache, Error, MemBase};
+
+const BASE_SECTORS: u64 = 1024;
+const SEGS: u64 = 16;
+
+struct Image {
+    bytes: Vec<u8>,
+    base: Vec<u8>,
+    /// sector -> id of its last write.
+    model: Vec<u64>,
+    head: LogPos,
+    nonce: u64,
+}
+
+/// A cache with flushed dirty data, some of it written back.
+fn build() -> Image {
+    let media = Arc::new(MemMedia::new(media_len(SEGS)));
+    let base = MemBase::new((BASE_SECTORS * 512) as usize, 512);
+    let mut cfg = config(BASE_SECTORS * 512, 1);
+    cfg.gc_percent = Some(90);
+    let cache = open(media.clone() as Arc<dyn Media>, &cfg);
+    let mut model = vec![0u64; BASE_SECTORS as usize];
+    let mut rng = SplitMix64(99);
+    for i in 1..=300u64 {
+        let first = rng.next() % BASE_SECTORS;
+        let n = 1 + rng.next() % 8.min(BASE_SECTORS - first);
+        write_all(&cache, &base, 0, first * 512, &write_data(i, first, n));
+        for s in first..first + n {
+            model[s as usize] = i;
+        }
+        if i == 150 {
+            cache.flush().unwrap();
+            cache.writeback_all(&base).unwrap();
+        }
+    }
+    cache.flush().unwrap();
+    let (seg, off, seq) = cache.stats().key_head;
+    let nonce = cache.superblock().nonce;
+    cache.close().unwrap();
+    Image { bytes: media.snapshot(), base: base.visible_image(), model, head: LogPos { seg, off, seq }, nonce }
+}
+
+fn try_open(img: &[u8]) -> Result<Cache, Error> {
+    let media: Arc<dyn Media> = Arc::new(MemMedia::from_image(img.to_vec()));
+    Cache::open(media, &config(BASE_SECTORS * 512, 1)).map(|(c, _)| c)
+}
+
+/// Opens without panicking; returns the result.
+fn open_no_panic(img: &[u8], what: &str) -> Result<Cache, Error> {
+    catch_unwind(AssertUnwindSafe(|| try_open(img))).unwrap_or_else(|_| panic!("open panicked: {what}"))
+}
+
+fn assert_exact(c: &Cache, im: &Image, what: &str) {
+    let base = MemBase::from_image(im.base.clone(), 512);
+    let got = read_through(c, &base, 0, 0, (BASE_SECTORS * 512) as usize);
+    for s in 0..BASE_SECTORS {
+        let who = who_wrote(&got[s as usize * 512..(s as usize + 1) * 512], s);
+        assert_eq!(who, Some(im.model[s as usize]), "{what}: sector {s}");
+    }
+}
+
+/// Every sector holds something that was written there at some time.
+fn assert_plausible(c: &Cache, im: &Image, what: &str) {
+    let base = MemBase::from_image(im.base.clone(), 512);
+    let got = read_through(c, &base, 0, 0, (BASE_SECTORS * 512) as usize);
+    for s in 0..BASE_SECTORS {
+        let who = who_wrote(&got[s as usize * 512..(s as usize + 1) * 512], s);
+        assert!(who.is_some(), "{what}: sector {s} holds bytes never written there");
+    }
+}
+
+fn is_corrupt_or_not_pcache(e: &Error) -> bool {
+    matches!(e, Error::Corrupt { .. } | Error::NotPcache(_) | Error::Mismatch(_) | Error::InvalidArgument(_))
+}
+
+#[test]
+fn intact_image_loads_exactly() {
+    let im = build();
+    let c = try_open(&im.bytes).unwrap();
+    assert_exact(&c, &im, "intact");
+}
+
+#[test]
+fn one_bad_replica_of_each_record_is_survived() {
+    let im = build();
+    let geo_meta = |seg: u64| pcache::format::SEG_START + seg * SEG + SEG_META_OFF[0];
+    let mut records: Vec<(&str, [u64; 2])> =
+        vec![("cache_info", CACHE_INFO_OFF), ("key_tail", KEY_TAIL_OFF), ("dirty_tail", DIRTY_TAIL_OFF)];
+    for seg in [0u64, 1, 5, SEGS - 1] {
+        records.push(("seg meta", [geo_meta(seg), geo_meta(seg) + 4096]));
+    }
+    for (name, offs) in records {
+        for slot in 0..2 {
+            for damage in ["flip", "zero", "torn"] {
+                let mut b = im.bytes.clone();
+                let at = offs[slot] as usize;
+                match damage {
+                    "flip" => b[at + 9] ^= 0x04,
+                    "zero" => b[at..at + REC_SIZE].fill(0),
+                    _ => b[at + 32..at + REC_SIZE].fill(0xa5),
+                }
+                let what = format!("{name} slot {slot} {damage}");
+                let c = open_no_panic(&b, &what).unwrap_or_else(|e| panic!("{what}: {e}"));
+                assert_exact(&c, &im, &what);
+            }
+        }
+        // Both replicas gone: a clear error.
+        let mut b = im.bytes.clone();
+        b[offs[0] as usize + 20] ^= 1;
+        b[offs[1] as usize + 20] ^= 1;
+        let e = open_no_panic(&b, name).err().unwrap_or_else(|| panic!("{name}: both replicas bad but open succeeded"));
+        assert!(matches!(e, Error::Corrupt { .. }), "{name}: {e}");
+    }
+}
+
+#[test]
+fn superblock_bit_flips_are_refused() {
+    let im = build();
+    for byte in 0..format::SB_SIZE {
+        for bit in [0, 3, 7] {
+            let mut b = im.bytes.clone();
+            b[byte] ^= 1 << bit;
+            let what = format!("superblock byte {byte} bit {bit}");
+            let e = open_no_panic(&b, &what).err().unwrap_or_else(|| panic!("{what}: accepted"));
+            assert!(is_corrupt_or_not_pcache(&e), "{what}: {e}");
+        }
+    }
+}
+
+#[test]
+fn kset_bit_flips_never_panic_or_invent_data() {
+    let im = build();
+    let start = pcache::format::SEG_START as usize + format::SEG_PAYLOAD_OFF as usize;
+    let mut rng = SplitMix64(5);
+    let mut loaded = 0;
+    for i in 0..400 {
+        let mut b = im.bytes.clone();
+        let at = start + (rng.next() % (im.head.off as u64 + 64)) as usize;
+        b[at] ^= 1 << (rng.next() % 8);
+        let what = format!("kset flip {i} at {at}");
+        if let Ok(c) = open_no_panic(&b, &what) {
+            assert_plausible(&c, &im, &what);
+            loaded += 1;
+        }
+    }
+    assert!(loaded > 0, "some flips must leave a loadable (shorter) log");
+}
+
+#[test]
+fn truncated_devices_are_refused() {
+    let im = build();
+    for len in [0usize, 100, 4096, 30000, 65536, 65536 + 4096, im.bytes.len() / 2, im.bytes.len() - 4096] {
+        let b = im.bytes[..len].to_vec();
+        let r = open_no_panic(&b, &format!("truncated to {len}"));
+        assert!(r.is_err(), "truncated to {len}: accepted");
+    }
+}
+
+/// Writes a crafted kset (valid CRC) at the log head, so replay reads it.
+fn with_kset(im: &Image, hdr: KsetHeader, keys: &[KeyRecord]) -> Vec<u8> {
+    let mut b = im.bytes.clone();
+    let mut buf = Vec::new();
+    let n = encode_kset(&mut buf, &hdr, keys);
+    let at = (pcache::format::SEG_START + im.head.seg as u64 * SEG + format::SEG_PAYLOAD_OFF) as usize + im.head.off as usize;
+    b[at..at + n].copy_from_slice(&buf[..n]);
+    b
+}
+
+fn with_record(im: &Image, offs: [u64; 2], kind: u32, fill: impl Fn(&mut Record)) -> Vec<u8> {
+    let mut b = im.bytes.clone();
+    for (i, off) in offs.iter().enumerate() {
+        let mut r = Record::new(kind, 1000 + i as u32);
+        fill(&mut r);
+        b[*off as usize..*off as usize + REC_SIZE].copy_from_slice(&r.encode());
+    }
+    b
+}
+
+#[test]
+fn crafted_metadata_is_rejected() {
+    let im = build();
+    let hdr = |n: u16, flags: u16, next: u32| KsetHeader { seq: im.head.seq, nonce: im.nonce, key_num: n, flags, next_seg: next };
+    let key = |f: &dyn Fn(&mut KeyRecord)| {
+        let mut k = KeyRecord { off: 0, len: 4096, flags: KEY_FLAG_DIRTY, seg: 3, seg_off: 0, gen: 0, data_crc: 0 };
+        f(&mut k);
+        k
+    };
+    let payload = (SEG - format::SEG_PAYLOAD_OFF) as u32;
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("key segment id out of range", with_kset(&im, hdr(1, 0, 0), &[key(&|k| k.seg = 9999)])),
+        ("key beyond the base device", with_kset(&im, hdr(1, 0, 0), &[key(&|k| k.off = BASE_SECTORS * 512)])),
+        ("key offset+length overflows", with_kset(&im, hdr(1, 0, 0), &[key(&|k| k.off = u64::MAX - 511)])),
+        ("key overruns its segment", with_kset(&im, hdr(1, 0, 0), &[key(&|k| k.seg_off = payload - 512)])),
+        ("key crosses a subtree", with_kset(&im, hdr(1, 0, 0), &[key(&|k| k.off = (4 << 20) - 512)])),
+        ("key into the key log", with_kset(&im, hdr(1, 0, 0), &[key(&|k| k.seg = im.head.seg)])),
+        ("key from a future generation", with_kset(&im, hdr(1, 0, 0), &[key(&|k| k.gen = 77)])),
+        ("key with unknown flags", with_kset(&im, hdr(1, 0, 0), &[key(&|k| k.flags = 0x80)])),
+        ("kset chain cycle", with_kset(&im, hdr(0, KSET_FLAG_LAST, 0), &[])),
+        ("next segment out of range", with_kset(&im, hdr(0, KSET_FLAG_LAST, 4000), &[])),
+        (
+            "key_tail offset out of bounds",
+            with_record(&im, KEY_TAIL_OFF, REC_KEY_TAIL, |r| LogPos { seg: 0, off: payload + 64, seq: 1 }.to_body(r)),
+        ),
+        (
+            "key_tail segment out of range",
+            with_record(&im, KEY_TAIL_OFF, REC_KEY_TAIL, |r| LogPos { seg: 5000, off: 0, seq: 1 }.to_body(r)),
+        ),
+        (
+            "dirty_tail not on the chain",
+            with_record(&im, DIRTY_TAIL_OFF, REC_DIRTY_TAIL, |r| LogPos { seg: 0, off: 64, seq: 999_999 }.to_body(r)),
+        ),
+        (
+            "dirty_tail behind key_tail",
+            with_record(&im, DIRTY_TAIL_OFF, REC_DIRTY_TAIL, |r| LogPos { seg: 0, off: 0, seq: 0 }.to_body(r)),
+        ),
+    ];
+    // key_num above 128 with a valid CRC.
+    {
+        let keys: Vec<KeyRecord> = (0..129).map(|i| key(&|k| k.off = i * 4096)).collect();
+        let mut b = with_kset(&im, hdr(0, 0, 0), &[]);
+        let mut buf = Vec::new();
+        let n = encode_kset(&mut buf, &hdr(129, 0, 0), &keys);
+        let at = (pcache::format::SEG_START + im.head.seg as u64 * SEG + format::SEG_PAYLOAD_OFF) as usize + im.head.off as usize;
+        let n = n.min(b.len() - at);
+        b[at..at + n].copy_from_slice(&buf[..n]);
+        cases.push(("kset with 129 keys", b));
+    }
+    // A superblock claiming more segments than the device holds.
+    {
+        let mut b = im.bytes.clone();
+        let mut sb = Superblock::decode(&b[..format::SB_SIZE], b.len() as u64).unwrap();
+        sb.seg_count = 4096;
+        b[..format::SB_SIZE].copy_from_slice(&sb.encode());
+        cases.push(("segment count beyond the device", b));
+    }
+    // A segment metadata record that names another segment.
+    {
+        let off = pcache::format::SEG_START + 2 * SEG;
+        let b = with_record(&im, [off, off + 4096], format::REC_SEG_META, |r| format::seg_meta_body(r, 7, 0));
+        cases.push(("segment metadata for another segment", b));
+    }
+    for (what, b) in cases {
+        match open_no_panic(&b, what) {
+            Err(e) => assert!(matches!(e, Error::Corrupt { .. }), "{what}: unexpected error kind: {e}"),
+            Ok(_) => panic!("{what}: crafted image was accepted"),
+        }
+    }
+}
+
+#[test]
+fn random_metadata_mutations_never_panic() {
+    let im = build();
+    let mut rng = SplitMix64(1234);
+    let meta_end = (pcache::format::SEG_START + format::SEG_PAYLOAD_OFF + im.head.off as u64 + 256) as usize;
+    for i in 0..1500 {
+        let mut b = im.bytes.clone();
+        for _ in 0..1 + rng.next() % 8 {
+            let at = (rng.next() % meta_end as u64) as usize;
+            b[at] = rng.next() as u8;
+        }
+        let what = format!("mutation {i}");
+        if let Ok(c) = open_no_panic(&b, &what) {
+            assert_plausible(&c, &im, &what);
+        }
+    }
+}
