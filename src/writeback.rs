@@ -133,9 +133,11 @@ impl Cache {
         Ok(())
     }
 
-    /// Drives writeback until everything journalled is on the base device.
-    /// For tools and tests with a base that completes inline or on other threads.
+    /// Journals open ksets, then drives writeback until every dirty byte is on
+    /// the base device. For tools and tests, with a base that completes inline
+    /// or on other threads.
     pub fn writeback_all(&self, base: &dyn BaseDevice) -> Result<()> {
+        self.flush()?;
         let mut idle_spins = 0u32;
         loop {
             match self.writeback_step(base)? {
