@@ -16,6 +16,8 @@ pub mod base;
 pub mod cache;
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gc;
 pub mod index;
 pub mod iov;

@@ -280,3 +280,14 @@ fn random_metadata_mutations_never_panic() {
         }
     }
 }
+
+#[test]
+fn fuzz_harness_survives_random_inputs() {
+    // The same harness the cargo-fuzz target runs, over seeded random inputs.
+    let mut rng = SplitMix64(77);
+    for i in 0..800 {
+        let len = 4 + (rng.next() % 300) as usize;
+        let input: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        catch_unwind(|| pcache::fuzzing::load_image(&input)).unwrap_or_else(|_| panic!("fuzz input {i} panicked: {input:?}"));
+    }
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs every test suite this machine can run, and says which ran and which
+# were skipped and why. CI (.ci/run) calls exactly this.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup-debian.sh || exit 1
+
+ran=()
+skipped=()
+failed=()
+
+suite() { # name, command...
+  local name=$1; shift
+  echo "=== suite: $name"
+  if "$@"; then ran+=("$name"); else failed+=("$name"); fi
+}
+
+# Engine: unit tests, model-based, power-failure (>= 10,000 crash points),
+# writeback prefix, corruption/crafted images, tiny cache.
+suite "engine (cargo test --release)" cargo test --release --workspace --exclude spdk-sys
+
+# The fuzz target for image loading must at least build and run its corpus
+# replay where cargo-fuzz is available; otherwise its harness runs as a test above.
+if command -v cargo-fuzz >/dev/null 2>&1; then
+  suite "fuzz smoke (load_image, 20 s)" bash -c 'cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run load_image -- -max_total_time=20'
+else
+  skipped+=("fuzz smoke: cargo-fuzz is not installed (cargo install cargo-fuzz)")
+fi
+
+# SPDK integration suites need an installed SPDK and the SPDK module.
+spdk_dir=""
+for d in "${SPDK_DIR:-}" "$(pkg-config --variable=prefix spdk_bdev 2>/dev/null)" /opt/spdk; do
+  if [ -n "$d" ] && [ -f "$d/include/spdk/bdev_module.h" ]; then spdk_dir=$d; break; fi
+done
+if [ -z "$spdk_dir" ]; then
+  skipped+=("SPDK integration: SPDK not installed (looked at \$SPDK_DIR, pkg-config spdk_bdev, /opt/spdk)")
+elif [ ! -x tests/spdk/run.sh ]; then
+  skipped+=("SPDK integration: SPDK found at $spdk_dir, but this tree has no SPDK module suites yet")
+else
+  suite "SPDK integration ($spdk_dir)" env SPDK_DIR="$spdk_dir" tests/spdk/run.sh
+fi
+
+echo
+echo "=== summary"
+for s in "${ran[@]}"; do echo "ran:     $s"; done
+for s in "${skipped[@]}"; do echo "skipped: $s"; done
+for s in "${failed[@]}"; do echo "FAILED:  $s"; done
+[ ${#failed[@]} -eq 0 ]
