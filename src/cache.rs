@@ -282,6 +282,11 @@ impl Cache {
         s
     }
 
+    /// Share of segments in use, in percent.
+    pub fn used_percent(&self) -> u32 {
+        self.segs.used_percent()
+    }
+
     /// Extents in the DRAM index.
     pub fn index_extents(&self) -> usize {
         self.index.extents()

@@ -39,6 +39,18 @@ impl Subtree {
     pub fn insert(&mut self, start: u64, e: Extent, recrc: Recrc) {
         self.version += 1;
         let end = start + e.len as u64;
+        // Fast paths, one lookup: nothing overlaps, or an exact overwrite.
+        match self.map.range(..end).next_back() {
+            None => {
+                self.map.insert(start, e);
+                return;
+            }
+            Some((&s, old)) if s + old.len as u64 <= start || (s == start && old.len == e.len) => {
+                self.map.insert(start, e);
+                return;
+            }
+            _ => {}
+        }
         // An extent that starts before `start` and reaches into it.
         if let Some((&s, &old)) = self.map.range(..start).next_back() {
             let old_end = s + old.len as u64;

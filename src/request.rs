@@ -213,25 +213,20 @@ impl Cache {
             let chunk = (total - pos).min(SUBTREE_SIZE - (off & (SUBTREE_SIZE - 1)));
             let t = self.index.read(Index::subtree_of(off));
             let version = t.version;
-            let mut err = None;
-            let mut hits = Vec::new();
+            let mut result = Ok(());
             t.walk(
                 off,
                 off + chunk,
-                |o, e, skip, n| hits.push((o, *e, skip, n)),
+                |o, e, skip, n| {
+                    if result.is_ok() {
+                        result = self.copy_hit(e, skip, n, bufs, o - offset, o);
+                        hit_bytes += n as u64;
+                    }
+                },
                 |o, n| misses.push(Miss { off: o, len: n, buf_at: o - offset, version }),
             );
-            for (o, e, skip, n) in hits {
-                if let Err(x) = self.copy_hit(&e, skip, n, bufs, o - offset, o) {
-                    err = Some(x);
-                    break;
-                }
-                hit_bytes += n as u64;
-            }
             drop(t);
-            if let Some(e) = err {
-                return Err(e);
-            }
+            result?;
             pos += chunk;
         }
         let c = &self.counters;

@@ -30,6 +30,8 @@ a bdev, and measures in the same run a plain copy into the same pmem mapping.
   --replay-keys N  keys journalled for the replay/DRAM phase  (500000)
   --data-crc       keep and check data CRCs
   --keep           keep the pmem and base files afterwards
+  --sustained      keep writing after the cache reaches its GC threshold
+                   (then writeback to the base file sets the pace)
 
 Run with PMEM_IS_PMEM_FORCE=1 when the pmem file is on /dev/shm.
 Note: the engine completes pmem reads and writes synchronously, so for cache
@@ -56,13 +58,14 @@ struct Opts {
     replay_keys: u64,
     data_crc: bool,
     keep: bool,
+    sustained: bool,
 }
 
 fn parse(raw: &[String]) -> Result<Option<Opts>, String> {
     let a = Args::parse(
         raw,
         &["w", "o", "q", "j", "t", "pmem", "pmem-size", "base", "base-size", "replay-keys"],
-        &["data-crc", "keep", "help", "h"],
+        &["data-crc", "keep", "sustained", "help", "h"],
     )?;
     if a.flag("help") || a.flag("h") {
         println!("{HELP}");
@@ -88,6 +91,7 @@ fn parse(raw: &[String]) -> Result<Option<Opts>, String> {
         replay_keys: a.num_or("replay-keys", 500_000)?,
         data_crc: a.flag("data-crc"),
         keep: a.flag("keep"),
+        sustained: a.flag("sustained"),
     };
     if o.bs == 0 || o.bs % 512 != 0 || o.bs > 4 << 20 {
         return Err(format!("block size {} must be a multiple of 512 up to 4M", o.bs));
@@ -171,6 +175,15 @@ fn run(o: &Opts, media: Arc<PmemFile>, base: Arc<FileBase>) -> Result<(), String
         r.lat.pct(99.9) / 1e3,
         r.lat.max as f64 / 1e3
     );
+    println!(
+        "          measured over {:.2} s{}",
+        r.secs,
+        if r.filled && !o.sustained {
+            " (stopped when the cache reached its GC threshold: ingest speed; --sustained runs on, bounded by writeback)"
+        } else {
+            ""
+        }
+    );
     let st = cache.stats();
     println!(
         "          hits {} / misses {} ops, deferred writes {}, ksets journalled {}, written back {} MiB, GC ksets {}, segments {}/{}",
@@ -218,19 +231,22 @@ fn ceiling(media: &Arc<PmemFile>, o: &Opts, write: bool) -> f64 {
                 let mut buf = vec![0x5au8; bs];
                 let mut rng = SplitMix64(w as u64 + 77);
                 let mut ops = 0u64;
+                // Same loop shape and per-op timing as the engine workers.
+                let mut lat = Hist::new();
                 while !stop.load(Ordering::Relaxed) {
-                    for _ in 0..64 {
-                        let off = w as u64 * region + (rng.next() % blocks) * bs as u64;
-                        if write {
-                            media.write(off, &buf).expect("in range");
-                            media.fence();
-                        } else {
-                            media.read(off, &mut buf).expect("in range");
-                        }
+                    let off = w as u64 * region + (rng.next() % blocks) * bs as u64;
+                    let t = Instant::now();
+                    if write {
+                        media.write(off, &buf).expect("in range");
+                        media.fence();
+                    } else {
+                        media.read(off, &mut buf).expect("in range");
                     }
-                    ops += 64;
+                    lat.add(t.elapsed().as_nanos() as u64);
+                    ops += 1;
                 }
                 std::hint::black_box(&buf);
+                std::hint::black_box(&lat);
                 ops
             })
         })
@@ -315,6 +331,8 @@ struct RunResult {
     secs: f64,
     lat: Hist,
     verify_errors: u64,
+    /// The cache reached its GC threshold during the run.
+    filled: bool,
 }
 
 fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult, String> {
@@ -327,11 +345,16 @@ fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult
         })));
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let full = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
+    let gc_percent = cache.stats().gc_percent as u32;
     let poller = {
-        let (cache, base, stop, failed) = (cache.clone(), base.clone(), stop.clone(), failed.clone());
+        let (cache, base, stop, failed, full) = (cache.clone(), base.clone(), stop.clone(), failed.clone(), full.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
+                if cache.used_percent() >= gc_percent {
+                    full.store(true, Ordering::Relaxed);
+                }
                 match cache.background_step(&*base) {
                     Ok(t) if t.did_work() || t.writeback_busy => {}
                     Ok(_) => std::thread::sleep(Duration::from_micros(200)),
@@ -349,8 +372,8 @@ fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult
     let deadline = t0 + Duration::from_secs(o.secs);
     let workers: Vec<_> = (0..o.workers)
         .map(|w| {
-            let (cache, base, space) = (cache.clone(), base.clone(), space.clone());
-            let (bs, workload, nw) = (o.bs, o.workload, o.workers as u64);
+            let (cache, base, space, full) = (cache.clone(), base.clone(), space.clone(), full.clone());
+            let (bs, workload, nw, until_full) = (o.bs, o.workload, o.workers as u64, !o.sustained);
             std::thread::spawn(move || -> Result<(u64, Hist, u64), String> {
                 let mut rng = SplitMix64(w as u64 * 1000 + 1);
                 let mut lat = Hist::new();
@@ -360,7 +383,7 @@ fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult
                 let mut verify_errors = 0;
                 let mut written: Vec<(u64, u64)> = Vec::new();
                 let mut seq = 0u64;
-                while Instant::now() < deadline {
+                while Instant::now() < deadline && !(until_full && full.load(Ordering::Relaxed)) {
                     let is_write = match workload {
                         Workload::RandWrite => true,
                         Workload::RandRead => false,
@@ -426,7 +449,7 @@ fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult
     if failed.load(Ordering::Relaxed) > 0 {
         return Err("background work reported errors".into());
     }
-    Ok(RunResult { ops: total, secs, lat, verify_errors })
+    Ok(RunResult { ops: total, secs, lat, verify_errors, filled: full.load(Ordering::Relaxed) })
 }
 
 fn fill_pattern(buf: &mut [u8], w: u64, seq: u64, blk: u64) {
