@@ -9,10 +9,21 @@ ran=()
 skipped=()
 failed=()
 
+passed_tests=0
+failed_tests=0
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
 suite() { # name, command...
   local name=$1; shift
   echo "=== suite: $name"
-  if "$@"; then ran+=("$name"); else failed+=("$name"); fi
+  if "$@" 2>&1 | tee "$log"; then ran+=("$name"); else failed+=("$name"); fi
+  # Count the tests cargo reports.
+  local p f
+  p=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+  f=$(grep -Eo '^test result: .*; ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+  passed_tests=$((passed_tests + p))
+  failed_tests=$((failed_tests + f))
 }
 
 # Engine: unit tests, model-based, power-failure (>= 10,000 crash points),
@@ -45,4 +56,5 @@ echo "=== summary"
 for s in "${ran[@]}"; do echo "ran:     $s"; done
 for s in "${skipped[@]}"; do echo "skipped: $s"; done
 for s in "${failed[@]}"; do echo "FAILED:  $s"; done
+echo "tests: $passed_tests passed, $failed_tests failed, ${#skipped[@]} skipped"
 [ ${#failed[@]} -eq 0 ]
