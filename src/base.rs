@@ -35,8 +35,6 @@ struct MemBaseState {
     /// Writes completed since the last flush, in completion order.
     unflushed: Vec<(u64, Vec<u8>)>,
     fail_writes: bool,
-    writes: u64,
-    flushes: u64,
 }
 
 impl MemBase {
@@ -46,7 +44,7 @@ impl MemBase {
 
     pub fn from_image(image: Vec<u8>, block_size: u32) -> Self {
         MemBase {
-            state: Mutex::new(MemBaseState { visible: image.clone(), durable: image, unflushed: Vec::new(), fail_writes: false, writes: 0, flushes: 0 }),
+            state: Mutex::new(MemBaseState { visible: image.clone(), durable: image, unflushed: Vec::new(), fail_writes: false }),
             block_size,
         }
     }
@@ -79,11 +77,6 @@ impl MemBase {
         self.lock().fail_writes = fail;
     }
 
-    pub fn counts(&self) -> (u64, u64) {
-        let s = self.lock();
-        (s.writes, s.flushes)
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, MemBaseState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -107,7 +100,6 @@ impl BaseDevice for MemBase {
             } else {
                 s.visible[offset as usize..end].copy_from_slice(&data);
                 s.unflushed.push((offset, data));
-                s.writes += 1;
                 Ok(())
             }
         };
@@ -118,7 +110,6 @@ impl BaseDevice for MemBase {
             let mut s = self.lock();
             s.durable = s.visible.clone();
             s.unflushed.clear();
-            s.flushes += 1;
         }
         done(Ok(()));
     }

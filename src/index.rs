@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::format::{SUBTREE_SHIFT, SUBTREE_SIZE};
+use crate::pmem::Media;
+use crate::segment::Geometry;
 
 /// Where an extent's bytes are in pmem. 24 bytes, to keep DRAM per key small.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +31,16 @@ pub struct Extent {
 pub struct Subtree {
     pub map: BTreeMap<u64, Extent>,
     pub version: u64,
+}
+
+/// crc32c of an extent's bytes in pmem; !0 (which never matches) if unreadable,
+/// so a damaged extent fails its read cleanly.
+pub fn extent_crc(media: &dyn Media, geo: &Geometry, e: &Extent) -> u32 {
+    let mut buf = vec![0u8; e.len as usize];
+    match media.read(geo.addr(e.seg, e.seg_off), &mut buf) {
+        Ok(()) => crate::format::data_crc(&[&buf]),
+        Err(_) => !0,
+    }
 }
 
 /// Recomputes the crc of a trimmed extent (reads pmem); None when CRCs are off.

@@ -13,20 +13,28 @@ pub fn total_len_mut(iov: &[IoSliceMut]) -> u64 {
     iov.iter().map(|s| s.len() as u64).sum()
 }
 
-/// Calls `f` for each piece of `iov` covering `[at, at+len)`.
-fn pieces<'a>(iov: &'a [IoSlice], mut at: u64, mut len: u64, mut f: impl FnMut(&'a [u8]) -> Result<()>) -> Result<()> {
-    for s in iov {
+/// Maps bytes `[at, at+len)` of a list of buffers onto its pieces: calls
+/// `f(buffer, range in that buffer, offset of the piece in the copy)`.
+fn for_each_piece<B>(
+    bufs: impl Iterator<Item = B>,
+    len_of: impl Fn(&B) -> usize,
+    mut at: u64,
+    mut len: u64,
+    mut f: impl FnMut(B, std::ops::Range<usize>, u64) -> Result<()>,
+) -> Result<()> {
+    let mut done = 0u64;
+    for b in bufs {
         if len == 0 {
             break;
         }
-        let sl = s.len() as u64;
+        let sl = len_of(&b) as u64;
         if at >= sl {
             at -= sl;
             continue;
         }
         let n = (sl - at).min(len);
-        let bytes: &'a [u8] = s;
-        f(&bytes[at as usize..(at + n) as usize])?;
+        f(b, at as usize..(at + n) as usize, done)?;
+        done += n;
         len -= n;
         at = 0;
     }
@@ -36,55 +44,28 @@ fn pieces<'a>(iov: &'a [IoSlice], mut at: u64, mut len: u64, mut f: impl FnMut(&
 /// Stores bytes `[at, at+len)` of `iov` at media offset `dst`; returns their
 /// crc32c when `want_crc`.
 pub fn gather_to_media(media: &dyn Media, dst: u64, iov: &[IoSlice], at: u64, len: u64, want_crc: bool) -> Result<u32> {
-    let mut off = dst;
     let mut crc = crate::format::CRC_SEED;
-    pieces(iov, at, len, |p| {
-        media.write(off, p)?;
+    for_each_piece(iov.iter(), |s| s.len(), at, len, |s, r, done| {
+        let p = &s[r];
+        media.write(dst + done, p)?;
         if want_crc {
             crc = crc32c::crc32c_append(crc, p);
         }
-        off += p.len() as u64;
         Ok(())
     })?;
     Ok(crc)
 }
 
 /// Copies `len` bytes at media offset `src` into `iov` starting at byte `at`.
-pub fn scatter_from_media(media: &dyn Media, src: u64, iov: &mut [IoSliceMut], mut at: u64, mut len: u64) -> Result<()> {
-    let mut off = src;
-    for s in iov.iter_mut() {
-        if len == 0 {
-            break;
-        }
-        let sl = s.len() as u64;
-        if at >= sl {
-            at -= sl;
-            continue;
-        }
-        let n = (sl - at).min(len);
-        media.read(off, &mut s[at as usize..(at + n) as usize])?;
-        off += n;
-        len -= n;
-        at = 0;
-    }
-    Ok(())
+pub fn scatter_from_media(media: &dyn Media, src: u64, iov: &mut [IoSliceMut], at: u64, len: u64) -> Result<()> {
+    for_each_piece(iov.iter_mut(), |s| s.len(), at, len, |s, r, done| media.read(src + done, &mut s[r]))
 }
 
 /// Copies `src` into `iov` starting at byte `at`.
-pub fn scatter_from_slice(src: &[u8], iov: &mut [IoSliceMut], mut at: u64) {
-    let mut done = 0usize;
-    for s in iov.iter_mut() {
-        if done == src.len() {
-            break;
-        }
-        let sl = s.len() as u64;
-        if at >= sl {
-            at -= sl;
-            continue;
-        }
-        let n = ((sl - at) as usize).min(src.len() - done);
-        s[at as usize..at as usize + n].copy_from_slice(&src[done..done + n]);
-        done += n;
-        at = 0;
-    }
+pub fn scatter_from_slice(src: &[u8], iov: &mut [IoSliceMut], at: u64) {
+    let _ = for_each_piece(iov.iter_mut(), |s| s.len(), at, src.len() as u64, |s, r, done| {
+        let n = r.len();
+        s[r].copy_from_slice(&src[done as usize..done as usize + n]);
+        Ok(())
+    });
 }

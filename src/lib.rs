@@ -38,8 +38,6 @@ pub use request::{Miss, WriteOutcome};
 pub use stats::Stats;
 pub use writeback::WbProgress;
 
-use std::time::Duration;
-
 /// What a host poller tick did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tick {
@@ -69,6 +67,3 @@ impl Cache {
         })
     }
 }
-
-/// Default interval at which hosts should call [`Cache::background_step`].
-pub const POLL_INTERVAL: Duration = Duration::from_micros(100);

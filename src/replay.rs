@@ -8,10 +8,10 @@
 
 use crate::error::{Error, Result};
 use crate::format::{KeyRecord, LogPos, Superblock, KEY_FLAGS_KNOWN, KEY_FLAG_CRC, SECTOR, SUBTREE_SHIFT};
-use crate::index::{Extent, Index};
+use crate::index::{extent_crc, Extent, Index};
 use crate::keylog::{check_pos, read_kset};
 use crate::pmem::Media;
-use crate::segment::{SegmentTable, Use};
+use crate::segment::SegmentTable;
 use crate::tails::Tails;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -121,19 +121,12 @@ pub fn replay(media: &dyn Media, sb: &Superblock, segs: &SegmentTable, index: &I
     let mut is_log = vec![false; segs.geo.seg_count as usize];
     for &s in &chain.segs {
         is_log[s as usize] = true;
-        segs.replay_get(s, Use::Log);
+        segs.replay_get(s);
     }
     let mut report = ReplayReport { log_segments: chain.segs.len() as u32, ..Default::default() };
     let geo = segs.geo;
     let data_crc = sb.data_crc();
-    let recrc = |e: &Extent| -> u32 {
-        let mut buf = vec![0u8; e.len as usize];
-        // A read failure here leaves a crc that will not match: the read hit fails cleanly.
-        if media.read(geo.addr(e.seg, e.seg_off), &mut buf).is_err() {
-            return !0;
-        }
-        crate::format::data_crc(&[&buf])
-    };
+    let recrc = |e: &Extent| extent_crc(media, &geo, e);
     for (i, &pos) in chain.ksets.iter().enumerate() {
         let k = read_kset(media, segs, sb.nonce, pos)?
             .ok_or_else(|| Error::Io("key log changed during replay".into()))?;
@@ -144,7 +137,7 @@ pub fn replay(media: &dyn Media, sb: &Superblock, segs: &SegmentTable, index: &I
                 report.stale_keys += 1;
                 continue;
             }
-            segs.replay_get(key.seg, Use::Data);
+            segs.replay_get(key.seg);
             if key.is_dirty() && i >= chain.dirty_at {
                 report.dirty_bytes += key.len as u64;
             }

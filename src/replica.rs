@@ -67,10 +67,6 @@ impl Replica {
         self.seq = seq;
         Ok(())
     }
-
-    pub fn slot_offsets(&self) -> [u64; 2] {
-        self.offs
-    }
 }
 
 #[cfg(test)]

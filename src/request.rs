@@ -14,7 +14,7 @@ use std::time::Instant;
 use crate::cache::{lock, Cache, DataHead, OpenKset, N_KSETS};
 use crate::error::{Error, Result};
 use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC, KEY_FLAG_DIRTY, KSET_MAX_KEYS, SECTOR, SUBTREE_SIZE};
-use crate::index::{Extent, Index};
+use crate::index::{extent_crc, Extent, Index};
 use crate::iov;
 use crate::segment::Use;
 use crate::stats::Counters;
@@ -140,7 +140,7 @@ impl Cache {
             self.seal(&mut ks)?;
         }
         let e = Extent { len: key.len, seg: key.seg, seg_off: key.seg_off, gen: key.gen as u32, crc: key.data_crc, flags: key.flags };
-        let recrc = |e: &Extent| self.extent_crc(e);
+        let recrc = |e: &Extent| extent_crc(&*self.media, &self.geo, e);
         t.insert(key.off, e, if self.data_crc() { Some(&recrc) } else { None });
         self.segs.get(key.seg);
         if key.is_dirty() {
@@ -149,15 +149,6 @@ impl Cache {
         ks.keys.push(key);
         ks.since.get_or_insert_with(Instant::now);
         Ok(true)
-    }
-
-    /// crc32c of an extent's bytes in pmem (!0 if unreadable, which never matches).
-    pub(crate) fn extent_crc(&self, e: &Extent) -> u32 {
-        let mut buf = vec![0u8; e.len as usize];
-        match self.media.read(self.geo.addr(e.seg, e.seg_off), &mut buf) {
-            Ok(()) => data_crc(&[&buf]),
-            Err(_) => !0,
-        }
     }
 
     /// Journals an open kset.

@@ -7,7 +7,7 @@
 //! still name the old generation are stale and are rejected.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
@@ -38,7 +38,7 @@ impl Geometry {
     }
 }
 
-/// What a segment is used for; needed only for reporting.
+/// What a segment is allocated for: data allocations must leave the log's reserve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Use {
     Data,
@@ -54,7 +54,6 @@ pub struct SegmentTable {
     pub geo: Geometry,
     refs: Vec<AtomicU32>,
     gens: Vec<AtomicU64>,
-    is_log: Vec<AtomicBool>,
     shared: Mutex<Shared>,
     /// Free segments kept back for the key log, so journalling never deadlocks.
     reserve: u32,
@@ -92,7 +91,6 @@ impl SegmentTable {
             geo,
             refs: (0..n).map(|_| AtomicU32::new(0)).collect(),
             gens,
-            is_log: (0..n).map(|_| AtomicBool::new(false)).collect(),
             shared: Mutex::new(Shared { free: VecDeque::new(), meta }),
             reserve,
             space_epoch: AtomicU64::new(0),
@@ -107,23 +105,12 @@ impl SegmentTable {
     }
 
     /// Takes a reference during replay (no free-list bookkeeping yet).
-    pub fn replay_get(&self, seg: u32, use_: Use) {
+    pub fn replay_get(&self, seg: u32) {
         self.refs[seg as usize].fetch_add(1, Ordering::Relaxed);
-        if use_ == Use::Log {
-            self.is_log[seg as usize].store(true, Ordering::Relaxed);
-        }
     }
 
     pub fn gen(&self, seg: u32) -> u64 {
         self.gens[seg as usize].load(Ordering::Acquire)
-    }
-
-    pub fn is_log(&self, seg: u32) -> bool {
-        self.is_log[seg as usize].load(Ordering::Relaxed)
-    }
-
-    pub fn refs(&self, seg: u32) -> u32 {
-        self.refs[seg as usize].load(Ordering::Relaxed)
     }
 
     /// Allocates a free segment holding one reference for the caller.
@@ -135,7 +122,6 @@ impl SegmentTable {
         }
         let seg = sh.free.pop_front()?;
         self.refs[seg as usize].store(1, Ordering::Release);
-        self.is_log[seg as usize].store(use_ == Use::Log, Ordering::Relaxed);
         Some(seg)
     }
 
@@ -156,7 +142,6 @@ impl SegmentTable {
             let mut sh = self.lock();
             sh.meta[seg as usize].store(media, |r| format::seg_meta_body(r, seg, gen))?;
             self.gens[seg as usize].store(gen, Ordering::Release);
-            self.is_log[seg as usize].store(false, Ordering::Relaxed);
             sh.free.push_back(seg);
         }
         self.space_epoch.fetch_add(1, Ordering::AcqRel);
@@ -184,10 +169,6 @@ impl SegmentTable {
 
     pub fn set_notifier(&self, f: Option<Box<dyn Fn() + Send + Sync>>) {
         *self.notifier.lock().unwrap_or_else(|e| e.into_inner()) = f;
-    }
-
-    pub fn reserve(&self) -> u32 {
-        self.reserve
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {

@@ -80,13 +80,6 @@ impl CrashSim {
         }
     }
 
-    /// Number of lines stored but not yet fenced, over all threads.
-    pub fn pending_lines(&self) -> usize {
-        let s = self.lock();
-        let all: HashSet<u64> = s.pending.values().flatten().copied().collect();
-        all.len()
-    }
-
     /// The image after a power failure: durable lines, plus each unfenced line
     /// kept with probability 1/2, chosen by `seed`.
     pub fn crash(&self, seed: u64) -> Vec<u8> {
