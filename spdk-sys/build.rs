@@ -17,8 +17,53 @@ fn main() {
         )
     });
     println!("cargo:rustc-link-search=native={}", root.join("lib").display());
+    // The module is loaded into an SPDK application that already maps these
+    // libraries; linking them records the dependency and resolves symbols.
+    for lib in LIBS {
+        println!("cargo:rustc-link-lib=dylib={lib}");
+    }
     println!("cargo:root={}", root.display());
+    println!("cargo:rerun-if-changed=wrapper.h");
+
+    let include = root.join("include");
+    let bindings = bindgen::Builder::default()
+        .header("wrapper.h")
+        .clang_arg(format!("-I{}", include.display()))
+        .allowlist_function("spdk_.*")
+        .allowlist_type("spdk_.*")
+        .allowlist_var("SPDK_.*")
+        .default_enum_style(bindgen::EnumVariation::Consts)
+        .prepend_enum_name(false)
+        .derive_default(true)
+        // Packed structs that hold aligned unions do not translate to Rust;
+        // the module never looks inside these.
+        .opaque_type("spdk_nvme_ctrlr_data")
+        .opaque_type("spdk_bdev_ext_io_opts")
+        .layout_tests(false)
+        .generate_comments(false)
+        .generate()
+        .unwrap_or_else(|e| {
+            panic!(
+                "bindgen failed on the SPDK headers in {}: {e}\n\
+                 bindgen needs libclang (Debian: apt-get install libclang-dev).",
+                include.display()
+            )
+        });
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    bindings.write_to_file(out.join("bindings.rs")).expect("write bindings.rs");
 }
+
+/// SPDK libraries the module calls into.
+const LIBS: &[&str] = &[
+    "spdk_bdev",
+    "spdk_thread",
+    "spdk_json",
+    "spdk_jsonrpc",
+    "spdk_rpc",
+    "spdk_log",
+    "spdk_util",
+    "spdk_env_dpdk",
+];
 
 fn has_headers(p: &PathBuf) -> bool {
     p.join("include/spdk/bdev_module.h").exists()
