@@ -11,6 +11,7 @@
 //! - [`replay`]: rebuilding state at open
 //! - [`request`]: write, read, fill, flush; [`writeback`]; [`gc`]
 //! - [`base`]: the base device interface; [`stats`]
+//! - `spdk` (feature `spdk`): the SPDK bdev module built into libpcache.so
 
 pub mod base;
 pub mod cache;
@@ -27,6 +28,8 @@ pub mod replay;
 pub mod replica;
 pub mod request;
 pub mod segment;
+#[cfg(feature = "spdk")]
+pub mod spdk;
 pub mod stats;
 pub mod tails;
 pub mod writeback;

@@ -1,0 +1,206 @@
+//! The base bdev as the engine's [`BaseDevice`], for writeback. Every call is
+//! made on the thread that owns the channel (the pcache's background thread),
+//! and completions arrive there too. Buffers are copied into DMA-safe memory
+//! so any base bdev (NVMe over PCIe included) can take them.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use spdk_sys as sys;
+
+use super::ffi::guard;
+use crate::base::{BaseDevice, Done, ReadDone};
+use crate::error::Error;
+
+pub struct SpdkBase {
+    desc: *mut sys::spdk_bdev_desc,
+    ch: *mut sys::spdk_io_channel,
+    size: u64,
+    block_size: u32,
+    align: usize,
+    can_flush: bool,
+    outstanding: AtomicUsize,
+}
+
+// SAFETY: SPDK descriptors and channels are only used on the thread that got the
+// channel (see the module doc); the engine never calls a BaseDevice from elsewhere
+// because only that thread's pollers drive writeback.
+unsafe impl Send for SpdkBase {}
+// SAFETY: as above.
+unsafe impl Sync for SpdkBase {}
+
+enum Kind {
+    Write,
+    Read(ReadDone),
+    Flush,
+}
+
+/// One base I/O in flight. Boxed: SPDK holds a pointer to it (and to `wait`).
+struct BaseIo {
+    base: *const SpdkBase,
+    kind: Kind,
+    done: Option<Done>,
+    buf: *mut c_void,
+    offset: u64,
+    len: u64,
+    wait: sys::spdk_bdev_io_wait_entry,
+}
+
+impl SpdkBase {
+    /// # Safety
+    /// `desc` is an open descriptor of the base bdev and `ch` a channel of it
+    /// obtained on the calling thread; both outlive this value.
+    pub unsafe fn new(desc: *mut sys::spdk_bdev_desc, ch: *mut sys::spdk_io_channel) -> SpdkBase {
+        let bdev = sys::spdk_bdev_desc_get_bdev(desc);
+        let block_size = sys::spdk_bdev_get_block_size(bdev);
+        SpdkBase {
+            desc,
+            ch,
+            size: sys::spdk_bdev_get_num_blocks(bdev) * block_size as u64,
+            block_size,
+            align: sys::spdk_bdev_get_buf_align(bdev).max(4096),
+            can_flush: sys::spdk_bdev_io_type_supported(bdev, sys::SPDK_BDEV_IO_TYPE_FLUSH),
+            outstanding: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn channel(&self) -> *mut sys::spdk_io_channel {
+        self.ch
+    }
+
+    /// Base I/Os submitted and not yet completed.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Acquire)
+    }
+
+    fn start(&self, kind: Kind, done: Option<Done>, data: Option<&[u8]>, offset: u64, len: u64) {
+        let mut buf = std::ptr::null_mut();
+        if len > 0 {
+            // SAFETY: plain allocation; freed in finish().
+            buf = unsafe { sys::spdk_dma_malloc(len as usize, self.align, std::ptr::null_mut()) };
+            if buf.is_null() {
+                fail(kind, done, Error::Io(format!("no DMA memory for a {len}-byte base I/O")));
+                return;
+            }
+            if let Some(d) = data {
+                // SAFETY: buf holds len bytes and d is len bytes.
+                unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), buf as *mut u8, d.len()) };
+            }
+        }
+        let io = Box::into_raw(Box::new(BaseIo {
+            base: self,
+            kind,
+            done,
+            buf,
+            offset,
+            len,
+            wait: Default::default(),
+        }));
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+        // SAFETY: io is a fresh allocation reclaimed once, in finish().
+        unsafe { submit(io) };
+    }
+}
+
+fn fail(kind: Kind, done: Option<Done>, e: Error) {
+    match kind {
+        Kind::Read(rd) => rd(Vec::new(), Err(e)),
+        _ => {
+            if let Some(d) = done {
+                d(Err(e))
+            }
+        }
+    }
+}
+
+/// Submits (or resubmits after ENOMEM) one base I/O.
+unsafe fn submit(io: *mut BaseIo) {
+    let b = &*(*io).base;
+    let arg = io as *mut c_void;
+    let rc = match (*io).kind {
+        Kind::Write => sys::spdk_bdev_write(b.desc, b.ch, (*io).buf, (*io).offset, (*io).len, Some(complete), arg),
+        Kind::Read(_) => sys::spdk_bdev_read(b.desc, b.ch, (*io).buf, (*io).offset, (*io).len, Some(complete), arg),
+        Kind::Flush => sys::spdk_bdev_flush(b.desc, b.ch, 0, b.size, Some(complete), arg),
+    };
+    if rc == -libc::ENOMEM {
+        // The base is out of request objects: retry when one frees up.
+        (*io).wait.bdev = sys::spdk_bdev_desc_get_bdev(b.desc);
+        (*io).wait.cb_fn = Some(resubmit);
+        (*io).wait.cb_arg = arg;
+        let rc = sys::spdk_bdev_queue_io_wait((*io).wait.bdev, b.ch, &mut (*io).wait);
+        if rc == 0 {
+            return;
+        }
+    }
+    if rc != 0 {
+        finish(io, Err(Error::Io(format!("base I/O submission failed: {}", super::pmem_bdev::errno_str(rc)))));
+    }
+}
+
+unsafe extern "C" fn resubmit(arg: *mut c_void) {
+    guard((), || submit(arg as *mut BaseIo))
+}
+
+unsafe extern "C" fn complete(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    guard((), || {
+        sys::spdk_bdev_free_io(bio);
+        let io = arg as *mut BaseIo;
+        let r = if ok {
+            Ok(())
+        } else {
+            Err(Error::Io(format!("base bdev I/O at {} of {} bytes failed", (*io).offset, (*io).len)))
+        };
+        finish(io, r);
+    })
+}
+
+/// Completes one base I/O: frees its buffer and calls the engine back.
+unsafe fn finish(io: *mut BaseIo, r: crate::Result<()>) {
+    let io = Box::from_raw(io);
+    let base = &*io.base;
+    let mut data = Vec::new();
+    if !io.buf.is_null() {
+        if matches!(io.kind, Kind::Read(_)) && r.is_ok() {
+            data = std::slice::from_raw_parts(io.buf as *const u8, io.len as usize).to_vec();
+        }
+        sys::spdk_dma_free(io.buf);
+    }
+    base.outstanding.fetch_sub(1, Ordering::AcqRel);
+    match io.kind {
+        Kind::Read(rd) => rd(data, r),
+        _ => {
+            if let Some(d) = io.done {
+                d(r)
+            }
+        }
+    }
+}
+
+impl BaseDevice for SpdkBase {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    fn write(&self, offset: u64, data: Vec<u8>, done: Done) {
+        let len = data.len() as u64;
+        self.start(Kind::Write, Some(done), Some(&data), offset, len);
+    }
+
+    fn flush(&self, done: Done) {
+        if !self.can_flush {
+            // A base without FLUSH has no volatile cache to empty.
+            done(Ok(()));
+            return;
+        }
+        self.start(Kind::Flush, Some(done), None, 0, 0);
+    }
+
+    fn read(&self, offset: u64, buf: Vec<u8>, done: ReadDone) {
+        let len = buf.len() as u64;
+        self.start(Kind::Read(done), None, None, offset, len);
+    }
+}

@@ -1,0 +1,128 @@
+//! Small helpers over the raw SPDK bindings.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use spdk_sys as sys;
+
+/// Runs `f`, turning a panic into `on_panic` (after logging it), so that no
+/// panic ever unwinds across an `extern "C"` boundary into SPDK.
+pub fn guard<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(e) => {
+            let what = e
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| e.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            ::log::error!("internal error (caught at the SPDK boundary): {what}");
+            on_panic
+        }
+    }
+}
+
+/// A NUL-terminated copy of `s` (interior NULs are dropped: names come from
+/// JSON and cannot hold them anyway).
+pub fn cstring(s: &str) -> CString {
+    CString::new(s.replace('\0', "")).unwrap_or_default()
+}
+
+/// The Rust string behind a C string from SPDK ("" for NULL).
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string that outlives the call.
+pub unsafe fn str_of<'a>(p: *const c_char) -> std::borrow::Cow<'a, str> {
+    if p.is_null() {
+        return "".into();
+    }
+    CStr::from_ptr(p).to_string_lossy()
+}
+
+/// A raw pointer that may be kept in a `static` registry. Every pointer so
+/// wrapped is only dereferenced on the SPDK thread that owns it.
+#[derive(PartialEq, Eq, Debug)]
+pub struct Ptr<T>(pub *mut T);
+impl<T> Clone for Ptr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Ptr<T> {}
+// SAFETY: see the type's doc: the registry only stores it; use stays on the owner thread.
+unsafe impl<T> Send for Ptr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for Ptr<T> {}
+
+/// The context area of an I/O channel (the C inline `spdk_io_channel_get_ctx`).
+///
+/// # Safety
+/// `ch` is a live channel whose context holds a `T`.
+pub unsafe fn channel_ctx<T>(ch: *mut sys::spdk_io_channel) -> *mut T {
+    (ch as *mut u8).add(sys::SPDK_IO_CHANNEL_STRUCT_SIZE as usize) as *mut T
+}
+
+/// Index of the current reactor's core among the application's cores: the
+/// engine's worker number for I/O submitted on this thread.
+pub fn current_worker() -> usize {
+    // SAFETY: plain queries of the SPDK environment.
+    unsafe {
+        let me = sys::spdk_env_get_current_core();
+        let mut idx = 0usize;
+        let mut core = sys::spdk_env_get_first_core();
+        while core != u32::MAX {
+            if core == me {
+                return idx;
+            }
+            idx += 1;
+            core = sys::spdk_env_get_next_core(core);
+        }
+        0
+    }
+}
+
+/// Number of reactors (engine workers).
+pub fn core_count() -> usize {
+    // SAFETY: plain query.
+    (unsafe { sys::spdk_env_get_core_count() } as usize).max(1)
+}
+
+/// The driver context of a bdev_io, where a module keeps its per-I/O state.
+///
+/// # Safety
+/// `io` is a live bdev_io of a module whose get_ctx_size covers a `T`.
+pub unsafe fn io_ctx<T>(io: *mut sys::spdk_bdev_io) -> *mut T {
+    (*io).driver_ctx.as_mut_ptr() as *mut T
+}
+
+/// `(offset_blocks, num_blocks)` of a read/write/unmap/... bdev_io.
+///
+/// # Safety
+/// `io` is a live block I/O.
+pub unsafe fn block_range(io: *mut sys::spdk_bdev_io) -> (u64, u64) {
+    let p = &(*io).u.bdev;
+    (p.offset_blocks, p.num_blocks)
+}
+
+/// The iovecs of a block I/O as a slice.
+///
+/// # Safety
+/// `io` is a live block I/O whose iovecs stay valid while the slice is used.
+pub unsafe fn io_iovs<'a>(io: *mut sys::spdk_bdev_io) -> &'a [libc::iovec] {
+    let p = &(*io).u.bdev;
+    if p.iovs.is_null() || p.iovcnt <= 0 {
+        return &[];
+    }
+    std::slice::from_raw_parts(p.iovs as *const libc::iovec, p.iovcnt as usize)
+}
+
+pub fn complete(io: *mut sys::spdk_bdev_io, ok: bool) {
+    let status = if ok { sys::SPDK_BDEV_IO_STATUS_SUCCESS } else { sys::SPDK_BDEV_IO_STATUS_FAILED };
+    // SAFETY: every caller passes the live bdev_io it was handed.
+    unsafe { sys::spdk_bdev_io_complete(io, status) }
+}
+
+/// The `ctx` argument SPDK hands back to callbacks.
+pub fn as_ctx<T>(p: *const T) -> *mut c_void {
+    p as *mut c_void
+}

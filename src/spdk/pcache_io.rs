@@ -1,0 +1,418 @@
+//! The pcache I/O path. Each reactor gets a channel holding its base-bdev
+//! channel and its engine worker number (its data head); requests are served
+//! from pmem inline, read misses go to the base straight into the caller's
+//! buffers, and writes that find the cache full wait on the channel until GC
+//! frees space.
+
+use std::collections::VecDeque;
+use std::ffi::{c_int, c_void};
+use std::io::{IoSlice, IoSliceMut};
+use std::sync::atomic::Ordering;
+
+use spdk_sys as sys;
+
+use super::ffi::{self, guard};
+use super::json::Writer;
+use super::pcache_bdev::{self, PcacheNode};
+use crate::{Miss, WriteOutcome};
+
+/// Per-reactor state of one pcache (the io_channel context).
+pub struct Channel {
+    node: *const PcacheNode,
+    base_ch: *mut sys::spdk_io_channel,
+    worker: usize,
+    /// Writes waiting for space, oldest first.
+    deferred: VecDeque<*mut sys::spdk_bdev_io>,
+    /// The cache's space epoch when the oldest deferral happened.
+    defer_epoch: u64,
+    poller: *mut sys::spdk_poller,
+}
+
+/// Per-I/O state, kept in the bdev_io's driver context.
+struct IoCtx {
+    /// Bytes of a deferred write already in the cache.
+    written: u64,
+    misses: Vec<Miss>,
+    next_miss: usize,
+    pending: u32,
+    failed: bool,
+    wait: sys::spdk_bdev_io_wait_entry,
+}
+
+/// One read miss in flight to the base.
+struct MissIo {
+    io: *mut sys::spdk_bdev_io,
+    idx: usize,
+    iovs: Vec<libc::iovec>,
+}
+
+pub unsafe extern "C" fn ctx_size() -> c_int {
+    std::mem::size_of::<IoCtx>() as c_int
+}
+
+pub static FN_TABLE: sys::spdk_bdev_fn_table = sys::spdk_bdev_fn_table {
+    destruct: Some(pcache_bdev::destruct),
+    submit_request: Some(submit_request),
+    io_type_supported: Some(io_type_supported),
+    get_io_channel: Some(get_io_channel),
+    dump_info_json: Some(dump_info_json),
+    write_config_json: Some(pcache_bdev::write_bdev_config),
+    get_spin_time: None,
+    get_module_ctx: None,
+    get_memory_domains: None,
+    get_memory_domain_types: None,
+    reset_device_stat: None,
+    dump_device_stat_json: None,
+    accel_sequence_supported: None,
+};
+
+unsafe extern "C" fn get_io_channel(ctx: *mut c_void) -> *mut sys::spdk_io_channel {
+    sys::spdk_get_io_channel(ctx)
+}
+
+unsafe extern "C" fn io_type_supported(_ctx: *mut c_void, t: sys::spdk_bdev_io_type) -> bool {
+    matches!(
+        t,
+        sys::SPDK_BDEV_IO_TYPE_READ | sys::SPDK_BDEV_IO_TYPE_WRITE | sys::SPDK_BDEV_IO_TYPE_FLUSH | sys::SPDK_BDEV_IO_TYPE_RESET
+    )
+}
+
+unsafe extern "C" fn dump_info_json(ctx: *mut c_void, w: *mut sys::spdk_json_write_ctx) -> c_int {
+    guard(0, || {
+        let node = &*(ctx as *const PcacheNode);
+        let mut w = Writer::new(w);
+        w.named_object_begin("pcache");
+        pcache_bdev::write_info(node, &mut w);
+        w.object_end();
+        0
+    })
+}
+
+pub unsafe extern "C" fn ch_create(dev: *mut c_void, ctx: *mut c_void) -> c_int {
+    guard(-libc::ENOMEM, || {
+        let node = &*(dev as *const PcacheNode);
+        let base_ch = sys::spdk_bdev_get_io_channel(node.base_desc);
+        if base_ch.is_null() {
+            log::error!("{}: no base bdev channel on this thread", node.name());
+            return -libc::ENOMEM;
+        }
+        let ch = ctx as *mut Channel;
+        ch.write(Channel {
+            node,
+            base_ch,
+            worker: ffi::current_worker(),
+            deferred: VecDeque::new(),
+            defer_epoch: 0,
+            poller: std::ptr::null_mut(),
+        });
+        (*ch).poller = sys::spdk_poller_register(Some(retry_deferred), ctx, RETRY_PERIOD_US);
+        0
+    })
+}
+
+pub unsafe extern "C" fn ch_destroy(_dev: *mut c_void, ctx: *mut c_void) {
+    guard((), || {
+        let ch = ctx as *mut Channel;
+        sys::spdk_poller_unregister(&mut (*ch).poller);
+        while let Some(io) = (*ch).deferred.pop_front() {
+            finish(io, false);
+        }
+        sys::spdk_put_io_channel((*ch).base_ch);
+        std::ptr::drop_in_place(ch);
+    })
+}
+
+const RETRY_PERIOD_US: u64 = 100;
+
+unsafe fn channel_of(io: *mut sys::spdk_bdev_io) -> *mut Channel {
+    ffi::channel_ctx::<Channel>(sys::spdk_bdev_io_get_io_channel(io))
+}
+
+unsafe fn node_of(io: *mut sys::spdk_bdev_io) -> &'static PcacheNode {
+    &*((*(*io).bdev).ctxt as *const PcacheNode)
+}
+
+unsafe fn byte_range(io: *mut sys::spdk_bdev_io) -> (u64, u64) {
+    let (off, n) = ffi::block_range(io);
+    let bs = (*(*io).bdev).blocklen as u64;
+    (off * bs, n * bs)
+}
+
+/// Completes `io`, dropping its context first.
+unsafe fn finish(io: *mut sys::spdk_bdev_io, ok: bool) {
+    std::ptr::drop_in_place(ffi::io_ctx::<IoCtx>(io));
+    ffi::complete(io, ok);
+}
+
+unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys::spdk_bdev_io) {
+    let ctx = ffi::io_ctx::<IoCtx>(io);
+    ctx.write(IoCtx { written: 0, misses: Vec::new(), next_miss: 0, pending: 0, failed: false, wait: Default::default() });
+    let ok = guard(false, || {
+        let chan = ffi::channel_ctx::<Channel>(ch);
+        let node = node_of(io);
+        match (*io).type_ as u32 {
+            sys::SPDK_BDEV_IO_TYPE_READ => {
+                if ffi::io_iovs(io).first().is_none_or(|v| v.iov_base.is_null()) {
+                    let (_, len) = byte_range(io);
+                    sys::spdk_bdev_io_get_buf(io, Some(read_with_buf), len);
+                } else {
+                    start_read(io);
+                }
+            }
+            sys::SPDK_BDEV_IO_TYPE_WRITE => {
+                if (*chan).deferred.is_empty() {
+                    try_write(chan, io);
+                } else {
+                    // Keep order behind writes already waiting for space.
+                    (*chan).deferred.push_back(io);
+                }
+            }
+            sys::SPDK_BDEV_IO_TYPE_FLUSH => {
+                let r = node.cache.flush();
+                if let Err(e) = &r {
+                    log::error!("{}: flush: {e}", node.name());
+                }
+                finish(io, r.is_ok());
+            }
+            sys::SPDK_BDEV_IO_TYPE_RESET => {
+                let rc = sys::spdk_bdev_reset(node.base_desc, (*chan).base_ch, Some(reset_done), io as *mut c_void);
+                if rc != 0 {
+                    finish(io, false);
+                }
+            }
+            t => {
+                log::error!("{}: unsupported I/O type {t}", node.name());
+                finish(io, false);
+            }
+        }
+        true
+    });
+    if !ok {
+        finish(io, false);
+    }
+}
+
+unsafe extern "C" fn reset_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    guard((), || {
+        sys::spdk_bdev_free_io(bio);
+        finish(arg as *mut sys::spdk_bdev_io, ok);
+    })
+}
+
+/// Writes what is left of `io` into the cache; defers it if the cache is full.
+unsafe fn try_write(chan: *mut Channel, io: *mut sys::spdk_bdev_io) -> bool {
+    let node = &*(*chan).node;
+    let ctx = ffi::io_ctx::<IoCtx>(io);
+    let (off, len) = byte_range(io);
+    let done = (*ctx).written;
+    let mut slices: Vec<IoSlice> = Vec::with_capacity(1);
+    let mut skip = done;
+    for v in ffi::io_iovs(io) {
+        if skip >= v.iov_len as u64 {
+            skip -= v.iov_len as u64;
+            continue;
+        }
+        // SAFETY: the bdev layer owns these buffers for the I/O's life.
+        let s = std::slice::from_raw_parts((v.iov_base as *const u8).add(skip as usize), v.iov_len - skip as usize);
+        slices.push(IoSlice::new(s));
+        skip = 0;
+    }
+    debug_assert_eq!(slices.iter().map(|s| s.len() as u64).sum::<u64>(), len - done);
+    // Read the epoch first: space freed after this point will show as a change.
+    let epoch = node.cache.space_epoch();
+    match node.cache.write((*chan).worker, off + done, &slices) {
+        Ok(WriteOutcome::Done) => {
+            finish(io, true);
+            true
+        }
+        Ok(WriteOutcome::Deferred { written }) => {
+            (*ctx).written += written;
+            if (*chan).deferred.is_empty() || (*chan).deferred.front() == Some(&io) {
+                (*chan).defer_epoch = epoch;
+            }
+            if (*chan).deferred.front() != Some(&io) {
+                (*chan).deferred.push_back(io);
+            }
+            false
+        }
+        Err(e) => {
+            log::error!("{}: write at {} of {len} bytes: {e}", node.name(), off + done);
+            finish(io, false);
+            true
+        }
+    }
+}
+
+/// Resumes deferred writes once GC has freed space (the space epoch moved).
+unsafe extern "C" fn retry_deferred(arg: *mut c_void) -> c_int {
+    guard(sys::SPDK_POLLER_IDLE as c_int, || {
+        let chan = arg as *mut Channel;
+        if (*chan).deferred.is_empty() {
+            return sys::SPDK_POLLER_IDLE as c_int;
+        }
+        let node = &*(*chan).node;
+        if node.removing.load(Ordering::Acquire) {
+            while let Some(io) = (*chan).deferred.pop_front() {
+                finish(io, false);
+            }
+            return sys::SPDK_POLLER_BUSY as c_int;
+        }
+        if node.cache.space_epoch() == (*chan).defer_epoch {
+            return sys::SPDK_POLLER_IDLE as c_int;
+        }
+        while let Some(&io) = (*chan).deferred.front() {
+            // Completed (or failed) writes leave the queue; a deferred one stays first.
+            let complete = try_write(chan, io);
+            if !complete {
+                break;
+            }
+            if (*chan).deferred.front() == Some(&io) {
+                (*chan).deferred.pop_front();
+            }
+        }
+        sys::SPDK_POLLER_BUSY as c_int
+    })
+}
+
+unsafe extern "C" fn read_with_buf(_ch: *mut sys::spdk_io_channel, io: *mut sys::spdk_bdev_io, ok: bool) {
+    if !ok {
+        finish(io, false);
+        return;
+    }
+    if !guard(false, || {
+        start_read(io);
+        true
+    }) {
+        finish(io, false);
+    }
+}
+
+/// Copies cached bytes into the caller's buffers and sends misses to the base.
+unsafe fn start_read(io: *mut sys::spdk_bdev_io) {
+    let node = node_of(io);
+    let (off, len) = byte_range(io);
+    let mut slices: Vec<IoSliceMut> = ffi::io_iovs(io)
+        .iter()
+        // SAFETY: the bdev layer owns these buffers for the I/O's life.
+        .map(|v| IoSliceMut::new(std::slice::from_raw_parts_mut(v.iov_base as *mut u8, v.iov_len)))
+        .collect();
+    match node.cache.read(off, &mut slices) {
+        Ok(m) if m.is_empty() => finish(io, true),
+        Ok(m) => {
+            let ctx = ffi::io_ctx::<IoCtx>(io);
+            (*ctx).misses = m;
+            submit_misses(io);
+        }
+        Err(e) => {
+            log::error!("{}: read at {off} of {len} bytes: {e}", node.name());
+            finish(io, false);
+        }
+    }
+}
+
+/// The part `[at, at+len)` of an iovec list.
+fn sub_iovecs(iovs: &[libc::iovec], mut at: u64, mut len: u64) -> Vec<libc::iovec> {
+    let mut out = Vec::with_capacity(1);
+    for v in iovs {
+        if len == 0 {
+            break;
+        }
+        let l = v.iov_len as u64;
+        if at >= l {
+            at -= l;
+            continue;
+        }
+        let n = (l - at).min(len);
+        out.push(libc::iovec {
+            // SAFETY: stays inside the caller's buffer (at + n <= iov_len).
+            iov_base: unsafe { (v.iov_base as *mut u8).add(at as usize) } as *mut c_void,
+            iov_len: n as usize,
+        });
+        len -= n;
+        at = 0;
+    }
+    out
+}
+
+/// Submits the read's remaining misses to the base; on ENOMEM waits for the
+/// base to have room and continues from there.
+unsafe fn submit_misses(io: *mut sys::spdk_bdev_io) {
+    let node = node_of(io);
+    let chan = channel_of(io);
+    let ctx = ffi::io_ctx::<IoCtx>(io);
+    while (*ctx).next_miss < (*ctx).misses.len() && !(*ctx).failed {
+        let idx = (*ctx).next_miss;
+        let m = (&(*ctx).misses)[idx];
+        let mio = Box::into_raw(Box::new(MissIo { io, idx, iovs: sub_iovecs(ffi::io_iovs(io), m.buf_at, m.len) }));
+        let rc = sys::spdk_bdev_readv(
+            node.base_desc,
+            (*chan).base_ch,
+            (*mio).iovs.as_mut_ptr() as *mut sys::iovec,
+            (*mio).iovs.len() as c_int,
+            m.off,
+            m.len,
+            Some(miss_done),
+            mio as *mut c_void,
+        );
+        if rc == 0 {
+            (*ctx).pending += 1;
+            (*ctx).next_miss += 1;
+            continue;
+        }
+        drop(Box::from_raw(mio));
+        if rc == -libc::ENOMEM {
+            let w = &mut (*ctx).wait;
+            w.bdev = sys::spdk_bdev_desc_get_bdev(node.base_desc);
+            w.cb_fn = Some(resume_misses);
+            w.cb_arg = io as *mut c_void;
+            if sys::spdk_bdev_queue_io_wait(w.bdev, (*chan).base_ch, w) == 0 {
+                return;
+            }
+        }
+        log::error!("{}: base read at {} of {} bytes could not be submitted: rc {rc}", node.name(), m.off, m.len);
+        (*ctx).failed = true;
+    }
+    if (*ctx).pending == 0 {
+        let ok = !(*ctx).failed;
+        finish(io, ok);
+    }
+}
+
+unsafe extern "C" fn resume_misses(arg: *mut c_void) {
+    let io = arg as *mut sys::spdk_bdev_io;
+    if !guard(false, || {
+        submit_misses(io);
+        true
+    }) {
+        finish(io, false);
+    }
+}
+
+unsafe extern "C" fn miss_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    guard((), || {
+        sys::spdk_bdev_free_io(bio);
+        let mio = Box::from_raw(arg as *mut MissIo);
+        let io = mio.io;
+        let ctx = ffi::io_ctx::<IoCtx>(io);
+        (*ctx).pending -= 1;
+        if !ok {
+            (*ctx).failed = true;
+        } else {
+            // Read caching: keep what the base returned as a clean key.
+            let node = node_of(io);
+            let m = (&(*ctx).misses)[mio.idx];
+            let mut data = Vec::with_capacity(m.len as usize);
+            for v in &mio.iovs {
+                // SAFETY: the caller's buffers, just filled by the base.
+                data.extend_from_slice(std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len));
+            }
+            if let Err(e) = node.cache.fill((*channel_of(io)).worker, &m, &data) {
+                log::debug!("{}: read cache fill at {}: {e}", node.name(), m.off);
+            }
+        }
+        if (*ctx).pending == 0 && ((*ctx).next_miss == (*ctx).misses.len() || (*ctx).failed) {
+            let ok = !(*ctx).failed;
+            finish(io, ok);
+        }
+    })
+}

@@ -1,0 +1,143 @@
+//! Background work of one pcache as SPDK pollers on the thread that created
+//! it: key-set flushing (the timer), writeback and GC. Writeback I/O goes to
+//! the base through that thread's own channel ([`SpdkBase`]).
+
+use std::ffi::{c_int, c_void};
+use std::time::Instant;
+
+use spdk_sys as sys;
+
+use super::base_io::SpdkBase;
+use super::ffi::{guard, Ptr};
+use super::json;
+use super::pcache_bdev::PcacheNode;
+use crate::WbProgress;
+
+const KSET_PERIOD_US: u64 = 1000;
+const WRITEBACK_PERIOD_US: u64 = 100;
+const GC_PERIOD_US: u64 = 1000;
+
+/// The pollers of one pcache and what they share.
+pub struct Background {
+    pub base: SpdkBase,
+    pollers: Vec<*mut sys::spdk_poller>,
+    /// bdev_pcache_flush requests waiting for the cache to be clean.
+    flush_waiters: Vec<Ptr<sys::spdk_jsonrpc_request>>,
+    /// Writeback errors counted when the oldest waiting flush arrived.
+    flush_errors_at: u64,
+    last_error_log: Option<Instant>,
+}
+
+impl Background {
+    pub fn new(base: SpdkBase) -> Background {
+        Background { base, pollers: Vec::new(), flush_waiters: Vec::new(), flush_errors_at: 0, last_error_log: None }
+    }
+
+    /// Starts the pollers on the current thread for `node`.
+    ///
+    /// # Safety
+    /// `node` outlives the pollers (stop() runs before it is freed).
+    pub unsafe fn start(&mut self, node: *const PcacheNode) {
+        let arg = node as *mut c_void;
+        for (f, period) in [
+            (kset_poll as unsafe extern "C" fn(*mut c_void) -> c_int, KSET_PERIOD_US),
+            (writeback_poll, WRITEBACK_PERIOD_US),
+            (gc_poll, GC_PERIOD_US),
+        ] {
+            self.pollers.push(sys::spdk_poller_register(Some(f), arg, period));
+        }
+    }
+
+    /// Unregisters the pollers; answers waiting flushes with `why`.
+    pub fn stop(&mut self, why: &str) {
+        for mut p in self.pollers.drain(..) {
+            // SAFETY: pollers registered by start() on this thread.
+            unsafe { sys::spdk_poller_unregister(&mut p) };
+        }
+        for r in self.flush_waiters.drain(..) {
+            json::respond_error(r.0, sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, why);
+        }
+    }
+
+    pub fn add_flush_waiter(&mut self, req: *mut sys::spdk_jsonrpc_request, writeback_errors: u64) {
+        if self.flush_waiters.is_empty() {
+            self.flush_errors_at = writeback_errors;
+        }
+        self.flush_waiters.push(Ptr(req));
+    }
+
+    /// Logs a background error at most once a second (a failing base device
+    /// would otherwise flood the log from a 100 us poller).
+    fn log_error(&mut self, what: &str, e: &crate::Error) {
+        if self.last_error_log.is_none_or(|t| t.elapsed().as_secs() >= 1) {
+            self.last_error_log = Some(Instant::now());
+            log::error!("{what}: {e}");
+        }
+    }
+}
+
+fn rc(busy: bool) -> c_int {
+    (if busy { sys::SPDK_POLLER_BUSY } else { sys::SPDK_POLLER_IDLE }) as c_int
+}
+
+unsafe extern "C" fn kset_poll(arg: *mut c_void) -> c_int {
+    guard(rc(false), || {
+        let node = &*(arg as *const PcacheNode);
+        match node.cache.flush_expired_ksets() {
+            Ok(n) => rc(n > 0),
+            Err(e) => {
+                node.bg().log_error(&format!("{}: key-set flush", node.name()), &e);
+                rc(false)
+            }
+        }
+    })
+}
+
+unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
+    guard(rc(false), || {
+        let node = &*(arg as *const PcacheNode);
+        let mut bg = node.bg();
+        let step = node.cache.writeback_step(&bg.base);
+        let busy = match &step {
+            Ok(p) => *p != WbProgress::Idle,
+            Err(e) => {
+                bg.log_error(&format!("{}: writeback", node.name()), e);
+                false
+            }
+        };
+        if !bg.flush_waiters.is_empty() {
+            // A flush request: journal open keys so writeback sees them, and
+            // answer once nothing is dirty (or writeback is failing).
+            let sealed = node.cache.flush();
+            let errors = node.cache.stats().writeback_errors;
+            let failed = sealed.err().or(step.err()).or_else(|| {
+                (errors > bg.flush_errors_at)
+                    .then(|| crate::Error::Io("writing to the base device failed; dirty data stays in the cache".into()))
+            });
+            if let Some(e) = failed {
+                let msg = format!("{}: flush failed: {e}", node.name());
+                for r in bg.flush_waiters.drain(..) {
+                    json::respond_error(r.0, sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, &msg);
+                }
+            } else if node.cache.is_clean() {
+                for r in bg.flush_waiters.drain(..) {
+                    json::respond_bool(r.0, true);
+                }
+            }
+        }
+        rc(busy)
+    })
+}
+
+unsafe extern "C" fn gc_poll(arg: *mut c_void) -> c_int {
+    guard(rc(false), || {
+        let node = &*(arg as *const PcacheNode);
+        match node.cache.gc_step() {
+            Ok(n) => rc(n > 0),
+            Err(e) => {
+                node.bg().log_error(&format!("{}: gc", node.name()), &e);
+                rc(false)
+            }
+        }
+    })
+}

@@ -1,0 +1,201 @@
+//! The JSON-RPC methods, following SPDK's conventions: every bad, missing or
+//! unknown parameter is answered with an error naming it, and nothing about
+//! the running bdevs changes.
+
+use std::ffi::CStr;
+use std::path::PathBuf;
+
+use spdk_sys as sys;
+
+use super::ffi::guard;
+use super::json::{self, Params};
+use super::pcache_bdev::{self, CreateOpts, Created};
+use super::pmem_bdev;
+
+type Handler = unsafe extern "C" fn(*mut sys::spdk_jsonrpc_request, *const sys::spdk_json_val);
+
+const METHODS: &[(&CStr, Handler)] = &[
+    (c"bdev_pmem_create", pmem_create),
+    (c"bdev_pmem_delete", pmem_delete),
+    (c"bdev_pcache_create", pcache_create),
+    (c"bdev_pcache_delete", pcache_delete),
+    (c"bdev_pcache_set_options", pcache_set_options),
+    (c"bdev_pcache_flush", pcache_flush),
+    (c"bdev_pcache_get_stats", pcache_get_stats),
+];
+
+pub fn register_methods() {
+    for (name, f) in METHODS {
+        // SAFETY: static names and handlers, as SPDK_RPC_REGISTER passes them.
+        unsafe { sys::spdk_rpc_register_method(name.as_ptr(), Some(*f), sys::SPDK_RPC_RUNTIME) };
+    }
+}
+
+const INVALID_PARAMS: i32 = sys::SPDK_JSONRPC_ERROR_INVALID_PARAMS;
+
+/// Decodes the params and runs `body`; a decoding error (or a panic) becomes
+/// an error response, so the request is always answered exactly once.
+unsafe fn handle(
+    method: &'static str,
+    req: *mut sys::spdk_jsonrpc_request,
+    raw: *const sys::spdk_json_val,
+    body: impl FnOnce(Params, *mut sys::spdk_jsonrpc_request) -> Result<(), (i32, String)>,
+) {
+    let answered = guard(false, || {
+        let r = match Params::from_raw(method, raw) {
+            Ok(p) => body(p, req),
+            Err(e) => Err((INVALID_PARAMS, e)),
+        };
+        if let Err((code, msg)) = r {
+            json::respond_error(req, code, &msg);
+        }
+        true
+    });
+    if !answered {
+        json::respond_error(req, sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, &format!("{method}: internal error"));
+    }
+}
+
+fn bad(e: String) -> (i32, String) {
+    (INVALID_PARAMS, e)
+}
+
+fn no_such(what: &str, name: &str) -> (i32, String) {
+    (-libc::ENODEV, format!("no {what} named {name}"))
+}
+
+unsafe extern "C" fn pmem_create(req: *mut sys::spdk_jsonrpc_request, raw: *const sys::spdk_json_val) {
+    handle("bdev_pmem_create", req, raw, |mut p, req| {
+        let name = p.req_str("name").map_err(bad)?;
+        let path = p.req_str("path").map_err(bad)?;
+        let size = p.opt_u64("size", 1, u64::MAX).map_err(bad)?;
+        let bs = p.opt_u64("block_size", 512, 65536).map_err(bad)?.unwrap_or(4096) as u32;
+        p.finish().map_err(bad)?;
+        pmem_bdev::create(&name, &PathBuf::from(&path), size, bs).map_err(|e| bad(format!("bdev_pmem_create: {e}")))?;
+        json::respond(req, |w| w.str(&name));
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn pmem_delete(req: *mut sys::spdk_jsonrpc_request, raw: *const sys::spdk_json_val) {
+    handle("bdev_pmem_delete", req, raw, |mut p, req| {
+        let name = p.req_str("name").map_err(bad)?;
+        p.finish().map_err(bad)?;
+        if !pmem_bdev::is_pmem_bdev(&name) {
+            return Err(no_such("pmem bdev", &name));
+        }
+        pmem_bdev::delete(&name.clone(), Box::new(move |rc| answer_rc(req, rc, &name)));
+        Ok(())
+    })
+}
+
+fn answer_rc(req: *mut sys::spdk_jsonrpc_request, rc: i32, name: &str) {
+    if rc == 0 {
+        json::respond_bool(req, true);
+    } else {
+        json::respond_error(req, rc, &format!("deleting {name} failed: {}", pmem_bdev::errno_str(rc)));
+    }
+}
+
+unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *const sys::spdk_json_val) {
+    handle("bdev_pcache_create", req, raw, |mut p, req| {
+        let name = p.req_str("name").map_err(bad)?;
+        let cache_bdev = p.req_str("cache_bdev").map_err(bad)?;
+        let base_bdev = p.req_str("base_bdev").map_err(bad)?;
+        let mode = p.opt_str("cache_mode").map_err(bad)?.unwrap_or_else(|| "writeback".into());
+        let data_crc = p.opt_bool("data_crc").map_err(bad)?;
+        let gc_percent = p.opt_u64("gc_percent", 0, 90).map_err(bad)?.map(|v| v as u8);
+        let force_format = p.opt_bool("force_format").map_err(bad)?.unwrap_or(false);
+        p.finish().map_err(bad)?;
+        if mode != "writeback" {
+            return Err(bad(format!("bdev_pcache_create: cache_mode '{mode}' is not supported (only 'writeback')")));
+        }
+        let opts = CreateOpts { name: name.clone(), cache_bdev, base_bdev, data_crc, gc_percent, force_format };
+        match pcache_bdev::create(opts).map_err(|e| (-libc::EINVAL, format!("bdev_pcache_create: {e}")))? {
+            Created::Now => {}
+            Created::Waiting(missing) => {
+                log::info!("{name}: created when bdev(s) {} appear", missing.join(", "));
+            }
+        }
+        json::respond(req, |w| w.str(&name));
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn pcache_delete(req: *mut sys::spdk_jsonrpc_request, raw: *const sys::spdk_json_val) {
+    handle("bdev_pcache_delete", req, raw, |mut p, req| {
+        let name = p.req_str("name").map_err(bad)?;
+        p.finish().map_err(bad)?;
+        if !pcache_bdev::list().iter().any(|(c, _, _)| c.name == name) {
+            return Err(no_such("pcache", &name));
+        }
+        pcache_bdev::delete(&name.clone(), Box::new(move |rc| answer_rc(req, rc, &name)));
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn pcache_set_options(req: *mut sys::spdk_jsonrpc_request, raw: *const sys::spdk_json_val) {
+    handle("bdev_pcache_set_options", req, raw, |mut p, req| {
+        let name = p.req_str("name").map_err(bad)?;
+        let gc_percent = p.opt_u64("gc_percent", 0, 90).map_err(bad)?;
+        p.finish().map_err(bad)?;
+        let r = pcache_bdev::with_node(&name, |n| match gc_percent {
+            Some(g) => n.cache.set_gc_percent(g as u8).map_err(|e| (-libc::EIO, format!("{name}: {e}"))),
+            None => Ok(()),
+        })
+        .ok_or_else(|| no_such("pcache", &name))?;
+        r?;
+        json::respond_bool(req, true);
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn pcache_flush(req: *mut sys::spdk_jsonrpc_request, raw: *const sys::spdk_json_val) {
+    handle("bdev_pcache_flush", req, raw, |mut p, req| {
+        let name = p.req_str("name").map_err(bad)?;
+        p.finish().map_err(bad)?;
+        // Answered by the writeback poller once every dirty byte is on the base.
+        pcache_bdev::with_node(&name, |n| {
+            let errors = n.cache.stats().writeback_errors;
+            n.bg().add_flush_waiter(req, errors)
+        })
+        .ok_or_else(|| no_such("pcache", &name))?;
+        Ok(())
+    })
+}
+
+unsafe extern "C" fn pcache_get_stats(req: *mut sys::spdk_jsonrpc_request, raw: *const sys::spdk_json_val) {
+    handle("bdev_pcache_get_stats", req, raw, |mut p, req| {
+        let name = p.opt_str("name").map_err(bad)?;
+        p.finish().map_err(bad)?;
+        let all = pcache_bdev::list();
+        let chosen: Vec<_> = all.into_iter().filter(|(c, _, _)| name.as_ref().is_none_or(|n| *n == c.name)).collect();
+        if let (Some(n), true) = (&name, chosen.is_empty()) {
+            return Err(no_such("pcache", n));
+        }
+        json::respond(req, |w| {
+            w.array_begin();
+            for (c, node, err) in &chosen {
+                w.object_begin();
+                match node {
+                    Some(n) => {
+                        w.named_str("state", "online");
+                        pcache_bdev::write_stats(&*n.0, w);
+                    }
+                    None => {
+                        w.named_str("name", &c.name);
+                        w.named_str("cache_bdev", &c.cache_bdev);
+                        w.named_str("base_bdev", &c.base_bdev);
+                        w.named_str("state", "waiting for its bdevs");
+                        if let Some(e) = err {
+                            w.named_str("error", e);
+                        }
+                    }
+                }
+                w.object_end();
+            }
+            w.array_end();
+        });
+        Ok(())
+    })
+}
