@@ -11,6 +11,7 @@
 //! - [`replay`]: rebuilding state at open
 //! - [`request`]: write, read, fill, flush; [`writeback`]; [`gc`]
 //! - [`base`]: the base device interface; [`stats`]
+//! - [`inspect`]: a read-only walk of the on-media state, for the offline tools
 
 pub mod base;
 pub mod cache;
@@ -20,6 +21,7 @@ pub mod format;
 pub mod fuzzing;
 pub mod gc;
 pub mod index;
+pub mod inspect;
 pub mod iov;
 pub mod keylog;
 pub mod pmem;
