@@ -45,8 +45,11 @@ pub struct Problem {
 }
 
 impl fmt::Display for Problem {
+    /// "location: detail", or one sentence when the detail continues it
+    /// ("replica B of key_tail at offset 0x4000 is corrupt ...").
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.location, self.detail)
+        let continues = ["is ", "has ", "holds ", "names "].iter().any(|v| self.detail.starts_with(v));
+        write!(f, "{}{}{}", self.location, if continues { " " } else { ": " }, self.detail)
     }
 }
 
