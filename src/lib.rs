@@ -11,6 +11,7 @@
 //! - [`replay`]: rebuilding state at open
 //! - [`request`]: write, read, fill, flush; [`writeback`]; [`gc`]
 //! - [`base`]: the base device interface; [`stats`]
+//! - [`inspect`]: a read-only walk of the on-media state, for the offline tools
 //! - `spdk` (feature `spdk`): the SPDK bdev module built into libpcache.so
 
 pub mod base;
@@ -21,6 +22,7 @@ pub mod format;
 pub mod fuzzing;
 pub mod gc;
 pub mod index;
+pub mod inspect;
 pub mod iov;
 pub mod keylog;
 pub mod pmem;

@@ -10,15 +10,18 @@
 //!   or a file on /dev/shm with `PMEM_IS_PMEM_FORCE=1` standing in for pmem);
 //! - [`MemMedia`]: plain DRAM, for tests that do not model crashes;
 //! - [`CrashSim`]: DRAM that remembers which cache lines were made durable and,
-//!   at a simulated power failure, keeps an arbitrary subset of the others.
+//!   at a simulated power failure, keeps an arbitrary subset of the others;
+//! - [`ReadOnlyFile`], [`ReadOnly`]: read-only access for the offline tools.
 
 mod crashsim;
 mod file;
 mod mem;
+mod readonly;
 
 pub use crashsim::{CrashSim, SplitMix64};
 pub use file::PmemFile;
 pub use mem::MemMedia;
+pub use readonly::{ReadOnly, ReadOnlyFile};
 
 use crate::error::{Error, Result};
 

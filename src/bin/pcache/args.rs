@@ -34,6 +34,14 @@ impl Args {
         self.flags.iter().any(|f| f == name)
     }
 
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vals.get(name).map(String::as_str)
+    }
+
+    pub fn num(&self, name: &str) -> Result<Option<u64>, String> {
+        self.vals.get(name).map(|_| self.num_or(name, 0)).transpose()
+    }
+
     pub fn str_or(&self, name: &str, default: &str) -> String {
         self.vals.get(name).cloned().unwrap_or_else(|| default.to_string())
     }

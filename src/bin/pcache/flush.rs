@@ -1,0 +1,277 @@
+//! `pcache flush PMEM BASE`: the way out when the target cannot be started.
+//! Replays the log, writes every dirty byte back to the base in log order and
+//! leaves the cache clean (dirty_tail persisted at the key head).
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pcache::base::{Done, ReadDone};
+use pcache::pmem::Media;
+use pcache::{BaseDevice, BaseIdentity, Cache, Config, FileBase, Opened, WbProgress};
+
+use crate::args::Args;
+use crate::dev::{human, open_ro, open_rw, probe_base};
+use crate::Fail;
+
+const HELP: &str = "usage: pcache flush PMEM BASE [options]
+
+Replays the cache on PMEM, writes every dirty byte back to BASE in log order
+and marks the cache clean. BASE must match the identity recorded at format:
+its size, and its block size (read from the system for a block device; for a
+regular file, given with --base-block-size if you want it checked).
+
+  --base-id ID           also require the recorded base id to be ID
+  --base-block-size N    the block size of BASE (regular files)
+  --force                write even if BASE does not match
+  --quiet                no progress output on stderr
+
+Progress goes to stderr: a bar when stderr is a terminal, plain lines otherwise.
+Exit status: 0 the cache is clean, 1 error, 2 usage.";
+
+pub fn main(raw: &[String]) -> Result<i32, Fail> {
+    let a = Args::parse(raw, &["base-id", "base-block-size"], &["force", "quiet", "help", "h"])
+        .map_err(|e| Fail::usage(e, HELP))?;
+    if a.flag("help") || a.flag("h") {
+        println!("{HELP}");
+        return Ok(0);
+    }
+    let [pmem, base] = a.positional.as_slice() else {
+        return Err(Fail::usage(format!("flush takes PMEM and BASE, got {} argument(s)", a.positional.len()), HELP));
+    };
+    let block_arg = a.num("base-block-size").map_err(|e| Fail::usage(e, HELP))?;
+    let (pmem, base_path) = (Path::new(pmem), Path::new(base));
+
+    // Identity first, from a read-only look: nothing is touched on a refusal.
+    let sb = Cache::read_superblock(&*open_ro(pmem)?).map_err(|e| Fail::error(format!("{}: {e}", pmem.display())))?;
+    let probe = probe_base(base_path)?;
+    let mut diffs = Vec::new();
+    if probe.size != sb.base_size {
+        diffs.push(format!("its size is {} bytes, the cache was formatted for {}", probe.size, sb.base_size));
+    }
+    let block = probe.block_size.or(block_arg.map(|b| b as u32));
+    if let Some(b) = block {
+        if b != sb.base_block_size {
+            diffs.push(format!("its block size is {b}, the cache was formatted for {}", sb.base_block_size));
+        }
+    }
+    if let Some(id) = a.get("base-id") {
+        if id != sb.base_id {
+            diffs.push(format!("the cache was formatted for base id {:?}, not {id:?}", sb.base_id));
+        }
+    }
+    if !diffs.is_empty() {
+        if !a.flag("force") {
+            return Err(Fail::error(format!(
+                "flush: {} does not match the cache on {}: {}; use --force to write to it anyway",
+                base_path.display(),
+                pmem.display(),
+                diffs.join("; ")
+            )));
+        }
+        eprintln!("pcache: flush: warning: writing despite a mismatch (--force): {}", diffs.join("; "));
+    }
+
+    let media = open_rw(pmem)?;
+    let mut cfg = Config::new(BaseIdentity { size: sb.base_size, block_size: sb.base_block_size, id: sb.base_id.clone() });
+    cfg.data_crc = sb.data_crc();
+    cfg.read_cache = false;
+    let fail = |e: pcache::Error| Fail::error(format!("flush: {}: {e}", pmem.display()));
+    let (cache, opened) = Cache::open(media.clone() as Arc<dyn Media>, &cfg).map_err(fail)?;
+    let Opened::Loaded(rep) = opened else {
+        return Err(Fail::error(format!("flush: {}: holds no cache", pmem.display())));
+    };
+    let st = cache.stats();
+    let total = rep.dirty_bytes;
+    let ksets = st.key_head.2 - st.dirty_tail.2;
+    let file = FileBase::open(base_path, sb.base_block_size).map_err(|e| Fail::error(format!("flush: {e}")))?;
+    let base = Recording { inner: file, first_error: Arc::new(Mutex::new(None)) };
+
+    let mut progress = Progress::new(total, ksets, a.flag("quiet"));
+    progress.start(base_path);
+    let mut busy = 0u64;
+    loop {
+        let step = cache.writeback_step(&base).map_err(|e| {
+            progress.abort();
+            Fail::error(format!(
+                "flush: {e}; {} of {} dirty bytes were written back before it",
+                total - cache.stats().dirty_bytes,
+                total
+            ))
+        })?;
+        match step {
+            WbProgress::Idle => break,
+            WbProgress::Advanced => {
+                busy = 0;
+                progress.update(total - cache.stats().dirty_bytes, cache.stats().writeback_ksets);
+            }
+            WbProgress::Busy => {
+                busy += 1;
+                let err = base.first_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(e) = err {
+                    progress.abort();
+                    return Err(Fail::error(format!("flush: {}: {e}", base_path.display())));
+                }
+                if busy > 10_000_000 {
+                    progress.abort();
+                    return Err(Fail::error("flush: writeback makes no progress".to_string()));
+                }
+            }
+        }
+    }
+    progress.finish();
+    if !cache.is_clean() {
+        return Err(Fail::error(format!("flush: {}: dirty data remains after writeback", pmem.display())));
+    }
+    let written = cache.stats().writeback_bytes;
+    cache.close().map_err(fail)?;
+    if total == 0 && ksets == 0 {
+        println!("{}: nothing to write back; the cache is clean", pmem.display());
+    } else {
+        println!(
+            "{}: wrote {written} bytes ({}) from {ksets} kset(s) back to {}; the cache is clean",
+            pmem.display(),
+            human(written),
+            base_path.display()
+        );
+    }
+    Ok(0)
+}
+
+/// The base file, remembering the first I/O error (the engine retries a
+/// failed kset; the tool stops and says why).
+struct Recording {
+    inner: FileBase,
+    first_error: Arc<Mutex<Option<String>>>,
+}
+
+impl Recording {
+    /// Wraps a completion so that an error is remembered before it is passed on.
+    fn noting(&self, done: Done) -> Done {
+        let slot = self.first_error.clone();
+        Box::new(move |r: pcache::Result<()>| {
+            if let Err(e) = &r {
+                slot.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| e.to_string());
+            }
+            done(r)
+        })
+    }
+}
+
+impl BaseDevice for Recording {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn write(&self, offset: u64, data: Vec<u8>, done: Done) {
+        self.inner.write(offset, data, self.noting(done));
+    }
+    fn flush(&self, done: Done) {
+        self.inner.flush(self.noting(done));
+    }
+    fn read(&self, offset: u64, buf: Vec<u8>, done: ReadDone) {
+        self.inner.read(offset, buf, done)
+    }
+}
+
+enum Mode {
+    Quiet,
+    Bar,
+    Lines,
+}
+
+struct Progress {
+    total: u64,
+    ksets: u64,
+    mode: Mode,
+    last_draw: Option<Instant>,
+    last_tenth: u64,
+}
+
+impl Progress {
+    fn new(total: u64, ksets: u64, quiet: bool) -> Self {
+        let mode = if quiet || (total == 0 && ksets == 0) {
+            Mode::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Mode::Bar
+        } else {
+            Mode::Lines
+        };
+        Progress { total, ksets, mode, last_draw: None, last_tenth: 0 }
+    }
+
+    fn start(&mut self, base: &Path) {
+        if !matches!(self.mode, Mode::Quiet) {
+            eprintln!(
+                "flush: writing back {} bytes ({}) in {} kset(s) to {}",
+                self.total,
+                human(self.total),
+                self.ksets,
+                base.display()
+            );
+        }
+    }
+
+    fn percent(&self, done: u64, ksets_done: u64) -> u64 {
+        if self.total > 0 {
+            done * 100 / self.total
+        } else if self.ksets > 0 {
+            ksets_done.min(self.ksets) * 100 / self.ksets
+        } else {
+            100
+        }
+    }
+
+    fn update(&mut self, done: u64, ksets_done: u64) {
+        let pct = self.percent(done, ksets_done);
+        match self.mode {
+            Mode::Quiet => {}
+            Mode::Lines => {
+                let tenth = pct / 10;
+                if tenth > self.last_tenth && pct < 100 {
+                    self.last_tenth = tenth;
+                    eprintln!("flush: {:>3}% ({} of {})", tenth * 10, human(done), human(self.total));
+                }
+            }
+            Mode::Bar => {
+                if self.last_draw.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+                    return;
+                }
+                self.last_draw = Some(Instant::now());
+                let width = 40;
+                let fill = (pct as usize * width / 100).min(width);
+                let mut err = std::io::stderr().lock();
+                let _ = write!(
+                    err,
+                    "\rflush [{}{}] {pct:>3}%  {} of {}   ",
+                    "#".repeat(fill),
+                    "-".repeat(width - fill),
+                    human(done),
+                    human(self.total)
+                );
+                let _ = err.flush();
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        match self.mode {
+            Mode::Quiet => {}
+            Mode::Lines => eprintln!("flush: 100% ({} of {})", human(self.total), human(self.total)),
+            Mode::Bar => {
+                self.last_draw = None;
+                self.update(self.total, self.ksets);
+                eprintln!();
+            }
+        }
+    }
+
+    fn abort(&mut self) {
+        if matches!(self.mode, Mode::Bar) && self.last_draw.is_some() {
+            eprintln!();
+        }
+    }
+}

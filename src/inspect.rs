@@ -1,0 +1,433 @@
+//! A read-only walk of the on-media state, for the offline tools.
+//!
+//! [`inspect`] reads everything replay reads — superblock, both replicas of
+//! every record, the key-set chain, every key — and, when asked, the data of
+//! every live key to verify its CRC. It never stores to the device (the engine
+//! load it ends with runs over [`ReadOnly`] media, which refuses stores).
+//!
+//! Every finding is a [`Problem`] with its location. A [`Severity::Damaged`]
+//! problem leaves the cache loadable (a bad replica whose twin is good, a key
+//! whose data fails its CRC); a [`Severity::Fatal`] one means the engine will
+//! refuse to load the device. The verdict is cross-checked against a real
+//! engine load, so "loadable" here means exactly what `Cache::open` does.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::cache::{geometry, BaseIdentity, Cache, Config, Opened};
+use crate::error::Result;
+use crate::format::{
+    self, get_u16, get_u32, seq_newer, CacheInfo, LogPos, Record, Superblock, CACHE_INFO_OFF, DIRTY_TAIL_OFF,
+    FORMAT_VERSION, KEY_SIZE, KEY_TAIL_OFF, KSET_HDR_SIZE, REC_CACHE_INFO, REC_DIRTY_TAIL, REC_KEY_TAIL, REC_SEG_META,
+    REC_SIZE,
+};
+use crate::keylog::{check_pos, read_kset, LoggedKset};
+use crate::pmem::{Media, ReadOnly};
+use crate::replay::check_key;
+use crate::segment::SegmentTable;
+use crate::tails::Tails;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// Something is wrong, but the cache loads and serves its data.
+    Damaged,
+    /// The engine cannot load the device.
+    Fatal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub severity: Severity,
+    /// Where: a structure and its byte offset, segment or kset sequence.
+    pub location: String,
+    pub detail: String,
+}
+
+impl fmt::Display for Problem {
+    /// "location: detail", or one sentence when the detail continues it
+    /// ("replica B of key_tail at offset 0x4000 is corrupt ...").
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let continues = ["is ", "has ", "holds ", "names "].iter().any(|v| self.detail.starts_with(v));
+        write!(f, "{}{}{}", self.location, if continues { " " } else { ": " }, self.detail)
+    }
+}
+
+/// One replica slot of a replicated record as found on the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub offset: u64,
+    /// The record's seq when the slot is valid, otherwise why it is not.
+    pub state: std::result::Result<u32, String>,
+}
+
+/// A replicated record: both slots and which one the engine uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordState {
+    pub name: String,
+    pub slots: [Slot; 2],
+    /// 0 or 1; None when neither slot is valid.
+    pub used: Option<usize>,
+}
+
+/// Replica slots are called A (first) and B (second) in reports.
+pub fn slot_name(i: usize) -> char {
+    if i == 0 {
+        'A'
+    } else {
+        'B'
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InspectOptions {
+    /// Read the data of every live key and verify its CRC (when the cache keeps data CRCs).
+    pub verify_data: bool,
+}
+
+/// What is on the device.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub device_len: u64,
+    pub sb: Superblock,
+    pub gc_percent: Option<u8>,
+    /// cache_info, key_tail, dirty_tail (segment metadata appears only in `problems`).
+    pub records: Vec<RecordState>,
+    pub key_tail: Option<LogPos>,
+    pub dirty_tail: Option<LogPos>,
+    /// Where the next kset goes; known when the chain could be walked.
+    pub key_head: Option<LogPos>,
+    pub ksets: u64,
+    /// Ksets from dirty_tail to the head (not yet written back).
+    pub dirty_ksets: u64,
+    pub keys: u64,
+    pub stale_keys: u64,
+    pub dirty_bytes: u64,
+    pub log_segments: u32,
+    /// Segments in use as the engine counts them after a load.
+    pub segs_used: Option<u32>,
+    /// Keys whose data CRC was verified.
+    pub data_checked: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl Inspection {
+    /// True when the engine can load the device.
+    pub fn usable(&self) -> bool {
+        !self.problems.iter().any(|p| p.severity == Severity::Fatal)
+    }
+
+    fn problem(&mut self, severity: Severity, location: impl Into<String>, detail: impl Into<String>) {
+        self.problems.push(Problem { severity, location: location.into(), detail: detail.into() });
+    }
+}
+
+/// Reads the device without changing it. Fails only when there is no
+/// superblock to report on (blank, not a pcache, damaged superblock, I/O);
+/// every other finding is a [`Problem`] in the result.
+pub fn inspect(media: Arc<dyn Media>, opts: InspectOptions) -> Result<Inspection> {
+    let media: Arc<dyn Media> = Arc::new(ReadOnly(media));
+    let sb = Cache::read_superblock(&*media)?;
+    let mut ins = Inspection {
+        device_len: media.len(),
+        sb: sb.clone(),
+        gc_percent: None,
+        records: Vec::new(),
+        key_tail: None,
+        dirty_tail: None,
+        key_head: None,
+        ksets: 0,
+        dirty_ksets: 0,
+        keys: 0,
+        stale_keys: 0,
+        dirty_bytes: 0,
+        log_segments: 0,
+        segs_used: None,
+        data_checked: 0,
+        problems: Vec::new(),
+    };
+
+    // Replicated records: every slot, reported one by one.
+    let info = record(&*media, &mut ins, "cache_info", CACHE_INFO_OFF, REC_CACHE_INFO)?;
+    if let Some(r) = info {
+        match CacheInfo::from_body(&r) {
+            Ok(ci) => ins.gc_percent = Some(ci.gc_percent),
+            Err(e) => ins.problem(Severity::Fatal, "cache_info", e.to_string()),
+        }
+    }
+    ins.key_tail = record(&*media, &mut ins, "key_tail", KEY_TAIL_OFF, REC_KEY_TAIL)?.map(|r| LogPos::from_body(&r));
+    ins.dirty_tail =
+        record(&*media, &mut ins, "dirty_tail", DIRTY_TAIL_OFF, REC_DIRTY_TAIL)?.map(|r| LogPos::from_body(&r));
+    let geo = geometry(&sb);
+    for seg in 0..geo.seg_count {
+        let name = format!("segment {seg} metadata");
+        let offs = geo.meta_offs(seg);
+        let (state, recs) = read_slots(&*media, &name, offs, REC_SEG_META)?;
+        report_slots(&mut ins, &state);
+        if let Some(used) = state.used {
+            for (i, rec) in recs.iter().enumerate() {
+                let Some(rec) = rec else { continue };
+                let (id, _) = format::seg_meta_from_body(rec);
+                if id == seg {
+                    continue;
+                }
+                let loc = format!("replica {} of {name} at offset {:#x}", slot_name(i), offs[i]);
+                if i == used {
+                    ins.problem(Severity::Fatal, loc, format!("names segment {id}; this replica is the one in use"));
+                } else {
+                    ins.problem(
+                        Severity::Damaged,
+                        loc,
+                        format!("names segment {id}; replica {} is used", slot_name(used)),
+                    );
+                }
+            }
+        }
+    }
+
+    if ins.usable() {
+        walk(&media, &sb, &mut ins, opts)?;
+    }
+
+    // The verdict of the engine itself, on media that refuses stores.
+    let mut cfg = Config::new(BaseIdentity { size: sb.base_size, block_size: sb.base_block_size, id: sb.base_id.clone() });
+    cfg.data_crc = sb.data_crc();
+    cfg.read_cache = false;
+    match Cache::open(media.clone(), &cfg) {
+        Ok((cache, opened)) => {
+            ins.segs_used = Some(cache.stats().segs_used);
+            if let Opened::Loaded(rep) = opened {
+                if ins.usable() && rep.dirty_bytes != ins.dirty_bytes {
+                    ins.problem(
+                        Severity::Damaged,
+                        "key log",
+                        format!("replay counts {} dirty bytes, the walk {}", rep.dirty_bytes, ins.dirty_bytes),
+                    );
+                }
+            }
+        }
+        Err(e) => {
+            if ins.usable() {
+                ins.problem(Severity::Fatal, "load", e.to_string());
+            }
+        }
+    }
+    Ok(ins)
+}
+
+/// Why a slot does not hold a valid record of `kind`, or the record.
+fn decode_slot(b: &[u8], kind: u32) -> std::result::Result<Record, String> {
+    if let Some(r) = Record::decode(b, kind) {
+        return Ok(r);
+    }
+    if b.iter().all(|&x| x == 0) {
+        return Err("is blank".into());
+    }
+    if get_u32(b, 0) != format::crc(&b[4..REC_SIZE]) {
+        return Err("is corrupt (CRC mismatch)".into());
+    }
+    if get_u32(b, 4) != kind {
+        return Err(format!("holds a record of another kind ({:#010x})", get_u32(b, 4)));
+    }
+    Err(format!("has format version {}, expected {FORMAT_VERSION}", get_u16(b, 12)))
+}
+
+fn read_slots(
+    media: &dyn Media,
+    name: &str,
+    offs: [u64; 2],
+    kind: u32,
+) -> Result<(RecordState, [Option<Record>; 2])> {
+    let mut recs = [None, None];
+    let mut slots = Vec::with_capacity(2);
+    for (i, off) in offs.iter().enumerate() {
+        let mut b = [0u8; REC_SIZE];
+        media.read(*off, &mut b)?;
+        let state = decode_slot(&b, kind);
+        recs[i] = state.as_ref().ok().copied();
+        slots.push(Slot { offset: *off, state: state.map(|r| r.seq) });
+    }
+    // The same choice as Replica::load: the newest valid replica.
+    let used = match (&recs[0], &recs[1]) {
+        (Some(a), Some(b)) => Some(usize::from(seq_newer(b.seq, a.seq))),
+        (Some(_), None) => Some(0),
+        (None, Some(_)) => Some(1),
+        (None, None) => None,
+    };
+    let [a, b]: [Slot; 2] = slots.try_into().expect("two slots");
+    Ok((RecordState { name: name.to_string(), slots: [a, b], used }, recs))
+}
+
+fn report_slots(ins: &mut Inspection, st: &RecordState) {
+    match st.used {
+        None => {
+            let why: Vec<String> = st
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("{} at {:#x} {}", slot_name(i), s.offset, s.state.as_ref().err().cloned().unwrap_or_default()))
+                .collect();
+            ins.problem(Severity::Fatal, st.name.clone(), format!("both replicas are unusable ({})", why.join("; ")));
+        }
+        Some(used) => {
+            for (i, s) in st.slots.iter().enumerate() {
+                if let Err(why) = &s.state {
+                    ins.problem(
+                        Severity::Damaged,
+                        format!("replica {} of {} at offset {:#x}", slot_name(i), st.name, s.offset),
+                        format!("{why}; replica {} is used", slot_name(used)),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn record(media: &dyn Media, ins: &mut Inspection, name: &str, offs: [u64; 2], kind: u32) -> Result<Option<Record>> {
+    let (st, recs) = read_slots(media, name, offs, kind)?;
+    report_slots(ins, &st);
+    let rec = st.used.and_then(|u| recs[u]);
+    ins.records.push(st);
+    Ok(rec)
+}
+
+fn kset_loc(geo: &crate::segment::Geometry, pos: LogPos) -> String {
+    format!("kset seq {} at segment {} offset {:#x} (byte offset {:#x})", pos.seq, pos.seg, pos.off, geo.addr(pos.seg, pos.off))
+}
+
+/// The key-set chain and every key, as replay walks them.
+fn walk(media: &Arc<dyn Media>, sb: &Superblock, ins: &mut Inspection, opts: InspectOptions) -> Result<()> {
+    let geo = geometry(sb);
+    let segs = match SegmentTable::load(&**media, geo, 0) {
+        Ok(s) => s,
+        Err(e) => {
+            ins.problem(Severity::Fatal, "segment metadata", e.to_string());
+            return Ok(());
+        }
+    };
+    let tails = match Tails::load(&**media) {
+        Ok(t) => t,
+        Err(e) => {
+            ins.problem(Severity::Fatal, "tails", e.to_string());
+            return Ok(());
+        }
+    };
+    for (name, pos) in [("key_tail", tails.key), ("dirty_tail", tails.dirty)] {
+        if let Err(e) = check_pos(geo.payload(), geo.seg_count, pos, name) {
+            ins.problem(Severity::Fatal, format!("{name} (segment {} offset {:#x} seq {})", pos.seg, pos.off, pos.seq), e.to_string());
+        }
+    }
+    if !ins.usable() {
+        return Ok(());
+    }
+    if tails.dirty.seq < tails.key.seq {
+        ins.problem(
+            Severity::Fatal,
+            "dirty_tail",
+            format!("seq {} is behind key_tail seq {}", tails.dirty.seq, tails.key.seq),
+        );
+        return Ok(());
+    }
+
+    // The chain, from key_tail to the first position without a valid kset.
+    let mut visited = vec![false; geo.seg_count as usize];
+    let mut chain_segs = vec![tails.key.seg];
+    visited[tails.key.seg as usize] = true;
+    let mut ksets: Vec<(LogPos, LoggedKset)> = Vec::new();
+    let mut dirty_at = None;
+    let mut pos = tails.key;
+    loop {
+        if pos == tails.dirty {
+            dirty_at = Some(ksets.len());
+        }
+        let k = match read_kset(&**media, &segs, sb.nonce, pos) {
+            Ok(Some(k)) => k,
+            Ok(None) => break,
+            Err(e) => {
+                ins.problem(Severity::Fatal, kset_loc(&geo, pos), e.to_string());
+                return Ok(());
+            }
+        };
+        if k.hdr.is_last() {
+            let next = k.next.seg;
+            if visited[next as usize] {
+                ins.problem(Severity::Fatal, kset_loc(&geo, pos), format!("chain loops back to segment {next}"));
+                return Ok(());
+            }
+            visited[next as usize] = true;
+            chain_segs.push(next);
+        }
+        let next = k.next;
+        ksets.push((pos, k));
+        pos = next;
+    }
+    ins.key_head = Some(pos);
+    ins.ksets = ksets.len() as u64;
+    ins.log_segments = chain_segs.len() as u32;
+    let Some(dirty_at) = dirty_at else {
+        ins.problem(
+            Severity::Fatal,
+            "dirty_tail",
+            format!(
+                "segment {} offset {:#x} seq {} is not on the key log (key_tail seq {}, head seq {})",
+                tails.dirty.seg, tails.dirty.off, tails.dirty.seq, tails.key.seq, pos.seq
+            ),
+        );
+        return Ok(());
+    };
+    ins.dirty_ksets = (ksets.len() - dirty_at) as u64;
+
+    // Every key, checked as replay checks it.
+    let mut is_log = vec![false; geo.seg_count as usize];
+    for &s in &chain_segs {
+        is_log[s as usize] = true;
+    }
+    let mut data_segs = BTreeSet::new();
+    let mut buf = Vec::new();
+    for (i, (kpos, k)) in ksets.iter().enumerate() {
+        for (j, key) in k.keys.iter().enumerate() {
+            ins.keys += 1;
+            let key_off = geo.addr(kpos.seg, kpos.off) + (KSET_HDR_SIZE + j * KEY_SIZE) as u64;
+            let loc = || format!("key {j} of kset seq {} (byte offset {:#x})", kpos.seq, key_off);
+            match check_key(key, sb, &segs, &is_log) {
+                Err(e) => {
+                    ins.problem(Severity::Fatal, loc(), e.to_string());
+                    return Ok(());
+                }
+                Ok(false) => {
+                    ins.stale_keys += 1;
+                    continue;
+                }
+                Ok(true) => {}
+            }
+            data_segs.insert(key.seg);
+            if key.is_dirty() && i >= dirty_at {
+                ins.dirty_bytes += key.len as u64;
+            }
+            if opts.verify_data && key.flags & format::KEY_FLAG_CRC != 0 {
+                buf.resize(key.len as usize, 0);
+                let at = geo.addr(key.seg, key.seg_off);
+                media.read(at, &mut buf)?;
+                ins.data_checked += 1;
+                let got = format::data_crc(&[&buf]);
+                if got != key.data_crc {
+                    ins.problem(
+                        Severity::Damaged,
+                        loc(),
+                        format!(
+                            "data for base offset {} (+{} bytes) at segment {} offset {:#x} (byte offset {at:#x}) fails its CRC \
+                             (recorded {:#010x}, computed {got:#010x}){}",
+                            key.off,
+                            key.len,
+                            key.seg,
+                            key.seg_off,
+                            key.data_crc,
+                            if key.is_dirty() && i >= dirty_at { "; the data is dirty" } else { "" }
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
