@@ -1,0 +1,95 @@
+# Shared helpers for the SPDK integration suites (sourced, not run).
+# Each suite starts the stock SPDK apps with the pcache module preloaded,
+# drives them over JSON-RPC, and counts checks with pass/fail.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+SPDK_DIR=${SPDK_DIR:-/opt/spdk}
+MODULE=$ROOT/target/release/libpcache.so
+# Core locks are off so a suite never fails because another SPDK app holds a core.
+APP_ARGS=(--no-huge -s 2048 -u --disable-cpumask-locks)
+export PMEM_IS_PMEM_FORCE=1
+
+# SPDK's rpc.py: the installed spdk-rpc (python package under the prefix) or
+# scripts/rpc.py of a source tree.
+PYSITE=$(ls -d "$SPDK_DIR"/lib/python3*/site-packages 2>/dev/null | head -1)
+export PYTHONPATH=$ROOT/rpc:$ROOT/tests/spdk${PYSITE:+:$PYSITE}${PYTHONPATH:+:$PYTHONPATH}
+if [ -x "$SPDK_DIR/bin/spdk-rpc" ]; then RPC_PY=("$SPDK_DIR/bin/spdk-rpc")
+elif [ -f "$SPDK_DIR/scripts/rpc.py" ]; then RPC_PY=(python3 "$SPDK_DIR/scripts/rpc.py")
+else RPC_PY=(); fi
+
+PASSED=0
+FAILED=0
+PIDS=()
+WORK=$(mktemp -d /var/tmp/pcache-spdk-test.XXXXXX)
+SHM=/dev/shm/pcache-test-$$
+
+pass() { PASSED=$((PASSED + 1)); echo "  ok: $*"; }
+fail() { FAILED=$((FAILED + 1)); echo "  FAIL: $*"; }
+check() { # description, command...
+  local what=$1; shift
+  if "$@"; then pass "$what"; else fail "$what"; fi
+}
+
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  rm -rf "$WORK" "$SHM"*
+}
+trap cleanup EXIT
+
+# Prints the totals line scripts/test.sh counts, and the suite's exit status.
+finish() {
+  echo "test result: $([ "$FAILED" -eq 0 ] && echo ok || echo FAILED). $PASSED passed; $FAILED failed"
+  [ "$FAILED" -eq 0 ]
+}
+
+# start_app NAME SOCK LOG APP [ARGS...]: runs an SPDK app in the background
+# with the module preloaded and waits until its RPC server answers.
+start_app() {
+  local name=$1 sock=$2 log=$3; shift 3
+  env LD_PRELOAD="$MODULE" "$@" -r "$sock" >"$log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  eval "PID_$name=$pid"
+  for _ in $(seq 1 200); do
+    if ! kill -0 "$pid" 2>/dev/null; then echo "  $name exited early:"; tail -20 "$log"; return 1; fi
+    if [ -S "$sock" ] && jsonrpc "$sock" rpc_get_methods >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "  $name did not start:"; tail -20 "$log"; return 1
+}
+
+# stop_app NAME SOCK: asks the app to exit, then waits (kill -9 after 30 s).
+stop_app() {
+  local name=$1 sock=$2 pid
+  pid=$(eval echo "\${PID_$name:-}")
+  [ -n "$pid" ] || return 0
+  jsonrpc "$sock" spdk_kill_instance '{"sig_name":"SIGTERM"}' >/dev/null 2>&1
+  for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  local rc=$?
+  eval "PID_$name="
+  return $rc
+}
+
+# jsonrpc SOCK METHOD [PARAMS-JSON]: one raw JSON-RPC call; prints the result
+# as JSON, or "ERROR <code>: <message>" and fails.
+jsonrpc() { python3 "$ROOT/tests/spdk/jsonrpc.py" "$@"; }
+
+# rpc SOCK ARGS...: rpc.py with the pcache plugin.
+rpc() { local sock=$1; shift; "${RPC_PY[@]}" -s "$sock" -t 600 --plugin pcache_rpc "$@"; }
+
+# A stack config: pmem bdev (created at $2 bytes), AIO base of $3 bytes, pcache PC0.
+stack_config() { # out pmem_size base_size [extra pcache params json]
+  local out=$1 psize=$2 bsize=$3 extra=${4:-}
+  truncate -s "$bsize" "$WORK/base.img"
+  cat >"$out" <<JSON
+{"subsystems":[{"subsystem":"bdev","config":[
+ {"method":"bdev_pmem_create","params":{"name":"Pmem0","path":"$SHM.pmem","size":$psize}},
+ {"method":"bdev_aio_create","params":{"name":"Base0","filename":"$WORK/base.img","block_size":4096}},
+ {"method":"bdev_pcache_create","params":{"name":"PC0","cache_bdev":"Pmem0","base_bdev":"Base0"$extra}}
+]}]}
+JSON
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs the SPDK integration suites against the installed SPDK (SPDK_DIR, or
+# /opt/spdk) with the pcache module preloaded into its stock apps. Each suite
+# prints a "test result:" line; this exits non-zero if any suite failed.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+SPDK_DIR=${SPDK_DIR:-/opt/spdk}
+export SPDK_DIR
+
+echo "building the SPDK module (cargo build --release --lib --features spdk)"
+cargo build --release --lib --features spdk || exit 1
+
+rc=0
+for s in tests/spdk/suite-*.sh; do
+  echo "--- $(basename "$s")"
+  bash "$s" || rc=1
+done
+exit $rc

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# bdevperf -w verify through pcache: on 1 core, on 2 cores, and with a tiny
+# cache that makes GC and writeback run during the test.
+source "$(dirname "$0")/lib.sh"
+
+# bdevperf_ok LOG: the run completed and its Total line shows I/O and no failures.
+bdevperf_ok() {
+  tr '\r' '\n' <"$1" | awk '/^ *Total *:/ { found=1; if ($3 + 0 <= 0 || $5 + 0 != 0) bad=1 }
+       END { exit !(found && !bad) }'
+}
+totals() { tr '\r' '\n' <"$1" | awk '/^ *Total *:/ {print $3 " IOPS, " $5 " failed/s"}'; }
+
+verify_run() { # description, cpumask, extra bdevperf args...
+  local what=$1 mask=$2; shift 2
+  local log=$WORK/bdevperf-$mask.log
+  rm -f "$SHM.pmem"
+  stack_config "$WORK/stack.json" $((256 << 20)) $((512 << 20))
+  env LD_PRELOAD="$MODULE" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m "$mask" --json "$WORK/stack.json" \
+    -q 32 -o 4096 -w verify -t 5 "$@" >"$log" 2>&1
+  local rc=$?
+  if [ $rc -eq 0 ] && bdevperf_ok "$log"; then
+    pass "$what: $(totals "$log")"
+  else
+    fail "$what (exit $rc)"; tail -25 "$log"
+  fi
+}
+
+verify_run "verify on 1 core" 0x1
+verify_run "verify on 2 cores (-C)" 0x3 -C
+
+# Tiny cache: 10 segments of 16 MiB in front of 1 GiB. bdevperf waits for
+# perform_tests (-z) so the stats can be read after the run, in the same app.
+rm -f "$SHM.pmem"
+stack_config "$WORK/tiny.json" $(((10 << 24) + (64 << 10))) $((1 << 30)) ',"gc_percent":50'
+sock=$WORK/bdevperf.sock
+log=$WORK/bdevperf-tiny.log
+if start_app bp "$sock" "$log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x3 -C -z --json "$WORK/tiny.json" \
+    -q 32 -o 65536 -w verify -t 10; then
+  check "tiny cache: perform_tests completes without errors" jsonrpc "$sock" perform_tests
+  stats=$(jsonrpc "$sock" bdev_pcache_get_stats '{"name":"PC0"}')
+  get() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[0]['$1'])" "$stats"; }
+  check "tiny cache: bdevperf totals show I/O and no failures" bdevperf_ok "$log"
+  check "tiny cache: GC ran ($(get gc_ksets) ksets)" [ "$(get gc_ksets)" -gt 0 ]
+  check "tiny cache: writeback ran ($(get writeback_bytes) bytes)" [ "$(get writeback_bytes)" -gt 0 ]
+  check "tiny cache: more was written ($(get write_bytes) bytes) than the cache holds" \
+    [ "$(get write_bytes)" -gt $((10 << 24)) ]
+  stop_app bp "$sock"
+  check "tiny cache: bdevperf exits cleanly" [ $? -eq 0 ]
+else
+  fail "tiny cache: bdevperf did not start"
+fi
+
+finish
