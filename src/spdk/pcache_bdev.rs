@@ -251,6 +251,9 @@ unsafe fn open_claim(name: &str, role: &str, event_ctx: *mut String) -> Result<*
     let c = cstring(name);
     let mut desc = std::ptr::null_mut();
     let rc = sys::spdk_bdev_open_ext(c.as_ptr(), true, Some(bdev_event), event_ctx as *mut c_void, &mut desc);
+    if rc == -libc::EPERM {
+        return Err(format!("{role} {name} is in use (claimed by another pcache or bdev module)"));
+    }
     if rc != 0 {
         return Err(format!("cannot open {role} {name}: {}", errno_str(rc)));
     }

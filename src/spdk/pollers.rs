@@ -21,8 +21,9 @@ const GC_PERIOD_US: u64 = 1000;
 pub struct Background {
     pub base: SpdkBase,
     pollers: Vec<*mut sys::spdk_poller>,
-    /// bdev_pcache_flush requests waiting for the cache to be clean.
-    flush_waiters: Vec<Ptr<sys::spdk_jsonrpc_request>>,
+    /// bdev_pcache_flush requests, each answered once dirty_tail reaches the
+    /// key-log sequence that was the head when it arrived.
+    flush_waiters: Vec<(Ptr<sys::spdk_jsonrpc_request>, u64)>,
     /// Writeback errors counted when the oldest waiting flush arrived.
     flush_errors_at: u64,
     last_error_log: Option<Instant>,
@@ -54,16 +55,21 @@ impl Background {
             // SAFETY: pollers registered by start() on this thread.
             unsafe { sys::spdk_poller_unregister(&mut p) };
         }
-        for r in self.flush_waiters.drain(..) {
+        for (r, _) in self.flush_waiters.drain(..) {
             json::respond_error(r.0, sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, why);
         }
     }
 
-    pub fn add_flush_waiter(&mut self, req: *mut sys::spdk_jsonrpc_request, writeback_errors: u64) {
+    /// Queues a flush request: every write completed before it is written
+    /// back (writes that arrive later do not hold it up).
+    pub fn add_flush_waiter(&mut self, req: *mut sys::spdk_jsonrpc_request, cache: &crate::Cache) -> crate::Result<()> {
+        cache.flush()?;
+        let s = cache.stats();
         if self.flush_waiters.is_empty() {
-            self.flush_errors_at = writeback_errors;
+            self.flush_errors_at = s.writeback_errors;
         }
-        self.flush_waiters.push(Ptr(req));
+        self.flush_waiters.push((Ptr(req), s.key_head.2));
+        Ok(())
     }
 
     /// Logs a background error at most once a second (a failing base device
@@ -106,23 +112,26 @@ unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
             }
         };
         if !bg.flush_waiters.is_empty() {
-            // A flush request: journal open keys so writeback sees them, and
-            // answer once nothing is dirty (or writeback is failing).
-            let sealed = node.cache.flush();
-            let errors = node.cache.stats().writeback_errors;
-            let failed = sealed.err().or(step.err()).or_else(|| {
-                (errors > bg.flush_errors_at)
+            // Answer flush requests whose writes are all on the base (or fail
+            // them all if writeback is failing).
+            let s = node.cache.stats();
+            let failed = step.err().or_else(|| {
+                (s.writeback_errors > bg.flush_errors_at)
                     .then(|| crate::Error::Io("writing to the base device failed; dirty data stays in the cache".into()))
             });
             if let Some(e) = failed {
                 let msg = format!("{}: flush failed: {e}", node.name());
-                for r in bg.flush_waiters.drain(..) {
+                for (r, _) in bg.flush_waiters.drain(..) {
                     json::respond_error(r.0, sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, &msg);
                 }
-            } else if node.cache.is_clean() {
-                for r in bg.flush_waiters.drain(..) {
-                    json::respond_bool(r.0, true);
-                }
+            } else {
+                bg.flush_waiters.retain(|(r, target)| {
+                    let done = s.dirty_tail.2 >= *target;
+                    if done {
+                        json::respond_bool(r.0, true);
+                    }
+                    !done
+                });
             }
         }
         rc(busy)

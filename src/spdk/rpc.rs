@@ -155,12 +155,9 @@ unsafe extern "C" fn pcache_flush(req: *mut sys::spdk_jsonrpc_request, raw: *con
         let name = p.req_str("name").map_err(bad)?;
         p.finish().map_err(bad)?;
         // Answered by the writeback poller once every dirty byte is on the base.
-        pcache_bdev::with_node(&name, |n| {
-            let errors = n.cache.stats().writeback_errors;
-            n.bg().add_flush_waiter(req, errors)
-        })
-        .ok_or_else(|| no_such("pcache", &name))?;
-        Ok(())
+        pcache_bdev::with_node(&name, |n| n.bg().add_flush_waiter(req, &n.cache))
+            .ok_or_else(|| no_such("pcache", &name))?
+            .map_err(|e| (-libc::EIO, format!("{name}: flush failed: {e}")))
     })
 }
 
