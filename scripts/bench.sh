@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job: build pcache and run the engine benchmark on a DRAM-emulated
-# pmem file (/dev/shm, PMEM_IS_PMEM_FORCE=1) over a base file.
+# The main job: build pcache, run the engine benchmark on a DRAM-emulated
+# pmem file (/dev/shm, PMEM_IS_PMEM_FORCE=1) over a base file, and where SPDK
+# is installed, bdevperf through the SPDK module (scripts/bdevperf-bench.sh).
 # Extra arguments go to every `pcache bench` run (e.g. -t 10 -j 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,3 +16,16 @@ for w in randwrite randread; do
 done
 echo
 target/release/pcache bench -w verify -j 2 -t 3 "$@"
+
+# Where SPDK is installed, the module is measured too: bdevperf against
+# malloc, raw pmem, passthru and pcache, side by side.
+for d in "${SPDK_DIR:-}" "$(pkg-config --variable=prefix spdk_bdev 2>/dev/null || true)" /opt/spdk; do
+  if [ -n "$d" ] && [ -x "$d/bin/bdevperf" ]; then
+    echo
+    echo "=== SPDK: bdevperf through the pcache module ($d)"
+    SPDK_DIR=$d scripts/bdevperf-bench.sh
+    exit
+  fi
+done
+echo
+echo "SPDK not installed (looked at \$SPDK_DIR, pkg-config spdk_bdev, /opt/spdk): bdevperf benchmark skipped"
