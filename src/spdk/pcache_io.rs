@@ -9,6 +9,7 @@ use std::ffi::{c_int, c_void};
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::Ordering;
 
+use smallvec::SmallVec;
 use spdk_sys as sys;
 
 use super::ffi::{self, guard};
@@ -205,7 +206,7 @@ unsafe fn try_write(chan: *mut Channel, io: *mut sys::spdk_bdev_io) -> bool {
     let ctx = ffi::io_ctx::<IoCtx>(io);
     let (off, len) = byte_range(io);
     let done = (*ctx).written;
-    let mut slices: Vec<IoSlice> = Vec::with_capacity(1);
+    let mut slices: SmallVec<[IoSlice; 4]> = SmallVec::new();
     let mut skip = done;
     for v in ffi::io_iovs(io) {
         if skip >= v.iov_len as u64 {
@@ -291,7 +292,7 @@ unsafe extern "C" fn read_with_buf(_ch: *mut sys::spdk_io_channel, io: *mut sys:
 unsafe fn start_read(io: *mut sys::spdk_bdev_io) {
     let node = node_of(io);
     let (off, len) = byte_range(io);
-    let mut slices: Vec<IoSliceMut> = ffi::io_iovs(io)
+    let mut slices: SmallVec<[IoSliceMut; 4]> = ffi::io_iovs(io)
         .iter()
         // SAFETY: the bdev layer owns these buffers for the I/O's life.
         .map(|v| IoSliceMut::new(std::slice::from_raw_parts_mut(v.iov_base as *mut u8, v.iov_len)))
