@@ -17,7 +17,7 @@ bp=$spdk/bin/bdevperf
 [[ -x $bp ]] || { echo "$0: bdevperf not found in $spdk/bin (set SPDK_DIR)" >&2; exit 1; }
 read -r -a app_args <<<"${SPDK_APP_ARGS:---no-huge -s 2048 -u}"
 so=$repo/target/release/libpcache.so
-(cd "$repo" && SPDK_DIR=$spdk cargo build --release --lib --features spdk --quiet)
+SPDK_DIR=$spdk "$repo/scripts/build-module.sh" --quiet
 
 dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/pcache-bench.XXXXXX")
 shm=/dev/shm/pcache-bench-$$

@@ -26,7 +26,7 @@ config=${PCACHE_CONFIG:-$repo/configs/spdk_tgt-pcache.json}
 [[ -r $config ]] || { echo "$0: cannot read config $config" >&2; exit 1; }
 so=${PCACHE_SO:-$repo/target/release/libpcache.so}
 if [[ -z ${PCACHE_SO:-} && ! -e $so ]]; then
-  (cd "$repo" && SPDK_DIR=$spdk cargo build --release --lib --features spdk)
+  SPDK_DIR=$spdk "$repo/scripts/build-module.sh"
 fi
 [[ -e $so ]] || { echo "$0: module $so not found" >&2; exit 1; }
 

@@ -16,6 +16,11 @@ pub trait BaseDevice: Send + Sync {
     fn block_size(&self) -> u32;
     /// Writes `data` at `offset`; calls `done` when it completes.
     fn write(&self, offset: u64, data: Vec<u8>, done: Done);
+    /// Writes `len` zero bytes at `offset` (a zero key's writeback). Bases
+    /// with a cheaper way (SPDK's write_zeroes) override it.
+    fn write_zeroes(&self, offset: u64, len: u64, done: Done) {
+        self.write(offset, vec![0u8; len as usize], done)
+    }
     /// Makes every completed write durable; calls `done` when it is.
     fn flush(&self, done: Done);
     /// Reads `buf.len()` bytes at `offset` into `buf`.

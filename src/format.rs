@@ -51,7 +51,11 @@ pub const KSET_FLAG_LAST: u16 = 1;
 pub const KEY_FLAG_DIRTY: u32 = 1;
 /// Key flag: `data_crc` holds the crc32c of the key's data.
 pub const KEY_FLAG_CRC: u32 = 2;
-pub const KEY_FLAGS_KNOWN: u32 = KEY_FLAG_DIRTY | KEY_FLAG_CRC;
+/// Key flag: a zero key (WRITE_ZEROES / UNMAP). The range reads as zeros; it
+/// has no data, so `seg`, `seg_off`, `gen` and `data_crc` are 0 and no
+/// segment is referenced. Writeback sends write_zeroes to the base.
+pub const KEY_FLAG_ZERO: u32 = 4;
+pub const KEY_FLAGS_KNOWN: u32 = KEY_FLAG_DIRTY | KEY_FLAG_CRC | KEY_FLAG_ZERO;
 
 /// Superblock flag: keys carry data CRCs, verified on every read hit.
 pub const SB_FLAG_DATA_CRC: u16 = 1;
@@ -332,6 +336,10 @@ pub struct KeyRecord {
 impl KeyRecord {
     pub fn is_dirty(&self) -> bool {
         self.flags & KEY_FLAG_DIRTY != 0
+    }
+
+    pub fn is_zero(&self) -> bool {
+        self.flags & KEY_FLAG_ZERO != 0
     }
 
     pub fn encode_into(&self, b: &mut [u8]) {

@@ -40,6 +40,9 @@ impl Cache {
                 .ok_or_else(|| Error::corrupt("key log", format!("no kset at key_tail seq {}", pos.seq)))?;
             let mut release = Vec::with_capacity(k.keys.len() + 1);
             for key in &k.keys {
+                if key.is_zero() {
+                    continue; // no data: its range stays zero in the index and on the base
+                }
                 if key.gen != self.segs.gen(key.seg) {
                     continue; // stale since replay: holds no reference
                 }

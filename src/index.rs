@@ -27,6 +27,13 @@ pub struct Extent {
     pub flags: u32,
 }
 
+impl Extent {
+    /// A zero extent (from a zero key): reads as zeros, backed by nothing.
+    pub fn is_zero(&self) -> bool {
+        self.flags & crate::format::KEY_FLAG_ZERO != 0
+    }
+}
+
 #[derive(Default)]
 pub struct Subtree {
     pub map: BTreeMap<u64, Extent>,
@@ -102,7 +109,11 @@ impl Subtree {
             .map
             .range(first..end)
             .filter(|(&s, e)| {
-                s + e.len as u64 > start && e.seg == seg && e.seg_off as u64 >= lo && e.seg_off as u64 + e.len as u64 <= hi
+                s + e.len as u64 > start
+                    && !e.is_zero()
+                    && e.seg == seg
+                    && e.seg_off as u64 >= lo
+                    && e.seg_off as u64 + e.len as u64 <= hi
             })
             .map(|(&s, _)| s)
             .collect();
@@ -157,7 +168,9 @@ fn tail_of(old: &Extent, s: u64, cut: u64, recrc: Recrc) -> Extent {
 
 fn fix_crc(e: &mut Extent, recrc: Recrc) {
     if let Some(f) = recrc {
-        e.crc = f(e);
+        if !e.is_zero() {
+            e.crc = f(e);
+        }
     }
 }
 

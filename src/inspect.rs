@@ -400,11 +400,13 @@ fn walk(media: &Arc<dyn Media>, sb: &Superblock, ins: &mut Inspection, opts: Ins
                 }
                 Ok(true) => {}
             }
-            data_segs.insert(key.seg);
+            if !key.is_zero() {
+                data_segs.insert(key.seg);
+            }
             if key.is_dirty() && i >= dirty_at {
                 ins.dirty_bytes += key.len as u64;
             }
-            if opts.verify_data && key.flags & format::KEY_FLAG_CRC != 0 {
+            if opts.verify_data && key.flags & format::KEY_FLAG_CRC != 0 && !key.is_zero() {
                 buf.resize(key.len as usize, 0);
                 let at = geo.addr(key.seg, key.seg_off);
                 media.read(at, &mut buf)?;

@@ -61,6 +61,14 @@ pub fn scatter_from_media(media: &dyn Media, src: u64, iov: &mut [IoSliceMut], a
     for_each_piece(iov.iter_mut(), |s| s.len(), at, len, |s, r, done| media.read(src + done, &mut s[r]))
 }
 
+/// Zeroes `len` bytes of `iov` starting at byte `at`.
+pub fn zero(iov: &mut [IoSliceMut], at: u64, len: u64) {
+    let _ = for_each_piece(iov.iter_mut(), |s| s.len(), at, len, |s, r, _| {
+        s[r].fill(0);
+        Ok(())
+    });
+}
+
 /// Copies `src` into `iov` starting at byte `at`.
 pub fn scatter_from_slice(src: &[u8], iov: &mut [IoSliceMut], at: u64) {
     let _ = for_each_piece(iov.iter_mut(), |s| s.len(), at, src.len() as u64, |s, r, done| {

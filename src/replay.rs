@@ -97,6 +97,13 @@ pub fn check_key(k: &KeyRecord, sb: &Superblock, segs: &SegmentTable, is_log_seg
     if k.flags & !KEY_FLAGS_KNOWN != 0 {
         return bad(format!("unknown flags {:#x}", k.flags));
     }
+    if k.is_zero() {
+        // No data: nothing may point anywhere.
+        if k.flags & KEY_FLAG_CRC != 0 || k.seg != 0 || k.seg_off != 0 || k.gen != 0 || k.data_crc != 0 {
+            return bad("zero key with data fields set".into());
+        }
+        return Ok(true);
+    }
     if sb.data_crc() != (k.flags & KEY_FLAG_CRC != 0) {
         return bad("data CRC flag disagrees with the superblock".into());
     }
@@ -137,7 +144,9 @@ pub fn replay(media: &dyn Media, sb: &Superblock, segs: &SegmentTable, index: &I
                 report.stale_keys += 1;
                 continue;
             }
-            segs.replay_get(key.seg);
+            if !key.is_zero() {
+                segs.replay_get(key.seg);
+            }
             if key.is_dirty() && i >= chain.dirty_at {
                 report.dirty_bytes += key.len as u64;
             }

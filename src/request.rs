@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::cache::{lock, Cache, DataHead, OpenKset, N_KSETS};
 use crate::error::{Error, Result};
-use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC, KEY_FLAG_DIRTY, KSET_MAX_KEYS, SECTOR, SUBTREE_SIZE};
+use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC, KEY_FLAG_DIRTY, KEY_FLAG_ZERO, KSET_MAX_KEYS, SECTOR, SUBTREE_SIZE};
 use crate::index::{extent_crc, Extent, Index};
 use crate::iov;
 use crate::segment::Use;
@@ -92,6 +92,31 @@ impl Cache {
         Ok(WriteOutcome::Done)
     }
 
+    /// Makes `[offset, offset+len)` read as zeros (WRITE_ZEROES and UNMAP):
+    /// journals zero keys, one per subtree piece, that writeback turns into
+    /// write_zeroes on the base. Takes no data space.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<WriteOutcome> {
+        self.check_io(offset, len)?;
+        let mut done = 0u64;
+        while done < len {
+            let off = offset + done;
+            let to_boundary = SUBTREE_SIZE - (off & (SUBTREE_SIZE - 1));
+            let n = (len - done).min(to_boundary) as u32;
+            let key = KeyRecord { off, len: n, flags: KEY_FLAG_DIRTY | KEY_FLAG_ZERO, seg: 0, seg_off: 0, gen: 0, data_crc: 0 };
+            match self.insert_key(key, None) {
+                Ok(_) => {}
+                Err(Error::NoSpace(_)) => {
+                    self.pressure.store(true, Ordering::Relaxed);
+                    Counters::add(&self.counters.deferred_writes, 1);
+                    return Ok(WriteOutcome::Deferred { written: done });
+                }
+                Err(e) => return Err(e),
+            }
+            done += n as u64;
+        }
+        Ok(WriteOutcome::Done)
+    }
+
     /// Convenience for a single contiguous buffer.
     pub fn write_buf(&self, worker: usize, offset: u64, data: &[u8]) -> Result<WriteOutcome> {
         self.write(worker, offset, &[IoSlice::new(data)])
@@ -136,13 +161,20 @@ impl Cache {
             return Ok(false);
         }
         let mut ks = lock(&self.ksets[st % N_KSETS]);
+        if key.is_zero() && covered_by_open_zero_key(&ks.keys, &key) {
+            // The newest key over this range, not yet journalled, already
+            // zeroes it: another would only add writeback work.
+            return Ok(true);
+        }
         if ks.keys.len() >= KSET_MAX_KEYS {
             self.seal(&mut ks)?;
         }
         let e = Extent { len: key.len, seg: key.seg, seg_off: key.seg_off, gen: key.gen as u32, crc: key.data_crc, flags: key.flags };
         let recrc = |e: &Extent| extent_crc(&*self.media, &self.geo, e);
         t.insert(key.off, e, if self.data_crc() { Some(&recrc) } else { None });
-        self.segs.get(key.seg);
+        if !key.is_zero() {
+            self.segs.get(key.seg);
+        }
         if key.is_dirty() {
             Counters::add(&self.counters.dirty_bytes, key.len as u64);
         }
@@ -228,6 +260,10 @@ impl Cache {
     }
 
     fn copy_hit(&self, e: &Extent, skip: u32, n: u32, bufs: &mut [IoSliceMut], at: u64, off: u64) -> Result<()> {
+        if e.is_zero() {
+            iov::zero(bufs, at, n as u64);
+            return Ok(());
+        }
         if e.gen != self.segs.gen(e.seg) as u32 {
             // Unreachable by construction; never return data from a reused segment.
             return Err(Error::corrupt("index", format!("stale extent at offset {off}")));
@@ -273,4 +309,14 @@ impl Cache {
         }
         Ok(inserted)
     }
+}
+
+/// True when the newest open key overlapping `key` is a zero key covering it
+/// (keys of one subtree share a kset, so that key is the range's newest).
+fn covered_by_open_zero_key(open: &[KeyRecord], key: &KeyRecord) -> bool {
+    let (start, end) = (key.off, key.off + key.len as u64);
+    open.iter()
+        .rev()
+        .find(|k| k.off < end && start < k.off + k.len as u64)
+        .is_some_and(|k| k.is_zero() && k.off <= start && k.off + k.len as u64 >= end)
 }

@@ -62,7 +62,7 @@ impl Cache {
                     let k = read_kset(&*self.media, &self.segs, self.sb.nonce, pos)?
                         .ok_or_else(|| Error::corrupt("key log", format!("no kset at dirty_tail seq {}", pos.seq)))?;
                     let keys: Vec<KeyRecord> =
-                        k.keys.into_iter().filter(|k| k.is_dirty() && k.gen == self.segs.gen(k.seg)).collect();
+                        k.keys.into_iter().filter(|k| k.is_dirty() && (k.is_zero() || k.gen == self.segs.gen(k.seg))).collect();
                     let bytes = keys.iter().map(|k| k.len as u64).sum();
                     *st = WbState::Writing { pos, next: k.next, waves: waves(keys), wave: 0, io: Arc::default(), bytes };
                     // Submit the first wave right away.
@@ -118,6 +118,10 @@ impl Cache {
         // Read everything first, so a bad data CRC stops the wave before any write.
         let mut bufs = Vec::with_capacity(wave.len());
         for k in wave {
+            if k.is_zero() {
+                bufs.push(Vec::new());
+                continue;
+            }
             let mut buf = vec![0u8; k.len as usize];
             self.media.read(self.geo.addr(k.seg, k.seg_off), &mut buf)?;
             if k.flags & KEY_FLAG_CRC != 0 && data_crc(&[&buf]) != k.data_crc {
@@ -128,7 +132,11 @@ impl Cache {
         }
         io.pending.fetch_add(wave.len(), Ordering::AcqRel);
         for (k, buf) in wave.iter().zip(bufs) {
-            base.write(k.off, buf, completion(io.clone()));
+            if k.is_zero() {
+                base.write_zeroes(k.off, k.len as u64, completion(io.clone()));
+            } else {
+                base.write(k.off, buf, completion(io.clone()));
+            }
         }
         Ok(())
     }

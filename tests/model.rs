@@ -59,7 +59,15 @@ fn run(seed: u64, data_crc: bool) {
                                     m.insert(s, id);
                                 }
                             }
-                            5..=8 => {
+                            5 => {
+                                // WRITE_ZEROES / UNMAP: the range reads as zeros (id 0).
+                                zero_all(&cache, &*base, first * 512, n * 512);
+                                let mut m = model.lock().unwrap();
+                                for s in first..first + n {
+                                    m.insert(s, 0);
+                                }
+                            }
+                            6..=8 => {
                                 let got = read_through(&cache, &*base, w, first * 512, n as usize * 512);
                                 let m = model.lock().unwrap();
                                 for (i, s) in (first..first + n).enumerate() {

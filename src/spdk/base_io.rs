@@ -31,6 +31,7 @@ unsafe impl Sync for SpdkBase {}
 
 enum Kind {
     Write,
+    WriteZeroes,
     Read(ReadDone),
     Flush,
 }
@@ -75,7 +76,7 @@ impl SpdkBase {
 
     fn start(&self, kind: Kind, done: Option<Done>, data: Option<&[u8]>, offset: u64, len: u64) {
         let mut buf = std::ptr::null_mut();
-        if len > 0 {
+        if len > 0 && !matches!(kind, Kind::WriteZeroes) {
             // SAFETY: plain allocation; freed in finish().
             buf = unsafe { sys::spdk_dma_malloc(len as usize, self.align, std::ptr::null_mut()) };
             if buf.is_null() {
@@ -119,6 +120,8 @@ unsafe fn submit(io: *mut BaseIo) {
     let arg = io as *mut c_void;
     let rc = match (*io).kind {
         Kind::Write => sys::spdk_bdev_write(b.desc, b.ch, (*io).buf, (*io).offset, (*io).len, Some(complete), arg),
+        // SPDK emulates write_zeroes with writes on bdevs without it.
+        Kind::WriteZeroes => sys::spdk_bdev_write_zeroes(b.desc, b.ch, (*io).offset, (*io).len, Some(complete), arg),
         Kind::Read(_) => sys::spdk_bdev_read(b.desc, b.ch, (*io).buf, (*io).offset, (*io).len, Some(complete), arg),
         Kind::Flush => sys::spdk_bdev_flush(b.desc, b.ch, 0, b.size, Some(complete), arg),
     };
@@ -188,6 +191,10 @@ impl BaseDevice for SpdkBase {
     fn write(&self, offset: u64, data: Vec<u8>, done: Done) {
         let len = data.len() as u64;
         self.start(Kind::Write, Some(done), Some(&data), offset, len);
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, done: Done) {
+        self.start(Kind::WriteZeroes, Some(done), None, offset, len);
     }
 
     fn flush(&self, done: Done) {

@@ -159,7 +159,9 @@ pub fn create(opts: CreateOpts) -> Result<Created, String> {
         return Ok(Created::Waiting(missing));
     }
     attach(&opts)?;
-    registry().configs.push(opts);
+    // force_format applies to this create only: coming back after a
+    // hot-remove must load the cache, not wipe it.
+    registry().configs.push(CreateOpts { force_format: false, ..opts });
     Ok(Created::Now)
 }
 
@@ -474,7 +476,13 @@ unsafe extern "C" fn examine_config(bdev: *mut sys::spdk_bdev) {
         for opts in waiting {
             match attach(&opts) {
                 Ok(()) => {
-                    registry().last_error.retain(|e| e.0 != opts.name);
+                    let mut r = registry();
+                    r.last_error.retain(|e| e.0 != opts.name);
+                    // A waiting create's force_format has now been used once.
+                    if let Some(c) = r.configs.iter_mut().find(|c| c.name == opts.name) {
+                        c.force_format = false;
+                    }
+                    drop(r);
                     log::info!("{}: created now that its bdevs exist", opts.name);
                 }
                 Err(e) => {

@@ -74,7 +74,12 @@ unsafe extern "C" fn get_io_channel(ctx: *mut c_void) -> *mut sys::spdk_io_chann
 unsafe extern "C" fn io_type_supported(_ctx: *mut c_void, t: sys::spdk_bdev_io_type) -> bool {
     matches!(
         t,
-        sys::SPDK_BDEV_IO_TYPE_READ | sys::SPDK_BDEV_IO_TYPE_WRITE | sys::SPDK_BDEV_IO_TYPE_FLUSH | sys::SPDK_BDEV_IO_TYPE_RESET
+        sys::SPDK_BDEV_IO_TYPE_READ
+            | sys::SPDK_BDEV_IO_TYPE_WRITE
+            | sys::SPDK_BDEV_IO_TYPE_FLUSH
+            | sys::SPDK_BDEV_IO_TYPE_RESET
+            | sys::SPDK_BDEV_IO_TYPE_UNMAP
+            | sys::SPDK_BDEV_IO_TYPE_WRITE_ZEROES
     )
 }
 
@@ -151,6 +156,11 @@ unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys:
     let ok = guard(false, || {
         let chan = ffi::channel_ctx::<Channel>(ch);
         let node = node_of(io);
+        if node.removing.load(Ordering::Acquire) && (*io).type_ as u32 != sys::SPDK_BDEV_IO_TYPE_RESET {
+            // One of its bdevs is going away: fail fast rather than queue.
+            finish(io, false);
+            return true;
+        }
         match (*io).type_ as u32 {
             sys::SPDK_BDEV_IO_TYPE_READ => {
                 if ffi::io_iovs(io).first().is_none_or(|v| v.iov_base.is_null()) {
@@ -160,7 +170,9 @@ unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys:
                     start_read(io);
                 }
             }
-            sys::SPDK_BDEV_IO_TYPE_WRITE => {
+            // UNMAP is served as WRITE_ZEROES: the range reads as zeros at
+            // once, and writeback sends write_zeroes to the base in log order.
+            sys::SPDK_BDEV_IO_TYPE_WRITE | sys::SPDK_BDEV_IO_TYPE_WRITE_ZEROES | sys::SPDK_BDEV_IO_TYPE_UNMAP => {
                 if (*chan).deferred.is_empty() {
                     try_write(chan, io);
                 } else {
@@ -206,22 +218,26 @@ unsafe fn try_write(chan: *mut Channel, io: *mut sys::spdk_bdev_io) -> bool {
     let ctx = ffi::io_ctx::<IoCtx>(io);
     let (off, len) = byte_range(io);
     let done = (*ctx).written;
-    let mut slices: SmallVec<[IoSlice; 4]> = SmallVec::new();
-    let mut skip = done;
-    for v in ffi::io_iovs(io) {
-        if skip >= v.iov_len as u64 {
-            skip -= v.iov_len as u64;
-            continue;
-        }
-        // SAFETY: the bdev layer owns these buffers for the I/O's life.
-        let s = std::slice::from_raw_parts((v.iov_base as *const u8).add(skip as usize), v.iov_len - skip as usize);
-        slices.push(IoSlice::new(s));
-        skip = 0;
-    }
-    debug_assert_eq!(slices.iter().map(|s| s.len() as u64).sum::<u64>(), len - done);
     // Read the epoch first: space freed after this point will show as a change.
     let epoch = node.cache.space_epoch();
-    match node.cache.write((*chan).worker, off + done, &slices) {
+    let r = if (*io).type_ as u32 == sys::SPDK_BDEV_IO_TYPE_WRITE {
+        let mut slices: SmallVec<[IoSlice; 4]> = SmallVec::new();
+        let mut skip = done;
+        for v in ffi::io_iovs(io) {
+            if skip >= v.iov_len as u64 {
+                skip -= v.iov_len as u64;
+                continue;
+            }
+            // SAFETY: the bdev layer owns these buffers for the I/O's life.
+            let s = std::slice::from_raw_parts((v.iov_base as *const u8).add(skip as usize), v.iov_len - skip as usize);
+            slices.push(IoSlice::new(s));
+            skip = 0;
+        }
+        node.cache.write((*chan).worker, off + done, &slices)
+    } else {
+        node.cache.write_zeroes(off + done, len - done)
+    };
+    match r {
         Ok(WriteOutcome::Done) => {
             finish(io, true);
             true
@@ -253,7 +269,9 @@ unsafe extern "C" fn retry_deferred(arg: *mut c_void) -> c_int {
         }
         let node = &*(*chan).node;
         if node.removing.load(Ordering::Acquire) {
-            while let Some(io) = (*chan).deferred.pop_front() {
+            // Fail what waits now; completions may resubmit at once, and
+            // submit_request fails those itself, so this always ends.
+            for io in std::mem::take(&mut (*chan).deferred) {
                 finish(io, false);
             }
             return sys::SPDK_POLLER_BUSY as c_int;

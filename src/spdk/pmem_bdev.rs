@@ -126,13 +126,16 @@ pub fn create(name: &str, path: &Path, size: Option<u64>, block_size: u32) -> Re
         d.bdev.fn_table = &FN_TABLE;
         d.bdev.module = module();
         sys::spdk_io_device_register(dev as *mut c_void, Some(ch_create), Some(ch_destroy), 0, d.name.as_ptr());
+        // Listed before registering: registration runs pcache's examine,
+        // which looks the mapping up to attach a waiting pcache.
+        devices().push(Ptr(dev));
         let rc = sys::spdk_bdev_register(&mut d.bdev);
         if rc != 0 {
+            devices().retain(|x| x.0 != dev);
             sys::spdk_io_device_unregister(dev as *mut c_void, Some(free_device));
             return Err(format!("spdk_bdev_register failed: {}", errno_str(rc)));
         }
     }
-    devices().push(Ptr(dev));
     log::info!("pmem bdev {name} over {} ({blocks} blocks of {block_size})", path.display());
     Ok(())
 }

@@ -73,6 +73,20 @@ pub fn who_wrote(sector_bytes: &[u8], sector: u64) -> Option<u64> {
     (pattern(id, sector) == sector_bytes).then_some(id)
 }
 
+/// Zeroes a range, retrying deferred parts after running background work.
+pub fn zero_all(cache: &Cache, base: &dyn BaseDevice, off: u64, len: u64) {
+    let mut done = 0u64;
+    loop {
+        match cache.write_zeroes(off + done, len - done).unwrap() {
+            pcache::WriteOutcome::Done => return,
+            pcache::WriteOutcome::Deferred { written } => {
+                done += written;
+                cache.background_step(base).unwrap();
+            }
+        }
+    }
+}
+
 /// Writes, retrying deferred parts after running background work (a host's queue).
 pub fn write_all(cache: &Cache, base: &dyn BaseDevice, worker: usize, off: u64, data: &[u8]) {
     let mut done = 0usize;

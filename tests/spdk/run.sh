@@ -7,8 +7,8 @@ cd "$(dirname "$0")/../.."
 SPDK_DIR=${SPDK_DIR:-/opt/spdk}
 export SPDK_DIR
 
-echo "building the SPDK module (cargo build --release --lib --features spdk)"
-cargo build --release --lib --features spdk || exit 1
+echo "building the SPDK module (scripts/build-module.sh)"
+scripts/build-module.sh || exit 1
 
 rc=0
 for s in tests/spdk/suite-*.sh; do
