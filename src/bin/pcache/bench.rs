@@ -159,11 +159,11 @@ fn run(o: &Opts, media: Arc<PmemFile>, base: Arc<FileBase>) -> Result<(), String
     media.fence();
     println!("prefault  {} MiB in {:.2} s", media.len() >> 20, t.elapsed().as_secs_f64());
     // 1. The ceiling: plain copies into / out of the same mapping.
-    let write_ceiling = ceiling(&media, o, true);
-    let read_ceiling = ceiling(&media, o, false);
+    let (write_ceiling, write_ceiling_cpu) = ceiling(&media, o, true);
+    let (read_ceiling, read_ceiling_cpu) = ceiling(&media, o, false);
     println!(
-        "ceiling   plain pmem copy: write {:>10.0} IOPS, read {:>10.0} IOPS ({} worker(s))",
-        write_ceiling, read_ceiling, o.workers
+        "ceiling   plain pmem copy: write {:>10.0} IOPS, read {:>10.0} IOPS ({} worker(s)); per CPU-second: write {:.0}, read {:.0}",
+        write_ceiling, read_ceiling, o.workers, write_ceiling_cpu, read_ceiling_cpu
     );
 
     // 2. The workload through the engine.
@@ -172,6 +172,11 @@ fn run(o: &Opts, media: Arc<PmemFile>, base: Arc<FileBase>) -> Result<(), String
     let cache = Arc::new(cache);
     if matches!(o.workload, Workload::RandRead | Workload::Rw) {
         prefill(&cache, o)?;
+        // Write the prefill back first: the read phase measures hits, not the
+        // writeback of the prefill (which the poller would otherwise do meanwhile).
+        let t = Instant::now();
+        cache.writeback_all(&*base).map_err(|e| e.to_string())?;
+        println!("prefill   written back in {:.2} s", t.elapsed().as_secs_f64());
     }
     let r = drive(&cache, &base, o)?;
     let mib = r.ops as f64 * o.bs as f64 / (1 << 20) as f64 / r.secs;
@@ -212,13 +217,23 @@ fn run(o: &Opts, media: Arc<PmemFile>, base: Arc<FileBase>) -> Result<(), String
     }
     // verify generates and compares patterns in the harness: no ratio for it.
     let ceiling = match o.workload {
-        Workload::RandWrite => Some(write_ceiling),
-        Workload::RandRead => Some(read_ceiling),
-        Workload::Rw => Some(2.0 / (1.0 / write_ceiling + 1.0 / read_ceiling)),
+        Workload::RandWrite => Some((write_ceiling, write_ceiling_cpu)),
+        Workload::RandRead => Some((read_ceiling, read_ceiling_cpu)),
+        Workload::Rw => Some((
+            2.0 / (1.0 / write_ceiling + 1.0 / read_ceiling),
+            2.0 / (1.0 / write_ceiling_cpu + 1.0 / read_ceiling_cpu),
+        )),
         Workload::Verify => None,
     };
+    let per_cpu = r.ops as f64 / r.cpu_secs;
     match ceiling {
-        Some(c) => println!("ratio     pcache / plain copy = {:.2} (target >= 0.70)", iops / c),
+        Some((c, c_cpu)) => println!(
+            "ratio     pcache / plain copy = {:.2} (target >= 0.70); per CPU-second of the I/O threads: {:.0} / {:.0} = {:.2}",
+            iops / c,
+            per_cpu,
+            c_cpu,
+            per_cpu / c_cpu
+        ),
         None => println!("verify    every block read back matched its newest write"),
     }
     let cache = Arc::try_unwrap(cache).map_err(|_| "cache still shared".to_string())?;
@@ -241,7 +256,9 @@ fn config(o: &Opts) -> Config {
 /// engine workers (random blocks of the base range, same seeds), each copied
 /// into (and fenced) or out of the pmem mapping at the block's own address —
 /// what a plain pmem bdev does.
-fn ceiling(media: &Arc<PmemFile>, o: &Opts, write: bool) -> f64 {
+/// Returns IOPS, and operations per CPU-second of the copying threads (which
+/// leaves out time those threads spent preempted on a shared machine).
+fn ceiling(media: &Arc<PmemFile>, o: &Opts, write: bool) -> (f64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
     let blocks = o.base_size.min(media.len()) / o.bs;
     let threads: Vec<_> = (0..o.workers)
@@ -253,12 +270,21 @@ fn ceiling(media: &Arc<PmemFile>, o: &Opts, write: bool) -> f64 {
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(o.secs));
     stop.store(true, Ordering::Relaxed);
-    let ops: u64 = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
-    ops as f64 / t0.elapsed().as_secs_f64()
+    let (ops, cpu) = threads.into_iter().map(|t| t.join().unwrap_or((0, 0.0))).fold((0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    (ops as f64 / t0.elapsed().as_secs_f64(), ops as f64 / cpu)
+}
+
+/// CPU time the calling thread has used, in seconds.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer; CLOCK_THREAD_CPUTIME_ID is always available on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 #[inline(never)]
-fn ceiling_loop(media: &PmemFile, stop: &AtomicBool, w: usize, bs: u64, blocks: u64, write: bool) -> u64 {
+fn ceiling_loop(media: &PmemFile, stop: &AtomicBool, w: usize, bs: u64, blocks: u64, write: bool) -> (u64, f64) {
+    let cpu0 = thread_cpu();
     let mut buf = vec![0x5au8; bs as usize];
     let mut rng = SplitMix64(w as u64 * 1000 + 1);
     let mut ops = 0u64;
@@ -277,7 +303,7 @@ fn ceiling_loop(media: &PmemFile, stop: &AtomicBool, w: usize, bs: u64, blocks: 
     }
     std::hint::black_box(&buf);
     std::hint::black_box(&lat);
-    ops
+    (ops, thread_cpu() - cpu0)
 }
 
 fn prefill(cache: &Cache, o: &Opts) -> Result<(), String> {
@@ -350,6 +376,8 @@ impl Hist {
 
 struct RunResult {
     ops: u64,
+    /// CPU time of the workers (and of the poller thread, if any).
+    cpu_secs: f64,
     secs: f64,
     lat: Hist,
     verify_errors: u64,
@@ -509,13 +537,15 @@ fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult
     }
     sh.stop.store(true, Ordering::Relaxed);
     let mut total = 0;
+    let mut cpu_secs = 0.0;
     let mut lat = Hist::new();
     let mut verify_errors = 0;
     let mut err = None;
     for w in workers {
         match w.join().map_err(|_| "worker panicked".to_string()).and_then(|r| r) {
-            Ok((ops, h, v)) => {
+            Ok((ops, h, v, cpu)) => {
                 total += ops;
+                cpu_secs += cpu;
                 lat.merge(&h);
                 verify_errors += v;
             }
@@ -524,7 +554,7 @@ fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult
     }
     let secs = t0.elapsed().as_secs_f64();
     if let Some(p) = poller {
-        let _ = p.join();
+        cpu_secs += p.join().unwrap_or(0.0);
     }
     cache.set_space_notifier(None);
     sh.base.shutdown();
@@ -534,16 +564,18 @@ fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult
     if sh.failed.load(Ordering::Relaxed) > 0 {
         return Err("background work reported errors".into());
     }
-    Ok(RunResult { ops: total, secs, lat, verify_errors, filled: sh.full.load(Ordering::Relaxed) })
+    Ok(RunResult { ops: total, cpu_secs, secs, lat, verify_errors, filled: sh.full.load(Ordering::Relaxed) })
 }
 
 #[inline(never)]
-fn poller_loop(sh: &Shared) {
+fn poller_loop(sh: &Shared) -> f64 {
+    let cpu0 = thread_cpu();
     while !sh.stop.load(Ordering::Relaxed) {
         if !sh.poll() {
             std::thread::sleep(Duration::from_micros(200));
         }
     }
+    thread_cpu() - cpu0
 }
 
 struct WorkerParams {
@@ -558,7 +590,8 @@ struct WorkerParams {
 }
 
 #[inline(never)]
-fn worker_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64), String> {
+fn worker_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), String> {
+    let cpu0 = thread_cpu();
     let WorkerParams { w, bs, blocks, workload, nw, until_full, polls } = p;
     let cache = &*sh.cache;
     let mut rng = SplitMix64(w as u64 * 1000 + 1);
@@ -607,7 +640,7 @@ fn worker_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64), String>
         lat.add(t.elapsed().as_nanos() as u64);
         ops += 1;
     }
-    Ok((ops, lat, verify_errors))
+    Ok((ops, lat, verify_errors, thread_cpu() - cpu0))
 }
 
 fn fill_pattern(buf: &mut [u8], w: u64, seq: u64, blk: u64) {
