@@ -97,18 +97,32 @@ pub struct OpenKset {
     pub since: Option<Instant>,
 }
 
+/// Keeps a value on cache lines of its own (and off the neighbouring line the
+/// prefetcher pairs with it), so that workers locking different ones do not
+/// move a shared line between cores.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct Padded<T>(pub T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 pub struct Cache {
     pub(crate) media: Arc<dyn Media>,
     pub(crate) sb: Superblock,
     pub(crate) geo: Geometry,
     pub(crate) segs: SegmentTable,
     pub(crate) index: Index,
-    pub(crate) ksets: Vec<Mutex<OpenKset>>,
+    pub(crate) ksets: Vec<Padded<Mutex<OpenKset>>>,
     pub(crate) log: Mutex<KeyLog>,
     pub(crate) tails: Mutex<Tails>,
     pub(crate) info: Mutex<Replica>,
     pub(crate) gc_percent: AtomicU8,
-    pub(crate) heads: Vec<Mutex<DataHead>>,
+    pub(crate) heads: Vec<Padded<Mutex<DataHead>>>,
     pub(crate) wb: Mutex<WbState>,
     /// Held by the one GC pass that may run at a time.
     pub(crate) gc: Mutex<()>,
@@ -228,11 +242,11 @@ impl Cache {
             geo,
             segs,
             index,
-            ksets: (0..N_KSETS).map(|_| Mutex::new(OpenKset::default())).collect(),
+            ksets: (0..N_KSETS).map(|_| Padded(Mutex::new(OpenKset::default()))).collect(),
             tails: Mutex::new(tails),
             info: Mutex::new(info_rep),
             gc_percent: AtomicU8::new(info.gc_percent),
-            heads: (0..cfg.workers).map(|_| Mutex::new(DataHead::default())).collect(),
+            heads: (0..cfg.workers).map(|_| Padded(Mutex::new(DataHead::default()))).collect(),
             wb: Mutex::new(WbState::default()),
             gc: Mutex::new(()),
             counters,
