@@ -2,7 +2,9 @@
 //!
 //! A segment is referenced by the data head filling it (a pin), by every
 //! journalled key that points into it, and — for key-log segments — by the log
-//! until GC passes it. When the last reference goes, its generation is bumped
+//! until GC passes it. A data head takes the references of the keys it will
+//! write in advance, one per sector of payload, and returns the unused ones
+//! with its pin, so that writes do not touch the shared count. When the last reference goes, its generation is bumped
 //! and persisted, and only then is it returned to the free list: keys that
 //! still name the old generation are stale and are rejected.
 
