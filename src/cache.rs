@@ -3,7 +3,7 @@
 //! The request paths (request.rs), writeback (writeback.rs) and GC (gc.rs) are
 //! `impl Cache` blocks over the state defined here.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -85,6 +85,9 @@ pub enum Opened {
 pub struct DataHead {
     pub seg: Option<u32>,
     pub off: u32,
+    /// References taken on `seg` in advance for keys not yet written into it;
+    /// returned with the head's own when the head leaves the segment.
+    pub spare_refs: u32,
 }
 
 /// Keys not yet journalled.
@@ -94,18 +97,32 @@ pub struct OpenKset {
     pub since: Option<Instant>,
 }
 
+/// Keeps a value on cache lines of its own (and off the neighbouring line the
+/// prefetcher pairs with it), so that workers locking different ones do not
+/// move a shared line between cores.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct Padded<T>(pub T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 pub struct Cache {
     pub(crate) media: Arc<dyn Media>,
     pub(crate) sb: Superblock,
     pub(crate) geo: Geometry,
     pub(crate) segs: SegmentTable,
     pub(crate) index: Index,
-    pub(crate) ksets: Vec<Mutex<OpenKset>>,
+    pub(crate) ksets: Vec<Padded<Mutex<OpenKset>>>,
     pub(crate) log: Mutex<KeyLog>,
     pub(crate) tails: Mutex<Tails>,
     pub(crate) info: Mutex<Replica>,
     pub(crate) gc_percent: AtomicU8,
-    pub(crate) heads: Vec<Mutex<DataHead>>,
+    pub(crate) heads: Vec<Padded<Mutex<DataHead>>>,
     pub(crate) wb: Mutex<WbState>,
     /// Held by the one GC pass that may run at a time.
     pub(crate) gc: Mutex<()>,
@@ -114,6 +131,12 @@ pub struct Cache {
     pub(crate) pressure: AtomicBool,
     pub(crate) read_cache: bool,
     pub(crate) kset_interval: Duration,
+    /// Time origin for `kset_due`.
+    pub(crate) epoch: Instant,
+    /// Nanoseconds after `epoch` when the oldest open kset falls due (u64::MAX:
+    /// none is open), so that the kset timer need not lock every kset per tick.
+    /// Never later than the truth; it may be earlier (a kset sealed since).
+    pub(crate) kset_due: AtomicU64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -212,24 +235,26 @@ impl Cache {
         let replayed = replay(&*media, &sb, &segs, &index, &tails)?;
         segs.finish_load();
         let counters = Counters::default();
-        Counters::add(&counters.dirty_bytes, replayed.report.dirty_bytes);
+        Counters::add(&counters.local().dirty_bytes, replayed.report.dirty_bytes);
         let cache = Cache {
             log: Mutex::new(KeyLog::new(replayed.head, sb.nonce)),
             media,
             geo,
             segs,
             index,
-            ksets: (0..N_KSETS).map(|_| Mutex::new(OpenKset::default())).collect(),
+            ksets: (0..N_KSETS).map(|_| Padded(Mutex::new(OpenKset::default()))).collect(),
             tails: Mutex::new(tails),
             info: Mutex::new(info_rep),
             gc_percent: AtomicU8::new(info.gc_percent),
-            heads: (0..cfg.workers).map(|_| Mutex::new(DataHead::default())).collect(),
+            heads: (0..cfg.workers).map(|_| Padded(Mutex::new(DataHead::default()))).collect(),
             wb: Mutex::new(WbState::default()),
             gc: Mutex::new(()),
             counters,
             pressure: AtomicBool::new(false),
             read_cache: cfg.read_cache,
             kset_interval: cfg.kset_flush_interval,
+            epoch: Instant::now(),
+            kset_due: AtomicU64::new(u64::MAX),
             sb,
         };
         Ok((cache, replayed.report))
@@ -304,11 +329,26 @@ impl Cache {
     pub fn close(self) -> Result<()> {
         self.flush()?;
         for h in &self.heads {
-            if let Some(seg) = lock(h).seg.take() {
-                self.segs.put(&*self.media, seg)?;
+            let mut h = lock(h);
+            if let Some(seg) = h.seg.take() {
+                self.segs.put_n(&*self.media, seg, 1 + std::mem::take(&mut h.spare_refs))?;
             }
         }
         Ok(())
+    }
+
+    /// Nanoseconds from `epoch` to `t` (saturating below u64::MAX).
+    pub(crate) fn nanos(&self, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(self.epoch);
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1).min(u64::MAX - 1)
+    }
+
+    /// When a kset opened at `since` falls due, in nanoseconds after `epoch`.
+    pub(crate) fn due_nanos(&self, since: Instant) -> u64 {
+        match since.checked_add(self.kset_interval) {
+            Some(t) => self.nanos(t),
+            None => u64::MAX - 1,
+        }
     }
 
     pub(crate) fn release_seg(&self, seg: u32) -> Result<()> {

@@ -56,8 +56,8 @@ impl Cache {
             for seg in release {
                 self.release_seg(seg)?;
             }
-            Counters::add(&self.counters.gc_ksets, 1);
-            Counters::add(&self.counters.gc_keys, k.keys.len() as u64);
+            Counters::add(&self.counters.local().gc_ksets, 1);
+            Counters::add(&self.counters.local().gc_keys, k.keys.len() as u64);
             n += 1;
         }
         Ok(n)

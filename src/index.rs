@@ -58,13 +58,17 @@ impl Subtree {
     pub fn insert(&mut self, start: u64, e: Extent, recrc: Recrc) {
         self.version += 1;
         let end = start + e.len as u64;
-        // Fast paths, one lookup: nothing overlaps, or an exact overwrite.
-        match self.map.range(..end).next_back() {
+        // Fast paths: an exact overwrite (in place, one lookup), or nothing overlaps.
+        match self.map.range_mut(..end).next_back() {
             None => {
                 self.map.insert(start, e);
                 return;
             }
-            Some((&s, old)) if s + old.len as u64 <= start || (s == start && old.len == e.len) => {
+            Some((&s, old)) if s == start && old.len == e.len => {
+                *old = e;
+                return;
+            }
+            Some((&s, old)) if s + old.len as u64 <= start => {
                 self.map.insert(start, e);
                 return;
             }

@@ -66,7 +66,7 @@ impl Cache {
             let to_boundary = SUBTREE_SIZE - (off & (SUBTREE_SIZE - 1));
             let want = (total - done).min(to_boundary) as u32;
             let Some((seg, seg_off, got)) = self.alloc_data(&mut head, want)? else {
-                Counters::add(&self.counters.deferred_writes, 1);
+                Counters::add(&self.counters.local().deferred_writes, 1);
                 return Ok(WriteOutcome::Deferred { written: done });
             };
             let crc = iov::gather_to_media(&*self.media, self.geo.addr(seg, seg_off), data, done, got as u64, self.data_crc())?;
@@ -77,18 +77,18 @@ impl Cache {
             }
             let key = KeyRecord { off, len: got, flags, seg, seg_off, gen: self.segs.gen(seg), data_crc: if self.data_crc() { crc } else { 0 } };
             match self.insert_key(key, None) {
-                Ok(_) => {}
+                Ok(_) => head.spare_refs -= 1,
                 Err(Error::NoSpace(_)) => {
                     self.pressure.store(true, Ordering::Relaxed);
-                    Counters::add(&self.counters.deferred_writes, 1);
+                    Counters::add(&self.counters.local().deferred_writes, 1);
                     return Ok(WriteOutcome::Deferred { written: done });
                 }
                 Err(e) => return Err(e),
             }
             done += got as u64;
         }
-        Counters::add(&self.counters.write_ops, 1);
-        Counters::add(&self.counters.write_bytes, total);
+        Counters::add(&self.counters.local().write_ops, 1);
+        Counters::add(&self.counters.local().write_bytes, total);
         Ok(WriteOutcome::Done)
     }
 
@@ -107,7 +107,7 @@ impl Cache {
                 Ok(_) => {}
                 Err(Error::NoSpace(_)) => {
                     self.pressure.store(true, Ordering::Relaxed);
-                    Counters::add(&self.counters.deferred_writes, 1);
+                    Counters::add(&self.counters.local().deferred_writes, 1);
                     return Ok(WriteOutcome::Deferred { written: done });
                 }
                 Err(e) => return Err(e),
@@ -135,13 +135,18 @@ impl Cache {
                     return Ok(Some((seg, at, got)));
                 }
                 head.seg = None;
-                self.release_seg(seg)?;
+                self.segs.put_n(&*self.media, seg, 1 + std::mem::take(&mut head.spare_refs))?;
             }
             match self.segs.alloc(Use::Data) {
                 Some(seg) => {
                     self.pressure.store(false, Ordering::Relaxed);
+                    // One reference for every key this segment can hold (each
+                    // takes at least a sector): see DataHead::spare_refs.
+                    let keys = self.geo.payload() / SECTOR as u32;
+                    self.segs.get_n(seg, keys);
                     head.seg = Some(seg);
                     head.off = 0;
+                    head.spare_refs = keys;
                 }
                 None => {
                     self.pressure.store(true, Ordering::Relaxed);
@@ -172,14 +177,17 @@ impl Cache {
         let e = Extent { len: key.len, seg: key.seg, seg_off: key.seg_off, gen: key.gen as u32, crc: key.data_crc, flags: key.flags };
         let recrc = |e: &Extent| extent_crc(&*self.media, &self.geo, e);
         t.insert(key.off, e, if self.data_crc() { Some(&recrc) } else { None });
-        if !key.is_zero() {
-            self.segs.get(key.seg);
-        }
+        // A data key's segment reference was taken in advance by the data head
+        // (DataHead::spare_refs); the caller accounts for it. Zero keys hold none.
         if key.is_dirty() {
-            Counters::add(&self.counters.dirty_bytes, key.len as u64);
+            Counters::add(&self.counters.local().dirty_bytes, key.len as u64);
         }
         ks.keys.push(key);
-        ks.since.get_or_insert_with(Instant::now);
+        if ks.since.is_none() {
+            let now = Instant::now();
+            ks.since = Some(now);
+            self.kset_due.fetch_min(self.due_nanos(now), Ordering::AcqRel);
+        }
         Ok(true)
     }
 
@@ -191,7 +199,7 @@ impl Cache {
         lock(&self.log).append(&*self.media, &self.segs, &ks.keys)?;
         ks.keys.clear();
         ks.since = None;
-        Counters::add(&self.counters.kset_flushes, 1);
+        Counters::add(&self.counters.local().kset_flushes, 1);
         Ok(())
     }
 
@@ -200,7 +208,7 @@ impl Cache {
         for k in &self.ksets {
             self.seal(&mut lock(k))?;
         }
-        Counters::add(&self.counters.flush_ops, 1);
+        Counters::add(&self.counters.local().flush_ops, 1);
         Ok(())
     }
 
@@ -208,6 +216,16 @@ impl Cache {
     /// writes wait for space). Returns how many were sealed.
     pub fn flush_expired_ksets(&self) -> Result<usize> {
         let all = self.pressure.load(Ordering::Relaxed);
+        if !all {
+            // Nothing falls due yet: no need to look at the ksets.
+            let due = self.kset_due.load(Ordering::Acquire);
+            if due == u64::MAX || self.nanos(Instant::now()) < due {
+                return Ok(0);
+            }
+        }
+        // Reset first: a kset opened from now on lowers it again itself, and
+        // every kset still open is looked at below and lowers it too.
+        self.kset_due.store(u64::MAX, Ordering::SeqCst);
         let mut n = 0;
         for k in &self.ksets {
             let mut ks = lock(k);
@@ -216,8 +234,14 @@ impl Cache {
                 None => false,
             };
             if due {
-                self.seal(&mut ks)?;
+                if let Err(e) = self.seal(&mut ks) {
+                    // Look again at the next tick.
+                    self.kset_due.store(0, Ordering::SeqCst);
+                    return Err(e);
+                }
                 n += 1;
+            } else if let Some(t) = ks.since {
+                self.kset_due.fetch_min(self.due_nanos(t), Ordering::AcqRel);
             }
         }
         Ok(n)
@@ -252,7 +276,7 @@ impl Cache {
             result?;
             pos += chunk;
         }
-        let c = &self.counters;
+        let c = self.counters.local();
         Counters::add(&c.read_hit_bytes, hit_bytes);
         Counters::add(&c.read_miss_bytes, total - hit_bytes);
         Counters::add(if misses.is_empty() { &c.read_hit_ops } else { &c.read_miss_ops }, 1);
@@ -273,7 +297,7 @@ impl Cache {
             let mut whole = vec![0u8; e.len as usize];
             self.media.read(src, &mut whole)?;
             if data_crc(&[&whole]) != e.crc {
-                Counters::add(&self.counters.data_crc_errors, 1);
+                Counters::add(&self.counters.local().data_crc_errors, 1);
                 return Err(Error::DataCrc { offset: off - skip as u64, len: e.len as u64 });
             }
             iov::scatter_from_slice(&whole[skip as usize..(skip + n) as usize], bufs, at);
@@ -300,12 +324,17 @@ impl Cache {
         let (flags, crc) = if self.data_crc() { (KEY_FLAG_CRC, data_crc(&[piece])) } else { (0, 0) };
         let key = KeyRecord { off: miss.off, len: got, flags, seg, seg_off, gen: self.segs.gen(seg), data_crc: crc };
         let inserted = match self.insert_key(key, Some(miss.version)) {
-            Ok(v) => v,
+            Ok(v) => {
+                if v {
+                    head.spare_refs -= 1;
+                }
+                v
+            }
             Err(Error::NoSpace(_)) => false,
             Err(e) => return Err(e),
         };
         if inserted {
-            Counters::add(&self.counters.fill_bytes, got as u64);
+            Counters::add(&self.counters.local().fill_bytes, got as u64);
         }
         Ok(inserted)
     }

@@ -2,7 +2,9 @@
 //!
 //! A segment is referenced by the data head filling it (a pin), by every
 //! journalled key that points into it, and — for key-log segments — by the log
-//! until GC passes it. When the last reference goes, its generation is bumped
+//! until GC passes it. A data head takes the references of the keys it will
+//! write in advance, one per sector of payload, and returns the unused ones
+//! with its pin, so that writes do not touch the shared count. When the last reference goes, its generation is bumped
 //! and persisted, and only then is it returned to the free list: keys that
 //! still name the old generation are stale and are rejected.
 
@@ -127,14 +129,30 @@ impl SegmentTable {
 
     /// Takes another reference on a segment the caller already holds one on.
     pub fn get(&self, seg: u32) {
-        self.refs[seg as usize].fetch_add(1, Ordering::AcqRel);
+        self.get_n(seg, 1);
+    }
+
+    /// Takes `n` more references on a segment the caller already holds one on.
+    /// A data head takes, when it starts a segment, one for every key the
+    /// segment could hold, so that a write does not touch the (shared) count.
+    pub fn get_n(&self, seg: u32, n: u32) {
+        self.refs[seg as usize].fetch_add(n, Ordering::AcqRel);
     }
 
     /// Drops a reference; the last one bumps the generation and frees the segment.
     pub fn put(&self, media: &dyn Media, seg: u32) -> Result<()> {
-        let prev = self.refs[seg as usize].fetch_sub(1, Ordering::AcqRel);
-        if prev != 1 {
-            debug_assert!(prev > 1, "segment {seg} reference underflow");
+        self.put_n(media, seg, 1)
+    }
+
+    /// Drops `n` references at once (a data head returning the ones its
+    /// segment's keys did not use, with its own).
+    pub fn put_n(&self, media: &dyn Media, seg: u32, n: u32) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let prev = self.refs[seg as usize].fetch_sub(n, Ordering::AcqRel);
+        if prev != n {
+            debug_assert!(prev > n, "segment {seg} reference underflow");
             return Ok(());
         }
         let gen = self.gens[seg as usize].load(Ordering::Acquire) + 1;

@@ -81,7 +81,7 @@ impl Cache {
                     }
                     if io.failed.load(Ordering::Acquire) {
                         // Start the kset over later; rewriting is idempotent.
-                        Counters::add(&self.counters.writeback_errors, 1);
+                        Counters::add(&self.counters.local().writeback_errors, 1);
                         *st = WbState::Idle;
                         return Ok(WbProgress::Busy);
                     }
@@ -100,14 +100,14 @@ impl Cache {
                         return Ok(WbProgress::Busy);
                     }
                     if io.failed.load(Ordering::Acquire) {
-                        Counters::add(&self.counters.writeback_errors, 1);
+                        Counters::add(&self.counters.local().writeback_errors, 1);
                         *st = WbState::Idle;
                         return Ok(WbProgress::Busy);
                     }
                     lock(&self.tails).set_dirty(&*self.media, next)?;
-                    Counters::sub(&self.counters.dirty_bytes, bytes);
-                    Counters::add(&self.counters.writeback_bytes, bytes);
-                    Counters::add(&self.counters.writeback_ksets, 1);
+                    Counters::sub(&self.counters.local().dirty_bytes, bytes);
+                    Counters::add(&self.counters.local().writeback_bytes, bytes);
+                    Counters::add(&self.counters.local().writeback_ksets, 1);
                     return Ok(WbProgress::Advanced);
                 }
             }
@@ -125,7 +125,7 @@ impl Cache {
             let mut buf = vec![0u8; k.len as usize];
             self.media.read(self.geo.addr(k.seg, k.seg_off), &mut buf)?;
             if k.flags & KEY_FLAG_CRC != 0 && data_crc(&[&buf]) != k.data_crc {
-                Counters::add(&self.counters.data_crc_errors, 1);
+                Counters::add(&self.counters.local().data_crc_errors, 1);
                 return Err(Error::DataCrc { offset: k.off, len: k.len as u64 });
             }
             bufs.push(buf);
@@ -156,7 +156,7 @@ impl Cache {
                     if idle_spins > 1000 {
                         std::thread::yield_now();
                     }
-                    if self.counters.writeback_errors.load(Ordering::Relaxed) > 0 && idle_spins > 1_000_000 {
+                    if self.counters.total(|c| &c.writeback_errors) > 0 && idle_spins > 1_000_000 {
                         return Err(Error::Io("writeback keeps failing".into()));
                     }
                 }

@@ -32,6 +32,10 @@ a bdev, and measures in the same run a plain copy into the same pmem mapping.
   --keep           keep the pmem and base files afterwards
   --sustained      keep writing after the cache reaches its GC threshold
                    (then writeback to the base file sets the pace)
+  --poller MODE    where background work (kset timer, writeback, GC) runs:
+                   inline = on worker 0 between I/Os, one step every 32
+                   operations, as an SPDK poller on an I/O reactor;
+                   thread = on an extra thread of its own          (inline)
 
 Run with PMEM_IS_PMEM_FORCE=1 when the pmem file is on /dev/shm.
 Note: the engine completes pmem reads and writes synchronously, so for cache
@@ -59,12 +63,13 @@ struct Opts {
     data_crc: bool,
     keep: bool,
     sustained: bool,
+    poller: Poller,
 }
 
 fn parse(raw: &[String]) -> Result<Option<Opts>, String> {
     let a = Args::parse(
         raw,
-        &["w", "o", "q", "j", "t", "pmem", "pmem-size", "base", "base-size", "replay-keys"],
+        &["w", "o", "q", "j", "t", "pmem", "pmem-size", "base", "base-size", "replay-keys", "poller"],
         &["data-crc", "keep", "sustained", "help", "h"],
     )?;
     if a.flag("help") || a.flag("h") {
@@ -92,6 +97,11 @@ fn parse(raw: &[String]) -> Result<Option<Opts>, String> {
         data_crc: a.flag("data-crc"),
         keep: a.flag("keep"),
         sustained: a.flag("sustained"),
+        poller: match a.str_or("poller", "inline").as_str() {
+            "inline" => Poller::Inline,
+            "thread" => Poller::Thread,
+            p => return Err(format!("unknown poller mode {p:?} (inline, thread)")),
+        },
     };
     if o.bs == 0 || o.bs % 512 != 0 || o.bs > 4 << 20 {
         return Err(format!("block size {} must be a multiple of 512 up to 4M", o.bs));
@@ -120,11 +130,12 @@ pub fn main(raw: &[String]) -> Result<(), String> {
     drop(base_file);
     let base = Arc::new(FileBase::open(&o.base, 512).map_err(|e| e.to_string())?);
     println!(
-        "pcache bench: workload {:?}, block {} B, qd {}, {} worker(s), {} s; pmem {} ({} MiB, is_pmem={}), base {} ({} MiB)",
+        "pcache bench: workload {:?}, block {} B, qd {}, {} worker(s), poller {:?}, {} s; pmem {} ({} MiB, is_pmem={}), base {} ({} MiB)",
         o.workload,
         o.bs,
         o.qd,
         o.workers,
+        o.poller,
         o.secs,
         o.pmem.display(),
         o.pmem_size >> 20,
@@ -148,11 +159,11 @@ fn run(o: &Opts, media: Arc<PmemFile>, base: Arc<FileBase>) -> Result<(), String
     media.fence();
     println!("prefault  {} MiB in {:.2} s", media.len() >> 20, t.elapsed().as_secs_f64());
     // 1. The ceiling: plain copies into / out of the same mapping.
-    let write_ceiling = ceiling(&media, o, true);
-    let read_ceiling = ceiling(&media, o, false);
+    let (write_ceiling, write_ceiling_cpu) = ceiling(&media, o, true);
+    let (read_ceiling, read_ceiling_cpu) = ceiling(&media, o, false);
     println!(
-        "ceiling   plain pmem copy: write {:>10.0} IOPS, read {:>10.0} IOPS ({} worker(s))",
-        write_ceiling, read_ceiling, o.workers
+        "ceiling   plain pmem copy: write {:>10.0} IOPS, read {:>10.0} IOPS ({} worker(s)); per CPU-second: write {:.0}, read {:.0}",
+        write_ceiling, read_ceiling, o.workers, write_ceiling_cpu, read_ceiling_cpu
     );
 
     // 2. The workload through the engine.
@@ -161,6 +172,11 @@ fn run(o: &Opts, media: Arc<PmemFile>, base: Arc<FileBase>) -> Result<(), String
     let cache = Arc::new(cache);
     if matches!(o.workload, Workload::RandRead | Workload::Rw) {
         prefill(&cache, o)?;
+        // Write the prefill back first: the read phase measures hits, not the
+        // writeback of the prefill (which the poller would otherwise do meanwhile).
+        let t = Instant::now();
+        cache.writeback_all(&*base).map_err(|e| e.to_string())?;
+        println!("prefill   written back in {:.2} s", t.elapsed().as_secs_f64());
     }
     let r = drive(&cache, &base, o)?;
     let mib = r.ops as f64 * o.bs as f64 / (1 << 20) as f64 / r.secs;
@@ -201,13 +217,23 @@ fn run(o: &Opts, media: Arc<PmemFile>, base: Arc<FileBase>) -> Result<(), String
     }
     // verify generates and compares patterns in the harness: no ratio for it.
     let ceiling = match o.workload {
-        Workload::RandWrite => Some(write_ceiling),
-        Workload::RandRead => Some(read_ceiling),
-        Workload::Rw => Some(2.0 / (1.0 / write_ceiling + 1.0 / read_ceiling)),
+        Workload::RandWrite => Some((write_ceiling, write_ceiling_cpu)),
+        Workload::RandRead => Some((read_ceiling, read_ceiling_cpu)),
+        Workload::Rw => Some((
+            2.0 / (1.0 / write_ceiling + 1.0 / read_ceiling),
+            2.0 / (1.0 / write_ceiling_cpu + 1.0 / read_ceiling_cpu),
+        )),
         Workload::Verify => None,
     };
+    let per_cpu = r.ops as f64 / r.cpu_secs;
     match ceiling {
-        Some(c) => println!("ratio     pcache / plain copy = {:.2} (target >= 0.70)", iops / c),
+        Some((c, c_cpu)) => println!(
+            "ratio     pcache / plain copy = {:.2} (target >= 0.70); per CPU-second of the I/O threads: {:.0} / {:.0} = {:.2}",
+            iops / c,
+            per_cpu,
+            c_cpu,
+            per_cpu / c_cpu
+        ),
         None => println!("verify    every block read back matched its newest write"),
     }
     let cache = Arc::try_unwrap(cache).map_err(|_| "cache still shared".to_string())?;
@@ -225,42 +251,59 @@ fn config(o: &Opts) -> Config {
     cfg
 }
 
-fn ceiling(media: &Arc<PmemFile>, o: &Opts, write: bool) -> f64 {
+/// The plain-copy ceiling: the same threads, the same per-operation loop
+/// (stop flag, one latency sample per op) and the same block addresses as the
+/// engine workers (random blocks of the base range, same seeds), each copied
+/// into (and fenced) or out of the pmem mapping at the block's own address —
+/// what a plain pmem bdev does.
+/// Returns IOPS, and operations per CPU-second of the copying threads (which
+/// leaves out time those threads spent preempted on a shared machine).
+fn ceiling(media: &Arc<PmemFile>, o: &Opts, write: bool) -> (f64, f64) {
     let stop = Arc::new(AtomicBool::new(false));
-    let region = media.len() / o.workers as u64;
-    let blocks = region / o.bs;
+    let blocks = o.base_size.min(media.len()) / o.bs;
     let threads: Vec<_> = (0..o.workers)
         .map(|w| {
-            let (media, stop, bs) = (media.clone(), stop.clone(), o.bs as usize);
-            std::thread::spawn(move || {
-                let mut buf = vec![0x5au8; bs];
-                let mut rng = SplitMix64(w as u64 + 77);
-                let mut ops = 0u64;
-                // Same loop shape and per-op timing as the engine workers.
-                let mut lat = Hist::new();
-                while !stop.load(Ordering::Relaxed) {
-                    let off = w as u64 * region + (rng.next() % blocks) * bs as u64;
-                    let t = Instant::now();
-                    if write {
-                        media.write(off, &buf).expect("in range");
-                        media.fence();
-                    } else {
-                        media.read(off, &mut buf).expect("in range");
-                    }
-                    lat.add(t.elapsed().as_nanos() as u64);
-                    ops += 1;
-                }
-                std::hint::black_box(&buf);
-                std::hint::black_box(&lat);
-                ops
-            })
+            let (media, stop, bs) = (media.clone(), stop.clone(), o.bs);
+            std::thread::spawn(move || ceiling_loop(&media, &stop, w, bs, blocks, write))
         })
         .collect();
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(o.secs));
     stop.store(true, Ordering::Relaxed);
-    let ops: u64 = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
-    ops as f64 / t0.elapsed().as_secs_f64()
+    let (ops, cpu) = threads.into_iter().map(|t| t.join().unwrap_or((0, 0.0))).fold((0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    (ops as f64 / t0.elapsed().as_secs_f64(), ops as f64 / cpu)
+}
+
+/// CPU time the calling thread has used, in seconds.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer; CLOCK_THREAD_CPUTIME_ID is always available on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+#[inline(never)]
+fn ceiling_loop(media: &PmemFile, stop: &AtomicBool, w: usize, bs: u64, blocks: u64, write: bool) -> (u64, f64) {
+    let cpu0 = thread_cpu();
+    let mut buf = vec![0x5au8; bs as usize];
+    let mut rng = SplitMix64(w as u64 * 1000 + 1);
+    let mut ops = 0u64;
+    let mut lat = Hist::new();
+    while !stop.load(Ordering::Relaxed) {
+        let off = (rng.next() % blocks) * bs;
+        let t = Instant::now();
+        if write {
+            media.write(off, &buf).expect("in range");
+            media.fence();
+        } else {
+            media.read(off, &mut buf).expect("in range");
+        }
+        lat.add(t.elapsed().as_nanos() as u64);
+        ops += 1;
+    }
+    std::hint::black_box(&buf);
+    std::hint::black_box(&lat);
+    (ops, thread_cpu() - cpu0)
 }
 
 fn prefill(cache: &Cache, o: &Opts) -> Result<(), String> {
@@ -333,6 +376,8 @@ impl Hist {
 
 struct RunResult {
     ops: u64,
+    /// CPU time of the workers (and of the poller thread, if any).
+    cpu_secs: f64,
     secs: f64,
     lat: Hist,
     verify_errors: u64,
@@ -340,105 +385,167 @@ struct RunResult {
     filled: bool,
 }
 
-fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult, String> {
-    let space = Arc::new((Mutex::new(0u64), Condvar::new()));
-    {
-        let space = space.clone();
-        cache.set_space_notifier(Some(Box::new(move || {
-            *space.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-            space.1.notify_all();
-        })));
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let full = Arc::new(AtomicBool::new(false));
-    let failed = Arc::new(AtomicU64::new(0));
-    let gc_percent = cache.stats().gc_percent as u32;
-    let poller = {
-        let (cache, base, stop, failed, full) = (cache.clone(), base.clone(), stop.clone(), failed.clone(), full.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if cache.used_percent() >= gc_percent {
-                    full.store(true, Ordering::Relaxed);
-                }
-                match cache.background_step(&*base) {
-                    Ok(t) if t.did_work() || t.writeback_busy => {}
-                    Ok(_) => std::thread::sleep(Duration::from_micros(200)),
-                    Err(e) => {
-                        eprintln!("background work failed: {e}");
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
+/// How often (in operations) the polling worker runs one background step.
+const POLL_EVERY: u64 = 32;
+
+/// Where the background work (kset timer, writeback, GC) runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Poller {
+    /// On worker 0, one step every POLL_EVERY operations, the way an SPDK
+    /// poller shares its reactor with I/O.
+    Inline,
+    /// On a thread of its own.
+    Thread,
+}
+
+/// The base file behind one I/O thread that stands in for the device: writes
+/// and flushes complete asynchronously, as a bdev's would, so that a poller
+/// running on a worker never blocks in pwrite or fdatasync.
+struct AsyncBase {
+    file: Arc<FileBase>,
+    tx: Mutex<Option<std::sync::mpsc::Sender<BaseJob>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+enum BaseJob {
+    Write(u64, Vec<u8>, pcache::base::Done),
+    Flush(pcache::base::Done),
+}
+
+impl AsyncBase {
+    fn new(file: Arc<FileBase>) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<BaseJob>();
+        let f = file.clone();
+        let thread = std::thread::spawn(move || {
+            use pcache::BaseDevice;
+            for job in rx {
+                match job {
+                    BaseJob::Write(off, data, done) => f.write(off, data, done),
+                    BaseJob::Flush(done) => f.flush(done),
                 }
             }
-        })
-    };
-    let blocks = o.base_size / o.bs;
+        });
+        AsyncBase { file, tx: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) }
+    }
+
+    fn submit(&self, job: BaseJob) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = tx.send(job);
+        }
+    }
+
+    /// Waits for every submitted job to complete.
+    fn shutdown(&self) {
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl pcache::BaseDevice for AsyncBase {
+    fn size(&self) -> u64 {
+        self.file.size()
+    }
+    fn block_size(&self) -> u32 {
+        self.file.block_size()
+    }
+    fn write(&self, offset: u64, data: Vec<u8>, done: pcache::base::Done) {
+        self.submit(BaseJob::Write(offset, data, done));
+    }
+    fn flush(&self, done: pcache::base::Done) {
+        self.submit(BaseJob::Flush(done));
+    }
+    fn read(&self, offset: u64, buf: Vec<u8>, done: pcache::base::ReadDone) {
+        self.file.read(offset, buf, done);
+    }
+}
+
+/// What the workers share during the drive phase.
+struct Shared {
+    cache: Arc<Cache>,
+    base: Arc<AsyncBase>,
+    /// Woken when segments are freed.
+    space: (Mutex<()>, Condvar),
+    stop: AtomicBool,
+    /// The cache reached its GC threshold.
+    full: AtomicBool,
+    failed: AtomicU64,
+    gc_percent: u32,
+}
+
+impl Shared {
+    /// One background step, as a poller would run it.
+    fn poll(&self) -> bool {
+        if self.cache.used_percent() >= self.gc_percent {
+            self.full.store(true, Ordering::Relaxed);
+        }
+        match self.cache.background_step(&*self.base) {
+            Ok(t) => t.did_work() || t.writeback_busy,
+            Err(e) => {
+                eprintln!("background work failed: {e}");
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
+fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult, String> {
+    let sh = Arc::new(Shared {
+        cache: cache.clone(),
+        base: Arc::new(AsyncBase::new(base.clone())),
+        space: (Mutex::new(()), Condvar::new()),
+        stop: AtomicBool::new(false),
+        full: AtomicBool::new(false),
+        failed: AtomicU64::new(0),
+        gc_percent: cache.stats().gc_percent as u32,
+    });
+    {
+        let sh = Arc::downgrade(&sh);
+        cache.set_space_notifier(Some(Box::new(move || {
+            if let Some(sh) = sh.upgrade() {
+                let _g = sh.space.0.lock().unwrap_or_else(|e| e.into_inner());
+                sh.space.1.notify_all();
+            }
+        })));
+    }
+    let poller = (o.poller == Poller::Thread).then(|| {
+        let sh = sh.clone();
+        std::thread::spawn(move || poller_loop(&sh))
+    });
     let t0 = Instant::now();
-    let deadline = t0 + Duration::from_secs(o.secs);
     let workers: Vec<_> = (0..o.workers)
         .map(|w| {
-            let (cache, base, space, full) = (cache.clone(), base.clone(), space.clone(), full.clone());
-            let (bs, workload, nw, until_full) = (o.bs, o.workload, o.workers as u64, !o.sustained);
-            std::thread::spawn(move || -> Result<(u64, Hist, u64), String> {
-                let mut rng = SplitMix64(w as u64 * 1000 + 1);
-                let mut lat = Hist::new();
-                let mut wbuf = vec![0u8; bs as usize];
-                let mut rbuf = vec![0u8; bs as usize];
-                let mut ops = 0u64;
-                let mut verify_errors = 0;
-                // verify: newest sequence written to each block, and the blocks in write order.
-                let mut newest: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
-                let mut written: Vec<u64> = Vec::new();
-                let mut seq = 0u64;
-                while Instant::now() < deadline && !(until_full && full.load(Ordering::Relaxed)) {
-                    let is_write = match workload {
-                        Workload::RandWrite => true,
-                        Workload::RandRead => false,
-                        Workload::Rw => rng.next() & 1 == 0,
-                        Workload::Verify => written.is_empty() || rng.next() & 1 == 0,
-                    };
-                    // verify: worker w owns blocks with index % workers == w.
-                    let blk = if workload == Workload::Verify {
-                        (rng.next() % (blocks / nw)) * nw + w as u64
-                    } else {
-                        rng.next() % blocks
-                    };
-                    let t = Instant::now();
-                    if is_write {
-                        seq += 1;
-                        if workload == Workload::Verify {
-                            fill_pattern(&mut wbuf, w as u64, seq, blk);
-                        }
-                        write_waiting(&cache, &space, w, blk * bs, &wbuf)?;
-                        if workload == Workload::Verify && newest.insert(blk, seq).is_none() {
-                            written.push(blk);
-                        }
-                    } else if workload == Workload::Verify {
-                        let vblk = written[(rng.next() % written.len() as u64) as usize];
-                        read_block(&cache, &*base, w, vblk * bs, &mut rbuf)?;
-                        // The newest write to that block is what must come back.
-                        fill_pattern(&mut wbuf, w as u64, newest[&vblk], vblk);
-                        if rbuf != wbuf {
-                            verify_errors += 1;
-                        }
-                    } else {
-                        read_block(&cache, &*base, w, blk * bs, &mut rbuf)?;
-                    }
-                    lat.add(t.elapsed().as_nanos() as u64);
-                    ops += 1;
-                }
-                Ok((ops, lat, verify_errors))
-            })
+            let sh = sh.clone();
+            let p = WorkerParams {
+                w,
+                bs: o.bs,
+                blocks: o.base_size / o.bs,
+                workload: o.workload,
+                nw: o.workers as u64,
+                until_full: !o.sustained,
+                polls: o.poller == Poller::Inline && w == 0,
+            };
+            std::thread::spawn(move || worker_loop(&sh, p))
         })
         .collect();
+    // Like the ceiling: the workers run until told to stop (or the cache fills).
+    let deadline = t0 + Duration::from_secs(o.secs);
+    while Instant::now() < deadline && !(!o.sustained && sh.full.load(Ordering::Relaxed)) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    sh.stop.store(true, Ordering::Relaxed);
     let mut total = 0;
+    let mut cpu_secs = 0.0;
     let mut lat = Hist::new();
     let mut verify_errors = 0;
     let mut err = None;
     for w in workers {
         match w.join().map_err(|_| "worker panicked".to_string()).and_then(|r| r) {
-            Ok((ops, h, v)) => {
+            Ok((ops, h, v, cpu)) => {
                 total += ops;
+                cpu_secs += cpu;
                 lat.merge(&h);
                 verify_errors += v;
             }
@@ -446,16 +553,94 @@ fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult
         }
     }
     let secs = t0.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let _ = poller.join();
+    if let Some(p) = poller {
+        cpu_secs += p.join().unwrap_or(0.0);
+    }
     cache.set_space_notifier(None);
+    sh.base.shutdown();
     if let Some(e) = err {
         return Err(e);
     }
-    if failed.load(Ordering::Relaxed) > 0 {
+    if sh.failed.load(Ordering::Relaxed) > 0 {
         return Err("background work reported errors".into());
     }
-    Ok(RunResult { ops: total, secs, lat, verify_errors, filled: full.load(Ordering::Relaxed) })
+    Ok(RunResult { ops: total, cpu_secs, secs, lat, verify_errors, filled: sh.full.load(Ordering::Relaxed) })
+}
+
+#[inline(never)]
+fn poller_loop(sh: &Shared) -> f64 {
+    let cpu0 = thread_cpu();
+    while !sh.stop.load(Ordering::Relaxed) {
+        if !sh.poll() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    thread_cpu() - cpu0
+}
+
+struct WorkerParams {
+    w: usize,
+    bs: u64,
+    blocks: u64,
+    workload: Workload,
+    nw: u64,
+    until_full: bool,
+    /// This worker runs the background steps.
+    polls: bool,
+}
+
+#[inline(never)]
+fn worker_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), String> {
+    let cpu0 = thread_cpu();
+    let WorkerParams { w, bs, blocks, workload, nw, until_full, polls } = p;
+    let cache = &*sh.cache;
+    let mut rng = SplitMix64(w as u64 * 1000 + 1);
+    let mut lat = Hist::new();
+    let mut wbuf = vec![0u8; bs as usize];
+    let mut rbuf = vec![0u8; bs as usize];
+    let mut ops = 0u64;
+    let mut verify_errors = 0;
+    // verify: newest sequence written to each block, and the blocks in write order.
+    let mut newest: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    let mut written: Vec<u64> = Vec::new();
+    let mut seq = 0u64;
+    while !sh.stop.load(Ordering::Relaxed) && !(until_full && sh.full.load(Ordering::Relaxed)) {
+        if polls && ops % POLL_EVERY == 0 {
+            sh.poll();
+        }
+        let is_write = match workload {
+            Workload::RandWrite => true,
+            Workload::RandRead => false,
+            Workload::Rw => rng.next() & 1 == 0,
+            Workload::Verify => written.is_empty() || rng.next() & 1 == 0,
+        };
+        // verify: worker w owns blocks with index % workers == w.
+        let blk = if workload == Workload::Verify { (rng.next() % (blocks / nw)) * nw + w as u64 } else { rng.next() % blocks };
+        let t = Instant::now();
+        if is_write {
+            seq += 1;
+            if workload == Workload::Verify {
+                fill_pattern(&mut wbuf, w as u64, seq, blk);
+            }
+            write_waiting(sh, polls, w, blk * bs, &wbuf)?;
+            if workload == Workload::Verify && newest.insert(blk, seq).is_none() {
+                written.push(blk);
+            }
+        } else if workload == Workload::Verify {
+            let vblk = written[(rng.next() % written.len() as u64) as usize];
+            read_block(cache, &sh.base.file, w, vblk * bs, &mut rbuf)?;
+            // The newest write to that block is what must come back.
+            fill_pattern(&mut wbuf, w as u64, newest[&vblk], vblk);
+            if rbuf != wbuf {
+                verify_errors += 1;
+            }
+        } else {
+            read_block(cache, &sh.base.file, w, blk * bs, &mut rbuf)?;
+        }
+        lat.add(t.elapsed().as_nanos() as u64);
+        ops += 1;
+    }
+    Ok((ops, lat, verify_errors, thread_cpu() - cpu0))
 }
 
 fn fill_pattern(buf: &mut [u8], w: u64, seq: u64, blk: u64) {
@@ -466,16 +651,27 @@ fn fill_pattern(buf: &mut [u8], w: u64, seq: u64, blk: u64) {
     }
 }
 
-fn write_waiting(cache: &Cache, space: &(Mutex<u64>, Condvar), w: usize, off: u64, data: &[u8]) -> Result<(), String> {
+/// Writes, and when the cache defers (no space), waits for GC to free space:
+/// the polling worker runs background steps itself meanwhile.
+fn write_waiting(sh: &Shared, polls: bool, w: usize, off: u64, data: &[u8]) -> Result<(), String> {
     let mut done = 0usize;
     loop {
-        let epoch = *space.0.lock().unwrap_or_else(|e| e.into_inner());
-        match cache.write_buf(w, off + done as u64, &data[done..]).map_err(|e| e.to_string())? {
+        let epoch = sh.cache.space_epoch();
+        match sh.cache.write_buf(w, off + done as u64, &data[done..]).map_err(|e| e.to_string())? {
             WriteOutcome::Done => return Ok(()),
             WriteOutcome::Deferred { written } => {
                 done += written as usize;
-                let g = space.0.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = space.1.wait_timeout_while(g, Duration::from_millis(100), |e| *e == epoch);
+                if sh.stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                if polls {
+                    if !sh.poll() {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                } else {
+                    let g = sh.space.0.lock().unwrap_or_else(|e| e.into_inner());
+                    let _ = sh.space.1.wait_timeout_while(g, Duration::from_millis(10), |_| sh.cache.space_epoch() == epoch);
+                }
             }
         }
     }
