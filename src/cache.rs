@@ -272,6 +272,11 @@ impl Cache {
         self.heads.len()
     }
 
+    /// The GC threshold in force (percent of segments in use).
+    pub fn gc_percent(&self) -> u8 {
+        self.gc_percent.load(Ordering::Relaxed)
+    }
+
     /// Changes the GC threshold and persists it.
     pub fn set_gc_percent(&self, pct: u8) -> Result<()> {
         if pct > 90 {
@@ -305,6 +310,18 @@ impl Cache {
         s.key_tail = (t.key.seg, t.key.off, t.key.seq);
         s.dirty_tail = (t.dirty.seg, t.dirty.off, t.dirty.seq);
         s
+    }
+
+    /// Reads and writes served so far (cheap: no locks), so a host can tell
+    /// whether the front end is busy when it paces background work.
+    pub fn io_ops(&self) -> u64 {
+        let c = &self.counters;
+        c.total(|s| &s.write_ops) + c.total(|s| &s.read_hit_ops) + c.total(|s| &s.read_miss_ops)
+    }
+
+    /// True while writes wait for space (GC and writeback should hurry).
+    pub fn under_pressure(&self) -> bool {
+        self.pressure.load(Ordering::Relaxed)
     }
 
     /// Share of segments in use, in percent.

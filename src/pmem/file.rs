@@ -70,6 +70,16 @@ impl PmemFile {
         Ok(PmemFile { addr: addr as *mut u8, len: mapped, is_pmem: is_pmem != 0 })
     }
 
+    /// Maps every page of the mapping writable now, keeping its contents, so
+    /// that the data path takes no page faults (a file on tmpfs would
+    /// otherwise allocate and zero a page on the first store to it).
+    /// Best effort: kernels before 5.14 lack MADV_POPULATE_WRITE.
+    pub fn prefault(&self) -> bool {
+        const MADV_POPULATE_WRITE: c_int = 23;
+        // SAFETY: addr/len is this live mapping; populating does not change its contents.
+        unsafe { libc::madvise(self.addr as *mut c_void, self.len, MADV_POPULATE_WRITE) == 0 }
+    }
+
     /// True when libpmem says stores reach persistence with cache flushes
     /// (real pmem, or any file with PMEM_IS_PMEM_FORCE=1).
     pub fn is_pmem(&self) -> bool {

@@ -97,6 +97,9 @@ pub fn create(name: &str, path: &Path, size: Option<u64>, block_size: u32) -> Re
             m
         }
     };
+    if !media.prefault() {
+        log::warn!("{}: could not prefault the mapping; first writes to each page will fault", path.display());
+    }
     if media.len() < block_size as u64 {
         return Err(format!("{} is smaller than one block", path.display()));
     }

@@ -16,6 +16,10 @@ use crate::WbProgress;
 const KSET_PERIOD_US: u64 = 1000;
 const WRITEBACK_PERIOD_US: u64 = 100;
 const GC_PERIOD_US: u64 = 1000;
+/// Below this share of segments in use (or gc_percent, if lower), writeback
+/// yields to a busy front end and takes one step per TRICKLE.
+const WB_EASY_PERCENT: u32 = 50;
+const TRICKLE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The pollers of one pcache and what they share.
 pub struct Background {
@@ -26,12 +30,24 @@ pub struct Background {
     flush_waiters: Vec<(Ptr<sys::spdk_jsonrpc_request>, u64)>,
     /// Writeback errors counted when the oldest waiting flush arrived.
     flush_errors_at: u64,
+    /// Front-end operations seen at the last writeback tick, and when
+    /// writeback last stepped.
+    last_ops: u64,
+    last_step: Option<Instant>,
     last_error_log: Option<Instant>,
 }
 
 impl Background {
     pub fn new(base: SpdkBase) -> Background {
-        Background { base, pollers: Vec::new(), flush_waiters: Vec::new(), flush_errors_at: 0, last_error_log: None }
+        Background {
+            base,
+            pollers: Vec::new(),
+            flush_waiters: Vec::new(),
+            flush_errors_at: 0,
+            last_ops: 0,
+            last_step: None,
+            last_error_log: None,
+        }
     }
 
     /// Starts the pollers on the current thread for `node`.
@@ -103,6 +119,20 @@ unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
     guard(rc(false), || {
         let node = &*(arg as *const PcacheNode);
         let mut bg = node.bg();
+        // Pacing: while the front end is busy and the cache has room, write
+        // back only a little, so a burst gets the reactor. Full speed when idle,
+        // when space runs short (GC frees only written-back segments) or
+        // when a flush waits.
+        let c = &node.cache;
+        let ops = c.io_ops();
+        let busy_front = ops != bg.last_ops;
+        bg.last_ops = ops;
+        let easy = WB_EASY_PERCENT.min(c.gc_percent() as u32);
+        let urgent = !busy_front || c.under_pressure() || c.used_percent() >= easy || !bg.flush_waiters.is_empty();
+        if !urgent && bg.last_step.is_some_and(|t| t.elapsed() < TRICKLE) {
+            return rc(false);
+        }
+        bg.last_step = Some(Instant::now());
         let step = node.cache.writeback_step(&bg.base);
         let busy = match &step {
             Ok(p) => *p != WbProgress::Idle,
