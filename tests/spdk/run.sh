@@ -11,8 +11,11 @@ echo "building the SPDK module (scripts/build-module.sh)"
 scripts/build-module.sh || exit 1
 
 rc=0
+results=()
 for s in tests/spdk/suite-*.sh; do
   echo "--- $(basename "$s")"
-  bash "$s" || rc=1
+  if bash "$s"; then results+=("ok:     $(basename "$s")"); else results+=("FAILED: $(basename "$s")"); rc=1; fi
 done
+echo "--- SPDK suites"
+printf '%s\n' "${results[@]}"
 exit $rc
