@@ -43,6 +43,20 @@ else
   fail "verify with a reset (exit $rc)"; tail -20 "$WORK/reset.log"
 fi
 
+# A tiny bdev_io pool: the base runs out of I/O objects, so pcache's
+# writeback takes the ENOMEM path (spdk_bdev_queue_io_wait; seen hit ~10^5 times).
+rm -f "$SHM.pmem"
+stack_config "$WORK/nomem.json" $((256 << 20)) $((512 << 20))
+sed -i 's|"config":\[|"config":[\n {"method":"bdev_set_options","params":{"bdev_io_pool_size":256,"bdev_io_cache_size":4}},|' "$WORK/nomem.json"
+env LD_PRELOAD="$MODULE" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x3 -C --json "$WORK/nomem.json" \
+  -q 128 -o 4096 -w verify -t 5 >"$WORK/nomem.log" 2>&1
+rc=$?
+if [ $rc -eq 0 ] && bdevperf_ok "$WORK/nomem.log"; then
+  pass "verify with a 256-entry bdev_io pool, queue depth 128 on 2 cores: $(totals "$WORK/nomem.log")"
+else
+  fail "verify with a tiny bdev_io pool (exit $rc)"; tail -20 "$WORK/nomem.log"
+fi
+
 # The pmem bdev on its own, as a plain bdev.
 rm -f "$SHM.raw"
 cat >"$WORK/raw.json" <<JSON
