@@ -103,7 +103,7 @@ struct Image {
     nonce: u64,
 }
 
-/// 300 writes; half written back; all journalled. `clean` writes the rest back too.
+/// 300 writes (every 25th a WRITE_ZEROES); half written back; all journalled. `clean` writes the rest back too.
 fn build(data_crc: bool, clean: bool) -> Image {
     let media = Arc::new(MemMedia::new(media_len(SEGS)));
     let base = MemBase::new(BASE_BYTES as usize, 512);
@@ -116,9 +116,17 @@ fn build(data_crc: bool, clean: bool) -> Image {
     for i in 1..=300u64 {
         let first = rng.next() % BASE_SECTORS;
         let n = 1 + rng.next() % 8.min(BASE_SECTORS - first);
-        write_all(&cache, &base, 0, first * 512, &write_data(i, first, n));
-        for s in first..first + n {
-            model[s as usize] = i;
+        if i % 25 == 0 {
+            // Some WRITE_ZEROES too: zero keys go through every tool.
+            zero_all(&cache, &base, first * 512, n * 512);
+            for s in first..first + n {
+                model[s as usize] = 0;
+            }
+        } else {
+            write_all(&cache, &base, 0, first * 512, &write_data(i, first, n));
+            for s in first..first + n {
+                model[s as usize] = i;
+            }
         }
         if i == 150 {
             cache.writeback_all(&base).unwrap();
