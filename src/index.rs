@@ -193,6 +193,12 @@ impl Index {
         (off >> SUBTREE_SHIFT) as usize
     }
 
+    /// Bytes from `off` to the end of its subtree, at most `left`: keys and
+    /// lookups never cross a subtree.
+    pub fn piece_len(off: u64, left: u64) -> u64 {
+        left.min(SUBTREE_SIZE - (off & (SUBTREE_SIZE - 1)))
+    }
+
     pub fn write(&self, i: usize) -> RwLockWriteGuard<'_, Subtree> {
         self.subtrees[i].write().unwrap_or_else(|e| e.into_inner())
     }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::cache::{lock, Cache, DataHead, OpenKset, N_KSETS};
 use crate::error::{Error, Result};
-use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC, KEY_FLAG_DIRTY, KEY_FLAG_ZERO, KSET_MAX_KEYS, SECTOR, SUBTREE_SIZE};
+use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC, KEY_FLAG_DIRTY, KEY_FLAG_ZERO, KSET_MAX_KEYS, SECTOR};
 use crate::index::{extent_crc, Extent, Index};
 use crate::iov;
 use crate::segment::Use;
@@ -63,11 +63,9 @@ impl Cache {
         let mut done = 0u64;
         while done < total {
             let off = offset + done;
-            let to_boundary = SUBTREE_SIZE - (off & (SUBTREE_SIZE - 1));
-            let want = (total - done).min(to_boundary) as u32;
+            let want = Index::piece_len(off, total - done) as u32;
             let Some((seg, seg_off, got)) = self.alloc_data(&mut head, want)? else {
-                Counters::add(&self.counters.local().deferred_writes, 1);
-                return Ok(WriteOutcome::Deferred { written: done });
+                return Ok(self.deferred(done));
             };
             let crc = iov::gather_to_media(&*self.media, self.geo.addr(seg, seg_off), data, done, got as u64, self.data_crc())?;
             self.media.fence();
@@ -80,8 +78,7 @@ impl Cache {
                 Ok(_) => head.spare_refs -= 1,
                 Err(Error::NoSpace(_)) => {
                     self.pressure.store(true, Ordering::Relaxed);
-                    Counters::add(&self.counters.local().deferred_writes, 1);
-                    return Ok(WriteOutcome::Deferred { written: done });
+                    return Ok(self.deferred(done));
                 }
                 Err(e) => return Err(e),
             }
@@ -100,21 +97,25 @@ impl Cache {
         let mut done = 0u64;
         while done < len {
             let off = offset + done;
-            let to_boundary = SUBTREE_SIZE - (off & (SUBTREE_SIZE - 1));
-            let n = (len - done).min(to_boundary) as u32;
+            let n = Index::piece_len(off, len - done) as u32;
             let key = KeyRecord { off, len: n, flags: KEY_FLAG_DIRTY | KEY_FLAG_ZERO, seg: 0, seg_off: 0, gen: 0, data_crc: 0 };
             match self.insert_key(key, None) {
                 Ok(_) => {}
                 Err(Error::NoSpace(_)) => {
                     self.pressure.store(true, Ordering::Relaxed);
-                    Counters::add(&self.counters.local().deferred_writes, 1);
-                    return Ok(WriteOutcome::Deferred { written: done });
+                    return Ok(self.deferred(done));
                 }
                 Err(e) => return Err(e),
             }
             done += n as u64;
         }
         Ok(WriteOutcome::Done)
+    }
+
+    /// A write that found no space after its first `written` bytes.
+    fn deferred(&self, written: u64) -> WriteOutcome {
+        Counters::add(&self.counters.local().deferred_writes, 1);
+        WriteOutcome::Deferred { written }
     }
 
     /// Convenience for a single contiguous buffer.
@@ -257,7 +258,7 @@ impl Cache {
         let mut hit_bytes = 0u64;
         while pos < total {
             let off = offset + pos;
-            let chunk = (total - pos).min(SUBTREE_SIZE - (off & (SUBTREE_SIZE - 1)));
+            let chunk = Index::piece_len(off, total - pos);
             let t = self.index.read(Index::subtree_of(off));
             let version = t.version;
             let mut result = Ok(());

@@ -29,18 +29,35 @@ unsafe impl Send for SpdkBase {}
 // SAFETY: as above.
 unsafe impl Sync for SpdkBase {}
 
+/// What a base I/O does, with the engine's completion for it.
 enum Kind {
-    Write,
-    WriteZeroes,
-    Read(ReadDone),
-    Flush,
+    Write(Done),
+    WriteZeroes(Done),
+    /// Reads into the engine's buffer, handed back with the result.
+    Read(Vec<u8>, ReadDone),
+    Flush(Done),
+}
+
+impl Kind {
+    /// Calls the engine back; a read copies `dma` into its buffer first.
+    fn complete(self, dma: &[u8], r: crate::Result<()>) {
+        match self {
+            Kind::Write(d) | Kind::WriteZeroes(d) | Kind::Flush(d) => d(r),
+            Kind::Read(mut buf, rd) => {
+                if r.is_ok() {
+                    buf.copy_from_slice(dma);
+                }
+                rd(buf, r)
+            }
+        }
+    }
 }
 
 /// One base I/O in flight. Boxed: SPDK holds a pointer to it (and to `wait`).
 struct BaseIo {
     base: *const SpdkBase,
     kind: Kind,
-    done: Option<Done>,
+    /// DMA-safe staging buffer (null for flush and write_zeroes).
     buf: *mut c_void,
     offset: u64,
     len: u64,
@@ -74,13 +91,13 @@ impl SpdkBase {
         self.outstanding.load(Ordering::Acquire)
     }
 
-    fn start(&self, kind: Kind, done: Option<Done>, data: Option<&[u8]>, offset: u64, len: u64) {
+    fn start(&self, kind: Kind, data: Option<&[u8]>, offset: u64, len: u64) {
         let mut buf = std::ptr::null_mut();
-        if len > 0 && !matches!(kind, Kind::WriteZeroes) {
+        if matches!(kind, Kind::Write(_) | Kind::Read(..)) && len > 0 {
             // SAFETY: plain allocation; freed in finish().
             buf = unsafe { sys::spdk_dma_malloc(len as usize, self.align, std::ptr::null_mut()) };
             if buf.is_null() {
-                fail(kind, done, Error::Io(format!("no DMA memory for a {len}-byte base I/O")));
+                kind.complete(&[], Err(Error::Io(format!("no DMA memory for a {len}-byte base I/O"))));
                 return;
             }
             if let Some(d) = data {
@@ -91,7 +108,6 @@ impl SpdkBase {
         let io = Box::into_raw(Box::new(BaseIo {
             base: self,
             kind,
-            done,
             buf,
             offset,
             len,
@@ -103,27 +119,16 @@ impl SpdkBase {
     }
 }
 
-fn fail(kind: Kind, done: Option<Done>, e: Error) {
-    match kind {
-        Kind::Read(rd) => rd(Vec::new(), Err(e)),
-        _ => {
-            if let Some(d) = done {
-                d(Err(e))
-            }
-        }
-    }
-}
-
 /// Submits (or resubmits after ENOMEM) one base I/O.
 unsafe fn submit(io: *mut BaseIo) {
     let b = &*(*io).base;
     let arg = io as *mut c_void;
     let rc = match (*io).kind {
-        Kind::Write => sys::spdk_bdev_write(b.desc, b.ch, (*io).buf, (*io).offset, (*io).len, Some(complete), arg),
+        Kind::Write(_) => sys::spdk_bdev_write(b.desc, b.ch, (*io).buf, (*io).offset, (*io).len, Some(complete), arg),
         // SPDK emulates write_zeroes with writes on bdevs without it.
-        Kind::WriteZeroes => sys::spdk_bdev_write_zeroes(b.desc, b.ch, (*io).offset, (*io).len, Some(complete), arg),
-        Kind::Read(_) => sys::spdk_bdev_read(b.desc, b.ch, (*io).buf, (*io).offset, (*io).len, Some(complete), arg),
-        Kind::Flush => sys::spdk_bdev_flush(b.desc, b.ch, 0, b.size, Some(complete), arg),
+        Kind::WriteZeroes(_) => sys::spdk_bdev_write_zeroes(b.desc, b.ch, (*io).offset, (*io).len, Some(complete), arg),
+        Kind::Read(..) => sys::spdk_bdev_read(b.desc, b.ch, (*io).buf, (*io).offset, (*io).len, Some(complete), arg),
+        Kind::Flush(_) => sys::spdk_bdev_flush(b.desc, b.ch, 0, b.size, Some(complete), arg),
     };
     if rc == -libc::ENOMEM {
         // The base is out of request objects: retry when one frees up.
@@ -160,23 +165,12 @@ unsafe extern "C" fn complete(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c
 /// Completes one base I/O: frees its buffer and calls the engine back.
 unsafe fn finish(io: *mut BaseIo, r: crate::Result<()>) {
     let io = Box::from_raw(io);
-    let base = &*io.base;
-    let mut data = Vec::new();
+    let dma: &[u8] = if io.buf.is_null() { &[] } else { std::slice::from_raw_parts(io.buf as *const u8, io.len as usize) };
+    io.kind.complete(dma, r);
     if !io.buf.is_null() {
-        if matches!(io.kind, Kind::Read(_)) && r.is_ok() {
-            data = std::slice::from_raw_parts(io.buf as *const u8, io.len as usize).to_vec();
-        }
         sys::spdk_dma_free(io.buf);
     }
-    base.outstanding.fetch_sub(1, Ordering::AcqRel);
-    match io.kind {
-        Kind::Read(rd) => rd(data, r),
-        _ => {
-            if let Some(d) = io.done {
-                d(r)
-            }
-        }
-    }
+    (*io.base).outstanding.fetch_sub(1, Ordering::AcqRel);
 }
 
 impl BaseDevice for SpdkBase {
@@ -190,11 +184,11 @@ impl BaseDevice for SpdkBase {
 
     fn write(&self, offset: u64, data: Vec<u8>, done: Done) {
         let len = data.len() as u64;
-        self.start(Kind::Write, Some(done), Some(&data), offset, len);
+        self.start(Kind::Write(done), Some(&data), offset, len);
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, done: Done) {
-        self.start(Kind::WriteZeroes, Some(done), None, offset, len);
+        self.start(Kind::WriteZeroes(done), None, offset, len);
     }
 
     fn flush(&self, done: Done) {
@@ -203,11 +197,11 @@ impl BaseDevice for SpdkBase {
             done(Ok(()));
             return;
         }
-        self.start(Kind::Flush, Some(done), None, 0, 0);
+        self.start(Kind::Flush(done), None, 0, 0);
     }
 
     fn read(&self, offset: u64, buf: Vec<u8>, done: ReadDone) {
         let len = buf.len() as u64;
-        self.start(Kind::Read(done), None, None, offset, len);
+        self.start(Kind::Read(buf, done), None, offset, len);
     }
 }

@@ -126,3 +126,47 @@ pub fn complete(io: *mut sys::spdk_bdev_io, ok: bool) {
 pub fn as_ctx<T>(p: *const T) -> *mut c_void {
     p as *mut c_void
 }
+
+/// True when a READ arrived without buffers; the module then asks the bdev
+/// layer for them with spdk_bdev_io_get_buf.
+///
+/// # Safety
+/// `io` is a live block I/O.
+pub unsafe fn lacks_buffers(io: *mut sys::spdk_bdev_io) -> bool {
+    io_iovs(io).first().is_none_or(|v| v.iov_base.is_null())
+}
+
+/// fn_table.get_io_channel for a bdev whose ctxt is its io_device.
+pub unsafe extern "C" fn get_io_channel(ctx: *mut c_void) -> *mut sys::spdk_io_channel {
+    sys::spdk_get_io_channel(ctx)
+}
+
+/// fn_table.io_type_supported of both pcache's bdevs: the block I/O they serve.
+pub unsafe extern "C" fn block_io_supported(_ctx: *mut c_void, t: sys::spdk_bdev_io_type) -> bool {
+    matches!(
+        t,
+        sys::SPDK_BDEV_IO_TYPE_READ
+            | sys::SPDK_BDEV_IO_TYPE_WRITE
+            | sys::SPDK_BDEV_IO_TYPE_FLUSH
+            | sys::SPDK_BDEV_IO_TYPE_RESET
+            | sys::SPDK_BDEV_IO_TYPE_UNMAP
+            | sys::SPDK_BDEV_IO_TYPE_WRITE_ZEROES
+    )
+}
+
+/// Unregisters the bdev `name` of `module`; `done(rc)` runs once it is gone,
+/// or at once with the error if SPDK refuses.
+pub fn unregister_bdev(name: &str, module: *mut sys::spdk_bdev_module, done: Box<dyn FnOnce(i32)>) {
+    let cname = cstring(name);
+    let arg = Box::into_raw(Box::new(done));
+    // SAFETY: arg is reclaimed exactly once, by unregister_done or below.
+    let rc = unsafe { sys::spdk_bdev_unregister_by_name(cname.as_ptr(), module, Some(unregister_done), arg as *mut c_void) };
+    if rc != 0 {
+        // SAFETY: not handed to SPDK, so still ours.
+        (unsafe { Box::from_raw(arg) })(rc);
+    }
+}
+
+unsafe extern "C" fn unregister_done(arg: *mut c_void, rc: std::ffi::c_int) {
+    guard((), || (Box::from_raw(arg as *mut Box<dyn FnOnce(i32)>))(rc))
+}

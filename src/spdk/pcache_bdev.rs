@@ -95,6 +95,14 @@ struct Registry {
 static MODULE: AtomicPtr<sys::spdk_bdev_module> = AtomicPtr::new(std::ptr::null_mut());
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry { configs: Vec::new(), nodes: Vec::new(), last_error: Vec::new() });
 
+impl Registry {
+    /// The live node of the pcache `name`.
+    fn node(&self, name: &str) -> Option<Ptr<PcacheNode>> {
+        // SAFETY: registered nodes are live (removed on this thread before they are freed).
+        self.nodes.iter().copied().find(|n| unsafe { (*n.0).opts.name == name })
+    }
+}
+
 fn registry() -> MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -158,10 +166,11 @@ pub fn create(opts: CreateOpts) -> Result<Created, String> {
         registry().configs.push(opts);
         return Ok(Created::Waiting(missing));
     }
-    attach(&opts)?;
-    // force_format applies to this create only: coming back after a
-    // hot-remove must load the cache, not wipe it.
-    registry().configs.push(CreateOpts { force_format: false, ..opts });
+    registry().configs.push(opts.clone());
+    if let Err(e) = attach(&opts) {
+        registry().configs.retain(|c| c.name != opts.name);
+        return Err(e);
+    }
     Ok(Created::Now)
 }
 
@@ -177,35 +186,18 @@ pub fn delete(name: &str, done: Box<dyn FnOnce(i32)>) {
         };
         r.configs.remove(i);
         r.last_error.retain(|e| e.0 != name);
-        r.nodes.iter().copied().find(|n| {
-            // SAFETY: registered nodes are live.
-            unsafe { (*n.0).opts.name == name }
-        })
+        r.node(name)
     };
     if node.is_none() {
         done(0); // It was only waiting for its bdevs.
         return;
     }
-    let cname = cstring(name);
-    let arg = Box::into_raw(Box::new(done));
-    // SAFETY: arg is reclaimed exactly once, by unregister_done or below.
-    let rc = unsafe { sys::spdk_bdev_unregister_by_name(cname.as_ptr(), module(), Some(unregister_done), arg as *mut c_void) };
-    if rc != 0 {
-        // SAFETY: not handed to SPDK.
-        (unsafe { Box::from_raw(arg) })(rc);
-    }
-}
-
-unsafe extern "C" fn unregister_done(arg: *mut c_void, rc: c_int) {
-    guard((), || (Box::from_raw(arg as *mut Box<dyn FnOnce(i32)>))(rc))
+    super::ffi::unregister_bdev(name, module(), done);
 }
 
 /// Runs `f` on the live pcache `name`.
 pub fn with_node<T>(name: &str, f: impl FnOnce(&PcacheNode) -> T) -> Option<T> {
-    let p = registry().nodes.iter().copied().find(|n| {
-        // SAFETY: registered nodes are live.
-        unsafe { (*n.0).opts.name == name }
-    })?;
+    let p = registry().node(name)?;
     // SAFETY: nodes are removed from the registry (on this thread) before they are freed.
     Some(f(unsafe { &*p.0 }))
 }
@@ -216,10 +208,7 @@ pub fn list() -> Vec<(CreateOpts, Option<Ptr<PcacheNode>>, Option<String>)> {
     r.configs
         .iter()
         .map(|c| {
-            let node = r.nodes.iter().copied().find(|n| {
-                // SAFETY: registered nodes are live.
-                unsafe { (*n.0).opts.name == c.name }
-            });
+            let node = r.node(&c.name);
             let err = r.last_error.iter().find(|e| e.0 == c.name).map(|e| e.1.clone());
             (c.clone(), node, err)
         })
@@ -361,6 +350,11 @@ fn attach(opts: &CreateOpts) -> Result<(), String> {
         }
         // The node owns the claims from here on.
         std::mem::forget(claims);
+        // force_format is spent: coming back after a hot-remove must load
+        // the cache, not wipe it.
+        if let Some(c) = registry().configs.iter_mut().find(|c| c.name == opts.name) {
+            c.force_format = false;
+        }
     }
     Ok(())
 }
@@ -380,7 +374,7 @@ unsafe extern "C" fn bdev_event(t: sys::spdk_bdev_event_type, bdev: *mut sys::sp
             return;
         }
         let name = &*(ctx as *const String);
-        let Some(node) = registry().nodes.iter().find(|n| (*n.0).opts.name == *name).map(|n| n.0) else { return };
+        let Some(Ptr(node)) = registry().node(name) else { return };
         if (*node).removing.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -465,7 +459,7 @@ unsafe extern "C" fn examine_config(bdev: *mut sys::spdk_bdev) {
             r.configs
                 .iter()
                 .filter(|c| {
-                    !r.nodes.iter().any(|n| (*n.0).opts.name == c.name)
+                    r.node(&c.name).is_none()
                         && bdev_exists(&c.cache_bdev)
                         && bdev_exists(&c.base_bdev)
                         && !bdev_exists(&c.name)
@@ -476,13 +470,7 @@ unsafe extern "C" fn examine_config(bdev: *mut sys::spdk_bdev) {
         for opts in waiting {
             match attach(&opts) {
                 Ok(()) => {
-                    let mut r = registry();
-                    r.last_error.retain(|e| e.0 != opts.name);
-                    // A waiting create's force_format has now been used once.
-                    if let Some(c) = r.configs.iter_mut().find(|c| c.name == opts.name) {
-                        c.force_format = false;
-                    }
-                    drop(r);
+                    registry().last_error.retain(|e| e.0 != opts.name);
                     log::info!("{}: created now that its bdevs exist", opts.name);
                 }
                 Err(e) => {
@@ -542,8 +530,7 @@ fn write_create(w: &mut Writer, c: &CreateOpts, gc: Option<u8>, crc: Option<bool
 
 /// The driver_specific section of bdev_get_bdevs, and the per-bdev part of
 /// bdev_pcache_get_stats.
-pub fn write_info(n: &PcacheNode, w: &mut Writer) {
-    let s = n.cache.stats();
+pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     let sb = n.cache.superblock();
     w.named_str("name", n.name());
     w.named_str("cache_bdev", &n.opts.cache_bdev);
@@ -566,8 +553,8 @@ pub fn write_info(n: &PcacheNode, w: &mut Writer) {
 }
 
 pub fn write_stats(n: &PcacheNode, w: &mut Writer) {
-    write_info(n, w);
     let s = n.cache.stats();
+    write_info(n, &s, w);
     for (k, v) in [
         ("read_hit_ops", s.read_hit_ops),
         ("read_miss_ops", s.read_miss_ops),

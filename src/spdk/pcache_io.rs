@@ -44,8 +44,11 @@ struct IoCtx {
 struct MissIo {
     io: *mut sys::spdk_bdev_io,
     idx: usize,
-    iovs: Vec<libc::iovec>,
+    iovs: Iovecs,
 }
+
+/// A view of part of an I/O's buffers; one to four pieces stay on the stack.
+type Iovecs = SmallVec<[libc::iovec; 4]>;
 
 pub unsafe extern "C" fn ctx_size() -> c_int {
     std::mem::size_of::<IoCtx>() as c_int
@@ -54,8 +57,8 @@ pub unsafe extern "C" fn ctx_size() -> c_int {
 pub static FN_TABLE: sys::spdk_bdev_fn_table = sys::spdk_bdev_fn_table {
     destruct: Some(pcache_bdev::destruct),
     submit_request: Some(submit_request),
-    io_type_supported: Some(io_type_supported),
-    get_io_channel: Some(get_io_channel),
+    io_type_supported: Some(ffi::block_io_supported),
+    get_io_channel: Some(ffi::get_io_channel),
     dump_info_json: Some(dump_info_json),
     write_config_json: Some(pcache_bdev::write_bdev_config),
     get_spin_time: None,
@@ -67,28 +70,12 @@ pub static FN_TABLE: sys::spdk_bdev_fn_table = sys::spdk_bdev_fn_table {
     accel_sequence_supported: None,
 };
 
-unsafe extern "C" fn get_io_channel(ctx: *mut c_void) -> *mut sys::spdk_io_channel {
-    sys::spdk_get_io_channel(ctx)
-}
-
-unsafe extern "C" fn io_type_supported(_ctx: *mut c_void, t: sys::spdk_bdev_io_type) -> bool {
-    matches!(
-        t,
-        sys::SPDK_BDEV_IO_TYPE_READ
-            | sys::SPDK_BDEV_IO_TYPE_WRITE
-            | sys::SPDK_BDEV_IO_TYPE_FLUSH
-            | sys::SPDK_BDEV_IO_TYPE_RESET
-            | sys::SPDK_BDEV_IO_TYPE_UNMAP
-            | sys::SPDK_BDEV_IO_TYPE_WRITE_ZEROES
-    )
-}
-
 unsafe extern "C" fn dump_info_json(ctx: *mut c_void, w: *mut sys::spdk_json_write_ctx) -> c_int {
     guard(0, || {
         let node = &*(ctx as *const PcacheNode);
         let mut w = Writer::new(w);
         w.named_object_begin("pcache");
-        pcache_bdev::write_info(node, &mut w);
+        pcache_bdev::write_info(node, &node.cache.stats(), &mut w);
         w.object_end();
         0
     })
@@ -163,7 +150,7 @@ unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys:
         }
         match (*io).type_ as u32 {
             sys::SPDK_BDEV_IO_TYPE_READ => {
-                if ffi::io_iovs(io).first().is_none_or(|v| v.iov_base.is_null()) {
+                if ffi::lacks_buffers(io) {
                     let (_, len) = byte_range(io);
                     sys::spdk_bdev_io_get_buf(io, Some(read_with_buf), len);
                 } else {
@@ -173,10 +160,8 @@ unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys:
             // UNMAP is served as WRITE_ZEROES: the range reads as zeros at
             // once, and writeback sends write_zeroes to the base in log order.
             sys::SPDK_BDEV_IO_TYPE_WRITE | sys::SPDK_BDEV_IO_TYPE_WRITE_ZEROES | sys::SPDK_BDEV_IO_TYPE_UNMAP => {
-                if (*chan).deferred.is_empty() {
-                    try_write(chan, io);
-                } else {
-                    // Keep order behind writes already waiting for space.
+                // Behind writes already waiting for space, to keep their order.
+                if !(*chan).deferred.is_empty() || !try_write(chan, io) {
                     (*chan).deferred.push_back(io);
                 }
             }
@@ -212,7 +197,8 @@ unsafe extern "C" fn reset_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut
     })
 }
 
-/// Writes what is left of `io` into the cache; defers it if the cache is full.
+/// Writes what is left of `io` into the cache. Returns false if the cache is
+/// full: the caller keeps `io` at the head of the channel's queue.
 unsafe fn try_write(chan: *mut Channel, io: *mut sys::spdk_bdev_io) -> bool {
     let node = &*(*chan).node;
     let ctx = ffi::io_ctx::<IoCtx>(io);
@@ -221,18 +207,11 @@ unsafe fn try_write(chan: *mut Channel, io: *mut sys::spdk_bdev_io) -> bool {
     // Read the epoch first: space freed after this point will show as a change.
     let epoch = node.cache.space_epoch();
     let r = if (*io).type_ as u32 == sys::SPDK_BDEV_IO_TYPE_WRITE {
-        let mut slices: SmallVec<[IoSlice; 4]> = SmallVec::new();
-        let mut skip = done;
-        for v in ffi::io_iovs(io) {
-            if skip >= v.iov_len as u64 {
-                skip -= v.iov_len as u64;
-                continue;
-            }
+        let slices: SmallVec<[IoSlice; 4]> = sub_iovecs(ffi::io_iovs(io), done, len - done)
+            .iter()
             // SAFETY: the bdev layer owns these buffers for the I/O's life.
-            let s = std::slice::from_raw_parts((v.iov_base as *const u8).add(skip as usize), v.iov_len - skip as usize);
-            slices.push(IoSlice::new(s));
-            skip = 0;
-        }
+            .map(|v| IoSlice::new(std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)))
+            .collect();
         node.cache.write((*chan).worker, off + done, &slices)
     } else {
         node.cache.write_zeroes(off + done, len - done)
@@ -244,12 +223,7 @@ unsafe fn try_write(chan: *mut Channel, io: *mut sys::spdk_bdev_io) -> bool {
         }
         Ok(WriteOutcome::Deferred { written }) => {
             (*ctx).written += written;
-            if (*chan).deferred.is_empty() || (*chan).deferred.front() == Some(&io) {
-                (*chan).defer_epoch = epoch;
-            }
-            if (*chan).deferred.front() != Some(&io) {
-                (*chan).deferred.push_back(io);
-            }
+            (*chan).defer_epoch = epoch;
             false
         }
         Err(e) => {
@@ -279,15 +253,12 @@ unsafe extern "C" fn retry_deferred(arg: *mut c_void) -> c_int {
         if node.cache.space_epoch() == (*chan).defer_epoch {
             return sys::SPDK_POLLER_IDLE as c_int;
         }
+        // Completed (or failed) writes leave the queue; one deferred again stays first.
         while let Some(&io) = (*chan).deferred.front() {
-            // Completed (or failed) writes leave the queue; a deferred one stays first.
-            let complete = try_write(chan, io);
-            if !complete {
+            if !try_write(chan, io) {
                 break;
             }
-            if (*chan).deferred.front() == Some(&io) {
-                (*chan).deferred.pop_front();
-            }
+            (*chan).deferred.pop_front();
         }
         sys::SPDK_POLLER_BUSY as c_int
     })
@@ -330,8 +301,8 @@ unsafe fn start_read(io: *mut sys::spdk_bdev_io) {
 }
 
 /// The part `[at, at+len)` of an iovec list.
-fn sub_iovecs(iovs: &[libc::iovec], mut at: u64, mut len: u64) -> Vec<libc::iovec> {
-    let mut out = Vec::with_capacity(1);
+fn sub_iovecs(iovs: &[libc::iovec], mut at: u64, mut len: u64) -> Iovecs {
+    let mut out = Iovecs::new();
     for v in iovs {
         if len == 0 {
             break;
@@ -420,11 +391,16 @@ unsafe extern "C" fn miss_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut 
             // Read caching: keep what the base returned as a clean key.
             let node = node_of(io);
             let m = (&(*ctx).misses)[mio.idx];
-            let mut data = Vec::with_capacity(m.len as usize);
-            for v in &mio.iovs {
-                // SAFETY: the caller's buffers, just filled by the base.
-                data.extend_from_slice(std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len));
-            }
+            // SAFETY: the caller's buffers, just filled by the base.
+            let piece = |v: &libc::iovec| std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len);
+            // One buffer (the usual case) is cached as it is; several are gathered.
+            let data: std::borrow::Cow<[u8]> = match mio.iovs.as_slice() {
+                [one] => piece(one).into(),
+                many => many.iter().fold(Vec::with_capacity(m.len as usize), |mut d, v| {
+                    d.extend_from_slice(piece(v));
+                    d
+                }).into(),
+            };
             if let Err(e) = node.cache.fill((*channel_of(io)).worker, &m, &data) {
                 log::debug!("{}: read cache fill at {}: {e}", node.name(), m.off);
             }

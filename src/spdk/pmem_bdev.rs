@@ -153,22 +153,7 @@ pub fn delete(name: &str, done: Box<dyn FnOnce(i32)>) {
         done(-libc::ENODEV);
         return;
     }
-    let cname = cstring(name);
-    let arg = Box::into_raw(Box::new(done));
-    // SAFETY: arg is reclaimed exactly once, by unregister_done or below.
-    let rc = unsafe { sys::spdk_bdev_unregister_by_name(cname.as_ptr(), module(), Some(unregister_done), arg as *mut c_void) };
-    if rc != 0 {
-        // SAFETY: not handed to SPDK, so still ours.
-        let done = unsafe { Box::from_raw(arg) };
-        done(rc);
-    }
-}
-
-unsafe extern "C" fn unregister_done(arg: *mut c_void, rc: c_int) {
-    guard((), || {
-        let done = Box::from_raw(arg as *mut Box<dyn FnOnce(i32)>);
-        done(rc)
-    })
+    ffi::unregister_bdev(name, module(), done);
 }
 
 unsafe extern "C" fn free_device(ctx: *mut c_void) {
@@ -178,8 +163,8 @@ unsafe extern "C" fn free_device(ctx: *mut c_void) {
 static FN_TABLE: sys::spdk_bdev_fn_table = sys::spdk_bdev_fn_table {
     destruct: Some(destruct),
     submit_request: Some(submit_request),
-    io_type_supported: Some(io_type_supported),
-    get_io_channel: Some(get_io_channel),
+    io_type_supported: Some(ffi::block_io_supported),
+    get_io_channel: Some(ffi::get_io_channel),
     dump_info_json: Some(dump_info_json),
     write_config_json: None,
     get_spin_time: None,
@@ -204,22 +189,6 @@ unsafe extern "C" fn ch_create(_dev: *mut c_void, _ctx: *mut c_void) -> c_int {
 }
 
 unsafe extern "C" fn ch_destroy(_dev: *mut c_void, _ctx: *mut c_void) {}
-
-unsafe extern "C" fn get_io_channel(ctx: *mut c_void) -> *mut sys::spdk_io_channel {
-    sys::spdk_get_io_channel(ctx)
-}
-
-unsafe extern "C" fn io_type_supported(_ctx: *mut c_void, t: sys::spdk_bdev_io_type) -> bool {
-    matches!(
-        t,
-        sys::SPDK_BDEV_IO_TYPE_READ
-            | sys::SPDK_BDEV_IO_TYPE_WRITE
-            | sys::SPDK_BDEV_IO_TYPE_FLUSH
-            | sys::SPDK_BDEV_IO_TYPE_RESET
-            | sys::SPDK_BDEV_IO_TYPE_UNMAP
-            | sys::SPDK_BDEV_IO_TYPE_WRITE_ZEROES
-    )
-}
 
 unsafe extern "C" fn dump_info_json(ctx: *mut c_void, w: *mut sys::spdk_json_write_ctx) -> c_int {
     guard(0, || {
@@ -254,7 +223,7 @@ unsafe extern "C" fn config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
 
 unsafe extern "C" fn submit_request(_ch: *mut sys::spdk_io_channel, io: *mut sys::spdk_bdev_io) {
     guard((), || {
-        if (*io).type_ as u32 == sys::SPDK_BDEV_IO_TYPE_READ && ffi::io_iovs(io).first().is_none_or(|v| v.iov_base.is_null()) {
+        if (*io).type_ as u32 == sys::SPDK_BDEV_IO_TYPE_READ && ffi::lacks_buffers(io) {
             let (_, blocks) = ffi::block_range(io);
             let len = blocks * (*(*io).bdev).blocklen as u64;
             sys::spdk_bdev_io_get_buf(io, Some(read_with_buf), len);

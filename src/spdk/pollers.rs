@@ -88,6 +88,30 @@ impl Background {
         Ok(())
     }
 
+    /// Answers flush requests whose writes are all on the base, or fails them
+    /// all if writeback is failing.
+    fn answer_flushes(&mut self, node: &PcacheNode, step_error: Option<crate::Error>) {
+        let s = node.cache.stats();
+        let failed = step_error.or_else(|| {
+            (s.writeback_errors > self.flush_errors_at)
+                .then(|| crate::Error::Io("writing to the base device failed; dirty data stays in the cache".into()))
+        });
+        if let Some(e) = failed {
+            let msg = format!("{}: flush failed: {e}", node.name());
+            for (r, _) in self.flush_waiters.drain(..) {
+                json::respond_error(r.0, sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, &msg);
+            }
+            return;
+        }
+        self.flush_waiters.retain(|(r, target)| {
+            let done = s.dirty_tail.2 >= *target;
+            if done {
+                json::respond_bool(r.0, true);
+            }
+            !done
+        });
+    }
+
     /// Logs a background error at most once a second (a failing base device
     /// would otherwise flood the log from a 100 us poller).
     fn log_error(&mut self, what: &str, e: &crate::Error) {
@@ -102,17 +126,29 @@ fn rc(busy: bool) -> c_int {
     (if busy { sys::SPDK_POLLER_BUSY } else { sys::SPDK_POLLER_IDLE }) as c_int
 }
 
-unsafe extern "C" fn kset_poll(arg: *mut c_void) -> c_int {
+/// A poller that runs one engine step returning how much it did.
+///
+/// # Safety
+/// `arg` is the node the poller was registered for (see Background::start).
+unsafe fn counted_step(arg: *mut c_void, what: &str, step: impl FnOnce(&PcacheNode) -> crate::Result<usize>) -> c_int {
     guard(rc(false), || {
         let node = &*(arg as *const PcacheNode);
-        match node.cache.flush_expired_ksets() {
+        match step(node) {
             Ok(n) => rc(n > 0),
             Err(e) => {
-                node.bg().log_error(&format!("{}: key-set flush", node.name()), &e);
+                node.bg().log_error(&format!("{}: {what}", node.name()), &e);
                 rc(false)
             }
         }
     })
+}
+
+unsafe extern "C" fn kset_poll(arg: *mut c_void) -> c_int {
+    counted_step(arg, "key-set flush", |n| n.cache.flush_expired_ksets())
+}
+
+unsafe extern "C" fn gc_poll(arg: *mut c_void) -> c_int {
+    counted_step(arg, "gc", |n| n.cache.gc_step())
 }
 
 unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
@@ -142,41 +178,8 @@ unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
             }
         };
         if !bg.flush_waiters.is_empty() {
-            // Answer flush requests whose writes are all on the base (or fail
-            // them all if writeback is failing).
-            let s = node.cache.stats();
-            let failed = step.err().or_else(|| {
-                (s.writeback_errors > bg.flush_errors_at)
-                    .then(|| crate::Error::Io("writing to the base device failed; dirty data stays in the cache".into()))
-            });
-            if let Some(e) = failed {
-                let msg = format!("{}: flush failed: {e}", node.name());
-                for (r, _) in bg.flush_waiters.drain(..) {
-                    json::respond_error(r.0, sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, &msg);
-                }
-            } else {
-                bg.flush_waiters.retain(|(r, target)| {
-                    let done = s.dirty_tail.2 >= *target;
-                    if done {
-                        json::respond_bool(r.0, true);
-                    }
-                    !done
-                });
-            }
+            bg.answer_flushes(node, step.err());
         }
         rc(busy)
-    })
-}
-
-unsafe extern "C" fn gc_poll(arg: *mut c_void) -> c_int {
-    guard(rc(false), || {
-        let node = &*(arg as *const PcacheNode);
-        match node.cache.gc_step() {
-            Ok(n) => rc(n > 0),
-            Err(e) => {
-                node.bg().log_error(&format!("{}: gc", node.name()), &e);
-                rc(false)
-            }
-        }
     })
 }

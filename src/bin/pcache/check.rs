@@ -1,14 +1,12 @@
 //! `pcache check PMEM`: validates every structure and reports each problem
 //! with its location. Never writes to PMEM.
 
-use std::path::Path;
 
 use pcache::inspect::{inspect, InspectOptions, Severity};
 
-use crate::args::Args;
 use crate::dev::open_ro;
 use crate::json::J;
-use crate::Fail;
+use crate::{one_device, parse_cmd, Fail};
 
 const HELP: &str = "usage: pcache check PMEM [--json] [--no-data]
 
@@ -24,15 +22,8 @@ Exit status: 0 clean; 1 problems found, but the cache can be loaded;
 2 the cache cannot be loaded (or a usage error).";
 
 pub fn main(raw: &[String]) -> Result<i32, Fail> {
-    let a = Args::parse(raw, &[], &["json", "no-data", "help", "h"]).map_err(|e| Fail::usage(e, HELP))?;
-    if a.flag("help") || a.flag("h") {
-        println!("{HELP}");
-        return Ok(0);
-    }
-    let [path] = a.positional.as_slice() else {
-        return Err(Fail::usage(format!("check takes one device, got {}", a.positional.len()), HELP));
-    };
-    let path = Path::new(path);
+    let Some(a) = parse_cmd(raw, &[], &["json", "no-data"], HELP)? else { return Ok(0) };
+    let path = one_device(&a, "check", HELP)?;
     let json = a.flag("json");
     let media = open_ro(path).map_err(|f| f.with_code(2))?;
     let ins = match inspect(media, InspectOptions { verify_data: !a.flag("no-data") }) {

@@ -11,9 +11,8 @@ use pcache::base::{Done, ReadDone};
 use pcache::pmem::Media;
 use pcache::{BaseDevice, BaseIdentity, Cache, Config, FileBase, Opened, WbProgress};
 
-use crate::args::Args;
 use crate::dev::{human, open_ro, open_rw, probe_base};
-use crate::Fail;
+use crate::{parse_cmd, Fail};
 
 const HELP: &str = "usage: pcache flush PMEM BASE [options]
 
@@ -31,12 +30,7 @@ Progress goes to stderr: a bar when stderr is a terminal, plain lines otherwise.
 Exit status: 0 the cache is clean, 1 error, 2 usage.";
 
 pub fn main(raw: &[String]) -> Result<i32, Fail> {
-    let a = Args::parse(raw, &["base-id", "base-block-size"], &["force", "quiet", "help", "h"])
-        .map_err(|e| Fail::usage(e, HELP))?;
-    if a.flag("help") || a.flag("h") {
-        println!("{HELP}");
-        return Ok(0);
-    }
+    let Some(a) = parse_cmd(raw, &["base-id", "base-block-size"], &["force", "quiet"], HELP)? else { return Ok(0) };
     let [pmem, base] = a.positional.as_slice() else {
         return Err(Fail::usage(format!("flush takes PMEM and BASE, got {} argument(s)", a.positional.len()), HELP));
     };

@@ -10,9 +10,8 @@ use pcache::inspect::{inspect, InspectOptions, Severity};
 use pcache::pmem::{Media, PmemFile};
 use pcache::{BaseIdentity, Cache, Config};
 
-use crate::args::Args;
 use crate::dev::{human, open_ro, open_rw, probe_base};
-use crate::Fail;
+use crate::{one_device, parse_cmd, Fail};
 
 const HELP: &str = "usage: pcache format PMEM [options]
 
@@ -34,20 +33,9 @@ size, id) is recorded and checked whenever the cache is opened.
 Exit status: 0 formatted, 1 error or refusal, 2 usage.";
 
 pub fn main(raw: &[String]) -> Result<i32, Fail> {
-    let a = Args::parse(
-        raw,
-        &["base", "base-size", "base-block-size", "base-id", "seg-size", "gc-percent", "size"],
-        &["data-crc", "force", "help", "h"],
-    )
-    .map_err(|e| Fail::usage(e, HELP))?;
-    if a.flag("help") || a.flag("h") {
-        println!("{HELP}");
-        return Ok(0);
-    }
-    let [pmem] = a.positional.as_slice() else {
-        return Err(Fail::usage(format!("format takes one device, got {}", a.positional.len()), HELP));
-    };
-    let pmem = Path::new(pmem);
+    let takes_value = ["base", "base-size", "base-block-size", "base-id", "seg-size", "gc-percent", "size"];
+    let Some(a) = parse_cmd(raw, &takes_value, &["data-crc", "force"], HELP)? else { return Ok(0) };
+    let pmem = one_device(&a, "format", HELP)?;
     let usage = |e: String| Fail::usage(e, HELP);
     let seg_size = a.num("seg-size").map_err(usage)?.unwrap_or(DEFAULT_SEG_SIZE);
     let gc = a.num("gc-percent").map_err(usage)?;

@@ -4,10 +4,9 @@ use std::path::Path;
 
 use pcache::inspect::{inspect, slot_name, InspectOptions, Inspection, Severity};
 
-use crate::args::Args;
 use crate::dev::{human, open_ro, pos, pos_json};
 use crate::json::J;
-use crate::Fail;
+use crate::{one_device, parse_cmd, Fail};
 
 const HELP: &str = "usage: pcache inspect PMEM [--json]
 
@@ -19,15 +18,8 @@ PMEM. Exit status: 0 report printed, 1 error (no readable superblock), 2 usage.
   --json    one JSON object with stable field names (see README.md)";
 
 pub fn main(raw: &[String]) -> Result<i32, Fail> {
-    let a = Args::parse(raw, &[], &["json", "help", "h"]).map_err(|e| Fail::usage(e, HELP))?;
-    if a.flag("help") || a.flag("h") {
-        println!("{HELP}");
-        return Ok(0);
-    }
-    let [path] = a.positional.as_slice() else {
-        return Err(Fail::usage(format!("inspect takes one device, got {}", a.positional.len()), HELP));
-    };
-    let path = Path::new(path);
+    let Some(a) = parse_cmd(raw, &[], &["json"], HELP)? else { return Ok(0) };
+    let path = one_device(&a, "inspect", HELP)?;
     let media = open_ro(path)?;
     let ins = inspect(media, InspectOptions::default()).map_err(|e| Fail::error(format!("{}: {e}", path.display())))?;
     if a.flag("json") {

@@ -50,6 +50,26 @@ impl Fail {
     }
 }
 
+/// Parses a tool command's arguments (`--help`/`-h` are always accepted).
+/// None when help was asked for: it has been printed.
+pub fn parse_cmd(raw: &[String], takes_value: &[&str], flags: &[&str], help: &'static str) -> Result<Option<args::Args>, Fail> {
+    let flags: Vec<&str> = flags.iter().copied().chain(["help", "h"]).collect();
+    let a = args::Args::parse(raw, takes_value, &flags).map_err(|e| Fail::usage(e, help))?;
+    if a.flag("help") || a.flag("h") {
+        println!("{help}");
+        return Ok(None);
+    }
+    Ok(Some(a))
+}
+
+/// The one device a command takes.
+pub fn one_device<'a>(a: &'a args::Args, cmd: &str, help: &'static str) -> Result<&'a std::path::Path, Fail> {
+    match a.positional.as_slice() {
+        [path] => Ok(std::path::Path::new(path)),
+        other => Err(Fail::usage(format!("{cmd} takes one device, got {}", other.len()), help)),
+    }
+}
+
 fn run(argv: &[String]) -> Result<i32, Fail> {
     match argv.first().map(String::as_str) {
         Some("inspect") => inspect::main(&argv[1..]),
