@@ -170,3 +170,21 @@ pub fn unregister_bdev(name: &str, module: *mut sys::spdk_bdev_module, done: Box
 unsafe extern "C" fn unregister_done(arg: *mut c_void, rc: std::ffi::c_int) {
     guard((), || (Box::from_raw(arg as *mut Box<dyn FnOnce(i32)>))(rc))
 }
+
+/// A bdev fn_table with nothing set: modules fill in what they implement and
+/// take the rest from here (`..NO_BDEV_OPS`).
+pub const NO_BDEV_OPS: sys::spdk_bdev_fn_table = sys::spdk_bdev_fn_table {
+    destruct: None,
+    submit_request: None,
+    io_type_supported: None,
+    get_io_channel: None,
+    dump_info_json: None,
+    write_config_json: None,
+    get_spin_time: None,
+    get_module_ctx: None,
+    get_memory_domains: None,
+    get_memory_domain_types: None,
+    reset_device_stat: None,
+    dump_device_stat_json: None,
+    accel_sequence_supported: None,
+};

@@ -61,13 +61,7 @@ pub static FN_TABLE: sys::spdk_bdev_fn_table = sys::spdk_bdev_fn_table {
     get_io_channel: Some(ffi::get_io_channel),
     dump_info_json: Some(dump_info_json),
     write_config_json: Some(pcache_bdev::write_bdev_config),
-    get_spin_time: None,
-    get_module_ctx: None,
-    get_memory_domains: None,
-    get_memory_domain_types: None,
-    reset_device_stat: None,
-    dump_device_stat_json: None,
-    accel_sequence_supported: None,
+    ..ffi::NO_BDEV_OPS
 };
 
 unsafe extern "C" fn dump_info_json(ctx: *mut c_void, w: *mut sys::spdk_json_write_ctx) -> c_int {

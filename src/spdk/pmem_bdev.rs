@@ -166,14 +166,7 @@ static FN_TABLE: sys::spdk_bdev_fn_table = sys::spdk_bdev_fn_table {
     io_type_supported: Some(ffi::block_io_supported),
     get_io_channel: Some(ffi::get_io_channel),
     dump_info_json: Some(dump_info_json),
-    write_config_json: None,
-    get_spin_time: None,
-    get_module_ctx: None,
-    get_memory_domains: None,
-    get_memory_domain_types: None,
-    reset_device_stat: None,
-    dump_device_stat_json: None,
-    accel_sequence_supported: None,
+    ..ffi::NO_BDEV_OPS
 };
 
 unsafe extern "C" fn destruct(ctx: *mut c_void) -> c_int {
