@@ -41,19 +41,19 @@ fn for_each_piece<B>(
     Ok(())
 }
 
-/// Stores bytes `[at, at+len)` of `iov` at media offset `dst`; returns their
-/// crc32c when `want_crc`.
-pub fn gather_to_media(media: &dyn Media, dst: u64, iov: &[IoSlice], at: u64, len: u64, want_crc: bool) -> Result<u32> {
+/// Stores bytes `[at, at+len)` of `iov` at media offset `dst`.
+pub fn gather_to_media(media: &dyn Media, dst: u64, iov: &[IoSlice], at: u64, len: u64) -> Result<()> {
+    for_each_piece(iov.iter(), |s| s.len(), at, len, |s, r, done| media.write(dst + done, &s[r]))
+}
+
+/// crc32c of bytes `[at, at+len)` of `iov` (the data CRC of a key).
+pub fn crc_of(iov: &[IoSlice], at: u64, len: u64) -> u32 {
     let mut crc = crate::format::CRC_SEED;
-    for_each_piece(iov.iter(), |s| s.len(), at, len, |s, r, done| {
-        let p = &s[r];
-        media.write(dst + done, p)?;
-        if want_crc {
-            crc = crc32c::crc32c_append(crc, p);
-        }
+    let _ = for_each_piece(iov.iter(), |s| s.len(), at, len, |s, r, _| {
+        crc = crc32c::crc32c_append(crc, &s[r]);
         Ok(())
-    })?;
-    Ok(crc)
+    });
+    crc
 }
 
 /// Copies `len` bytes at media offset `src` into `iov` starting at byte `at`.

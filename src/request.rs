@@ -29,6 +29,12 @@ pub enum WriteOutcome {
     Deferred { written: u64 },
 }
 
+/// The locks a key's insertion holds: its subtree, then its subtree's open kset.
+struct KeySlot<'a> {
+    t: std::sync::RwLockWriteGuard<'a, crate::index::Subtree>,
+    ks: std::sync::MutexGuard<'a, OpenKset>,
+}
+
 /// A range a read did not find in the cache. Read it from the base device,
 /// then optionally hand it to [`Cache::fill`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,21 +73,26 @@ impl Cache {
             let Some((seg, seg_off, got)) = self.alloc_data(&mut head, want)? else {
                 return Ok(self.deferred(done));
             };
-            let crc = iov::gather_to_media(&*self.media, self.geo.addr(seg, seg_off), data, done, got as u64, self.data_crc())?;
-            self.media.fence();
-            let mut flags = KEY_FLAG_DIRTY;
-            if self.data_crc() {
-                flags |= KEY_FLAG_CRC;
-            }
-            let key = KeyRecord { off, len: got, flags, seg, seg_off, gen: self.segs.gen(seg), data_crc: if self.data_crc() { crc } else { 0 } };
-            match self.insert_key(key, None) {
-                Ok(_) => head.spare_refs -= 1,
+            // Lock and prepare first, copy second: see prepare_slot.
+            let mut slot = match self.key_slot(off, got, true) {
+                Ok(s) => s,
                 Err(Error::NoSpace(_)) => {
                     self.pressure.store(true, Ordering::Relaxed);
                     return Ok(self.deferred(done));
                 }
                 Err(e) => return Err(e),
+            };
+            let crc = if self.data_crc() { iov::crc_of(data, done, got as u64) } else { 0 };
+            let flags = if self.data_crc() { KEY_FLAG_DIRTY | KEY_FLAG_CRC } else { KEY_FLAG_DIRTY };
+            let key = KeyRecord { off, len: got, flags, seg, seg_off, gen: self.segs.gen(seg), data_crc: crc };
+            if let Err(e) = iov::gather_to_media(&*self.media, self.geo.addr(seg, seg_off), data, done, got as u64) {
+                Counters::sub(&self.counters.local().dirty_bytes, got as u64);
+                return Err(e);
             }
+            self.commit_key(&mut slot, key);
+            self.media.fence();
+            drop(slot);
+            head.spare_refs -= 1;
             done += got as u64;
         }
         Counters::add(&self.counters.local().write_ops, 1);
@@ -162,34 +173,64 @@ impl Cache {
     /// the key went in.
     fn insert_key(&self, key: KeyRecord, expect_version: Option<u64>) -> Result<bool> {
         let st = Index::subtree_of(key.off);
-        let mut t = self.index.write(st);
+        let t = self.index.write(st);
         if expect_version.is_some_and(|v| v != t.version) {
             return Ok(false);
         }
-        let mut ks = lock(&self.ksets[st % N_KSETS]);
+        let ks = lock(&self.ksets[st % N_KSETS]);
         if key.is_zero() && covered_by_open_zero_key(&ks.keys, &key) {
             // The newest key over this range, not yet journalled, already
             // zeroes it: another would only add writeback work.
             return Ok(true);
         }
+        let mut slot = self.prepare_slot(t, ks, &key)?;
+        self.commit_key(&mut slot, key);
+        Ok(true)
+    }
+
+    /// Locks the subtree of a key at `off` and its open kset, sealing the kset
+    /// if it is full, so that the key can be committed with plain stores only.
+    fn key_slot(&self, off: u64, len: u32, dirty: bool) -> Result<KeySlot<'_>> {
+        let st = Index::subtree_of(off);
+        let t = self.index.write(st);
+        let ks = lock(&self.ksets[st % N_KSETS]);
+        let probe = KeyRecord { off, len, flags: if dirty { KEY_FLAG_DIRTY } else { 0 }, seg: 0, seg_off: 0, gen: 0, data_crc: 0 };
+        self.prepare_slot(t, ks, &probe)
+    }
+
+    /// Everything a key's insertion needs that takes an atomic instruction —
+    /// sealing a full kset, starting the kset timer, counting dirty bytes — so
+    /// that [`Cache::commit_key`] is plain stores. A write runs this before its
+    /// data copy: an atomic right after the copy's fence would stall until the
+    /// copy reached media, while plain stores overlap with it.
+    fn prepare_slot<'a>(
+        &self,
+        t: std::sync::RwLockWriteGuard<'a, crate::index::Subtree>,
+        mut ks: std::sync::MutexGuard<'a, OpenKset>,
+        key: &KeyRecord,
+    ) -> Result<KeySlot<'a>> {
         if ks.keys.len() >= KSET_MAX_KEYS {
             self.seal(&mut ks)?;
         }
-        let e = Extent { len: key.len, seg: key.seg, seg_off: key.seg_off, gen: key.gen as u32, crc: key.data_crc, flags: key.flags };
-        let recrc = |e: &Extent| extent_crc(&*self.media, &self.geo, e);
-        t.insert(key.off, e, if self.data_crc() { Some(&recrc) } else { None });
-        // A data key's segment reference was taken in advance by the data head
-        // (DataHead::spare_refs); the caller accounts for it. Zero keys hold none.
-        if key.is_dirty() {
-            Counters::add(&self.counters.local().dirty_bytes, key.len as u64);
-        }
-        ks.keys.push(key);
         if ks.since.is_none() {
             let now = Instant::now();
             ks.since = Some(now);
             self.kset_due.fetch_min(self.due_nanos(now), Ordering::AcqRel);
         }
-        Ok(true)
+        // A data key's segment reference was taken in advance by the data head
+        // (DataHead::spare_refs); the caller accounts for it. Zero keys hold none.
+        if key.is_dirty() {
+            Counters::add(&self.counters.local().dirty_bytes, key.len as u64);
+        }
+        Ok(KeySlot { t, ks })
+    }
+
+    /// Enters the key in the index and the open kset of a prepared slot.
+    fn commit_key(&self, slot: &mut KeySlot, key: KeyRecord) {
+        let e = Extent { len: key.len, seg: key.seg, seg_off: key.seg_off, gen: key.gen as u32, crc: key.data_crc, flags: key.flags };
+        let recrc = |e: &Extent| extent_crc(&*self.media, &self.geo, e);
+        slot.t.insert(key.off, e, if self.data_crc() { Some(&recrc) } else { None });
+        slot.ks.keys.push(key);
     }
 
     /// Journals an open kset.
