@@ -3,7 +3,7 @@
 //! The request paths (request.rs), writeback (writeback.rs) and GC (gc.rs) are
 //! `impl Cache` blocks over the state defined here.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -69,9 +69,13 @@ impl Config {
 }
 
 pub const DEFAULT_GC_PERCENT: u8 = 70;
-/// Open ksets; a key goes to the one of its subtree (so overlapping writes
-/// share a kset and replay in order).
-pub const N_KSETS: usize = 16;
+/// Open ksets: one per worker, at least this many. A write's key goes into
+/// its worker's kset, so workers do not share one; a key overlapping a key
+/// still open in another kset first has that kset journalled (see
+/// request.rs), so overlapping writes replay in the order they completed.
+pub const MIN_KSETS: usize = 16;
+/// Kset ids are a byte in the index (index::KsetTag).
+pub const MAX_WORKERS: usize = 254;
 
 /// What open() did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +97,10 @@ pub struct DataHead {
 /// Keys not yet journalled.
 #[derive(Default)]
 pub struct OpenKset {
+    /// Position in Cache::ksets.
+    pub id: u8,
+    /// Bumped each time this kset is journalled (mirrored in Cache::kset_epochs).
+    pub epoch: u16,
     pub keys: Vec<KeyRecord>,
     pub since: Option<Instant>,
 }
@@ -118,6 +126,10 @@ pub struct Cache {
     pub(crate) segs: SegmentTable,
     pub(crate) index: Index,
     pub(crate) ksets: Vec<Padded<Mutex<OpenKset>>>,
+    /// Each kset's epoch, readable without its lock (apart from the locks,
+    /// which its worker takes on every write, so that other workers checking
+    /// an epoch do not pull that line away).
+    pub(crate) kset_epochs: Vec<AtomicU16>,
     pub(crate) log: Mutex<KeyLog>,
     pub(crate) tails: Mutex<Tails>,
     pub(crate) info: Mutex<Replica>,
@@ -143,9 +155,14 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// How many open ksets a cache with `workers` workers has.
+fn kset_count(workers: usize) -> usize {
+    workers.max(MIN_KSETS)
+}
+
 /// Free segments kept back so that sealing every open kset always finds log room.
-fn log_reserve(geo: &Geometry) -> u32 {
-    let need = (N_KSETS + 2) * KSET_MAX_SIZE;
+fn log_reserve(geo: &Geometry, workers: usize) -> u32 {
+    let need = (kset_count(workers) + 2) * KSET_MAX_SIZE;
     (need as u32).div_ceil(geo.payload() - KSET_MAX_SIZE as u32) + 1
 }
 
@@ -229,7 +246,7 @@ impl Cache {
                 info_rep.store(&*media, |r| info.to_body(r))?;
             }
         }
-        let segs = SegmentTable::load(&*media, geo, log_reserve(&geo))?;
+        let segs = SegmentTable::load(&*media, geo, log_reserve(&geo, cfg.workers))?;
         let tails = Tails::load(&*media)?;
         let index = Index::new(sb.base_size);
         let replayed = replay(&*media, &sb, &segs, &index, &tails)?;
@@ -242,7 +259,10 @@ impl Cache {
             geo,
             segs,
             index,
-            ksets: (0..N_KSETS).map(|_| Padded(Mutex::new(OpenKset::default()))).collect(),
+            ksets: (0..kset_count(cfg.workers))
+                .map(|id| Padded(Mutex::new(OpenKset { id: id as u8, ..OpenKset::default() })))
+                .collect(),
+            kset_epochs: (0..kset_count(cfg.workers)).map(|_| AtomicU16::new(0)).collect(),
             tails: Mutex::new(tails),
             info: Mutex::new(info_rep),
             gc_percent: AtomicU8::new(info.gc_percent),
@@ -399,8 +419,8 @@ fn validate_config(cfg: &Config) -> Result<()> {
             return Err(Error::InvalidArgument(format!("gc_percent {gc} is above 90")));
         }
     }
-    if cfg.workers == 0 {
-        return Err(Error::InvalidArgument("at least one worker is needed".into()));
+    if cfg.workers == 0 || cfg.workers > MAX_WORKERS {
+        return Err(Error::InvalidArgument(format!("{} workers: between 1 and {MAX_WORKERS} are supported", cfg.workers)));
     }
     Ok(())
 }
@@ -408,7 +428,7 @@ fn validate_config(cfg: &Config) -> Result<()> {
 fn check_workers(geo: &Geometry, workers: usize) -> Result<()> {
     // Every worker may pin a half-filled segment; the log needs its reserve and
     // one segment of its own; GC needs at least one more to make progress.
-    let need = workers as u64 + log_reserve(geo) as u64 + 2;
+    let need = workers as u64 + log_reserve(geo, workers) as u64 + 2;
     if (geo.seg_count as u64) < need {
         return Err(Error::InvalidArgument(format!(
             "{} segments are too few for {workers} workers (need {need})",

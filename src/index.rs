@@ -27,13 +27,31 @@ pub struct Extent {
     pub gen: u32,
     /// crc32c of exactly these bytes when data CRC is on.
     pub crc: u32,
-    pub flags: u32,
+    /// The key's flags (format::KEY_FLAG_*).
+    pub flags: u8,
+    /// The open kset the key went into and that kset's epoch then
+    /// ([`KsetTag::NONE`] for keys replayed from the log): a later key over
+    /// the same bytes in another kset must see this one journalled first.
+    pub kset: KsetTag,
+}
+
+/// Which open kset (and which epoch of it) holds a key. Epochs wrap: a tag
+/// may look open long after it was journalled, which only costs a needless
+/// seal, never a missed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KsetTag {
+    pub id: u8,
+    pub epoch: u16,
+}
+
+impl KsetTag {
+    pub const NONE: KsetTag = KsetTag { id: u8::MAX, epoch: 0 };
 }
 
 impl Extent {
     /// A zero extent (from a zero key): reads as zeros, backed by nothing.
     pub fn is_zero(&self) -> bool {
-        self.flags & crate::format::KEY_FLAG_ZERO != 0
+        self.flags as u32 & crate::format::KEY_FLAG_ZERO != 0
     }
 }
 
@@ -353,7 +371,7 @@ mod tests {
     use super::*;
 
     fn ext(len: u32, seg_off: u32) -> Extent {
-        Extent { len, seg: 1, seg_off, gen: 0, crc: 0, flags: 0 }
+        Extent { len, seg: 1, seg_off, gen: 0, crc: 0, flags: 0, kset: KsetTag::NONE }
     }
 
     fn dump(t: &Subtree) -> Vec<(u64, u32, u32)> {
@@ -433,7 +451,7 @@ mod tests {
                 let n = n.min(sectors);
                 let first = (rng.next() % (sectors - n + 1) as u64) as usize;
                 let (seg, seg_off) = (step, (rng.next() % 1000) as u32 * 512);
-                let mut e = Extent { len: (n as u64 * SECT) as u32, seg, seg_off, gen: 0, crc: 0, flags: 0 };
+                let mut e = Extent { len: (n as u64 * SECT) as u32, seg, seg_off, gen: 0, crc: 0, flags: 0, kset: KsetTag::NONE };
                 e.crc = fake(&e);
                 let off = base + first as u64 * SECT;
                 t.insert(off, e, Some(recrc));

@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::{KeyRecord, LogPos, Superblock, KEY_FLAGS_KNOWN, KEY_FLAG_CRC, SECTOR, SUBTREE_SHIFT};
-use crate::index::{extent_crc, Extent, Index};
+use crate::index::{extent_crc, Extent, Index, KsetTag};
 use crate::keylog::{check_pos, read_kset};
 use crate::pmem::Media;
 use crate::segment::SegmentTable;
@@ -156,7 +156,8 @@ pub fn replay(media: &dyn Media, sb: &Superblock, segs: &SegmentTable, index: &I
                 seg_off: key.seg_off,
                 gen: key.gen as u32,
                 crc: key.data_crc,
-                flags: key.flags,
+                flags: key.flags as u8,
+                kset: KsetTag::NONE,
             };
             let mut t = index.write(Index::subtree_of(key.off));
             t.insert(key.off, e, if data_crc { Some(&recrc) } else { None });

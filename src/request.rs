@@ -1,9 +1,11 @@
 //! The I/O paths: write, read, fill (read caching) and flush.
 //!
-//! A write copies the caller's data into space from the worker's data head,
-//! fences it, then — under its subtree lock — enters the key in the index and
-//! in the subtree's open kset. Doing both under one lock makes log order equal
-//! index order for overlapping writes, so replay rebuilds exactly what readers
+//! A write takes space from its worker's data head, locks its subtree and its
+//! worker's open kset, copies the caller's data into pmem, enters the key in
+//! the index and the kset, fences, and unlocks: nobody sees the key before its
+//! data is durable. A key that overwrites a key still open in another worker's
+//! kset has that kset journalled first (settle_overlaps), so log order equals
+//! index order for overlapping writes and replay rebuilds exactly what readers
 //! saw. A read copies hits from pmem under the subtree's read lock, which also
 //! keeps GC from reclaiming the segment mid-copy.
 
@@ -11,10 +13,10 @@ use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use crate::cache::{lock, Cache, DataHead, OpenKset, N_KSETS};
+use crate::cache::{lock, Cache, DataHead, OpenKset};
 use crate::error::{Error, Result};
 use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC, KEY_FLAG_DIRTY, KEY_FLAG_ZERO, KSET_MAX_KEYS, SECTOR};
-use crate::index::{extent_crc, Extent, Index};
+use crate::index::{extent_crc, Extent, Index, KsetTag, Subtree};
 use crate::iov;
 use crate::segment::Use;
 use crate::stats::Counters;
@@ -29,9 +31,9 @@ pub enum WriteOutcome {
     Deferred { written: u64 },
 }
 
-/// The locks a key's insertion holds: its subtree, then its subtree's open kset.
+/// The locks a key's insertion holds: its subtree, then the open kset it goes into.
 struct KeySlot<'a> {
-    t: std::sync::RwLockWriteGuard<'a, crate::index::Subtree>,
+    t: std::sync::RwLockWriteGuard<'a, Subtree>,
     ks: std::sync::MutexGuard<'a, OpenKset>,
 }
 
@@ -74,7 +76,8 @@ impl Cache {
                 return Ok(self.deferred(done));
             };
             // Lock and prepare first, copy second: see prepare_slot.
-            let mut slot = match self.key_slot(off, got, true) {
+            let kset = worker % self.ksets.len();
+            let slot = match self.key_slot(off, kset) {
                 Ok(s) => s,
                 Err(Error::NoSpace(_)) => {
                     self.pressure.store(true, Ordering::Relaxed);
@@ -82,13 +85,24 @@ impl Cache {
                 }
                 Err(e) => return Err(e),
             };
+            Counters::add(&self.counters.local().dirty_bytes, got as u64);
             let crc = if self.data_crc() { iov::crc_of(data, done, got as u64) } else { 0 };
             let flags = if self.data_crc() { KEY_FLAG_DIRTY | KEY_FLAG_CRC } else { KEY_FLAG_DIRTY };
             let key = KeyRecord { off, len: got, flags, seg, seg_off, gen: self.segs.gen(seg), data_crc: crc };
-            if let Err(e) = iov::gather_to_media(&*self.media, self.geo.addr(seg, seg_off), data, done, got as u64) {
-                Counters::sub(&self.counters.local().dirty_bytes, got as u64);
-                return Err(e);
-            }
+            let copied = iov::gather_to_media(&*self.media, self.geo.addr(seg, seg_off), data, done, got as u64);
+            let slot = match copied.and_then(|_| self.settle_overlaps(slot, &key)) {
+                Ok(s) => s,
+                Err(e) => {
+                    // The key never went in; its space stays unused.
+                    Counters::sub(&self.counters.local().dirty_bytes, got as u64);
+                    if let Error::NoSpace(_) = e {
+                        self.pressure.store(true, Ordering::Relaxed);
+                        return Ok(self.deferred(done));
+                    }
+                    return Err(e);
+                }
+            };
+            let mut slot = slot;
             self.commit_key(&mut slot, key);
             self.media.fence();
             drop(slot);
@@ -110,7 +124,9 @@ impl Cache {
             let off = offset + done;
             let n = Index::piece_len(off, len - done) as u32;
             let key = KeyRecord { off, len: n, flags: KEY_FLAG_DIRTY | KEY_FLAG_ZERO, seg: 0, seg_off: 0, gen: 0, data_crc: 0 };
-            match self.insert_key(key, None) {
+            // No worker here: any kset will do (see journal_overlapped).
+            let kset = Index::subtree_of(off) % self.ksets.len();
+            match self.insert_key(key, None, kset) {
                 Ok(_) => {}
                 Err(Error::NoSpace(_)) => {
                     self.pressure.store(true, Ordering::Relaxed);
@@ -168,46 +184,90 @@ impl Cache {
         }
     }
 
-    /// Enters a key in the index and its open kset. With `expect_version`,
+    /// Enters a key in the index and open kset `kset`. With `expect_version`,
     /// only if the subtree has not changed since (read fills). Returns whether
     /// the key went in.
-    fn insert_key(&self, key: KeyRecord, expect_version: Option<u64>) -> Result<bool> {
-        let st = Index::subtree_of(key.off);
-        let t = self.index.write(st);
+    fn insert_key(&self, key: KeyRecord, expect_version: Option<u64>, kset: usize) -> Result<bool> {
+        let t = self.index.write(Index::subtree_of(key.off));
         if expect_version.is_some_and(|v| v != t.version) {
             return Ok(false);
         }
-        let ks = lock(&self.ksets[st % N_KSETS]);
-        if key.is_zero() && covered_by_open_zero_key(&ks.keys, &key) {
+        let slot = self.prepare_slot(t, lock(&self.ksets[kset]))?;
+        let mut slot = self.settle_overlaps(slot, &key)?;
+        if key.is_zero() && covered_by_open_zero_key(&slot.ks.keys, &key) {
             // The newest key over this range, not yet journalled, already
             // zeroes it: another would only add writeback work.
             return Ok(true);
         }
-        let mut slot = self.prepare_slot(t, ks, &key)?;
+        if key.is_dirty() {
+            Counters::add(&self.counters.local().dirty_bytes, key.len as u64);
+        }
         self.commit_key(&mut slot, key);
         Ok(true)
     }
 
-    /// Locks the subtree of a key at `off` and its open kset, sealing the kset
-    /// if it is full, so that the key can be committed with plain stores only.
-    fn key_slot(&self, off: u64, len: u32, dirty: bool) -> Result<KeySlot<'_>> {
-        let st = Index::subtree_of(off);
-        let t = self.index.write(st);
-        let ks = lock(&self.ksets[st % N_KSETS]);
-        let probe = KeyRecord { off, len, flags: if dirty { KEY_FLAG_DIRTY } else { 0 }, seg: 0, seg_off: 0, gen: 0, data_crc: 0 };
-        self.prepare_slot(t, ks, &probe)
+    /// Locks the subtree of a key at `off` and open kset `kset`, and prepares
+    /// the kset (see prepare_slot). The caller counts the key's dirty bytes.
+    fn key_slot(&self, off: u64, kset: usize) -> Result<KeySlot<'_>> {
+        let t = self.index.write(Index::subtree_of(off));
+        self.prepare_slot(t, lock(&self.ksets[kset]))
+    }
+
+    /// Makes the slot's kset the only open kset holding keys over `key`'s
+    /// range, journalling any other first.
+    ///
+    /// Keys of one kset replay in the order they were added, but ksets are
+    /// journalled in whatever order they fill or time out. A key that
+    /// overwrites a key still open in another kset must therefore not reach
+    /// the log before that kset does: sealing it now puts the older key first.
+    /// The zero-key shortcut relies on the result too. Runs under the subtree
+    /// lock, so no key can enter the range meanwhile; the slot's own kset is
+    /// let go while others are sealed (kset locks are taken one at a time) and
+    /// prepared again. A write calls this after its data copy, when the
+    /// subtree's lines it reads are wanted anyway (see prepare_slot).
+    fn settle_overlaps<'a>(&'a self, slot: KeySlot<'a>, key: &KeyRecord) -> Result<KeySlot<'a>> {
+        let mine = slot.ks.id;
+        let mut open: Vec<KsetTag> = Vec::new();
+        slot.t.walk(
+            key.off,
+            key.off + key.len as u64,
+            |_, e, _, _| {
+                let k = e.kset;
+                if k != KsetTag::NONE
+                    && k.id != mine
+                    && self.kset_epochs[k.id as usize].load(Ordering::Acquire) == k.epoch
+                    && !open.contains(&k)
+                {
+                    open.push(k);
+                }
+            },
+            |_, _| {},
+        );
+        if open.is_empty() {
+            return Ok(slot);
+        }
+        let KeySlot { t, ks } = slot;
+        drop(ks);
+        for k in open {
+            let mut other = lock(&self.ksets[k.id as usize]);
+            // Journalled meanwhile if the epoch moved on.
+            if other.epoch == k.epoch {
+                self.seal(&mut other)?;
+            }
+        }
+        self.prepare_slot(t, lock(&self.ksets[mine as usize]))
     }
 
     /// Everything a key's insertion needs that takes an atomic instruction —
-    /// sealing a full kset, starting the kset timer, counting dirty bytes — so
-    /// that [`Cache::commit_key`] is plain stores. A write runs this before its
-    /// data copy: an atomic right after the copy's fence would stall until the
-    /// copy reached media, while plain stores overlap with it.
+    /// sealing a full kset, starting the kset timer — so that
+    /// [`Cache::commit_key`] is plain stores. A write runs this before its
+    /// data copy, and looks at the index after it: measured side by side,
+    /// taking the index's cache misses before the copy, or the atomics after
+    /// it, both cost more than this order.
     fn prepare_slot<'a>(
         &self,
-        t: std::sync::RwLockWriteGuard<'a, crate::index::Subtree>,
+        t: std::sync::RwLockWriteGuard<'a, Subtree>,
         mut ks: std::sync::MutexGuard<'a, OpenKset>,
-        key: &KeyRecord,
     ) -> Result<KeySlot<'a>> {
         if ks.keys.len() >= KSET_MAX_KEYS {
             self.seal(&mut ks)?;
@@ -217,17 +277,13 @@ impl Cache {
             ks.since = Some(now);
             self.kset_due.fetch_min(self.due_nanos(now), Ordering::AcqRel);
         }
-        // A data key's segment reference was taken in advance by the data head
-        // (DataHead::spare_refs); the caller accounts for it. Zero keys hold none.
-        if key.is_dirty() {
-            Counters::add(&self.counters.local().dirty_bytes, key.len as u64);
-        }
         Ok(KeySlot { t, ks })
     }
 
     /// Enters the key in the index and the open kset of a prepared slot.
     fn commit_key(&self, slot: &mut KeySlot, key: KeyRecord) {
-        let e = Extent { len: key.len, seg: key.seg, seg_off: key.seg_off, gen: key.gen as u32, crc: key.data_crc, flags: key.flags };
+        let kset = KsetTag { id: slot.ks.id, epoch: slot.ks.epoch };
+        let e = Extent { len: key.len, seg: key.seg, seg_off: key.seg_off, gen: key.gen as u32, crc: key.data_crc, flags: key.flags as u8, kset };
         let recrc = |e: &Extent| extent_crc(&*self.media, &self.geo, e);
         slot.t.insert(key.off, e, if self.data_crc() { Some(&recrc) } else { None });
         slot.ks.keys.push(key);
@@ -236,11 +292,14 @@ impl Cache {
     /// Journals an open kset.
     pub(crate) fn seal(&self, ks: &mut OpenKset) -> Result<()> {
         if ks.keys.is_empty() {
+            ks.since = None;
             return Ok(());
         }
         lock(&self.log).append(&*self.media, &self.segs, &ks.keys)?;
         ks.keys.clear();
         ks.since = None;
+        ks.epoch = ks.epoch.wrapping_add(1);
+        self.kset_epochs[ks.id as usize].store(ks.epoch, Ordering::Release);
         Counters::add(&self.counters.local().kset_flushes, 1);
         Ok(())
     }
@@ -365,7 +424,7 @@ impl Cache {
         self.media.fence();
         let (flags, crc) = if self.data_crc() { (KEY_FLAG_CRC, data_crc(&[piece])) } else { (0, 0) };
         let key = KeyRecord { off: miss.off, len: got, flags, seg, seg_off, gen: self.segs.gen(seg), data_crc: crc };
-        let inserted = match self.insert_key(key, Some(miss.version)) {
+        let inserted = match self.insert_key(key, Some(miss.version), worker % self.ksets.len()) {
             Ok(v) => {
                 if v {
                     head.spare_refs -= 1;
@@ -383,7 +442,7 @@ impl Cache {
 }
 
 /// True when the newest open key overlapping `key` is a zero key covering it
-/// (keys of one subtree share a kset, so that key is the range's newest).
+/// (every open key over the range is in `open`: see journal_overlapped).
 fn covered_by_open_zero_key(open: &[KeyRecord], key: &KeyRecord) -> bool {
     let (start, end) = (key.off, key.off + key.len as u64);
     open.iter()

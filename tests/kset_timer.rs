@@ -13,15 +13,15 @@ use pcache::pmem::{Media, MemMedia};
 #[test]
 fn open_kset_is_sealed_when_due_and_not_before() {
     let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(16)));
-    let mut cfg = config(8 << 20, 1);
+    let mut cfg = config(8 << 20, 2);
     cfg.kset_flush_interval = Duration::from_millis(500);
     let cache = open(media, &cfg);
     assert_eq!(cache.flush_expired_ksets().unwrap(), 0, "nothing open");
     cache.write_buf(0, 0, &[1u8; 4096]).unwrap();
     assert_eq!(cache.flush_expired_ksets().unwrap(), 0, "not due yet");
     std::thread::sleep(Duration::from_millis(550));
-    // A second kset (another subtree's) opened later is not due when the first one is.
-    cache.write_buf(0, 4 << 20, &[2u8; 4096]).unwrap();
+    // A second kset (another worker's) opened later is not due when the first one is.
+    cache.write_buf(1, 4 << 20, &[2u8; 4096]).unwrap();
     assert_eq!(cache.flush_expired_ksets().unwrap(), 1, "the first kset is due");
     assert_eq!(cache.flush_expired_ksets().unwrap(), 0, "the second is not due yet");
     std::thread::sleep(Duration::from_millis(550));
