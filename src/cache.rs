@@ -19,7 +19,8 @@ use crate::pmem::Media;
 use crate::replay::{replay, ReplayReport};
 use crate::replica::Replica;
 use crate::segment::{Geometry, SegmentTable};
-use crate::stats::{Counters, Stats};
+use crate::spinlock::SpinLock;
+use crate::stats::{Counters, HeadCounters, Stats};
 use crate::tails::Tails;
 use crate::writeback::WbState;
 
@@ -94,6 +95,14 @@ pub struct DataHead {
     pub spare_refs: u32,
 }
 
+/// A data head and the counters of the writes through it (on one cache
+/// line, which its worker owns).
+#[derive(Default)]
+pub struct Head {
+    pub data: SpinLock<DataHead>,
+    pub counters: HeadCounters,
+}
+
 /// Keys not yet journalled.
 #[derive(Default)]
 pub struct OpenKset {
@@ -125,7 +134,7 @@ pub struct Cache {
     pub(crate) geo: Geometry,
     pub(crate) segs: SegmentTable,
     pub(crate) index: Index,
-    pub(crate) ksets: Vec<Padded<Mutex<OpenKset>>>,
+    pub(crate) ksets: Vec<Padded<SpinLock<OpenKset>>>,
     /// Each kset's epoch, readable without its lock (apart from the locks,
     /// which its worker takes on every write, so that other workers checking
     /// an epoch do not pull that line away).
@@ -134,7 +143,7 @@ pub struct Cache {
     pub(crate) tails: Mutex<Tails>,
     pub(crate) info: Mutex<Replica>,
     pub(crate) gc_percent: AtomicU8,
-    pub(crate) heads: Vec<Padded<Mutex<DataHead>>>,
+    pub(crate) heads: Vec<Padded<Head>>,
     pub(crate) wb: Mutex<WbState>,
     /// Held by the one GC pass that may run at a time.
     pub(crate) gc: Mutex<()>,
@@ -260,13 +269,13 @@ impl Cache {
             segs,
             index,
             ksets: (0..kset_count(cfg.workers))
-                .map(|id| Padded(Mutex::new(OpenKset { id: id as u8, ..OpenKset::default() })))
+                .map(|id| Padded(SpinLock::new(OpenKset { id: id as u8, ..OpenKset::default() })))
                 .collect(),
             kset_epochs: (0..kset_count(cfg.workers)).map(|_| AtomicU16::new(0)).collect(),
             tails: Mutex::new(tails),
             info: Mutex::new(info_rep),
             gc_percent: AtomicU8::new(info.gc_percent),
-            heads: (0..cfg.workers).map(|_| Padded(Mutex::new(DataHead::default()))).collect(),
+            heads: (0..cfg.workers).map(|_| Padded(Head::default())).collect(),
             wb: Mutex::new(WbState::default()),
             gc: Mutex::new(()),
             counters,
@@ -321,6 +330,9 @@ impl Cache {
     pub fn stats(&self) -> Stats {
         let mut s = Stats::default();
         self.counters.snapshot_into(&mut s);
+        for h in &self.heads {
+            h.counters.add_into(&mut s);
+        }
         s.segs_total = self.geo.seg_count;
         s.segs_used = self.segs.used_count();
         s.gc_percent = self.gc_percent.load(Ordering::Relaxed);
@@ -336,7 +348,8 @@ impl Cache {
     /// whether the front end is busy when it paces background work.
     pub fn io_ops(&self) -> u64 {
         let c = &self.counters;
-        c.total(|s| &s.write_ops) + c.total(|s| &s.read_hit_ops) + c.total(|s| &s.read_miss_ops)
+        let writes: u64 = self.heads.iter().map(|h| h.counters.write_ops.load(Ordering::Relaxed)).sum();
+        writes + c.total(|s| &s.read_hit_ops) + c.total(|s| &s.read_miss_ops)
     }
 
     /// True while writes wait for space (GC and writeback should hurry).
@@ -358,7 +371,7 @@ impl Cache {
     /// and no open kset holds a dirty key.
     pub fn is_clean(&self) -> bool {
         let head = lock(&self.log).head;
-        let dirty_in_open = self.ksets.iter().any(|k| lock(k).keys.iter().any(|k| k.is_dirty()));
+        let dirty_in_open = self.ksets.iter().any(|k| k.lock().keys.iter().any(|k| k.is_dirty()));
         lock(&self.tails).dirty.seq == head.seq && !dirty_in_open
     }
 
@@ -366,7 +379,7 @@ impl Cache {
     pub fn close(self) -> Result<()> {
         self.flush()?;
         for h in &self.heads {
-            let mut h = lock(h);
+            let mut h = h.data.lock();
             if let Some(seg) = h.seg.take() {
                 self.segs.put_n(&*self.media, seg, 1 + std::mem::take(&mut h.spare_refs))?;
             }

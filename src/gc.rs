@@ -46,7 +46,7 @@ impl Cache {
                 if key.gen != self.segs.gen(key.seg) {
                     continue; // stale since replay: holds no reference
                 }
-                self.index.write(Index::subtree_of(key.off)).remove_backed_by(key.off, key.len, key.seg, key.seg_off);
+                self.index.lock(Index::subtree_of(key.off)).remove_backed_by(key.off, key.len, key.seg, key.seg_off);
                 release.push(key.seg);
             }
             if k.hdr.is_last() {

@@ -11,7 +11,7 @@
 //! mutations; a read miss remembers the count so that filling the cache from
 //! the base device later can tell whether the range changed meanwhile.
 
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crate::spinlock::{SpinGuard, SpinLock};
 
 use crate::format::{SUBTREE_SHIFT, SUBTREE_SIZE};
 use crate::pmem::Media;
@@ -329,13 +329,13 @@ fn fix_crc(e: &mut Extent, recrc: Recrc) {
 
 /// All subtrees covering a base device.
 pub struct Index {
-    subtrees: Vec<RwLock<Subtree>>,
+    subtrees: Vec<SpinLock<Subtree>>,
 }
 
 impl Index {
     pub fn new(base_size: u64) -> Self {
         let n = base_size.div_ceil(SUBTREE_SIZE).max(1) as usize;
-        Index { subtrees: (0..n).map(|_| RwLock::new(Subtree::default())).collect() }
+        Index { subtrees: (0..n).map(|_| SpinLock::new(Subtree::default())).collect() }
     }
 
     pub fn subtree_of(off: u64) -> usize {
@@ -348,12 +348,11 @@ impl Index {
         left.min(SUBTREE_SIZE - (off & (SUBTREE_SIZE - 1)))
     }
 
-    pub fn write(&self, i: usize) -> RwLockWriteGuard<'_, Subtree> {
-        self.subtrees[i].write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn read(&self, i: usize) -> RwLockReadGuard<'_, Subtree> {
-        self.subtrees[i].read().unwrap_or_else(|e| e.into_inner())
+    /// Locks subtree `i`. Readers take it too: they hold it only while they
+    /// copy their hits, and a lock shared by readers needs an atomic release
+    /// (see spinlock.rs).
+    pub fn lock(&self, i: usize) -> SpinGuard<'_, Subtree> {
+        self.subtrees[i].lock()
     }
 
     pub fn count(&self) -> usize {
@@ -362,7 +361,7 @@ impl Index {
 
     /// Number of extents over all subtrees (takes every lock in turn).
     pub fn extents(&self) -> usize {
-        (0..self.count()).map(|i| self.read(i).len()).sum()
+        (0..self.count()).map(|i| self.lock(i).len()).sum()
     }
 }
 

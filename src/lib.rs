@@ -32,6 +32,7 @@ pub mod request;
 pub mod segment;
 #[cfg(feature = "spdk")]
 pub mod spdk;
+pub mod spinlock;
 pub mod stats;
 pub mod tails;
 pub mod writeback;

@@ -159,7 +159,7 @@ pub fn replay(media: &dyn Media, sb: &Superblock, segs: &SegmentTable, index: &I
                 flags: key.flags as u8,
                 kset: KsetTag::NONE,
             };
-            let mut t = index.write(Index::subtree_of(key.off));
+            let mut t = index.lock(Index::subtree_of(key.off));
             t.insert(key.off, e, if data_crc { Some(&recrc) } else { None });
         }
     }

@@ -19,7 +19,8 @@ use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC, KEY_FLAG_DIRTY, KEY_FLAG_
 use crate::index::{extent_crc, Extent, Index, KsetTag, Subtree};
 use crate::iov;
 use crate::segment::Use;
-use crate::stats::Counters;
+use crate::spinlock::SpinGuard;
+use crate::stats::{Counters, HeadCounters};
 
 /// Result of a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +34,8 @@ pub enum WriteOutcome {
 
 /// The locks a key's insertion holds: its subtree, then the open kset it goes into.
 struct KeySlot<'a> {
-    t: std::sync::RwLockWriteGuard<'a, Subtree>,
-    ks: std::sync::MutexGuard<'a, OpenKset>,
+    t: SpinGuard<'a, Subtree>,
+    ks: SpinGuard<'a, OpenKset>,
 }
 
 /// A range a read did not find in the cache. Read it from the base device,
@@ -67,7 +68,8 @@ impl Cache {
     pub fn write(&self, worker: usize, offset: u64, data: &[IoSlice]) -> Result<WriteOutcome> {
         let total = iov::total_len(data);
         self.check_io(offset, total)?;
-        let mut head = lock(&self.heads[worker % self.heads.len()]);
+        let h = &self.heads[worker % self.heads.len()];
+        let mut head = h.data.lock();
         let mut done = 0u64;
         while done < total {
             let off = offset + done;
@@ -109,8 +111,8 @@ impl Cache {
             head.spare_refs -= 1;
             done += got as u64;
         }
-        Counters::add(&self.counters.local().write_ops, 1);
-        Counters::add(&self.counters.local().write_bytes, total);
+        HeadCounters::add(&h.counters.write_ops, 1);
+        HeadCounters::add(&h.counters.write_bytes, total);
         Ok(WriteOutcome::Done)
     }
 
@@ -188,11 +190,11 @@ impl Cache {
     /// only if the subtree has not changed since (read fills). Returns whether
     /// the key went in.
     fn insert_key(&self, key: KeyRecord, expect_version: Option<u64>, kset: usize) -> Result<bool> {
-        let t = self.index.write(Index::subtree_of(key.off));
+        let t = self.index.lock(Index::subtree_of(key.off));
         if expect_version.is_some_and(|v| v != t.version) {
             return Ok(false);
         }
-        let slot = self.prepare_slot(t, lock(&self.ksets[kset]))?;
+        let slot = self.prepare_slot(t, self.ksets[kset].lock())?;
         let mut slot = self.settle_overlaps(slot, &key)?;
         if key.is_zero() && covered_by_open_zero_key(&slot.ks.keys, &key) {
             // The newest key over this range, not yet journalled, already
@@ -209,8 +211,8 @@ impl Cache {
     /// Locks the subtree of a key at `off` and open kset `kset`, and prepares
     /// the kset (see prepare_slot). The caller counts the key's dirty bytes.
     fn key_slot(&self, off: u64, kset: usize) -> Result<KeySlot<'_>> {
-        let t = self.index.write(Index::subtree_of(off));
-        self.prepare_slot(t, lock(&self.ksets[kset]))
+        let t = self.index.lock(Index::subtree_of(off));
+        self.prepare_slot(t, self.ksets[kset].lock())
     }
 
     /// Makes the slot's kset the only open kset holding keys over `key`'s
@@ -249,13 +251,13 @@ impl Cache {
         let KeySlot { t, ks } = slot;
         drop(ks);
         for k in open {
-            let mut other = lock(&self.ksets[k.id as usize]);
+            let mut other = self.ksets[k.id as usize].lock();
             // Journalled meanwhile if the epoch moved on.
             if other.epoch == k.epoch {
                 self.seal(&mut other)?;
             }
         }
-        self.prepare_slot(t, lock(&self.ksets[mine as usize]))
+        self.prepare_slot(t, self.ksets[mine as usize].lock())
     }
 
     /// Everything a key's insertion needs that takes an atomic instruction —
@@ -266,8 +268,8 @@ impl Cache {
     /// it, both cost more than this order.
     fn prepare_slot<'a>(
         &self,
-        t: std::sync::RwLockWriteGuard<'a, Subtree>,
-        mut ks: std::sync::MutexGuard<'a, OpenKset>,
+        t: SpinGuard<'a, Subtree>,
+        mut ks: SpinGuard<'a, OpenKset>,
     ) -> Result<KeySlot<'a>> {
         if ks.keys.len() >= KSET_MAX_KEYS {
             self.seal(&mut ks)?;
@@ -307,7 +309,7 @@ impl Cache {
     /// Makes every write completed so far durable (FLUSH, and FUA after a write).
     pub fn flush(&self) -> Result<()> {
         for k in &self.ksets {
-            self.seal(&mut lock(k))?;
+            self.seal(&mut k.lock())?;
         }
         Counters::add(&self.counters.local().flush_ops, 1);
         Ok(())
@@ -329,7 +331,7 @@ impl Cache {
         self.kset_due.store(u64::MAX, Ordering::SeqCst);
         let mut n = 0;
         for k in &self.ksets {
-            let mut ks = lock(k);
+            let mut ks = k.lock();
             let due = match ks.since {
                 Some(t) => all || t.elapsed() >= self.kset_interval,
                 None => false,
@@ -359,7 +361,7 @@ impl Cache {
         while pos < total {
             let off = offset + pos;
             let chunk = Index::piece_len(off, total - pos);
-            let t = self.index.read(Index::subtree_of(off));
+            let t = self.index.lock(Index::subtree_of(off));
             let version = t.version;
             let mut result = Ok(());
             t.walk(
@@ -414,10 +416,10 @@ impl Cache {
         if !self.read_cache || data.len() as u64 != miss.len {
             return Ok(false);
         }
-        if self.index.read(Index::subtree_of(miss.off)).version != miss.version {
+        if self.index.lock(Index::subtree_of(miss.off)).version != miss.version {
             return Ok(false);
         }
-        let mut head = lock(&self.heads[worker % self.heads.len()]);
+        let mut head = self.heads[worker % self.heads.len()].data.lock();
         let Some((seg, seg_off, got)) = self.alloc_data(&mut head, miss.len as u32)? else { return Ok(false) };
         let piece = &data[..got as usize];
         self.media.write(self.geo.addr(seg, seg_off), piece)?;

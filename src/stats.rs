@@ -32,8 +32,6 @@ pub struct CounterSet {
     pub read_miss_ops: AtomicU64,
     pub read_hit_bytes: AtomicU64,
     pub read_miss_bytes: AtomicU64,
-    pub write_ops: AtomicU64,
-    pub write_bytes: AtomicU64,
     pub deferred_writes: AtomicU64,
     pub fill_bytes: AtomicU64,
     pub dirty_bytes: AtomicU64,
@@ -66,6 +64,29 @@ impl Counters {
     #[inline]
     pub fn sub(c: &AtomicU64, v: u64) {
         c.fetch_sub(v, Relaxed);
+    }
+}
+
+/// Counters of one data head, added to only by the holder of the head's
+/// lock: an add is a plain load and store, because an atomic read-modify-write
+/// at the end of a write would wait for the write's data to reach media (see
+/// spinlock.rs). Readers load them without the lock.
+#[derive(Default)]
+pub struct HeadCounters {
+    pub write_ops: AtomicU64,
+    pub write_bytes: AtomicU64,
+}
+
+impl HeadCounters {
+    /// Adds `v`; the caller holds the head's lock.
+    #[inline]
+    pub fn add(c: &AtomicU64, v: u64) {
+        c.store(c.load(Relaxed).wrapping_add(v), Relaxed);
+    }
+
+    pub fn add_into(&self, s: &mut Stats) {
+        s.write_ops = s.write_ops.wrapping_add(self.write_ops.load(Relaxed));
+        s.write_bytes = s.write_bytes.wrapping_add(self.write_bytes.load(Relaxed));
     }
 }
 
@@ -103,8 +124,6 @@ impl Counters {
         s.read_miss_ops = self.total(|c| &c.read_miss_ops);
         s.read_hit_bytes = self.total(|c| &c.read_hit_bytes);
         s.read_miss_bytes = self.total(|c| &c.read_miss_bytes);
-        s.write_ops = self.total(|c| &c.write_ops);
-        s.write_bytes = self.total(|c| &c.write_bytes);
         s.deferred_writes = self.total(|c| &c.deferred_writes);
         s.fill_bytes = self.total(|c| &c.fill_bytes);
         s.dirty_bytes = self.total(|c| &c.dirty_bytes);
