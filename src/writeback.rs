@@ -10,6 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::base::BaseDevice;
 use crate::cache::{lock, Cache};
@@ -20,6 +21,11 @@ use crate::stats::Counters;
 
 /// Bytes of dirty data in flight to the base at once.
 const WAVE_BYTES: u64 = 8 << 20;
+
+/// Below this share of segments in use (or gc_percent, if lower), writeback
+/// yields to a busy front end: one step per [`TRICKLE`].
+pub const WB_EASY_PERCENT: u32 = 50;
+pub const TRICKLE: Duration = Duration::from_millis(10);
 
 #[derive(Default)]
 pub(crate) struct Inflight {
@@ -48,6 +54,23 @@ pub enum WbProgress {
 }
 
 impl Cache {
+    /// How long a host should leave between writeback steps while its front
+    /// end is busy; None: no wait (step whenever the poller runs).
+    ///
+    /// A burst should get the CPU while the cache has room: writeback then
+    /// trickles, one step per TRICKLE, until WB_EASY_PERCENT of the segments
+    /// are in use. From there the wait shrinks in proportion to the room left
+    /// before gc_percent, where it reaches zero — GC can only reclaim
+    /// written-back segments, so writeback must be at full speed by then.
+    /// No wait when the front end is idle, when writes wait for space or
+    /// when `flush_waits` (someone waits for everything to reach the base).
+    pub fn writeback_pace(&self, front_busy: bool, flush_waits: bool) -> Option<Duration> {
+        if !front_busy || flush_waits || self.under_pressure() {
+            return None;
+        }
+        pace(self.used_percent(), self.gc_percent() as u32)
+    }
+
     /// Advances writeback by one step; never blocks.
     pub fn writeback_step(&self, base: &dyn BaseDevice) -> Result<WbProgress> {
         let mut st = lock(&self.wb);
@@ -196,4 +219,38 @@ fn waves(keys: Vec<KeyRecord>) -> Vec<Vec<KeyRecord>> {
         out.last_mut().expect("a wave exists").push(k);
     }
     out
+}
+
+/// The wait between writeback steps under a busy front end at `used` percent
+/// of segments in use (see [`Cache::writeback_pace`]).
+fn pace(used: u32, gc: u32) -> Option<Duration> {
+    let easy = WB_EASY_PERCENT.min(gc);
+    if used >= gc {
+        return None;
+    }
+    if used < easy {
+        return Some(TRICKLE);
+    }
+    let wait = TRICKLE * (gc - used) / (gc - easy).max(1);
+    (!wait.is_zero()).then_some(wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_trickles_then_speeds_up_towards_the_gc_threshold() {
+        assert_eq!(pace(0, 70), Some(TRICKLE));
+        assert_eq!(pace(49, 70), Some(TRICKLE));
+        assert_eq!(pace(50, 70), Some(TRICKLE));
+        assert_eq!(pace(60, 70), Some(TRICKLE / 2));
+        assert_eq!(pace(69, 70), Some(TRICKLE / 20));
+        assert_eq!(pace(70, 70), None);
+        assert_eq!(pace(95, 70), None);
+        // A GC threshold below the easy share: full speed from there.
+        assert_eq!(pace(29, 30), Some(TRICKLE));
+        assert_eq!(pace(30, 30), None);
+        assert_eq!(pace(0, 0), None);
+    }
 }

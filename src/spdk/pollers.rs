@@ -16,10 +16,6 @@ use crate::WbProgress;
 const KSET_PERIOD_US: u64 = 1000;
 const WRITEBACK_PERIOD_US: u64 = 100;
 const GC_PERIOD_US: u64 = 1000;
-/// Below this share of segments in use (or gc_percent, if lower), writeback
-/// yields to a busy front end and takes one step per TRICKLE.
-const WB_EASY_PERCENT: u32 = 50;
-const TRICKLE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The pollers of one pcache and what they share.
 pub struct Background {
@@ -155,18 +151,16 @@ unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
     guard(rc(false), || {
         let node = &*(arg as *const PcacheNode);
         let mut bg = node.bg();
-        // Pacing: while the front end is busy and the cache has room, write
-        // back only a little, so a burst gets the reactor. Full speed when idle,
-        // when space runs short (GC frees only written-back segments) or
-        // when a flush waits.
+        // Pacing (Cache::writeback_pace): a burst gets the reactor while the
+        // cache has room.
         let c = &node.cache;
         let ops = c.io_ops();
         let busy_front = ops != bg.last_ops;
         bg.last_ops = ops;
-        let easy = WB_EASY_PERCENT.min(c.gc_percent() as u32);
-        let urgent = !busy_front || c.under_pressure() || c.used_percent() >= easy || !bg.flush_waiters.is_empty();
-        if !urgent && bg.last_step.is_some_and(|t| t.elapsed() < TRICKLE) {
-            return rc(false);
+        if let Some(wait) = c.writeback_pace(busy_front, !bg.flush_waiters.is_empty()) {
+            if bg.last_step.is_some_and(|t| t.elapsed() < wait) {
+                return rc(false);
+            }
         }
         bg.last_step = Some(Instant::now());
         let step = node.cache.writeback_step(&bg.base);
