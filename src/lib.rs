@@ -42,7 +42,7 @@ pub use cache::{BaseIdentity, Cache, Config, Opened};
 pub use error::{Error, Result};
 pub use request::{Miss, WriteOutcome};
 pub use stats::Stats;
-pub use writeback::WbProgress;
+pub use writeback::{Pacer, WbProgress};
 
 /// What a host poller tick did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

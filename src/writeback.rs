@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::base::BaseDevice;
 use crate::cache::{lock, Cache};
@@ -219,6 +219,26 @@ fn waves(keys: Vec<KeyRecord>) -> Vec<Vec<KeyRecord>> {
         out.last_mut().expect("a wave exists").push(k);
     }
     out
+}
+
+/// Remembers when writeback last stepped, to apply [`Cache::writeback_pace`].
+#[derive(Debug, Default)]
+pub struct Pacer {
+    last: Option<Instant>,
+}
+
+impl Pacer {
+    /// Whether a host's poller should take a writeback step now (and if so,
+    /// notes that it does).
+    pub fn ready(&mut self, cache: &Cache, front_busy: bool, flush_waits: bool) -> bool {
+        if let Some(wait) = cache.writeback_pace(front_busy, flush_waits) {
+            if self.last.is_some_and(|t| t.elapsed() < wait) {
+                return false;
+            }
+        }
+        self.last = Some(Instant::now());
+        true
+    }
 }
 
 /// The wait between writeback steps under a busy front end at `used` percent

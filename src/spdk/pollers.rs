@@ -11,7 +11,7 @@ use super::base_io::SpdkBase;
 use super::ffi::{guard, Ptr};
 use super::json;
 use super::pcache_bdev::PcacheNode;
-use crate::WbProgress;
+use crate::{Pacer, WbProgress};
 
 const KSET_PERIOD_US: u64 = 1000;
 const WRITEBACK_PERIOD_US: u64 = 100;
@@ -26,10 +26,9 @@ pub struct Background {
     flush_waiters: Vec<(Ptr<sys::spdk_jsonrpc_request>, u64)>,
     /// Writeback errors counted when the oldest waiting flush arrived.
     flush_errors_at: u64,
-    /// Front-end operations seen at the last writeback tick, and when
-    /// writeback last stepped.
+    /// Front-end operations seen at the last writeback tick.
     last_ops: u64,
-    last_step: Option<Instant>,
+    pacer: Pacer,
     last_error_log: Option<Instant>,
 }
 
@@ -41,7 +40,7 @@ impl Background {
             flush_waiters: Vec::new(),
             flush_errors_at: 0,
             last_ops: 0,
-            last_step: None,
+            pacer: Pacer::default(),
             last_error_log: None,
         }
     }
@@ -157,12 +156,10 @@ unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
         let ops = c.io_ops();
         let busy_front = ops != bg.last_ops;
         bg.last_ops = ops;
-        if let Some(wait) = c.writeback_pace(busy_front, !bg.flush_waiters.is_empty()) {
-            if bg.last_step.is_some_and(|t| t.elapsed() < wait) {
-                return rc(false);
-            }
+        let flush_waits = !bg.flush_waiters.is_empty();
+        if !bg.pacer.ready(c, busy_front, flush_waits) {
+            return rc(false);
         }
-        bg.last_step = Some(Instant::now());
         let step = node.cache.writeback_step(&bg.base);
         let busy = match &step {
             Ok(p) => *p != WbProgress::Idle,

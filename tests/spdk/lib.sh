@@ -6,8 +6,10 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SPDK_DIR=${SPDK_DIR:-/opt/spdk}
 MODULE=$ROOT/target/release/libpcache.so
-# Core locks are off so a suite never fails because another SPDK app holds a core.
-APP_ARGS=(--no-huge -s 2048 -u --disable-cpumask-locks)
+# Core locks are off so a suite never fails because another SPDK app holds a
+# core; tracing is off so that apps the suites kill leave no trace buffer in
+# /dev/shm.
+APP_ARGS=(--no-huge -s 2048 -u --disable-cpumask-locks --num-trace-entries 0)
 export PMEM_IS_PMEM_FORCE=1
 
 # SPDK's rpc.py: the installed spdk-rpc (python package under the prefix) or

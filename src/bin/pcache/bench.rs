@@ -472,16 +472,28 @@ struct Shared {
     full: AtomicBool,
     failed: AtomicU64,
     gc_percent: u32,
+    pacer: Mutex<pcache::Pacer>,
 }
 
 impl Shared {
-    /// One background step, as a poller would run it.
+    /// One background step, as the SPDK module's pollers run it: kset timer,
+    /// writeback paced for a busy front end (Cache::writeback_pace), GC.
     fn poll(&self) -> bool {
         if self.cache.used_percent() >= self.gc_percent {
             self.full.store(true, Ordering::Relaxed);
         }
-        match self.cache.background_step(&*self.base) {
-            Ok(t) => t.did_work() || t.writeback_busy,
+        let c = &*self.cache;
+        let busy_front = !self.stop.load(Ordering::Relaxed);
+        let step = || -> pcache::Result<bool> {
+            let mut did = c.flush_expired_ksets()? > 0;
+            if self.pacer.lock().unwrap_or_else(|e| e.into_inner()).ready(c, busy_front, false) {
+                did |= c.writeback_step(&*self.base)? != pcache::WbProgress::Idle;
+            }
+            did |= c.gc_step()? > 0;
+            Ok(did)
+        };
+        match step() {
+            Ok(did) => did,
             Err(e) => {
                 eprintln!("background work failed: {e}");
                 self.failed.fetch_add(1, Ordering::Relaxed);
@@ -500,6 +512,7 @@ fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult
         full: AtomicBool::new(false),
         failed: AtomicU64::new(0),
         gc_percent: cache.stats().gc_percent as u32,
+        pacer: Mutex::new(pcache::Pacer::default()),
     });
     {
         let sh = Arc::downgrade(&sh);
