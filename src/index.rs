@@ -29,10 +29,11 @@ pub struct Extent {
     pub crc: u32,
     /// The key's flags (format::KEY_FLAG_*).
     pub flags: u8,
-    /// The open kset the key went into and that kset's epoch then
-    /// ([`KsetTag::NONE`] for keys replayed from the log): a later key over
-    /// the same bytes in another kset must see this one journalled first.
-    pub kset: KsetTag,
+    /// The open kset the key went into and that kset's epoch then (see
+    /// [`Extent::kset`]); two fields rather than a [`KsetTag`] so that the
+    /// extent stays 24 bytes.
+    pub kset_id: u8,
+    pub kset_epoch: u16,
 }
 
 /// Which open kset (and which epoch of it) holds a key. Epochs wrap: a tag
@@ -49,6 +50,13 @@ impl KsetTag {
 }
 
 impl Extent {
+    /// The open kset the key went into ([`KsetTag::NONE`] for keys replayed
+    /// from the log): a later key over the same bytes in another kset must
+    /// see this one journalled first.
+    pub fn kset(&self) -> KsetTag {
+        KsetTag { id: self.kset_id, epoch: self.kset_epoch }
+    }
+
     /// A zero extent (from a zero key): reads as zeros, backed by nothing.
     pub fn is_zero(&self) -> bool {
         self.flags as u32 & crate::format::KEY_FLAG_ZERO != 0
@@ -365,12 +373,14 @@ impl Index {
     }
 }
 
+const _: () = assert!(std::mem::size_of::<Extent>() == 24);
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ext(len: u32, seg_off: u32) -> Extent {
-        Extent { len, seg: 1, seg_off, gen: 0, crc: 0, flags: 0, kset: KsetTag::NONE }
+        Extent { len, seg: 1, seg_off, gen: 0, crc: 0, flags: 0, kset_id: KsetTag::NONE.id, kset_epoch: 0 }
     }
 
     fn dump(t: &Subtree) -> Vec<(u64, u32, u32)> {
@@ -450,7 +460,7 @@ mod tests {
                 let n = n.min(sectors);
                 let first = (rng.next() % (sectors - n + 1) as u64) as usize;
                 let (seg, seg_off) = (step, (rng.next() % 1000) as u32 * 512);
-                let mut e = Extent { len: (n as u64 * SECT) as u32, seg, seg_off, gen: 0, crc: 0, flags: 0, kset: KsetTag::NONE };
+                let mut e = Extent { len: (n as u64 * SECT) as u32, seg, seg_off, gen: 0, crc: 0, flags: 0, kset_id: KsetTag::NONE.id, kset_epoch: 0 };
                 e.crc = fake(&e);
                 let off = base + first as u64 * SECT;
                 t.insert(off, e, Some(recrc));

@@ -157,7 +157,8 @@ pub fn replay(media: &dyn Media, sb: &Superblock, segs: &SegmentTable, index: &I
                 gen: key.gen as u32,
                 crc: key.data_crc,
                 flags: key.flags as u8,
-                kset: KsetTag::NONE,
+                kset_id: KsetTag::NONE.id,
+                kset_epoch: 0,
             };
             let mut t = index.lock(Index::subtree_of(key.off));
             t.insert(key.off, e, if data_crc { Some(&recrc) } else { None });

@@ -234,7 +234,7 @@ impl Cache {
             key.off,
             key.off + key.len as u64,
             |_, e, _, _| {
-                let k = e.kset;
+                let k = e.kset();
                 if k != KsetTag::NONE
                     && k.id != mine
                     && self.kset_epochs[k.id as usize].load(Ordering::Acquire) == k.epoch
@@ -284,8 +284,16 @@ impl Cache {
 
     /// Enters the key in the index and the open kset of a prepared slot.
     fn commit_key(&self, slot: &mut KeySlot, key: KeyRecord) {
-        let kset = KsetTag { id: slot.ks.id, epoch: slot.ks.epoch };
-        let e = Extent { len: key.len, seg: key.seg, seg_off: key.seg_off, gen: key.gen as u32, crc: key.data_crc, flags: key.flags as u8, kset };
+        let e = Extent {
+            len: key.len,
+            seg: key.seg,
+            seg_off: key.seg_off,
+            gen: key.gen as u32,
+            crc: key.data_crc,
+            flags: key.flags as u8,
+            kset_id: slot.ks.id,
+            kset_epoch: slot.ks.epoch,
+        };
         let recrc = |e: &Extent| extent_crc(&*self.media, &self.geo, e);
         slot.t.insert(key.off, e, if self.data_crc() { Some(&recrc) } else { None });
         slot.ks.keys.push(key);

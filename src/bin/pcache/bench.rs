@@ -24,7 +24,8 @@ a bdev, and measures in the same run a plain copy into the same pmem mapping.
   -j WORKERS       concurrent workers                         (1)
   -t SECONDS       duration of each measured phase            (5)
   --pmem PATH      pmem file (recreated)             (/dev/shm/pcache-bench.pmem)
-  --pmem-size SIZE                                            (2G)
+  --pmem-size SIZE   (8G; 2G with less than 16 GiB of memory available)
+                   a bigger cache measures write ingest over a longer time
   --base PATH      base file (recreated, sparse)     (/var/tmp/pcache-bench.base)
   --base-size SIZE                                            (1G)
   --replay-keys N  keys journalled for the replay/DRAM phase  (500000)
@@ -90,7 +91,7 @@ fn parse(raw: &[String]) -> Result<Option<Opts>, String> {
         workers: a.num_or("j", 1)? as usize,
         secs: a.num_or("t", 5)?,
         pmem: a.str_or("pmem", "/dev/shm/pcache-bench.pmem").into(),
-        pmem_size: a.num_or("pmem-size", 2 << 30)?,
+        pmem_size: a.num_or("pmem-size", default_pmem_size())?,
         base: a.str_or("base", "/var/tmp/pcache-bench.base").into(),
         base_size: a.num_or("base-size", 1 << 30)?,
         replay_keys: a.num_or("replay-keys", 500_000)?,
@@ -383,6 +384,20 @@ struct RunResult {
     verify_errors: u64,
     /// The cache reached its GC threshold during the run.
     filled: bool,
+}
+
+/// 8 GiB where memory allows (so a write run lasts long enough to measure
+/// steadily), else 2 GiB.
+fn default_pmem_size() -> u64 {
+    let avail_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    if avail_kib >= 16 << 20 {
+        8 << 30
+    } else {
+        2 << 30
+    }
 }
 
 /// How often (in operations) the polling worker runs one background step.
