@@ -92,7 +92,7 @@ impl Cache {
             let flags = if self.data_crc() { KEY_FLAG_DIRTY | KEY_FLAG_CRC } else { KEY_FLAG_DIRTY };
             let key = KeyRecord { off, len: got, flags, seg, seg_off, gen: self.segs.gen(seg), data_crc: crc };
             let copied = iov::gather_to_media(&*self.media, self.geo.addr(seg, seg_off), data, done, got as u64);
-            let slot = match copied.and_then(|_| self.settle_overlaps(slot, &key)) {
+            let mut slot = match copied.and_then(|_| self.settle_overlaps(slot, &key)) {
                 Ok(s) => s,
                 Err(e) => {
                     // The key never went in; its space stays unused.
@@ -104,7 +104,6 @@ impl Cache {
                     return Err(e);
                 }
             };
-            let mut slot = slot;
             self.commit_key(&mut slot, key);
             self.media.fence();
             drop(slot);
@@ -126,7 +125,7 @@ impl Cache {
             let off = offset + done;
             let n = Index::piece_len(off, len - done) as u32;
             let key = KeyRecord { off, len: n, flags: KEY_FLAG_DIRTY | KEY_FLAG_ZERO, seg: 0, seg_off: 0, gen: 0, data_crc: 0 };
-            // No worker here: any kset will do (see journal_overlapped).
+            // No worker here: any kset will do (see settle_overlaps).
             let kset = Index::subtree_of(off) % self.ksets.len();
             match self.insert_key(key, None, kset) {
                 Ok(_) => {}
