@@ -451,7 +451,7 @@ impl Cache {
 }
 
 /// True when the newest open key overlapping `key` is a zero key covering it
-/// (every open key over the range is in `open`: see journal_overlapped).
+/// (every open key over the range is in `open`: see settle_overlaps).
 fn covered_by_open_zero_key(open: &[KeyRecord], key: &KeyRecord) -> bool {
     let (start, end) = (key.off, key.off + key.len as u64);
     open.iter()
