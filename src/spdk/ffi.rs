@@ -116,10 +116,13 @@ pub unsafe fn io_iovs<'a>(io: *mut sys::spdk_bdev_io) -> &'a [libc::iovec] {
     std::slice::from_raw_parts(p.iovs as *const libc::iovec, p.iovcnt as usize)
 }
 
-pub fn complete(io: *mut sys::spdk_bdev_io, ok: bool) {
+/// Completes a block I/O.
+///
+/// # Safety
+/// `io` is a live block I/O this module was handed and has not completed.
+pub unsafe fn complete(io: *mut sys::spdk_bdev_io, ok: bool) {
     let status = if ok { sys::SPDK_BDEV_IO_STATUS_SUCCESS } else { sys::SPDK_BDEV_IO_STATUS_FAILED };
-    // SAFETY: every caller passes the live bdev_io it was handed.
-    unsafe { sys::spdk_bdev_io_complete(io, status) }
+    sys::spdk_bdev_io_complete(io, status)
 }
 
 /// The `ctx` argument SPDK hands back to callbacks.
@@ -137,11 +140,17 @@ pub unsafe fn lacks_buffers(io: *mut sys::spdk_bdev_io) -> bool {
 }
 
 /// fn_table.get_io_channel for a bdev whose ctxt is its io_device.
+///
+/// # Safety
+/// Called by SPDK only, with the arguments its callback contract gives.
 pub unsafe extern "C" fn get_io_channel(ctx: *mut c_void) -> *mut sys::spdk_io_channel {
     sys::spdk_get_io_channel(ctx)
 }
 
 /// fn_table.io_type_supported of both pcache's bdevs: the block I/O they serve.
+///
+/// # Safety
+/// Called by SPDK only, with the arguments its callback contract gives.
 pub unsafe extern "C" fn block_io_supported(_ctx: *mut c_void, t: sys::spdk_bdev_io_type) -> bool {
     matches!(
         t,
@@ -156,14 +165,18 @@ pub unsafe extern "C" fn block_io_supported(_ctx: *mut c_void, t: sys::spdk_bdev
 
 /// Unregisters the bdev `name` of `module`; `done(rc)` runs once it is gone,
 /// or at once with the error if SPDK refuses.
-pub fn unregister_bdev(name: &str, module: *mut sys::spdk_bdev_module, done: Box<dyn FnOnce(i32)>) {
+///
+/// # Safety
+/// `module` is one of this library's registered bdev modules (they live for
+/// the whole process).
+pub unsafe fn unregister_bdev(name: &str, module: *mut sys::spdk_bdev_module, done: Box<dyn FnOnce(i32)>) {
     let cname = cstring(name);
     let arg = Box::into_raw(Box::new(done));
-    // SAFETY: arg is reclaimed exactly once, by unregister_done or below.
-    let rc = unsafe { sys::spdk_bdev_unregister_by_name(cname.as_ptr(), module, Some(unregister_done), arg as *mut c_void) };
+    // arg is reclaimed exactly once, by unregister_done or below.
+    let rc = sys::spdk_bdev_unregister_by_name(cname.as_ptr(), module, Some(unregister_done), arg as *mut c_void);
     if rc != 0 {
-        // SAFETY: not handed to SPDK, so still ours.
-        (unsafe { Box::from_raw(arg) })(rc);
+        // Not handed to SPDK, so still ours.
+        Box::from_raw(arg)(rc);
     }
 }
 

@@ -235,23 +235,40 @@ impl Writer {
     }
 }
 
-/// Answers `req` with the result written by `f`.
-pub fn respond(req: *mut sys::spdk_jsonrpc_request, f: impl FnOnce(&mut Writer)) {
-    // SAFETY: req is the live request SPDK handed the method; begin/end pair up.
-    unsafe {
-        let w = sys::spdk_jsonrpc_begin_result(req);
-        let mut wr = Writer::new(w);
-        f(&mut wr);
-        sys::spdk_jsonrpc_end_result(req, w);
+/// A JSON-RPC request SPDK handed a method handler. It must be answered
+/// exactly once: every way of answering consumes it.
+pub struct Request(std::ptr::NonNull<sys::spdk_jsonrpc_request>);
+
+// SAFETY: a Request is only a handle; it is answered on the SPDK thread that
+// keeps it (the app thread, where methods run and pcache's pollers live).
+unsafe impl Send for Request {}
+
+impl Request {
+    /// # Safety
+    /// `req` is a request SPDK passed to a method handler and not answered
+    /// yet; from now on it is answered only through the returned value.
+    pub unsafe fn from_raw(req: *mut sys::spdk_jsonrpc_request) -> Option<Request> {
+        std::ptr::NonNull::new(req).map(Request)
     }
-}
 
-pub fn respond_bool(req: *mut sys::spdk_jsonrpc_request, v: bool) {
-    respond(req, |w| w.bool(v));
-}
+    /// Answers with the result written by `f`.
+    pub fn respond(self, f: impl FnOnce(&mut Writer)) {
+        // SAFETY: a live, unanswered request (see from_raw); begin/end pair up.
+        unsafe {
+            let w = sys::spdk_jsonrpc_begin_result(self.0.as_ptr());
+            let mut wr = Writer::new(w);
+            f(&mut wr);
+            sys::spdk_jsonrpc_end_result(self.0.as_ptr(), w);
+        }
+    }
 
-pub fn respond_error(req: *mut sys::spdk_jsonrpc_request, code: i32, msg: &str) {
-    let m = cstring(msg);
-    // SAFETY: live request; SPDK copies the message.
-    unsafe { sys::spdk_jsonrpc_send_error_response(req, code, m.as_ptr()) };
+    pub fn respond_bool(self, v: bool) {
+        self.respond(|w| w.bool(v));
+    }
+
+    pub fn respond_error(self, code: i32, msg: &str) {
+        let m = cstring(msg);
+        // SAFETY: a live, unanswered request; SPDK copies the message.
+        unsafe { sys::spdk_jsonrpc_send_error_response(self.0.as_ptr(), code, m.as_ptr()) };
+    }
 }

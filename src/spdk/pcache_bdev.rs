@@ -192,7 +192,8 @@ pub fn delete(name: &str, done: Box<dyn FnOnce(i32)>) {
         done(0); // It was only waiting for its bdevs.
         return;
     }
-    super::ffi::unregister_bdev(name, module(), done);
+    // SAFETY: module() is pcache's registered bdev module.
+    unsafe { super::ffi::unregister_bdev(name, module(), done) };
 }
 
 /// Runs `f` on the live pcache `name`.
@@ -390,6 +391,9 @@ unsafe extern "C" fn bdev_event(t: sys::spdk_bdev_event_type, bdev: *mut sys::sp
 /// bdev destruct: runs on the creating thread once every descriptor of the
 /// pcache bdev is closed. Waits for writeback I/O in flight, then closes
 /// everything; the node is freed when its io_device is gone.
+///
+/// # Safety
+/// Called by SPDK only, with the arguments its callback contract gives.
 pub unsafe extern "C" fn destruct(ctx: *mut c_void) -> c_int {
     guard(0, || {
         let node = ctx as *mut PcacheNode;
@@ -501,6 +505,10 @@ unsafe extern "C" fn config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
     })
 }
 
+/// fn_table.write_config_json: the RPC that recreates this pcache.
+///
+/// # Safety
+/// Called by SPDK only, with the arguments its callback contract gives.
 pub unsafe extern "C" fn write_bdev_config(bdev: *mut sys::spdk_bdev, w: *mut sys::spdk_json_write_ctx) {
     guard((), || {
         let n = &*((*bdev).ctxt as *const PcacheNode);

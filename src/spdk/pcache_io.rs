@@ -50,6 +50,10 @@ struct MissIo {
 /// A view of part of an I/O's buffers; one to four pieces stay on the stack.
 type Iovecs = SmallVec<[libc::iovec; 4]>;
 
+/// Bytes of per-I/O context the bdev layer reserves for pcache.
+///
+/// # Safety
+/// Called by SPDK only, with the arguments its callback contract gives.
 pub unsafe extern "C" fn ctx_size() -> c_int {
     std::mem::size_of::<IoCtx>() as c_int
 }
@@ -75,6 +79,10 @@ unsafe extern "C" fn dump_info_json(ctx: *mut c_void, w: *mut sys::spdk_json_wri
     })
 }
 
+/// io_device channel constructor: a reactor's channel.
+///
+/// # Safety
+/// Called by SPDK only, with the arguments its callback contract gives.
 pub unsafe extern "C" fn ch_create(dev: *mut c_void, ctx: *mut c_void) -> c_int {
     guard(-libc::ENOMEM, || {
         let node = &*(dev as *const PcacheNode);
@@ -97,6 +105,10 @@ pub unsafe extern "C" fn ch_create(dev: *mut c_void, ctx: *mut c_void) -> c_int 
     })
 }
 
+/// io_device channel destructor.
+///
+/// # Safety
+/// Called by SPDK only, with the arguments its callback contract gives.
 pub unsafe extern "C" fn ch_destroy(_dev: *mut c_void, ctx: *mut c_void) {
     guard((), || {
         let ch = ctx as *mut Channel;

@@ -153,7 +153,8 @@ pub fn delete(name: &str, done: Box<dyn FnOnce(i32)>) {
         done(-libc::ENODEV);
         return;
     }
-    ffi::unregister_bdev(name, module(), done);
+    // SAFETY: module() is the pmem bdev module, registered for the process's life.
+    unsafe { ffi::unregister_bdev(name, module(), done) };
 }
 
 unsafe extern "C" fn free_device(ctx: *mut c_void) {

@@ -8,8 +8,8 @@ use std::time::Instant;
 use spdk_sys as sys;
 
 use super::base_io::SpdkBase;
-use super::ffi::{guard, Ptr};
-use super::json;
+use super::ffi::guard;
+use super::json::Request;
 use super::pcache_bdev::PcacheNode;
 use crate::{Pacer, WbProgress};
 
@@ -23,7 +23,7 @@ pub struct Background {
     pollers: Vec<*mut sys::spdk_poller>,
     /// bdev_pcache_flush requests, each answered once dirty_tail reaches the
     /// key-log sequence that was the head when it arrived.
-    flush_waiters: Vec<(Ptr<sys::spdk_jsonrpc_request>, u64)>,
+    flush_waiters: Vec<(Request, u64)>,
     /// Writeback errors counted when the oldest waiting flush arrived.
     flush_errors_at: u64,
     /// Front-end operations seen at the last writeback tick.
@@ -67,20 +67,23 @@ impl Background {
             unsafe { sys::spdk_poller_unregister(&mut p) };
         }
         for (r, _) in self.flush_waiters.drain(..) {
-            json::respond_error(r.0, sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, why);
+            r.respond_error(sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, why);
         }
     }
 
-    /// Queues a flush request: every write completed before it is written
-    /// back (writes that arrive later do not hold it up).
-    pub fn add_flush_waiter(&mut self, req: *mut sys::spdk_jsonrpc_request, cache: &crate::Cache) -> crate::Result<()> {
-        cache.flush()?;
+    /// Queues a flush request of pcache `name`: answered once every write
+    /// completed before it is written back (writes that arrive later do not
+    /// hold it up), or at once if its writes cannot be journalled.
+    pub fn add_flush_waiter(&mut self, req: Request, cache: &crate::Cache, name: &str) {
+        if let Err(e) = cache.flush() {
+            req.respond_error(-libc::EIO, &format!("{name}: flush failed: {e}"));
+            return;
+        }
         let s = cache.stats();
         if self.flush_waiters.is_empty() {
             self.flush_errors_at = s.writeback_errors;
         }
-        self.flush_waiters.push((Ptr(req), s.key_head.2));
-        Ok(())
+        self.flush_waiters.push((req, s.key_head.2));
     }
 
     /// Answers flush requests whose writes are all on the base, or fails them
@@ -94,17 +97,16 @@ impl Background {
         if let Some(e) = failed {
             let msg = format!("{}: flush failed: {e}", node.name());
             for (r, _) in self.flush_waiters.drain(..) {
-                json::respond_error(r.0, sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, &msg);
+                r.respond_error(sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, &msg);
             }
             return;
         }
-        self.flush_waiters.retain(|(r, target)| {
-            let done = s.dirty_tail.2 >= *target;
-            if done {
-                json::respond_bool(r.0, true);
-            }
-            !done
-        });
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.flush_waiters).into_iter().partition(|(_, target)| s.dirty_tail.2 >= *target);
+        self.flush_waiters = waiting;
+        for (r, _) in done {
+            r.respond_bool(true);
+        }
     }
 
     /// Logs a background error at most once a second (a failing base device

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use spdk_sys as sys;
 
 use super::ffi::guard;
-use super::json::{self, Params};
+use super::json::{Params, Request};
 use super::pcache_bdev::{self, CreateOpts, Created};
 use super::pmem_bdev;
 
@@ -33,26 +33,55 @@ pub fn register_methods() {
 
 const INVALID_PARAMS: i32 = sys::SPDK_JSONRPC_ERROR_INVALID_PARAMS;
 
+/// The request a method's body answers: answering (or taking it to answer
+/// later) consumes this, and if the body returns an error instead, `handle`
+/// answers with it.
+struct Answer<'a>(&'a mut Option<Request>);
+
+impl Answer<'_> {
+    fn respond(self, f: impl FnOnce(&mut super::json::Writer)) {
+        if let Some(r) = self.0.take() {
+            r.respond(f);
+        }
+    }
+
+    fn respond_bool(self, v: bool) {
+        self.respond(|w| w.bool(v));
+    }
+
+    /// For an answer that comes later (a delete's completion, a flush).
+    fn take(self) -> Option<Request> {
+        self.0.take()
+    }
+}
+
 /// Decodes the params and runs `body`; a decoding error (or a panic) becomes
 /// an error response, so the request is always answered exactly once.
 unsafe fn handle(
     method: &'static str,
     req: *mut sys::spdk_jsonrpc_request,
     raw: *const sys::spdk_json_val,
-    body: impl FnOnce(Params, *mut sys::spdk_jsonrpc_request) -> Result<(), (i32, String)>,
+    body: impl FnOnce(Params, Answer) -> Result<(), (i32, String)>,
 ) {
-    let answered = guard(false, || {
+    // SAFETY: SPDK passed `req` to this handler; it is answered only through `slot`.
+    let mut slot = unsafe { Request::from_raw(req) };
+    let done = guard(false, || {
         let r = match Params::from_raw(method, raw) {
-            Ok(p) => body(p, req),
+            Ok(p) => body(p, Answer(&mut slot)),
             Err(e) => Err((INVALID_PARAMS, e)),
         };
         if let Err((code, msg)) = r {
-            json::respond_error(req, code, &msg);
+            match slot.take() {
+                Some(req) => req.respond_error(code, &msg),
+                None => log::error!("{method}: {msg} (after the request was answered)"),
+            }
         }
         true
     });
-    if !answered {
-        json::respond_error(req, sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, &format!("{method}: internal error"));
+    if !done {
+        if let Some(req) = slot.take() {
+            req.respond_error(sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, &format!("{method}: internal error"));
+        }
     }
 }
 
@@ -72,7 +101,7 @@ unsafe extern "C" fn pmem_create(req: *mut sys::spdk_jsonrpc_request, raw: *cons
         let bs = p.opt_u64("block_size", 512, 65536).map_err(bad)?.unwrap_or(4096) as u32;
         p.finish().map_err(bad)?;
         pmem_bdev::create(&name, &PathBuf::from(&path), size, bs).map_err(|e| bad(format!("bdev_pmem_create: {e}")))?;
-        json::respond(req, |w| w.str(&name));
+        req.respond(|w| w.str(&name));
         Ok(())
     })
 }
@@ -84,16 +113,18 @@ unsafe extern "C" fn pmem_delete(req: *mut sys::spdk_jsonrpc_request, raw: *cons
         if !pmem_bdev::is_pmem_bdev(&name) {
             return Err(no_such("pmem bdev", &name));
         }
+        let req = req.take();
         pmem_bdev::delete(&name.clone(), Box::new(move |rc| answer_rc(req, rc, &name)));
         Ok(())
     })
 }
 
-fn answer_rc(req: *mut sys::spdk_jsonrpc_request, rc: i32, name: &str) {
+fn answer_rc(req: Option<Request>, rc: i32, name: &str) {
+    let Some(req) = req else { return };
     if rc == 0 {
-        json::respond_bool(req, true);
+        req.respond_bool(true);
     } else {
-        json::respond_error(req, rc, &format!("deleting {name} failed: {}", pmem_bdev::errno_str(rc)));
+        req.respond_error(rc, &format!("deleting {name} failed: {}", pmem_bdev::errno_str(rc)));
     }
 }
 
@@ -117,7 +148,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
                 log::info!("{name}: created when bdev(s) {} appear", missing.join(", "));
             }
         }
-        json::respond(req, |w| w.str(&name));
+        req.respond(|w| w.str(&name));
         Ok(())
     })
 }
@@ -129,6 +160,7 @@ unsafe extern "C" fn pcache_delete(req: *mut sys::spdk_jsonrpc_request, raw: *co
         if !pcache_bdev::list().iter().any(|(c, _, _)| c.name == name) {
             return Err(no_such("pcache", &name));
         }
+        let req = req.take();
         pcache_bdev::delete(&name.clone(), Box::new(move |rc| answer_rc(req, rc, &name)));
         Ok(())
     })
@@ -145,7 +177,7 @@ unsafe extern "C" fn pcache_set_options(req: *mut sys::spdk_jsonrpc_request, raw
         })
         .ok_or_else(|| no_such("pcache", &name))?;
         r?;
-        json::respond_bool(req, true);
+        req.respond_bool(true);
         Ok(())
     })
 }
@@ -155,9 +187,12 @@ unsafe extern "C" fn pcache_flush(req: *mut sys::spdk_jsonrpc_request, raw: *con
         let name = p.req_str("name").map_err(bad)?;
         p.finish().map_err(bad)?;
         // Answered by the writeback poller once every dirty byte is on the base.
-        pcache_bdev::with_node(&name, |n| n.bg().add_flush_waiter(req, &n.cache))
-            .ok_or_else(|| no_such("pcache", &name))?
-            .map_err(|e| (-libc::EIO, format!("{name}: flush failed: {e}")))
+        pcache_bdev::with_node(&name, |n| {
+            if let Some(req) = req.take() {
+                n.bg().add_flush_waiter(req, &n.cache, &name);
+            }
+        })
+        .ok_or_else(|| no_such("pcache", &name))
     })
 }
 
@@ -170,7 +205,7 @@ unsafe extern "C" fn pcache_get_stats(req: *mut sys::spdk_jsonrpc_request, raw: 
         if let (Some(n), true) = (&name, chosen.is_empty()) {
             return Err(no_such("pcache", n));
         }
-        json::respond(req, |w| {
+        req.respond(|w| {
             w.array_begin();
             for (c, node, err) in &chosen {
                 w.object_begin();

@@ -560,7 +560,8 @@ fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult
         .collect();
     // Like the ceiling: the workers run until told to stop (or the cache fills).
     let deadline = t0 + Duration::from_secs(o.secs);
-    while Instant::now() < deadline && !(!o.sustained && sh.full.load(Ordering::Relaxed)) {
+    // Run to the deadline, or until the cache fills (unless --sustained).
+    while Instant::now() < deadline && (o.sustained || !sh.full.load(Ordering::Relaxed)) {
         std::thread::sleep(Duration::from_millis(1));
     }
     sh.stop.store(true, Ordering::Relaxed);
@@ -632,7 +633,7 @@ fn worker_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), St
     let mut newest: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     let mut written: Vec<u64> = Vec::new();
     let mut seq = 0u64;
-    while !sh.stop.load(Ordering::Relaxed) && !(until_full && sh.full.load(Ordering::Relaxed)) {
+    while !sh.stop.load(Ordering::Relaxed) && (!until_full || !sh.full.load(Ordering::Relaxed)) {
         if polls && ops % POLL_EVERY == 0 {
             sh.poll();
         }

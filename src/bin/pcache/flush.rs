@@ -210,13 +210,12 @@ impl Progress {
     }
 
     fn percent(&self, done: u64, ksets_done: u64) -> u64 {
-        if self.total > 0 {
-            done * 100 / self.total
-        } else if self.ksets > 0 {
-            ksets_done.min(self.ksets) * 100 / self.ksets
-        } else {
-            100
-        }
+        // By bytes; by ksets when the dirty ksets hold only zero keys; done
+        // when there was nothing to write back.
+        (done * 100)
+            .checked_div(self.total)
+            .or_else(|| (ksets_done.min(self.ksets) * 100).checked_div(self.ksets))
+            .unwrap_or(100)
     }
 
     fn update(&mut self, done: u64, ksets_done: u64) {
