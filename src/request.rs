@@ -6,7 +6,7 @@
 //! data is durable. A key that overwrites a key still open in another worker's
 //! kset has that kset journalled first (settle_overlaps), so log order equals
 //! index order for overlapping writes and replay rebuilds exactly what readers
-//! saw. A read copies hits from pmem under the subtree's read lock, which also
+//! saw. A read copies hits from pmem under the subtree's lock, which also
 //! keeps GC from reclaiming the segment mid-copy.
 
 use std::io::{IoSlice, IoSliceMut};
