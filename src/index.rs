@@ -13,7 +13,7 @@
 
 use crate::spinlock::{SpinGuard, SpinLock};
 
-use crate::format::{SUBTREE_SHIFT, SUBTREE_SIZE};
+use crate::format::{KeyRecord, SUBTREE_SHIFT, SUBTREE_SIZE};
 use crate::pmem::Media;
 use crate::segment::Geometry;
 
@@ -50,6 +50,21 @@ impl KsetTag {
 }
 
 impl Extent {
+    /// Where `key`'s bytes are, for a key held by open kset `kset`
+    /// ([`KsetTag::NONE`] when it comes from the log).
+    pub fn of_key(key: &KeyRecord, kset: KsetTag) -> Extent {
+        Extent {
+            len: key.len,
+            seg: key.seg,
+            seg_off: key.seg_off,
+            gen: key.gen as u32,
+            crc: key.data_crc,
+            flags: key.flags as u8,
+            kset_id: kset.id,
+            kset_epoch: kset.epoch,
+        }
+    }
+
     /// The open kset the key went into ([`KsetTag::NONE`] for keys replayed
     /// from the log): a later key over the same bytes in another kset must
     /// see this one journalled first.

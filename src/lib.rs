@@ -62,8 +62,19 @@ impl Tick {
 impl Cache {
     /// One round of background work: kset timer, writeback, GC.
     pub fn background_step(&self, base: &dyn BaseDevice) -> Result<Tick> {
+        self.round(base, true)
+    }
+
+    /// The same round with writeback paced as a host paces it for a front end
+    /// that is busy or not (see [`Cache::writeback_pace`]).
+    pub fn background_step_paced(&self, base: &dyn BaseDevice, pacer: &mut Pacer, front_busy: bool) -> Result<Tick> {
+        let write_back = pacer.ready(self, front_busy, false);
+        self.round(base, write_back)
+    }
+
+    fn round(&self, base: &dyn BaseDevice, write_back: bool) -> Result<Tick> {
         let ksets_sealed = self.flush_expired_ksets()?;
-        let wb = self.writeback_step(base)?;
+        let wb = if write_back { self.writeback_step(base)? } else { WbProgress::Idle };
         let gc_ksets = self.gc_step()?;
         Ok(Tick {
             ksets_sealed,

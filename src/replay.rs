@@ -150,16 +150,7 @@ pub fn replay(media: &dyn Media, sb: &Superblock, segs: &SegmentTable, index: &I
             if key.is_dirty() && i >= chain.dirty_at {
                 report.dirty_bytes += key.len as u64;
             }
-            let e = Extent {
-                len: key.len,
-                seg: key.seg,
-                seg_off: key.seg_off,
-                gen: key.gen as u32,
-                crc: key.data_crc,
-                flags: key.flags as u8,
-                kset_id: KsetTag::NONE.id,
-                kset_epoch: 0,
-            };
+            let e = Extent::of_key(key, KsetTag::NONE);
             let mut t = index.lock(Index::subtree_of(key.off));
             t.insert(key.off, e, if data_crc { Some(&recrc) } else { None });
         }

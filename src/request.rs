@@ -283,16 +283,7 @@ impl Cache {
 
     /// Enters the key in the index and the open kset of a prepared slot.
     fn commit_key(&self, slot: &mut KeySlot, key: KeyRecord) {
-        let e = Extent {
-            len: key.len,
-            seg: key.seg,
-            seg_off: key.seg_off,
-            gen: key.gen as u32,
-            crc: key.data_crc,
-            flags: key.flags as u8,
-            kset_id: slot.ks.id,
-            kset_epoch: slot.ks.epoch,
-        };
+        let e = Extent::of_key(&key, KsetTag { id: slot.ks.id, epoch: slot.ks.epoch });
         let recrc = |e: &Extent| extent_crc(&*self.media, &self.geo, e);
         slot.t.insert(key.off, e, if self.data_crc() { Some(&recrc) } else { None });
         slot.ks.keys.push(key);

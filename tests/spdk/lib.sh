@@ -83,6 +83,21 @@ jsonrpc() { python3 "$ROOT/tests/spdk/jsonrpc.py" "$@"; }
 # rpc SOCK ARGS...: rpc.py with the pcache plugin.
 rpc() { local sock=$1; shift; "${RPC_PY[@]}" -s "$sock" -t 600 --plugin pcache_rpc "$@"; }
 
+# The suites below talk to the app whose socket is in $sock:
+# spdk ARGS...: SPDK's rpc.py against it.
+spdk() { "${RPC_PY[@]}" -s "$sock" "$@"; }
+# q METHOD PARAMS PYEXPR: one raw call; prints PYEXPR evaluated on its result
+# `r` (nothing if the call fails). One process per query keeps suites fast.
+q() {
+  python3 - "$sock" "$@" 2>/dev/null <<'PY'
+import json, sys, jsonrpc
+resp = jsonrpc.call(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]) if sys.argv[3] else None, timeout=10)
+if "result" in resp:
+    r = resp["result"]
+    print(eval(sys.argv[4]))
+PY
+}
+
 # A stack config: pmem bdev (created at $2 bytes), AIO base of $3 bytes, pcache PC0.
 stack_config() { # out pmem_size base_size [extra pcache params json]
   local out=$1 psize=$2 bsize=$3 extra=${4:-}

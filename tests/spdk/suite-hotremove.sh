@@ -6,18 +6,6 @@
 source "$(dirname "$0")/lib.sh"
 
 quiet() { "$@" >/dev/null; }
-spdk() { "${RPC_PY[@]}" -s "$sock" "$@"; }
-# q METHOD PARAMS PYEXPR: one raw call; prints PYEXPR over its result `r`
-# (nothing if the call fails).
-q() {
-  python3 - "$sock" "$@" 2>/dev/null <<'PY'
-import json, sys, jsonrpc
-resp = jsonrpc.call(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]) if sys.argv[3] else None, timeout=10)
-if "result" in resp:
-    r = resp["result"]
-    print(eval(sys.argv[4]))
-PY
-}
 # jr SOCK METHOD [PARAMS]: jsonrpc bounded to 10 s.
 jr() { timeout 10 python3 "$ROOT/tests/spdk/jsonrpc.py" "$@"; }
 stat() { q bdev_pcache_get_stats "{\"name\":\"$1\"}" "r[0]['$2']"; }

@@ -16,19 +16,6 @@ truncate -s $((64 << 20)) "$WORK/base4.img"
 start_app tgt "$sock" "$log" "$SPDK_DIR/bin/spdk_tgt" "${APP_ARGS[@]}" -m 0x1 || { fail "spdk_tgt start"; finish; exit; }
 
 aio() { "${RPC_PY[@]}" -s "$sock" bdev_aio_create "$1" "$2" 4096 >/dev/null; }
-spdk() { "${RPC_PY[@]}" -s "$sock" "$@"; }
-
-# q METHOD PARAMS PYEXPR: one raw call; prints PYEXPR evaluated on its result
-# `r` (nothing if the call fails). One process per query keeps the suite fast.
-q() {
-  python3 - "$sock" "$@" 2>/dev/null <<'PY'
-import json, sys, jsonrpc
-resp = jsonrpc.call(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]) if sys.argv[3] else None, timeout=10)
-if "result" in resp:
-    r = resp["result"]
-    print(eval(sys.argv[4]))
-PY
-}
 # stat NAME KEY: one field of bdev_pcache_get_stats for NAME.
 stat() { q bdev_pcache_get_stats "{\"name\":\"$1\"}" "r[0]['$2']"; }
 # bdev NAME PYEXPR: PYEXPR over bdev_get_bdevs' entry `b` for NAME.

@@ -497,18 +497,10 @@ impl Shared {
         if self.cache.used_percent() >= self.gc_percent {
             self.full.store(true, Ordering::Relaxed);
         }
-        let c = &*self.cache;
         let busy_front = !self.stop.load(Ordering::Relaxed);
-        let step = || -> pcache::Result<bool> {
-            let mut did = c.flush_expired_ksets()? > 0;
-            if self.pacer.lock().unwrap_or_else(|e| e.into_inner()).ready(c, busy_front, false) {
-                did |= c.writeback_step(&*self.base)? != pcache::WbProgress::Idle;
-            }
-            did |= c.gc_step()? > 0;
-            Ok(did)
-        };
-        match step() {
-            Ok(did) => did,
+        let mut pacer = self.pacer.lock().unwrap_or_else(|e| e.into_inner());
+        match self.cache.background_step_paced(&*self.base, &mut pacer, busy_front) {
+            Ok(t) => t.did_work() || t.writeback_busy,
             Err(e) => {
                 eprintln!("background work failed: {e}");
                 self.failed.fetch_add(1, Ordering::Relaxed);
