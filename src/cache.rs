@@ -93,6 +93,8 @@ pub struct DataHead {
     /// References taken on `seg` in advance for keys not yet written into it;
     /// returned with the head's own when the head leaves the segment.
     pub spare_refs: u32,
+    /// A batch's copied pieces (kept to reuse the allocation; see batch.rs).
+    pub(crate) staged: Vec<crate::batch::Staged>,
 }
 
 /// A data head and the counters of the writes through it (on one cache

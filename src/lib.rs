@@ -9,12 +9,13 @@
 //! - [`segment`]: space allocation and reclaim; [`index`]: the sharded DRAM index
 //! - [`keylog`]: the key log of ksets; [`tails`]: key_tail and dirty_tail
 //! - [`replay`]: rebuilding state at open
-//! - [`request`]: write, read, fill, flush; [`writeback`]; [`gc`]
+//! - [`request`]: write, read, fill, flush; [`batch`]: batched writes; [`writeback`]; [`gc`]
 //! - [`base`]: the base device interface; [`stats`]
 //! - [`inspect`]: a read-only walk of the on-media state, for the offline tools
 //! - `spdk` (feature `spdk`): the SPDK bdev module built into libpcache.so
 
 pub mod base;
+pub mod batch;
 pub mod cache;
 pub mod error;
 pub mod format;
@@ -38,6 +39,7 @@ pub mod tails;
 pub mod writeback;
 
 pub use base::{BaseDevice, FileBase, MemBase};
+pub use batch::WriteReq;
 pub use cache::{BaseIdentity, Cache, Config, Opened};
 pub use error::{Error, Result};
 pub use request::{Miss, WriteOutcome};

@@ -51,7 +51,7 @@ pub struct Miss {
 }
 
 impl Cache {
-    fn check_io(&self, offset: u64, len: u64) -> Result<()> {
+    pub(crate) fn check_io(&self, offset: u64, len: u64) -> Result<()> {
         if offset % SECTOR != 0 || len % SECTOR != 0 {
             return Err(Error::InvalidArgument(format!("I/O at {offset} of {len} bytes is not 512-byte aligned")));
         }
@@ -88,9 +88,7 @@ impl Cache {
                 Err(e) => return Err(e),
             };
             Counters::add(&self.counters.local().dirty_bytes, got as u64);
-            let crc = if self.data_crc() { iov::crc_of(data, done, got as u64) } else { 0 };
-            let flags = if self.data_crc() { KEY_FLAG_DIRTY | KEY_FLAG_CRC } else { KEY_FLAG_DIRTY };
-            let key = KeyRecord { off, len: got, flags, seg, seg_off, gen: self.segs.gen(seg), data_crc: crc };
+            let key = self.data_key(off, seg, seg_off, got, data, done);
             let copied = iov::gather_to_media(&*self.media, self.geo.addr(seg, seg_off), data, done, got as u64);
             let mut slot = match copied.and_then(|_| self.settle_overlaps(slot, &key)) {
                 Ok(s) => s,
@@ -113,6 +111,14 @@ impl Cache {
         HeadCounters::add(&h.counters.write_ops, 1);
         HeadCounters::add(&h.counters.write_bytes, total);
         Ok(WriteOutcome::Done)
+    }
+
+    /// The key of a dirty piece: `len` bytes from byte `at` of `data`, stored
+    /// at `seg`/`seg_off`, for base offset `off`.
+    pub(crate) fn data_key(&self, off: u64, seg: u32, seg_off: u32, len: u32, data: &[IoSlice], at: u64) -> KeyRecord {
+        let crc = if self.data_crc() { iov::crc_of(data, at, len as u64) } else { 0 };
+        let flags = if self.data_crc() { KEY_FLAG_DIRTY | KEY_FLAG_CRC } else { KEY_FLAG_DIRTY };
+        KeyRecord { off, len, flags, seg, seg_off, gen: self.segs.gen(seg), data_crc: crc }
     }
 
     /// Makes `[offset, offset+len)` read as zeros (WRITE_ZEROES and UNMAP):
@@ -141,7 +147,7 @@ impl Cache {
     }
 
     /// A write that found no space after its first `written` bytes.
-    fn deferred(&self, written: u64) -> WriteOutcome {
+    pub(crate) fn deferred(&self, written: u64) -> WriteOutcome {
         Counters::add(&self.counters.local().deferred_writes, 1);
         WriteOutcome::Deferred { written }
     }
@@ -153,7 +159,7 @@ impl Cache {
 
     /// Takes up to `want` bytes from the worker's data head (never crossing a
     /// segment). None when no segment can be had: the caller defers.
-    fn alloc_data(&self, head: &mut DataHead, want: u32) -> Result<Option<(u32, u32, u32)>> {
+    pub(crate) fn alloc_data(&self, head: &mut DataHead, want: u32) -> Result<Option<(u32, u32, u32)>> {
         loop {
             if let Some(seg) = head.seg {
                 let room = self.geo.payload() - head.off;
@@ -205,6 +211,16 @@ impl Cache {
         }
         self.commit_key(&mut slot, key);
         Ok(true)
+    }
+
+    /// Enters the key of a piece whose data is durable in the index and
+    /// `worker`'s open kset (a batched write: see batch.rs).
+    pub(crate) fn enter_key(&self, key: KeyRecord, worker: usize) -> Result<()> {
+        let slot = self.key_slot(key.off, worker % self.ksets.len())?;
+        let mut slot = self.settle_overlaps(slot, &key)?;
+        Counters::add(&self.counters.local().dirty_bytes, key.len as u64);
+        self.commit_key(&mut slot, key);
+        Ok(())
     }
 
     /// Locks the subtree of a key at `off` and open kset `kset`, and prepares

@@ -86,7 +86,24 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
     let mut last: HashMap<u64, u64> = HashMap::new();
     for op in 0..OPS {
         match rng.next() % 16 {
-            0..=8 => {
+            0..=2 => {
+                // A batch: 2 to 4 writes, possibly overlapping one another.
+                let mut writes = Vec::new();
+                for j in 0..2 + rng.next() % 3 {
+                    let first = rng.next() % BASE_SECTORS;
+                    let n = 1 + rng.next() % 16.min(BASE_SECTORS - first);
+                    let id = (seed << 20) | (op as u64 + 1) << 2 | j | 1 << 19;
+                    model.lock().unwrap().writing(id, first, n);
+                    writes.push((first * 512, write_data(id, first, n)));
+                    for s in first..first + n {
+                        last.insert(s, id);
+                    }
+                }
+                for r in write_batch_all(&cache, &*base, 0, &writes) {
+                    r.unwrap();
+                }
+            }
+            3..=8 => {
                 let first = rng.next() % BASE_SECTORS;
                 let n = 1 + rng.next() % 16.min(BASE_SECTORS - first);
                 let id = (seed << 20) | (op as u64 + 1);

@@ -1,5 +1,5 @@
-//! Model-based randomized test: concurrent workers issue random writes, reads
-//! and flushes against a reference map while a poller runs writeback and GC;
+//! Model-based randomized test: concurrent workers issue random writes (alone
+//! and in batches), reads and flushes against a reference map while a poller runs writeback and GC;
 //! the cache is restarted (orderly) between rounds. Every read must match.
 
 mod common;
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use pcache::pmem::{MemMedia, Media, SplitMix64};
-use pcache::{BaseDevice, MemBase};
+use pcache::MemBase;
 
 const WORKERS: usize = 3;
 const BASE_SECTORS: u64 = 2048; // 1 MiB of base device
@@ -50,7 +50,30 @@ fn run(seed: u64, data_crc: bool) {
                         let stripe = (rng.next() % (BASE_SECTORS / 8 / WORKERS as u64)) * WORKERS as u64 + w as u64;
                         let first = stripe * 8 + rng.next() % 8;
                         let n = 1 + rng.next() % (8 - first % 8);
-                        match rng.next() % 10 {
+                        match rng.next() % 12 {
+                            10..=11 => {
+                                // A batch of writes over this worker's stripes, some
+                                // overlapping each other: the later one must win.
+                                let k = 1 + rng.next() % 6;
+                                let mut writes = Vec::new();
+                                let mut ids = Vec::new();
+                                for j in 0..k {
+                                    let stripe = (rng.next() % (BASE_SECTORS / 8 / WORKERS as u64)) * WORKERS as u64 + w as u64;
+                                    let (f, n) = if j > 0 && rng.next() % 3 == 0 { (first, n) } else { (stripe * 8 + rng.next() % 4, 1 + rng.next() % 4) };
+                                    let id = (seed << 40) | ((round as u64) << 32) | ((w as u64) << 24) | (op as u64) << 3 | j | 1 << 61;
+                                    writes.push((f * 512, write_data(id, f, n)));
+                                    ids.push((id, f, n));
+                                }
+                                for r in write_batch_all(&cache, &*base, w, &writes) {
+                                    r.unwrap();
+                                }
+                                let mut m = model.lock().unwrap();
+                                for (id, f, n) in ids {
+                                    for s in f..f + n {
+                                        m.insert(s, id);
+                                    }
+                                }
+                            }
                             0..=4 => {
                                 let id = (seed << 40) | ((round as u64) << 32) | ((w as u64) << 24) | op as u64 | 1 << 62;
                                 write_all(&cache, &*base, w, first * 512, &write_data(id, first, n));

@@ -100,3 +100,20 @@ pub fn write_all(cache: &Cache, base: &dyn BaseDevice, worker: usize, off: u64, 
         }
     }
 }
+
+/// Writes `writes` (offset, data) as one batch; parts the cache defers are
+/// written afterwards, in order, with [`write_all`]. Returns each write's
+/// result as the batch reported it.
+pub fn write_batch_all(cache: &Cache, base: &dyn BaseDevice, worker: usize, writes: &[(u64, Vec<u8>)]) -> Vec<pcache::Result<pcache::WriteOutcome>> {
+    let iovs: Vec<[std::io::IoSlice; 1]> = writes.iter().map(|(_, d)| [std::io::IoSlice::new(d)]).collect();
+    let reqs: Vec<pcache::WriteReq> = writes.iter().zip(&iovs).map(|((off, _), iov)| pcache::WriteReq { offset: *off, data: iov }).collect();
+    let mut out = Vec::new();
+    cache.write_batch(worker, &reqs, &mut out);
+    assert_eq!(out.len(), writes.len(), "one result per request");
+    for ((off, data), r) in writes.iter().zip(&out) {
+        if let Ok(pcache::WriteOutcome::Deferred { written }) = r {
+            write_all(cache, base, worker, off + written, &data[*written as usize..]);
+        }
+    }
+    out
+}

@@ -8,7 +8,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use pcache::pmem::{Media, PmemFile, SplitMix64};
-use pcache::{BaseIdentity, Cache, Config, FileBase, Opened, WriteOutcome};
+use pcache::{BaseIdentity, Cache, Config, FileBase, Opened, WriteOutcome, WriteReq};
+use std::io::IoSlice;
 
 use crate::alloc_count::live_bytes;
 use crate::args::Args;
@@ -22,6 +23,8 @@ a bdev, and measures in the same run a plain copy into the same pmem mapping.
   -o SIZE          block size                                 (4K)
   -q DEPTH         queue depth per worker (see note)          (32)
   -j WORKERS       concurrent workers                         (1)
+  --batch N        randwrite: writes handed to the engine at once
+                   (Cache::write_batch), at most the queue depth   (1)
   -t SECONDS       duration of each measured phase            (5)
   --pmem PATH      pmem file (recreated)             (/dev/shm/pcache-bench.pmem)
   --pmem-size SIZE   (8G; 2G with less than 16 GiB of memory available)
@@ -54,6 +57,7 @@ struct Opts {
     workload: Workload,
     bs: u64,
     qd: u64,
+    batch: u64,
     workers: usize,
     secs: u64,
     pmem: PathBuf,
@@ -70,7 +74,7 @@ struct Opts {
 fn parse(raw: &[String]) -> Result<Option<Opts>, String> {
     let a = Args::parse(
         raw,
-        &["w", "o", "q", "j", "t", "pmem", "pmem-size", "base", "base-size", "replay-keys", "poller"],
+        &["w", "o", "q", "batch", "j", "t", "pmem", "pmem-size", "base", "base-size", "replay-keys", "poller"],
         &["data-crc", "keep", "sustained", "help", "h"],
     )?;
     if a.flag("help") || a.flag("h") {
@@ -88,6 +92,7 @@ fn parse(raw: &[String]) -> Result<Option<Opts>, String> {
         workload,
         bs: a.num_or("o", 4096)?,
         qd: a.num_or("q", 32)?,
+        batch: a.num_or("batch", 1)?,
         workers: a.num_or("j", 1)? as usize,
         secs: a.num_or("t", 5)?,
         pmem: a.str_or("pmem", "/dev/shm/pcache-bench.pmem").into(),
@@ -113,6 +118,9 @@ fn parse(raw: &[String]) -> Result<Option<Opts>, String> {
     if o.base_size < o.bs * o.workers as u64 * 16 {
         return Err("base size is too small for this block size and worker count".into());
     }
+    if o.batch == 0 || o.batch > o.qd {
+        return Err(format!("batch {} must be between 1 and the queue depth ({})", o.batch, o.qd));
+    }
     if o.secs == 0 {
         return Err("duration must be at least 1 second".into());
     }
@@ -131,10 +139,11 @@ pub fn main(raw: &[String]) -> Result<(), String> {
     drop(base_file);
     let base = Arc::new(FileBase::open(&o.base, 512).map_err(|e| e.to_string())?);
     println!(
-        "pcache bench: workload {:?}, block {} B, qd {}, {} worker(s), poller {:?}, {} s; pmem {} ({} MiB, is_pmem={}), base {} ({} MiB)",
+        "pcache bench: workload {:?}, block {} B, qd {}, batch {}, {} worker(s), poller {:?}, {} s; pmem {} ({} MiB, is_pmem={}), base {} ({} MiB)",
         o.workload,
         o.bs,
         o.qd,
+        o.batch,
         o.workers,
         o.poller,
         o.secs,
@@ -543,11 +552,18 @@ fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult
                 bs: o.bs,
                 blocks: o.base_size / o.bs,
                 workload: o.workload,
+                batch: o.batch as usize,
                 nw: o.workers as u64,
                 until_full: !o.sustained,
                 polls: o.poller == Poller::Inline && w == 0,
             };
-            std::thread::spawn(move || worker_loop(&sh, p))
+            std::thread::spawn(move || {
+                if p.workload == Workload::RandWrite && p.batch > 1 {
+                    batch_write_loop(&sh, p)
+                } else {
+                    worker_loop(&sh, p)
+                }
+            })
         })
         .collect();
     // Like the ceiling: the workers run until told to stop (or the cache fills).
@@ -604,6 +620,7 @@ struct WorkerParams {
     bs: u64,
     blocks: u64,
     workload: Workload,
+    batch: usize,
     nw: u64,
     until_full: bool,
     /// This worker runs the background steps.
@@ -613,7 +630,7 @@ struct WorkerParams {
 #[inline(never)]
 fn worker_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), String> {
     let cpu0 = thread_cpu();
-    let WorkerParams { w, bs, blocks, workload, nw, until_full, polls } = p;
+    let WorkerParams { w, bs, blocks, workload, nw, until_full, polls, .. } = p;
     let cache = &*sh.cache;
     let mut rng = SplitMix64(w as u64 * 1000 + 1);
     let mut lat = Hist::new();
@@ -662,6 +679,50 @@ fn worker_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), St
         ops += 1;
     }
     Ok((ops, lat, verify_errors, thread_cpu() - cpu0))
+}
+
+/// randwrite with --batch: `batch` random blocks handed to the engine at
+/// once; each counts the batch's time as its latency (they were in flight
+/// together).
+#[inline(never)]
+fn batch_write_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), String> {
+    let cpu0 = thread_cpu();
+    let WorkerParams { w, bs, blocks, batch, until_full, polls, .. } = p;
+    let mut rng = SplitMix64(w as u64 * 1000 + 1);
+    let mut lat = Hist::new();
+    let wbuf = vec![0u8; bs as usize];
+    let iov = [IoSlice::new(&wbuf)];
+    let mut offs = vec![0u64; batch];
+    let mut reqs = Vec::with_capacity(batch);
+    let mut out = Vec::with_capacity(batch);
+    let mut ops = 0u64;
+    while !sh.stop.load(Ordering::Relaxed) && (!until_full || !sh.full.load(Ordering::Relaxed)) {
+        if polls && ops % POLL_EVERY < batch as u64 {
+            sh.poll();
+        }
+        for o in offs.iter_mut() {
+            *o = (rng.next() % blocks) * bs;
+        }
+        let t = Instant::now();
+        reqs.clear();
+        reqs.extend(offs.iter().map(|&offset| WriteReq { offset, data: &iov }));
+        sh.cache.write_batch(w, &reqs, &mut out);
+        for (r, o) in out.iter().zip(&offs) {
+            match r {
+                Ok(WriteOutcome::Done) => {}
+                Ok(WriteOutcome::Deferred { written }) => {
+                    write_waiting(sh, polls, w, o + written, &wbuf[*written as usize..])?;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let ns = t.elapsed().as_nanos() as u64;
+        for _ in 0..batch {
+            lat.add(ns);
+        }
+        ops += batch as u64;
+    }
+    Ok((ops, lat, 0, thread_cpu() - cpu0))
 }
 
 fn fill_pattern(buf: &mut [u8], w: u64, seq: u64, blk: u64) {
