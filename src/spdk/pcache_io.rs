@@ -3,6 +3,12 @@
 //! from pmem inline, read misses go to the base straight into the caller's
 //! buffers, and writes that find the cache full wait on the channel until GC
 //! frees space.
+//!
+//! Writes are staged on the channel and handed to the engine together
+//! (Cache::write_batch) once per reactor iteration, by a poller: the engine
+//! then copies them back to back, and their pmem drains overlap instead of
+//! each write waiting for the one before it (see batch.rs). Any other I/O
+//! first writes what is staged, so a channel serves I/O in submission order.
 
 use std::collections::VecDeque;
 use std::ffi::{c_int, c_void};
@@ -15,13 +21,18 @@ use spdk_sys as sys;
 use super::ffi::{self, guard};
 use super::json::Writer;
 use super::pcache_bdev::{self, PcacheNode};
-use crate::{Miss, WriteOutcome};
+use crate::{Miss, WriteOutcome, WriteReq};
 
 /// Per-reactor state of one pcache (the io_channel context).
 pub struct Channel {
     node: *const PcacheNode,
     base_ch: *mut sys::spdk_io_channel,
     worker: usize,
+    /// Writes submitted since the last batch, in order.
+    staged: Vec<*mut sys::spdk_bdev_io>,
+    /// The previous batch's list, kept to reuse its allocation.
+    spare: Vec<*mut sys::spdk_bdev_io>,
+    stage_poller: *mut sys::spdk_poller,
     /// Writes waiting for space, oldest first.
     deferred: VecDeque<*mut sys::spdk_bdev_io>,
     /// The cache's space epoch when the oldest deferral happened.
@@ -96,11 +107,16 @@ pub unsafe extern "C" fn ch_create(dev: *mut c_void, ctx: *mut c_void) -> c_int 
             node,
             base_ch,
             worker: ffi::current_worker(),
+            staged: Vec::with_capacity(STAGE_MAX),
+            spare: Vec::with_capacity(STAGE_MAX),
+            stage_poller: std::ptr::null_mut(),
             deferred: VecDeque::new(),
             defer_epoch: 0,
             poller: std::ptr::null_mut(),
         });
         (*ch).poller = sys::spdk_poller_register(Some(retry_deferred), ctx, RETRY_PERIOD_US);
+        // Period 0: runs on every iteration of the reactor.
+        (*ch).stage_poller = sys::spdk_poller_register(Some(write_staged_poll), ctx, 0);
         0
     })
 }
@@ -113,6 +129,10 @@ pub unsafe extern "C" fn ch_destroy(_dev: *mut c_void, ctx: *mut c_void) {
     guard((), || {
         let ch = ctx as *mut Channel;
         sys::spdk_poller_unregister(&mut (*ch).poller);
+        sys::spdk_poller_unregister(&mut (*ch).stage_poller);
+        for io in std::mem::take(&mut (*ch).staged) {
+            finish(io, false);
+        }
         while let Some(io) = (*ch).deferred.pop_front() {
             finish(io, false);
         }
@@ -122,6 +142,9 @@ pub unsafe extern "C" fn ch_destroy(_dev: *mut c_void, ctx: *mut c_void) {
 }
 
 const RETRY_PERIOD_US: u64 = 100;
+/// Staged writes beyond this are written at once rather than at the next
+/// reactor iteration (bdevperf's usual queue depth).
+const STAGE_MAX: usize = 32;
 
 unsafe fn channel_of(io: *mut sys::spdk_bdev_io) -> *mut Channel {
     ffi::channel_ctx::<Channel>(sys::spdk_bdev_io_get_io_channel(io))
@@ -154,7 +177,17 @@ unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys:
             finish(io, false);
             return true;
         }
-        match (*io).type_ as u32 {
+        let t = (*io).type_ as u32;
+        if t == sys::SPDK_BDEV_IO_TYPE_WRITE && (*chan).deferred.is_empty() {
+            (*chan).staged.push(io);
+            if (*chan).staged.len() >= STAGE_MAX {
+                write_staged(chan);
+            }
+            return true;
+        }
+        // Anything else goes after the writes submitted before it.
+        write_staged(chan);
+        match t {
             sys::SPDK_BDEV_IO_TYPE_READ => {
                 if ffi::lacks_buffers(io) {
                     let (_, len) = byte_range(io);
@@ -238,6 +271,72 @@ unsafe fn try_write(chan: *mut Channel, io: *mut sys::spdk_bdev_io) -> bool {
             true
         }
     }
+}
+
+unsafe extern "C" fn write_staged_poll(arg: *mut c_void) -> c_int {
+    guard(sys::SPDK_POLLER_IDLE as c_int, || {
+        let chan = arg as *mut Channel;
+        if (*chan).staged.is_empty() {
+            return sys::SPDK_POLLER_IDLE as c_int;
+        }
+        write_staged(chan);
+        sys::SPDK_POLLER_BUSY as c_int
+    })
+}
+
+/// Hands the staged writes to the engine as one batch and completes them;
+/// the ones it defers for lack of space join the deferred queue, in order.
+/// Completions may submit new writes at once: they are staged for the next
+/// batch (the list being written was swapped out first).
+unsafe fn write_staged(chan: *mut Channel) {
+    if (*chan).staged.is_empty() {
+        return;
+    }
+    let spare = std::mem::take(&mut (*chan).spare);
+    let mut ios = std::mem::replace(&mut (*chan).staged, spare);
+    let node = &*(*chan).node;
+    // Read the epoch first: space freed after this point will show as a change.
+    let epoch = node.cache.space_epoch();
+    let mut out = Vec::with_capacity(ios.len());
+    {
+        let mut slices: Vec<IoSlice> = Vec::with_capacity(ios.len());
+        let mut spans = Vec::with_capacity(ios.len());
+        for &io in &ios {
+            let (off, len) = byte_range(io);
+            let at = slices.len();
+            // SAFETY: the bdev layer owns these buffers for the I/O's life.
+            slices.extend(
+                sub_iovecs(ffi::io_iovs(io), 0, len)
+                    .iter()
+                    .map(|v| IoSlice::new(std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len))),
+            );
+            spans.push((off, at, slices.len()));
+        }
+        let reqs: Vec<WriteReq> = spans.iter().map(|&(offset, a, b)| WriteReq { offset, data: &slices[a..b] }).collect();
+        node.cache.write_batch((*chan).worker, &reqs, &mut out);
+    }
+    // Queue the deferred ones before completing any: a write submitted from
+    // a completion must go behind them.
+    for (&io, r) in ios.iter().zip(&out) {
+        if let Ok(WriteOutcome::Deferred { written }) = r {
+            (*ffi::io_ctx::<IoCtx>(io)).written += written;
+            (*chan).defer_epoch = epoch;
+            (*chan).deferred.push_back(io);
+        }
+    }
+    for (&io, r) in ios.iter().zip(&out) {
+        match r {
+            Ok(WriteOutcome::Done) => finish(io, true),
+            Ok(WriteOutcome::Deferred { .. }) => {}
+            Err(e) => {
+                let (off, len) = byte_range(io);
+                log::error!("{}: write at {off} of {len} bytes: {e}", node.name());
+                finish(io, false);
+            }
+        }
+    }
+    ios.clear();
+    (*chan).spare = ios;
 }
 
 /// Resumes deferred writes once GC has freed space (the space epoch moved).
