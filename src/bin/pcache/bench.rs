@@ -24,7 +24,9 @@ a bdev, and measures in the same run a plain copy into the same pmem mapping.
   -q DEPTH         queue depth per worker (see note)          (32)
   -j WORKERS       concurrent workers                         (1)
   --batch N        randwrite: writes handed to the engine at once
-                   (Cache::write_batch), at most the queue depth   (1)
+                   (Cache::write_batch), 1 to the queue depth; the
+                   default is the queue depth, which is how the SPDK
+                   module stages writes under bdevperf        (= -q)
   -t SECONDS       duration of each measured phase            (5)
   --pmem PATH      pmem file (recreated)             (/dev/shm/pcache-bench.pmem)
   --pmem-size SIZE   (8G; 2G with less than 16 GiB of memory available)
@@ -88,11 +90,12 @@ fn parse(raw: &[String]) -> Result<Option<Opts>, String> {
         "verify" => Workload::Verify,
         w => return Err(format!("unknown workload {w:?} (randwrite, randread, rw, verify)")),
     };
+    let qd = a.num_or("q", 32)?;
     let o = Opts {
         workload,
         bs: a.num_or("o", 4096)?,
-        qd: a.num_or("q", 32)?,
-        batch: a.num_or("batch", 1)?,
+        qd,
+        batch: a.num_or("batch", qd)?,
         workers: a.num_or("j", 1)? as usize,
         secs: a.num_or("t", 5)?,
         pmem: a.str_or("pmem", "/dev/shm/pcache-bench.pmem").into(),
