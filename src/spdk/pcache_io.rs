@@ -295,6 +295,14 @@ unsafe fn write_staged(chan: *mut Channel) {
     let spare = std::mem::take(&mut (*chan).spare);
     let mut ios = std::mem::replace(&mut (*chan).staged, spare);
     let node = &*(*chan).node;
+    if node.removing.load(Ordering::Acquire) {
+        // One of its bdevs is going away: fail them, as new submissions are.
+        for io in ios.drain(..) {
+            finish(io, false);
+        }
+        (*chan).spare = ios;
+        return;
+    }
     // Read the epoch first: space freed after this point will show as a change.
     let epoch = node.cache.space_epoch();
     let mut out = Vec::with_capacity(ios.len());

@@ -142,11 +142,11 @@ pub fn main(raw: &[String]) -> Result<(), String> {
     drop(base_file);
     let base = Arc::new(FileBase::open(&o.base, 512).map_err(|e| e.to_string())?);
     println!(
-        "pcache bench: workload {:?}, block {} B, qd {}, batch {}, {} worker(s), poller {:?}, {} s; pmem {} ({} MiB, is_pmem={}), base {} ({} MiB)",
+        "pcache bench: workload {:?}, block {} B, qd {}{}, {} worker(s), poller {:?}, {} s; pmem {} ({} MiB, is_pmem={}), base {} ({} MiB)",
         o.workload,
         o.bs,
         o.qd,
-        o.batch,
+        if o.workload == Workload::RandWrite { format!(", batch {}", o.batch) } else { String::new() },
         o.workers,
         o.poller,
         o.secs,
