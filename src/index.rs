@@ -84,6 +84,10 @@ const BUCKETS: usize = (SUBTREE_SIZE >> BUCKET_SHIFT) as usize;
 /// Directory value of a bucket that holds nothing.
 const NO_BUCKET: u8 = u8::MAX;
 
+/// A bucket's extents. One extent (a bucket written by one large write)
+/// stays inline, so that a lookup does not follow one more pointer.
+type Bucket = smallvec::SmallVec<[Entry; 1]>;
+
 /// An extent and where it starts, as an offset inside its subtree.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
@@ -103,7 +107,7 @@ pub struct Subtree {
     /// holding extents take memory, so a sparsely used subtree stays small.
     dir: [u8; BUCKETS],
     /// Sorted, non-overlapping extents of each present bucket.
-    buckets: Vec<Vec<Entry>>,
+    buckets: Vec<Bucket>,
     /// Which bucket each element of `buckets` is (to update `dir` on removal).
     ids: Vec<u8>,
     len: usize,
@@ -163,10 +167,10 @@ impl Subtree {
     }
 
     /// The bucket holding `b`, created if absent.
-    fn bucket_mut(&mut self, b: usize) -> &mut Vec<Entry> {
+    fn bucket_mut(&mut self, b: usize) -> &mut Bucket {
         if self.dir[b] == NO_BUCKET {
             self.dir[b] = self.buckets.len() as u8;
-            self.buckets.push(Vec::new());
+            self.buckets.push(Bucket::new());
             self.ids.push(b as u8);
         }
         &mut self.buckets[self.dir[b] as usize]
