@@ -99,8 +99,9 @@ impl Cache {
         for s in staged.drain(..) {
             let p = &mut progress[s.req];
             let ok = log_room && !p.short && out[s.req].is_ok() && {
-                match self.enter_key(s.key, worker) {
-                    Ok(()) => true,
+                // Its data is durable: the key goes in as a fill's or a zero key's does.
+                match self.insert_key(s.key, None, worker % self.ksets.len()) {
+                    Ok(_) => true,
                     Err(Error::NoSpace(_)) => {
                         self.pressure.store(true, Ordering::Relaxed);
                         log_room = false;
@@ -155,5 +156,4 @@ impl Cache {
         head.spare_refs -= 1;
         Ok(Some(key))
     }
-
 }

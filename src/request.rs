@@ -191,10 +191,11 @@ impl Cache {
         }
     }
 
-    /// Enters a key in the index and open kset `kset`. With `expect_version`,
+    /// Enters a key whose data is durable (a fill, a zero key, a batched
+    /// write) in the index and open kset `kset`. With `expect_version`,
     /// only if the subtree has not changed since (read fills). Returns whether
     /// the key went in.
-    fn insert_key(&self, key: KeyRecord, expect_version: Option<u64>, kset: usize) -> Result<bool> {
+    pub(crate) fn insert_key(&self, key: KeyRecord, expect_version: Option<u64>, kset: usize) -> Result<bool> {
         let t = self.index.lock(Index::subtree_of(key.off));
         if expect_version.is_some_and(|v| v != t.version) {
             return Ok(false);
@@ -211,16 +212,6 @@ impl Cache {
         }
         self.commit_key(&mut slot, key);
         Ok(true)
-    }
-
-    /// Enters the key of a piece whose data is durable in the index and
-    /// `worker`'s open kset (a batched write: see batch.rs).
-    pub(crate) fn enter_key(&self, key: KeyRecord, worker: usize) -> Result<()> {
-        let slot = self.key_slot(key.off, worker % self.ksets.len())?;
-        let mut slot = self.settle_overlaps(slot, &key)?;
-        Counters::add(&self.counters.local().dirty_bytes, key.len as u64);
-        self.commit_key(&mut slot, key);
-        Ok(())
     }
 
     /// Locks the subtree of a key at `off` and open kset `kset`, and prepares

@@ -30,6 +30,15 @@ pub struct CreateOpts {
     pub force_format: bool,
 }
 
+impl CreateOpts {
+    /// The pcache's name and its two bdevs, as every JSON view of it starts.
+    pub fn write_names(&self, w: &mut Writer) {
+        w.named_str("name", &self.name);
+        w.named_str("cache_bdev", &self.cache_bdev);
+        w.named_str("base_bdev", &self.base_bdev);
+    }
+}
+
 /// One registered pcache. Boxed and never moved: SPDK holds pointers to it
 /// (as the bdev's ctxt and as the io_device).
 pub struct PcacheNode {
@@ -521,9 +530,7 @@ fn write_create(w: &mut Writer, c: &CreateOpts, gc: Option<u8>, crc: Option<bool
     w.object_begin();
     w.named_str("method", "bdev_pcache_create");
     w.named_object_begin("params");
-    w.named_str("name", &c.name);
-    w.named_str("cache_bdev", &c.cache_bdev);
-    w.named_str("base_bdev", &c.base_bdev);
+    c.write_names(w);
     w.named_str("cache_mode", "writeback");
     if let Some(crc) = crc {
         w.named_bool("data_crc", crc);
@@ -540,9 +547,7 @@ fn write_create(w: &mut Writer, c: &CreateOpts, gc: Option<u8>, crc: Option<bool
 /// bdev_pcache_get_stats.
 pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     let sb = n.cache.superblock();
-    w.named_str("name", n.name());
-    w.named_str("cache_bdev", &n.opts.cache_bdev);
-    w.named_str("base_bdev", &n.opts.base_bdev);
+    n.opts.write_names(w);
     w.named_str("cache_mode", "writeback");
     w.named_bool("data_crc", n.cache.data_crc());
     w.named_u64("gc_percent", s.gc_percent as u64);

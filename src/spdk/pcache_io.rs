@@ -246,11 +246,7 @@ unsafe fn try_write(chan: *mut Channel, io: *mut sys::spdk_bdev_io) -> bool {
     // Read the epoch first: space freed after this point will show as a change.
     let epoch = node.cache.space_epoch();
     let r = if (*io).type_ as u32 == sys::SPDK_BDEV_IO_TYPE_WRITE {
-        let slices: SmallVec<[IoSlice; 4]> = sub_iovecs(ffi::io_iovs(io), done, len - done)
-            .iter()
-            // SAFETY: the bdev layer owns these buffers for the I/O's life.
-            .map(|v| IoSlice::new(std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)))
-            .collect();
+        let slices: SmallVec<[IoSlice; 4]> = data_slices(io, done, len - done).collect();
         node.cache.write((*chan).worker, off + done, &slices)
     } else {
         node.cache.write_zeroes(off + done, len - done)
@@ -312,12 +308,7 @@ unsafe fn write_staged(chan: *mut Channel) {
         for &io in &ios {
             let (off, len) = byte_range(io);
             let at = slices.len();
-            // SAFETY: the bdev layer owns these buffers for the I/O's life.
-            slices.extend(
-                sub_iovecs(ffi::io_iovs(io), 0, len)
-                    .iter()
-                    .map(|v| IoSlice::new(std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len))),
-            );
+            slices.extend(data_slices(io, 0, len));
             spans.push((off, at, slices.len()));
         }
         let reqs: Vec<WriteReq> = spans.iter().map(|&(offset, a, b)| WriteReq { offset, data: &slices[a..b] }).collect();
@@ -411,6 +402,18 @@ unsafe fn start_read(io: *mut sys::spdk_bdev_io) {
             finish(io, false);
         }
     }
+}
+
+/// Bytes `[at, at+len)` of a write's data, as slices of its buffers.
+///
+/// # Safety
+/// `io` is a write in progress: the bdev layer keeps its buffers alive and
+/// unchanged until it completes, which is longer than the slices are used.
+unsafe fn data_slices<'a>(io: *mut sys::spdk_bdev_io, at: u64, len: u64) -> impl Iterator<Item = IoSlice<'a>> {
+    sub_iovecs(ffi::io_iovs(io), at, len)
+        .into_iter()
+        // SAFETY: see the function's contract.
+        .map(|v| IoSlice::new(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) }))
 }
 
 /// The part `[at, at+len)` of an iovec list.

@@ -215,9 +215,7 @@ unsafe extern "C" fn pcache_get_stats(req: *mut sys::spdk_jsonrpc_request, raw: 
                         pcache_bdev::write_stats(&*n.0, w);
                     }
                     None => {
-                        w.named_str("name", &c.name);
-                        w.named_str("cache_bdev", &c.cache_bdev);
-                        w.named_str("base_bdev", &c.base_bdev);
+                        c.write_names(w);
                         w.named_str("state", "waiting for its bdevs");
                         if let Some(e) = err {
                             w.named_str("error", e);
