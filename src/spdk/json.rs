@@ -224,6 +224,13 @@ impl Writer {
         // SAFETY: as above.
         unsafe { sys::spdk_json_write_named_bool(self.0, n.as_ptr(), v) };
     }
+    pub fn named_array_str(&mut self, name: &str, items: &[String]) {
+        self.named_array_begin(name);
+        for i in items {
+            self.str(i);
+        }
+        self.array_end();
+    }
     pub fn str(&mut self, v: &str) {
         let s = cstring(v);
         // SAFETY: as above.

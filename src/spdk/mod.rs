@@ -14,6 +14,7 @@
 //! - [`log`]: the `log` crate routed into SPDK's log under the `pcache` flag
 //! - [`json`]: RPC parameter decoding and JSON writing
 //! - [`pmem_bdev`]: the pmem bdev module
+//! - [`claim`]: owning the cache and base bdevs before any other module examines them
 //! - [`pcache_bdev`]: the pcache vbdev: create, delete, examine, config
 //! - [`pcache_io`]: the I/O path and the per-reactor channels
 //! - [`base_io`]: base-device I/O for writeback
@@ -21,6 +22,7 @@
 //! - [`rpc`]: the JSON-RPC methods
 
 pub mod base_io;
+pub mod claim;
 pub mod ffi;
 pub mod json;
 pub mod log;

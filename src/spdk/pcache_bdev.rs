@@ -2,6 +2,15 @@
 //! the engine over the pmem mapping, and registers a bdev the size of the
 //! base. A pcache whose bdevs do not exist yet (a JSON config loading in any
 //! order) waits for them and is created from `examine`.
+//!
+//! pcache claims its bdevs the moment they appear, before any other module
+//! examines them (see [`super::claim`] for why that ordering works). It knows a
+//! bdev is its own when
+//! - a configured pcache names it (bdev_pcache_create ran, maybe before the
+//!   bdevs exist; save_config lists every pcache first for this reason), or
+//! - it is a pmem bdev holding a pcache image, or the base bdev such an image
+//!   names (so a hand-written config that lists the pmem bdev before the base
+//!   is safe too).
 
 use std::ffi::{c_int, c_void, CString};
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
@@ -10,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use spdk_sys as sys;
 
 use super::base_io::SpdkBase;
+use super::claim::{self, Claimed};
 use super::ffi::{cstring, guard, str_of, Ptr};
 use super::json::Writer;
 use super::pcache_io;
@@ -47,10 +57,10 @@ pub struct PcacheNode {
     pub opts: CreateOpts,
     pub cache: Arc<Cache>,
     _media: Arc<PmemFile>,
+    /// The base bdev's descriptor (owned by `claims`), for the I/O path.
     pub base_desc: *mut sys::spdk_bdev_desc,
-    cache_desc: *mut sys::spdk_bdev_desc,
-    /// Context of the descriptors' event callbacks: the pcache's name.
-    event_ctx: *mut String,
+    /// The claimed cache and base bdevs; given back once the node is drained.
+    claims: Option<Claims>,
     bg: Mutex<Option<Background>>,
     /// Set once unregistering starts: deferred writes are failed, not retried.
     pub removing: AtomicBool,
@@ -99,16 +109,43 @@ struct Registry {
     nodes: Vec<Ptr<PcacheNode>>,
     /// Why a waiting pcache could not be created when its bdevs appeared.
     last_error: Vec<(String, String)>,
+    /// Pcache images found on pmem bdevs as they appeared: (pmem bdev, the base it names).
+    images: Vec<(String, String)>,
 }
 
 static MODULE: AtomicPtr<sys::spdk_bdev_module> = AtomicPtr::new(std::ptr::null_mut());
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry { configs: Vec::new(), nodes: Vec::new(), last_error: Vec::new() });
+static REGISTRY: Mutex<Registry> =
+    Mutex::new(Registry { configs: Vec::new(), nodes: Vec::new(), last_error: Vec::new(), images: Vec::new() });
 
 impl Registry {
     /// The live node of the pcache `name`.
     fn node(&self, name: &str) -> Option<Ptr<PcacheNode>> {
         // SAFETY: registered nodes are live (removed on this thread before they are freed).
         self.nodes.iter().copied().find(|n| unsafe { (*n.0).opts.name == name })
+    }
+
+    /// Whether pcache must own the bdev `bdev` although no built pcache
+    /// uses it, and in which role.
+    fn wants(&self, bdev: &str) -> Option<&'static str> {
+        let waiting = self.configs.iter().filter(|c| self.node(&c.name).is_none());
+        for c in waiting {
+            if c.cache_bdev == bdev {
+                return Some("cache_bdev");
+            }
+            if c.base_bdev == bdev {
+                return Some("base_bdev");
+            }
+        }
+        let in_use = |b: &str| self.configs.iter().any(|c| self.node(&c.name).is_some() && (c.cache_bdev == b || c.base_bdev == b));
+        for (pmem, base) in &self.images {
+            if pmem == bdev && !in_use(bdev) {
+                return Some("cache_bdev");
+            }
+            if base == bdev && !in_use(bdev) {
+                return Some("base_bdev");
+            }
+        }
+        None
     }
 }
 
@@ -144,6 +181,11 @@ unsafe extern "C" fn module_fini() {
         let mut r = registry();
         r.configs.clear();
         r.last_error.clear();
+        r.images.clear();
+        drop(r);
+        for b in claim::held_names() {
+            claim::release(&b);
+        }
     })
 }
 
@@ -158,6 +200,8 @@ pub enum Created {
     Now,
     /// Waiting for these bdevs to appear.
     Waiting(Vec<String>),
+    /// Its base is claimed by another module; the reason, logged as an error.
+    Blocked(String),
 }
 
 /// Creates a pcache now, or records it to be created when its bdevs appear.
@@ -168,35 +212,99 @@ pub fn create(opts: CreateOpts) -> Result<Created, String> {
     if opts.cache_bdev == opts.base_bdev {
         return Err("cache_bdev and base_bdev must be different bdevs".into());
     }
-    let missing: Vec<String> =
-        [&opts.cache_bdev, &opts.base_bdev].into_iter().filter(|b| !bdev_exists(b)).cloned().collect();
+    registry().configs.push(opts.clone());
+    // Whatever exists of the two is ours from now on, so no other module
+    // can take it while the other one is awaited.
+    let mut missing = Vec::new();
+    for (b, role) in [(&opts.cache_bdev, "cache_bdev"), (&opts.base_bdev, "base_bdev")] {
+        if !bdev_exists(b) {
+            missing.push(b.clone());
+            continue;
+        }
+        if let Err(e) = claim::hold(b, role, module(), bdev_removed) {
+            if role == "base_bdev" && taken_by_another_module(b) && base_may_be_stale(&opts) {
+                return Ok(Created::Blocked(block(&opts, e)));
+            }
+            forget_config(&opts.name);
+            return Err(e);
+        }
+    }
     if !missing.is_empty() {
         log::info!("{} waits for bdev(s) {}", opts.name, missing.join(", "));
-        registry().configs.push(opts);
         return Ok(Created::Waiting(missing));
     }
-    registry().configs.push(opts.clone());
     if let Err(e) = attach(&opts) {
-        registry().configs.retain(|c| c.name != opts.name);
+        forget_config(&opts.name);
         return Err(e);
     }
     Ok(Created::Now)
+}
+
+/// Whether a module other than pcache holds the bdev `name`.
+fn taken_by_another_module(name: &str) -> bool {
+    let h = claim::holders(name);
+    !h.is_empty() && !h.iter().any(|m| m == "pcache")
+}
+
+/// Whether the base of `opts` may be behind data in its cache: the cache
+/// is not there yet, or holds an image of this very base.
+fn base_may_be_stale(opts: &CreateOpts) -> bool {
+    !bdev_exists(&opts.cache_bdev) || registry().images.iter().any(|i| i.0 == opts.cache_bdev && i.1 == opts.base_bdev)
+}
+
+/// Records why `opts` cannot be built because another module holds its
+/// base, logs it with what to do, and returns it.
+fn block(opts: &CreateOpts, why: String) -> String {
+    let msg = format!(
+        "{why}; it was examined before pcache knew it was the base of {}, so that module sees the base's \
+         stale image without the data still in the cache, and {} stays down. Do not write through that \
+         module's bdevs. Restart the application with a config that lists bdev_pcache_create (or the pmem \
+         bdev {}) before the base bdev, as save_config does",
+        opts.name, opts.name, opts.cache_bdev
+    );
+    let mut r = registry();
+    let known = r.last_error.iter().any(|e| e.0 == opts.name && e.1 == msg);
+    r.last_error.retain(|e| e.0 != opts.name);
+    r.last_error.push((opts.name.clone(), msg.clone()));
+    drop(r);
+    if !known {
+        log::error!("{}: {msg}", opts.name);
+    }
+    msg
+}
+
+/// Drops the configuration of `name` and whatever was held only for it.
+fn forget_config(name: &str) {
+    {
+        let mut r = registry();
+        r.configs.retain(|c| c.name != name);
+        r.last_error.retain(|e| e.0 != name);
+    }
+    release_unwanted();
+}
+
+/// Lets go of held bdevs that nothing wants any more.
+fn release_unwanted() {
+    for b in claim::held_names() {
+        if registry().wants(&b).is_none() {
+            claim::release(&b);
+        }
+    }
 }
 
 /// Deletes a pcache (created or waiting). Dirty data stays on the pmem for
 /// the next create. `done(rc)` runs when the bdev is gone.
 pub fn delete(name: &str, done: Box<dyn FnOnce(i32)>) {
     let node = {
-        let mut r = registry();
-        let Some(i) = r.configs.iter().position(|c| c.name == name) else {
+        let r = registry();
+        if !r.configs.iter().any(|c| c.name == name) {
             drop(r);
             done(-libc::ENODEV);
             return;
-        };
-        r.configs.remove(i);
-        r.last_error.retain(|e| e.0 != name);
+        }
         r.node(name)
     };
+    forget_config(name);
     if node.is_none() {
         done(0); // It was only waiting for its bdevs.
         return;
@@ -212,159 +320,164 @@ pub fn with_node<T>(name: &str, f: impl FnOnce(&PcacheNode) -> T) -> Option<T> {
     Some(f(unsafe { &*p.0 }))
 }
 
-/// Every configured pcache: its options, and its node if it is created.
-pub fn list() -> Vec<(CreateOpts, Option<Ptr<PcacheNode>>, Option<String>)> {
+/// Where a configured pcache stands.
+pub enum State {
+    Online(Ptr<PcacheNode>),
+    /// Waiting for bdevs that do not exist yet; the bdevs already held.
+    Waiting { missing: Vec<String>, held: Vec<String> },
+    /// Both bdevs exist, but it could not be built: why.
+    Blocked(String),
+}
+
+/// Every configured pcache and where it stands.
+pub fn list() -> Vec<(CreateOpts, State)> {
     let r = registry();
+    let held = claim::held_names();
     r.configs
         .iter()
         .map(|c| {
-            let node = r.node(&c.name);
-            let err = r.last_error.iter().find(|e| e.0 == c.name).map(|e| e.1.clone());
-            (c.clone(), node, err)
+            let bdevs = [&c.cache_bdev, &c.base_bdev];
+            let state = match r.node(&c.name) {
+                Some(n) => State::Online(n),
+                None => match r.last_error.iter().find(|e| e.0 == c.name) {
+                    Some(e) if bdevs.iter().all(|b| bdev_exists(b)) => State::Blocked(e.1.clone()),
+                    _ => State::Waiting {
+                        missing: bdevs.iter().filter(|b| !bdev_exists(b)).map(|b| b.to_string()).collect(),
+                        held: bdevs.iter().filter(|b| held.contains(b)).map(|b| b.to_string()).collect(),
+                    },
+                },
+            };
+            (c.clone(), state)
         })
         .collect()
 }
 
-/// The two claimed descriptors of a pcache being built; released on drop
-/// unless handed to a node.
+/// The two claimed bdevs of a pcache.
 struct Claims {
-    cache_desc: *mut sys::spdk_bdev_desc,
-    base_desc: *mut sys::spdk_bdev_desc,
-    /// The pcache's name, the context of both descriptors' event callbacks.
-    event_ctx: *mut String,
+    cache: Claimed,
+    base: Claimed,
 }
 
-impl Drop for Claims {
-    fn drop(&mut self) {
-        // SAFETY: descriptors opened by open_claim on this thread; event_ctx from Box::into_raw.
-        unsafe {
-            release_close(self.base_desc);
-            release_close(self.cache_desc);
-            if !self.event_ctx.is_null() {
-                drop(Box::from_raw(self.event_ctx));
-            }
-        }
+/// The bdev `name`, held already or claimed now.
+fn take_or_claim(name: &str, role: &str) -> Result<Claimed, String> {
+    match claim::take(name) {
+        Some(c) => Ok(c),
+        None => Claimed::claim(name, role, module(), bdev_removed),
     }
 }
 
-/// Opens and claims a bdev for pcache, returning its descriptor.
-unsafe fn open_claim(name: &str, role: &str, event_ctx: *mut String) -> Result<*mut sys::spdk_bdev_desc, String> {
-    let c = cstring(name);
-    let mut desc = std::ptr::null_mut();
-    let rc = sys::spdk_bdev_open_ext(c.as_ptr(), true, Some(bdev_event), event_ctx as *mut c_void, &mut desc);
-    if rc == -libc::EPERM {
-        return Err(format!("{role} {name} is in use (claimed by another pcache or bdev module)"));
-    }
-    if rc != 0 {
-        return Err(format!("cannot open {role} {name}: {}", errno_str(rc)));
-    }
-    let rc = sys::spdk_bdev_module_claim_bdev(sys::spdk_bdev_desc_get_bdev(desc), desc, module());
-    if rc != 0 {
-        sys::spdk_bdev_close(desc);
-        return Err(format!("{role} {name} is already claimed by another bdev module"));
-    }
-    Ok(desc)
-}
-
-unsafe fn release_close(desc: *mut sys::spdk_bdev_desc) {
-    if !desc.is_null() {
-        sys::spdk_bdev_module_release_bdev(sys::spdk_bdev_desc_get_bdev(desc));
-        sys::spdk_bdev_close(desc);
-    }
-}
-
-/// Builds and registers the pcache bdev for `opts`, whose bdevs exist.
+/// Builds and registers the pcache bdev for `opts`, whose bdevs exist. On
+/// failure both bdevs stay held (the caller releases what nothing wants).
 fn attach(opts: &CreateOpts) -> Result<(), String> {
     let media = pmem_bdev::media_of(&opts.cache_bdev).ok_or_else(|| {
         format!("cache_bdev {} is not a pmem bdev (create one with bdev_pmem_create)", opts.cache_bdev)
     })?;
-    let mut claims = Claims {
-        cache_desc: std::ptr::null_mut(),
-        base_desc: std::ptr::null_mut(),
-        event_ctx: Box::into_raw(Box::new(opts.name.clone())),
+    let cache = take_or_claim(&opts.cache_bdev, "cache_bdev")?;
+    let base = match take_or_claim(&opts.base_bdev, "base_bdev") {
+        Ok(b) => b,
+        Err(e) => {
+            claim::put_back(cache);
+            return Err(e);
+        }
     };
-    // SAFETY: SPDK calls on the current (RPC or examine) thread; `claims`
-    // releases whatever was opened if a later step fails.
-    unsafe {
-        claims.cache_desc = open_claim(&opts.cache_bdev, "cache_bdev", claims.event_ctx)?;
-        claims.base_desc = open_claim(&opts.base_bdev, "base_bdev", claims.event_ctx)?;
-        let base = sys::spdk_bdev_desc_get_bdev(claims.base_desc);
-        let block_size = sys::spdk_bdev_get_block_size(base);
-        let blocks = sys::spdk_bdev_get_num_blocks(base);
-        if block_size % 512 != 0 {
-            return Err(format!("base_bdev {} has {block_size}-byte blocks; pcache needs a multiple of 512", opts.base_bdev));
+    // SAFETY: SPDK calls on the current (RPC or examine) thread.
+    match unsafe { build_node(opts, media, Claims { cache, base }) } {
+        Ok(()) => Ok(()),
+        Err((e, claims)) => {
+            if let Some(c) = claims {
+                claim::put_back(c.cache);
+                claim::put_back(c.base);
+            }
+            Err(e)
         }
-        // A device that already holds a pcache keeps its data_crc unless told otherwise.
-        let data_crc =
-            opts.data_crc.unwrap_or_else(|| Cache::read_superblock(&*media).map(|sb| sb.data_crc()).unwrap_or(false));
-        let mut cfg = Config::new(BaseIdentity { size: blocks * block_size as u64, block_size, id: opts.base_bdev.clone() });
-        cfg.data_crc = data_crc;
-        cfg.gc_percent = opts.gc_percent;
-        cfg.force_format = opts.force_format;
-        cfg.workers = super::ffi::core_count();
-        let (cache, opened) =
-            Cache::open(media.clone() as Arc<dyn Media>, &cfg).map_err(|e| format!("{}: {e}", opts.name))?;
-        match &opened {
-            Opened::Formatted => log::info!("{}: formatted {} for base {}", opts.name, opts.cache_bdev, opts.base_bdev),
-            Opened::Loaded(r) => log::info!("{}: loaded {} and replayed its log: {r:?}", opts.name, opts.cache_bdev),
-        }
-        let ch = sys::spdk_bdev_get_io_channel(claims.base_desc);
-        if ch.is_null() {
-            return Err(format!("no I/O channel for base_bdev {}", opts.base_bdev));
-        }
-        let node = Box::into_raw(Box::new(PcacheNode {
-            // SAFETY: spdk_bdev is a plain C struct; all-zero is its initial state.
-            bdev: std::mem::zeroed(),
-            name: cstring(&opts.name),
-            opts: opts.clone(),
-            cache: Arc::new(cache),
-            _media: media,
-            base_desc: claims.base_desc,
-            cache_desc: claims.cache_desc,
-            event_ctx: claims.event_ctx,
-            bg: Mutex::new(Some(Background::new(SpdkBase::new(claims.base_desc, ch)))),
-            removing: AtomicBool::new(false),
-        }));
-        let n = &mut *node;
-        let b = &mut n.bdev;
-        b.name = n.name.as_ptr() as *mut _;
-        b.product_name = c"pcache".as_ptr() as *mut _;
-        b.blocklen = block_size;
-        b.blockcnt = blocks;
-        // Writes are acknowledged from pmem before their keys are journalled: a
-        // FLUSH makes them durable, exactly what a volatile write cache promises.
-        b.write_cache = 1;
-        // Read misses go straight from the base into the caller's buffers.
-        b.required_alignment = (*base).required_alignment;
-        b.ctxt = node as *mut c_void;
-        b.fn_table = &pcache_io::FN_TABLE;
-        b.module = module();
+    }
+}
 
-        sys::spdk_io_device_register(
-            node as *mut c_void,
-            Some(pcache_io::ch_create),
-            Some(pcache_io::ch_destroy),
-            std::mem::size_of::<pcache_io::Channel>() as u32,
-            n.name.as_ptr(),
-        );
-        n.bg().start(node);
-        registry().nodes.push(Ptr(node));
-        let rc = sys::spdk_bdev_register(&mut n.bdev);
-        if rc != 0 {
-            registry().nodes.retain(|x| x.0 != node);
-            stop_background(n, "registration failed");
-            // The claims go back with `claims`; the node goes with its io_device.
-            n.event_ctx = std::ptr::null_mut();
-            sys::spdk_io_device_unregister(node as *mut c_void, Some(free_node));
-            return Err(format!("spdk_bdev_register failed: {}", errno_str(rc)));
-        }
-        // The node owns the claims from here on.
-        std::mem::forget(claims);
-        // force_format is spent: coming back after a hot-remove must load
-        // the cache, not wipe it.
-        if let Some(c) = registry().configs.iter_mut().find(|c| c.name == opts.name) {
-            c.force_format = false;
-        }
+type BuildError = (String, Option<Claims>);
+
+/// Opens the engine over `media` and registers the pcache bdev; on failure
+/// hands the claims back.
+///
+/// # Safety
+/// On the app thread, with `claims` open on it.
+unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) -> Result<(), BuildError> {
+    let base = claims.base.bdev();
+    let block_size = sys::spdk_bdev_get_block_size(base);
+    let blocks = sys::spdk_bdev_get_num_blocks(base);
+    if block_size % 512 != 0 {
+        let e = format!("base_bdev {} has {block_size}-byte blocks; pcache needs a multiple of 512", opts.base_bdev);
+        return Err((e, Some(claims)));
+    }
+    // A device that already holds a pcache keeps its data_crc unless told otherwise.
+    let data_crc =
+        opts.data_crc.unwrap_or_else(|| Cache::read_superblock(&*media).map(|sb| sb.data_crc()).unwrap_or(false));
+    let mut cfg = Config::new(BaseIdentity { size: blocks * block_size as u64, block_size, id: opts.base_bdev.clone() });
+    cfg.data_crc = data_crc;
+    cfg.gc_percent = opts.gc_percent;
+    cfg.force_format = opts.force_format;
+    cfg.workers = super::ffi::core_count();
+    let (cache, opened) = match Cache::open(media.clone() as Arc<dyn Media>, &cfg) {
+        Ok(v) => v,
+        Err(e) => return Err((format!("{}: {e}", opts.name), Some(claims))),
+    };
+    match &opened {
+        Opened::Formatted => log::info!("{}: formatted {} for base {}", opts.name, opts.cache_bdev, opts.base_bdev),
+        Opened::Loaded(r) => log::info!("{}: loaded {} and replayed its log: {r:?}", opts.name, opts.cache_bdev),
+    }
+    let base_desc = claims.base.desc();
+    let ch = sys::spdk_bdev_get_io_channel(base_desc);
+    if ch.is_null() {
+        return Err((format!("no I/O channel for base_bdev {}", opts.base_bdev), Some(claims)));
+    }
+    let node = Box::into_raw(Box::new(PcacheNode {
+        // SAFETY: spdk_bdev is a plain C struct; all-zero is its initial state.
+        bdev: std::mem::zeroed(),
+        name: cstring(&opts.name),
+        opts: opts.clone(),
+        cache: Arc::new(cache),
+        _media: media,
+        base_desc,
+        claims: Some(claims),
+        bg: Mutex::new(Some(Background::new(SpdkBase::new(base_desc, ch)))),
+        removing: AtomicBool::new(false),
+    }));
+    let n = &mut *node;
+    let b = &mut n.bdev;
+    b.name = n.name.as_ptr() as *mut _;
+    b.product_name = c"pcache".as_ptr() as *mut _;
+    b.blocklen = block_size;
+    b.blockcnt = blocks;
+    // Writes are acknowledged from pmem before their keys are journalled: a
+    // FLUSH makes them durable, exactly what a volatile write cache promises.
+    b.write_cache = 1;
+    // Read misses go straight from the base into the caller's buffers.
+    b.required_alignment = (*base).required_alignment;
+    b.ctxt = node as *mut c_void;
+    b.fn_table = &pcache_io::FN_TABLE;
+    b.module = module();
+
+    sys::spdk_io_device_register(
+        node as *mut c_void,
+        Some(pcache_io::ch_create),
+        Some(pcache_io::ch_destroy),
+        std::mem::size_of::<pcache_io::Channel>() as u32,
+        n.name.as_ptr(),
+    );
+    n.bg().start(node);
+    registry().nodes.push(Ptr(node));
+    let rc = sys::spdk_bdev_register(&mut n.bdev);
+    if rc != 0 {
+        registry().nodes.retain(|x| x.0 != node);
+        stop_background(n, "registration failed");
+        // The claims go back to the caller; the node goes with its io_device.
+        let claims = n.claims.take();
+        sys::spdk_io_device_unregister(node as *mut c_void, Some(free_node));
+        return Err((format!("spdk_bdev_register failed: {}", errno_str(rc)), claims));
+    }
+    // force_format is spent: coming back after a hot-remove must load
+    // the cache, not wipe it.
+    if let Some(c) = registry().configs.iter_mut().find(|c| c.name == opts.name) {
+        c.force_format = false;
     }
     Ok(())
 }
@@ -378,23 +491,38 @@ unsafe fn stop_background(n: &PcacheNode, why: &str) {
     }
 }
 
-unsafe extern "C" fn bdev_event(t: sys::spdk_bdev_event_type, bdev: *mut sys::spdk_bdev, ctx: *mut c_void) {
-    guard((), || {
-        if t != sys::SPDK_BDEV_EVENT_REMOVE {
-            return;
+/// SPDK asks pcache to let go of the bdev `bdev` (hot-remove or delete).
+/// A held bdev has been closed already ([`claim`]); here the pcaches that use
+/// it go down, and a pmem bdev's image stops reserving its base.
+fn bdev_removed(bdev: &str) {
+    let had_image = {
+        let mut r = registry();
+        let before = r.images.len();
+        r.images.retain(|i| i.0 != bdev);
+        r.images.len() != before
+    };
+    if had_image {
+        release_unwanted();
+    }
+    let users: Vec<Ptr<PcacheNode>> = {
+        let r = registry();
+        r.nodes
+            .iter()
+            .copied()
+            // SAFETY: registered nodes are live.
+            .filter(|n| unsafe { (*n.0).opts.cache_bdev == bdev || (*n.0).opts.base_bdev == bdev })
+            .collect()
+    };
+    for Ptr(node) in users {
+        // SAFETY: registered nodes are live; this runs on the app thread that owns them.
+        unsafe {
+            if (*node).removing.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            log::warn!("{}: bdev {bdev} is being removed; unregistering (dirty data stays on the pmem)", (*node).name());
+            sys::spdk_bdev_unregister(&mut (*node).bdev, None, std::ptr::null_mut());
         }
-        let name = &*(ctx as *const String);
-        let Some(Ptr(node)) = registry().node(name) else { return };
-        if (*node).removing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        log::warn!(
-            "{}: bdev {} is being removed; unregistering (dirty data stays on the pmem)",
-            (*node).name(),
-            str_of(sys::spdk_bdev_get_name(bdev))
-        );
-        sys::spdk_bdev_unregister(&mut (*node).bdev, None, std::ptr::null_mut());
-    })
+    }
 }
 
 /// bdev destruct: runs on the creating thread once every descriptor of the
@@ -438,10 +566,17 @@ unsafe extern "C" fn drain_poll(ctx: *mut c_void) -> c_int {
         if let Err(e) = n.cache.flush() {
             log::error!("{}: journalling open keys at delete failed: {e}", n.name());
         }
-        release_close(n.base_desc);
-        release_close(n.cache_desc);
+        let claims = n.claims.take();
         n.base_desc = std::ptr::null_mut();
-        n.cache_desc = std::ptr::null_mut();
+        // A pcache that is still configured (its bdev was hot-removed) keeps
+        // whichever of its bdevs is still there, for when the other returns.
+        if let Some(c) = claims {
+            for b in [c.cache, c.base] {
+                if registry().wants(b.name()).is_some() {
+                    claim::put_back(b);
+                }
+            }
+        }
         sys::spdk_io_device_unregister(ctx, Some(free_node));
         sys::spdk_bdev_destruct_done(&mut n.bdev, 0);
         sys::SPDK_POLLER_BUSY as c_int
@@ -452,9 +587,6 @@ unsafe extern "C" fn free_node(ctx: *mut c_void) {
     guard((), || {
         let node = Box::from_raw(ctx as *mut PcacheNode);
         let name = node.opts.name.clone();
-        if !node.event_ctx.is_null() {
-            drop(Box::from_raw(node.event_ctx));
-        }
         if let Ok(cache) = Arc::try_unwrap(node.cache) {
             if let Err(e) = cache.close() {
                 log::error!("{name}: close failed: {e}");
@@ -464,65 +596,112 @@ unsafe extern "C" fn free_node(ctx: *mut c_void) {
     })
 }
 
+/// Runs for every new bdev before any module looks at its data: claims it
+/// if it is pcache's, then builds every pcache whose bdevs now both exist.
 unsafe extern "C" fn examine_config(bdev: *mut sys::spdk_bdev) {
     guard((), || {
-        let _ = bdev;
-        let waiting: Vec<CreateOpts> = {
-            let r = registry();
-            r.configs
-                .iter()
-                .filter(|c| {
-                    r.node(&c.name).is_none()
-                        && bdev_exists(&c.cache_bdev)
-                        && bdev_exists(&c.base_bdev)
-                        && !bdev_exists(&c.name)
-                })
-                .cloned()
-                .collect()
-        };
-        for opts in waiting {
-            match attach(&opts) {
-                Ok(()) => {
-                    registry().last_error.retain(|e| e.0 != opts.name);
-                    log::info!("{}: created now that its bdevs exist", opts.name);
-                }
-                Err(e) => {
-                    log::error!("{}: cannot be created: {e}", opts.name);
-                    let mut r = registry();
-                    r.last_error.retain(|x| x.0 != opts.name);
-                    r.last_error.push((opts.name.clone(), e));
-                }
+        let name = str_of(sys::spdk_bdev_get_name(bdev)).into_owned();
+        note_image(&name);
+        let role = registry().wants(&name);
+        if let Some(role) = role {
+            if let Err(e) = claim::hold(&name, role, module(), bdev_removed) {
+                log::error!("{name}: pcache cannot claim its {role}: {e}");
             }
         }
+        attach_ready();
     });
     sys::spdk_bdev_module_examine_done(module());
 }
 
-/// Module-level config: only pcaches still waiting for their bdevs (they wait
-/// again on load, so their place in the config does not matter). Created ones
-/// are written per bdev ([`write_bdev_config`]), which SPDK emits after every
-/// module's config, so after the pmem bdevs they need.
+/// If `bdev` is a pmem bdev holding a pcache image, remembers which base the
+/// image belongs to, and takes that base now if it registered first.
+fn note_image(bdev: &str) {
+    let Some(media) = pmem_bdev::media_of(bdev) else { return };
+    let Ok(sb) = Cache::read_superblock(&*media) else { return };
+    let base = sb.base_id.clone();
+    {
+        let mut r = registry();
+        r.images.retain(|i| i.0 != bdev);
+        r.images.push((bdev.to_string(), base.clone()));
+    }
+    log::info!("{bdev} holds a pcache image of base {base}: pcache claims both");
+    if bdev_exists(&base) && registry().wants(&base).is_some() {
+        if let Err(e) = claim::hold(&base, "base_bdev", module(), bdev_removed) {
+            if !taken_by_another_module(&base) {
+                log::error!("{base}, the base of the pcache image on {bdev}: {e}");
+                return;
+            }
+            let users: Vec<CreateOpts> =
+                registry().configs.iter().filter(|c| c.base_bdev == base && c.cache_bdev == bdev).cloned().collect();
+            match users.first() {
+                Some(c) => {
+                    block(c, e);
+                }
+                None => log::error!(
+                    "{base}, the base of the pcache image on {bdev}: {e}; it was examined before pcache knew it, \
+                     so that module sees its stale image. Do not write through that module's bdevs; restart with \
+                     a config that lists the pmem bdev {bdev} before {base}"
+                ),
+            }
+        }
+    }
+}
+
+/// Builds every configured pcache that is down while both its bdevs exist.
+fn attach_ready() {
+    let ready: Vec<CreateOpts> = {
+        let r = registry();
+        r.configs
+            .iter()
+            .filter(|c| {
+                r.node(&c.name).is_none()
+                    && bdev_exists(&c.cache_bdev)
+                    && bdev_exists(&c.base_bdev)
+                    && !bdev_exists(&c.name)
+            })
+            .cloned()
+            .collect()
+    };
+    for opts in ready {
+        match attach(&opts) {
+            Ok(()) => {
+                registry().last_error.retain(|e| e.0 != opts.name);
+                log::info!("{}: created now that its bdevs exist", opts.name);
+            }
+            Err(e) if taken_by_another_module(&opts.base_bdev) => {
+                block(&opts, e);
+            }
+            Err(e) => {
+                let mut r = registry();
+                let known = r.last_error.iter().any(|x| x.0 == opts.name && x.1 == e);
+                r.last_error.retain(|x| x.0 != opts.name);
+                r.last_error.push((opts.name.clone(), e.clone()));
+                drop(r);
+                if !known {
+                    log::error!("{}: cannot be created: {e}", opts.name);
+                }
+            }
+        }
+    }
+}
+
+/// Module-level config: every pcache, created or waiting. SPDK writes module
+/// configs before per-bdev ones and this module registers before SPDK's own,
+/// so a saved config creates the pcache (which then waits) before its base
+/// bdev appears, and pcache claims the base before anyone examines it.
 unsafe extern "C" fn config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
     guard(0, || {
         let mut w = Writer::new(w);
-        for (c, node, _) in list() {
-            if node.is_none() {
-                write_create(&mut w, &c, c.gc_percent, c.data_crc);
+        for (c, state) in list() {
+            match state {
+                State::Online(n) => {
+                    let n = &*n.0;
+                    write_create(&mut w, &n.opts, Some(n.cache.stats().gc_percent), Some(n.cache.data_crc()));
+                }
+                _ => write_create(&mut w, &c, c.gc_percent, c.data_crc),
             }
         }
         0
-    })
-}
-
-/// fn_table.write_config_json: the RPC that recreates this pcache.
-///
-/// # Safety
-/// Called by SPDK only, with the arguments its callback contract gives.
-pub unsafe extern "C" fn write_bdev_config(bdev: *mut sys::spdk_bdev, w: *mut sys::spdk_json_write_ctx) {
-    guard((), || {
-        let n = &*((*bdev).ctxt as *const PcacheNode);
-        let s = n.cache.stats();
-        write_create(&mut Writer::new(w), &n.opts, Some(s.gc_percent), Some(n.cache.data_crc()));
     })
 }
 

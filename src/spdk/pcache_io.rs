@@ -75,7 +75,6 @@ pub static FN_TABLE: sys::spdk_bdev_fn_table = sys::spdk_bdev_fn_table {
     io_type_supported: Some(ffi::block_io_supported),
     get_io_channel: Some(ffi::get_io_channel),
     dump_info_json: Some(dump_info_json),
-    write_config_json: Some(pcache_bdev::write_bdev_config),
     ..ffi::NO_BDEV_OPS
 };
 

@@ -9,7 +9,7 @@ use spdk_sys as sys;
 
 use super::ffi::guard;
 use super::json::{Params, Request};
-use super::pcache_bdev::{self, CreateOpts, Created};
+use super::pcache_bdev::{self, CreateOpts, Created, State};
 use super::pmem_bdev;
 
 type Handler = unsafe extern "C" fn(*mut sys::spdk_jsonrpc_request, *const sys::spdk_json_val);
@@ -147,6 +147,9 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
             Created::Waiting(missing) => {
                 log::info!("{name}: created when bdev(s) {} appear", missing.join(", "));
             }
+            // Logged with what to do; bdev_pcache_get_stats shows it. Not an
+            // error, so an application starting from a config still starts.
+            Created::Blocked(_) => {}
         }
         req.respond(|w| w.str(&name));
         Ok(())
@@ -157,7 +160,7 @@ unsafe extern "C" fn pcache_delete(req: *mut sys::spdk_jsonrpc_request, raw: *co
     handle("bdev_pcache_delete", req, raw, |mut p, req| {
         let name = p.req_str("name").map_err(bad)?;
         p.finish().map_err(bad)?;
-        if !pcache_bdev::list().iter().any(|(c, _, _)| c.name == name) {
+        if !pcache_bdev::list().iter().any(|(c, _)| c.name == name) {
             return Err(no_such("pcache", &name));
         }
         let req = req.take();
@@ -201,25 +204,29 @@ unsafe extern "C" fn pcache_get_stats(req: *mut sys::spdk_jsonrpc_request, raw: 
         let name = p.opt_str("name").map_err(bad)?;
         p.finish().map_err(bad)?;
         let all = pcache_bdev::list();
-        let chosen: Vec<_> = all.into_iter().filter(|(c, _, _)| name.as_ref().is_none_or(|n| *n == c.name)).collect();
+        let chosen: Vec<_> = all.into_iter().filter(|(c, _)| name.as_ref().is_none_or(|n| *n == c.name)).collect();
         if let (Some(n), true) = (&name, chosen.is_empty()) {
             return Err(no_such("pcache", n));
         }
         req.respond(|w| {
             w.array_begin();
-            for (c, node, err) in &chosen {
+            for (c, state) in &chosen {
                 w.object_begin();
-                match node {
-                    Some(n) => {
+                match state {
+                    State::Online(n) => {
                         w.named_str("state", "online");
                         pcache_bdev::write_stats(&*n.0, w);
                     }
-                    None => {
+                    State::Waiting { missing, held } => {
                         c.write_names(w);
                         w.named_str("state", "waiting for its bdevs");
-                        if let Some(e) = err {
-                            w.named_str("error", e);
-                        }
+                        w.named_array_str("missing", missing);
+                        w.named_array_str("held", held);
+                    }
+                    State::Blocked(why) => {
+                        c.write_names(w);
+                        w.named_str("state", "blocked");
+                        w.named_str("error", why);
                     }
                 }
                 w.object_end();

@@ -20,13 +20,13 @@ jsonrpc "$sock" bdev_pcache_create '{"name":"PC0","cache_bdev":"Pmem0","base_bde
 jsonrpc "$sock" bdev_split_create '{"base_bdev":"PC0","split_count":2}' >/dev/null || ok=0
 check "stack created over RPC (pmem, aio, pcache, split)" [ $ok -eq 1 ]
 "${RPC_PY[@]}" -s "$sock" save_config >"$WORK/saved.json"
-check "save_config lists bdev_pmem_create before bdev_pcache_create" python3 - "$WORK/saved.json" <<'PY'
+check "save_config lists bdev_pcache_create before its base bdev" python3 - "$WORK/saved.json" <<'PY'
 import json, sys
 cfg = json.load(open(sys.argv[1]))
 bdev = next(s for s in cfg["subsystems"] if s["subsystem"] == "bdev")["config"]
 m = [c["method"] for c in bdev]
 # (bdev_split_create may come first: a split waits for its base bdev.)
-sys.exit(0 if m.index("bdev_pmem_create") < m.index("bdev_pcache_create") else 1)
+sys.exit(0 if m.index("bdev_pcache_create") < m.index("bdev_aio_create") else 1)
 PY
 stop_app t1 "$sock"
 
