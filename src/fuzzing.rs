@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use once_cell::sync::Lazy;
 
-use crate::base::MemBase;
+use crate::membase::MemBase;
 use crate::cache::{BaseIdentity, Cache, Config};
 use crate::format::{SEG_PAYLOAD_OFF, SEG_START};
 use crate::pmem::{MemMedia, Media};

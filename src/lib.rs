@@ -10,7 +10,7 @@
 //! - [`keylog`]: the key log of ksets; [`tails`]: key_tail and dirty_tail
 //! - [`replay`]: rebuilding state at open
 //! - [`request`]: write, read, fill, flush; [`batch`]: batched writes; [`writeback`]; [`gc`]
-//! - [`base`]: the base device interface; [`stats`]
+//! - [`base`]: the base device interface; [`membase`]: a DRAM base device for tests; [`stats`]
 //! - [`inspect`]: a read-only walk of the on-media state, for the offline tools
 //! - `spdk` (feature `spdk`): the SPDK bdev module built into libpcache.so
 
@@ -26,6 +26,7 @@ pub mod index;
 pub mod inspect;
 pub mod iov;
 pub mod keylog;
+pub mod membase;
 pub mod pmem;
 pub mod replay;
 pub mod replica;
@@ -38,7 +39,8 @@ pub mod stats;
 pub mod tails;
 pub mod writeback;
 
-pub use base::{BaseDevice, FileBase, MemBase};
+pub use base::{BaseDevice, FileBase};
+pub use membase::{Faults, MemBase};
 pub use batch::WriteReq;
 pub use cache::{BaseIdentity, Cache, Config, Opened};
 pub use error::{Error, Result};

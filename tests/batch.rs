@@ -25,7 +25,7 @@ fn check(cache: &pcache::Cache, base: &MemBase, model: &[u64], what: &str) {
 #[test]
 fn a_bad_request_fails_alone() {
     let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(16)));
-    let base = MemBase::new((BASE_SECTORS * 512) as usize, 512);
+    let base = base((BASE_SECTORS * 512) as usize);
     let cache = open(media, &config(BASE_SECTORS * 512, 1));
     let end = BASE_SECTORS * 512;
     let writes = vec![
@@ -50,7 +50,7 @@ fn a_bad_request_fails_alone() {
 #[test]
 fn overlapping_requests_of_a_batch_replay_in_order() {
     let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(32)));
-    let base = MemBase::new((BASE_SECTORS * 512) as usize, 512);
+    let base = base((BASE_SECTORS * 512) as usize);
     let cfg = config(BASE_SECTORS * 512, 2);
     let mut model = vec![0u64; BASE_SECTORS as usize];
     let mut rng = SplitMix64(11);
@@ -91,7 +91,7 @@ fn a_batch_without_space_defers_its_tail_in_order() {
     // 12 segments of 64 KiB, most of them kept back for the key log: a
     // batch of 1 MiB cannot fit.
     let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(12)));
-    let base = MemBase::new((BASE_SECTORS * 512) as usize, 512);
+    let base = base((BASE_SECTORS * 512) as usize);
     let cache = open(media, &config(BASE_SECTORS * 512, 1));
     let mut model = vec![0u64; BASE_SECTORS as usize];
     let writes: Vec<_> = (0..64u64)

@@ -14,7 +14,7 @@ use pcache::format::{
     KEY_FLAG_DIRTY, KEY_TAIL_OFF, KSET_FLAG_LAST, REC_DIRTY_TAIL, REC_KEY_TAIL, REC_SIZE, SEG_META_OFF,
 };
 use pcache::pmem::{MemMedia, Media, SplitMix64};
-use pcache::{Cache, Error, MemBase};
+use pcache::{Cache, Error};
 
 const BASE_SECTORS: u64 = 1024;
 const SEGS: u64 = 16;
@@ -31,7 +31,7 @@ struct Image {
 /// A cache with flushed dirty data, some of it written back.
 fn build() -> Image {
     let media = Arc::new(MemMedia::new(media_len(SEGS)));
-    let base = MemBase::new((BASE_SECTORS * 512) as usize, 512);
+    let base = base((BASE_SECTORS * 512) as usize);
     let mut cfg = config(BASE_SECTORS * 512, 1);
     cfg.gc_percent = Some(90);
     let cache = open(media.clone() as Arc<dyn Media>, &cfg);
@@ -67,7 +67,7 @@ fn open_no_panic(img: &[u8], what: &str) -> Result<Cache, Error> {
 }
 
 fn assert_exact(c: &Cache, im: &Image, what: &str) {
-    let base = MemBase::from_image(im.base.clone(), 512);
+    let base = base_from(im.base.clone());
     let got = read_through(c, &base, 0, 0, (BASE_SECTORS * 512) as usize);
     for s in 0..BASE_SECTORS {
         let who = who_wrote(&got[s as usize * 512..(s as usize + 1) * 512], s);
@@ -77,7 +77,7 @@ fn assert_exact(c: &Cache, im: &Image, what: &str) {
 
 /// Every sector holds something that was written there at some time.
 fn assert_plausible(c: &Cache, im: &Image, what: &str) {
-    let base = MemBase::from_image(im.base.clone(), 512);
+    let base = base_from(im.base.clone());
     let got = read_through(c, &base, 0, 0, (BASE_SECTORS * 512) as usize);
     for s in 0..BASE_SECTORS {
         let who = who_wrote(&got[s as usize * 512..(s as usize + 1) * 512], s);

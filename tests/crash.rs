@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use pcache::pmem::{CrashSim, MemMedia, Media, SplitMix64};
-use pcache::MemBase;
+
 
 const BASE_SECTORS: u64 = 512; // 256 KiB
 const SEGS: u64 = 12;
@@ -61,7 +61,7 @@ struct Capture {
 /// taken at `points`.
 fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
     let media = Arc::new(CrashSim::new(media_len(SEGS)));
-    let base = Arc::new(MemBase::new((BASE_SECTORS * 512) as usize, 512));
+    let base = Arc::new(base((BASE_SECTORS * 512) as usize));
     let model = Arc::new(Mutex::new(Model::default()));
     let captures = Arc::new(Mutex::new(Vec::new()));
     {
@@ -134,7 +134,7 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
 
 fn verify(seed: u64, c: &Capture) {
     let media: Arc<dyn Media> = Arc::new(MemMedia::from_image(c.pmem.clone()));
-    let base = MemBase::from_image(c.base.clone(), 512);
+    let base = base_from(c.base.clone());
     let cfg = config(BASE_SECTORS * 512, 1);
     let cache = match pcache::Cache::open(media, &cfg) {
         Ok((c, _)) => c,
@@ -166,8 +166,10 @@ fn run_seed(seed: u64) -> usize {
     let (start, total, _) = workload(seed, Vec::new());
     let mut rng = SplitMix64(!seed);
     let points: Vec<u64> = (0..POINTS_PER_SEED).map(|_| start + rng.next() % (total - start).max(1)).collect();
-    let (_, again, caps) = workload(seed, points);
-    assert_eq!(total, again, "seed {seed}: workload is not deterministic");
+    // The base completes I/O on a thread of its own, so the second run's
+    // media operations need not line up with the first's: each point is a
+    // crash somewhere in the same workload, and points past its end do not fire.
+    let (_, _, caps) = workload(seed, points);
     for c in &caps {
         verify(seed, c);
     }

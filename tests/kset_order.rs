@@ -35,7 +35,7 @@ fn fill_worker_1_kset(cache: &pcache::Cache) {
 #[test]
 fn an_overwrite_from_another_worker_replays_after_the_key_it_replaced() {
     let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(300)));
-    let base = MemBase::new(BASE as usize, 512);
+    let base = base(BASE as usize);
     let cfg = config(BASE, 2);
     let x = SUBTREE_SIZE + 8192;
     let cache = open(media.clone(), &cfg);
@@ -53,7 +53,7 @@ fn an_overwrite_from_another_worker_replays_after_the_key_it_replaced() {
 #[test]
 fn zeroes_over_another_workers_open_key_replay_after_it() {
     let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(300)));
-    let base = MemBase::new(BASE as usize, 512);
+    let base = base(BASE as usize);
     let cfg = config(BASE, 2);
     // Zero keys of subtree 1 go to kset 1 (worker 1's).
     let x = SUBTREE_SIZE + 8192;
@@ -70,7 +70,7 @@ fn zeroes_over_another_workers_open_key_replay_after_it() {
 #[test]
 fn workers_overwriting_each_other_in_turn_replay_to_the_last_write() {
     let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(1600)));
-    let base = MemBase::new(BASE as usize, 512);
+    let base = base(BASE as usize);
     let cfg = config(BASE, 3);
     let cache = open(media.clone(), &cfg);
     // Three workers take turns over overlapping ranges; each also writes
@@ -102,7 +102,7 @@ fn workers_overwriting_each_other_in_turn_replay_to_the_last_write() {
 fn concurrent_workers_overwriting_a_shared_range_replay_to_the_last_write() {
     use std::sync::Mutex;
     let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(3000)));
-    let base = Arc::new(MemBase::new(BASE as usize, 512));
+    let base = Arc::new(base(BASE as usize));
     let cfg = config(BASE, 3);
     let cache = Arc::new(open(media.clone(), &cfg));
     // Writes to the shared range are made one at a time under this lock, so

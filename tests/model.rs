@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use pcache::pmem::{MemMedia, Media, SplitMix64};
-use pcache::MemBase;
+
 
 const WORKERS: usize = 3;
 const BASE_SECTORS: u64 = 2048; // 1 MiB of base device
@@ -18,7 +18,7 @@ const ROUNDS: usize = 4;
 const OPS: usize = 1500;
 
 fn run(seed: u64, data_crc: bool) {
-    let base = Arc::new(MemBase::new((BASE_SECTORS * 512) as usize, 512));
+    let base = Arc::new(base((BASE_SECTORS * 512) as usize));
     let image = MemMedia::new(media_len(16));
     let mut cfg = config(BASE_SECTORS * 512, WORKERS);
     cfg.data_crc = data_crc;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use pcache::pmem::{MemMedia, Media, SplitMix64};
-use pcache::{MemBase, WriteOutcome};
+use pcache::WriteOutcome;
 
 const BASE_SECTORS: u64 = 8192; // 4 MiB
 const WORKERS: usize = 2;
@@ -19,7 +19,7 @@ const WORKERS: usize = 2;
 fn sustained_writes_through_a_tiny_cache() {
     let secs: u64 = std::env::var("PCACHE_TINY_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
     let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(10)));
-    let base = Arc::new(MemBase::new((BASE_SECTORS * 512) as usize, 512));
+    let base = Arc::new(base((BASE_SECTORS * 512) as usize));
     let mut cfg = config(BASE_SECTORS * 512, WORKERS);
     cfg.gc_percent = Some(60);
     let cache = Arc::new(open(media.clone(), &cfg));

@@ -16,7 +16,7 @@ use pcache::format::{
 };
 use pcache::pmem::{CrashSim, MemMedia, Media, SplitMix64};
 use pcache::replay::ReplayReport;
-use pcache::{Cache, MemBase, Opened, Stats, WbProgress};
+use pcache::{Cache, Opened, Stats, WbProgress};
 
 const BASE_SECTORS: u64 = 1024;
 const BASE_BYTES: u64 = BASE_SECTORS * 512;
@@ -106,7 +106,7 @@ struct Image {
 /// 300 writes (every 25th a WRITE_ZEROES); half written back; all journalled. `clean` writes the rest back too.
 fn build(data_crc: bool, clean: bool) -> Image {
     let media = Arc::new(MemMedia::new(media_len(SEGS)));
-    let base = MemBase::new(BASE_BYTES as usize, 512);
+    let base = base(BASE_BYTES as usize);
     let mut cfg = config(BASE_BYTES, 1);
     cfg.gc_percent = Some(90);
     cfg.data_crc = data_crc;
@@ -649,10 +649,10 @@ fn flush_writes_every_dirty_byte_back_and_leaves_the_cache_clean() {
 
     let (rep, _, cache) = engine_view(&read(&pmem), true).unwrap();
     assert_eq!(rep.dirty_bytes, 0, "reopening finds dirty data");
-    let mb = MemBase::new(BASE_BYTES as usize, 512);
+    let mb = common::base(BASE_BYTES as usize);
     assert_eq!(cache.writeback_step(&mb).unwrap(), WbProgress::Idle, "reopening finds something to write back");
     // The cache still serves what it held.
-    let got = read_through(&cache, &MemBase::from_image(read(&base), 512), 0, 0, BASE_BYTES as usize);
+    let got = read_through(&cache, &common::base_from(read(&base)), 0, 0, BASE_BYTES as usize);
     assert_base_is_model(&got, &im.model, "reads after flush");
     drop(cache);
 
@@ -718,7 +718,7 @@ fn flush_after_a_power_failure_writes_back_what_the_cache_held() {
     let mut survived_after_flush = 0;
     for seed in 1..=24u64 {
         let media = Arc::new(CrashSim::new(media_len(SEGS)));
-        let base = MemBase::new(BASE_BYTES as usize, 512);
+        let base = base(BASE_BYTES as usize);
         let mut cfg = config(BASE_BYTES, 1);
         cfg.gc_percent = Some(90);
         cfg.kset_flush_interval = std::time::Duration::from_secs(3600);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use common::*;
 use pcache::format::SUBTREE_SIZE;
 use pcache::pmem::{MemMedia, Media};
-use pcache::{MemBase, WriteOutcome};
+use pcache::WriteOutcome;
 
 const BASE: u64 = 3 * SUBTREE_SIZE;
 
@@ -26,7 +26,7 @@ fn sectors(img: &[u8], img_at: u64, off: u64, len: u64) -> Vec<Option<u64>> {
 #[test]
 fn zeroed_ranges_read_as_zeros_through_replay_writeback_and_gc() {
     let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(400)));
-    let base = MemBase::new(BASE as usize, 512);
+    let base = base(BASE as usize);
     let cfg = config(BASE, 1);
     // Data over two subtrees, then zero a range that crosses the boundary
     // and cuts both extents.
@@ -71,7 +71,7 @@ fn zeroed_ranges_read_as_zeros_through_replay_writeback_and_gc() {
 #[test]
 fn writes_after_zeroes_win_and_replay_in_order() {
     let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(64)));
-    let base = MemBase::new(BASE as usize, 512);
+    let base = base(BASE as usize);
     let cfg = config(BASE, 1);
     let cache = open(media.clone(), &cfg);
     write_all(&cache, &base, 0, 0, &write_data(1, 0, 16));
@@ -104,7 +104,7 @@ fn zeroes_are_checked_like_writes() {
 #[test]
 fn repeated_zeroes_of_a_range_journal_one_key() {
     let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(16)));
-    let base = MemBase::new(BASE as usize, 512);
+    let base = base(BASE as usize);
     let cache = open(media.clone(), &config(BASE, 1));
     for _ in 0..1000 {
         zero_all(&cache, &base, 0, 1 << 20);

@@ -6,10 +6,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pcache::pmem::{Media, SplitMix64};
-use pcache::{BaseDevice, BaseIdentity, Cache, Config};
+use pcache::{BaseDevice, BaseIdentity, Cache, Config, MemBase};
 
 pub const SEG: u64 = 64 << 10;
 pub const SECTOR: usize = 512;
+
+/// The base device the engine's tests run against: it completes I/O later,
+/// in any order, from a thread of its own, as a real device does.
+pub fn base(size: usize) -> MemBase {
+    MemBase::device(size, 512, base_seed())
+}
+
+/// The same over existing contents.
+pub fn base_from(image: Vec<u8>) -> MemBase {
+    MemBase::device_from_image(image, 512, base_seed())
+}
+
+/// Seeds the device's choices of completion order: PCACHE_BASE_SEED, or a
+/// new one per device (thread timing varies from run to run anyway).
+fn base_seed() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match std::env::var("PCACHE_BASE_SEED").ok().and_then(|s| s.parse::<u64>().ok()) {
+        Some(s) => s.wrapping_add(n),
+        None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0) ^ n,
+    }
+}
 
 pub fn config(base_size: u64, workers: usize) -> Config {
     let mut cfg = Config::new(BaseIdentity { size: base_size, block_size: 512, id: "test-base".into() });

@@ -1,0 +1,319 @@
+//! A base device in DRAM for tests and tools, behaving like a disk with a
+//! volatile write cache.
+//!
+//! Two ways to complete I/O:
+//! - [`MemBase::new`]: inside the submit call (tools, fuzzing);
+//! - [`MemBase::device`]: like a real device, which is what the engine's
+//!   tests run against. A thread of the device's own completes I/O later, in
+//!   any order (picked at random among those in flight), and calls the
+//!   completions from that thread. Writes and flushes can fail, at once or
+//!   late, and a write that fails late may have written any of its blocks.
+//!
+//! Either way a flush makes durable exactly the writes that completed before
+//! the flush was submitted, and [`MemBase::crash_image`] is what a power cut
+//! leaves: the durable image plus any subset of the other writes, including
+//! those still in flight. (The engine starts no threads; this device, a
+//! stand-in for hardware, does.)
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::base::{BaseDevice, Done, ReadDone};
+use crate::error::{Error, Result};
+use crate::pmem::SplitMix64;
+
+/// Injected failures (per mille of the I/Os of each kind).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    pub write_fail_per_mille: u32,
+    pub flush_fail_per_mille: u32,
+}
+
+impl Faults {
+    /// Every write fails: a dying disk.
+    pub const DEAD_WRITES: Faults = Faults { write_fail_per_mille: 1000, flush_fail_per_mille: 0 };
+}
+
+pub struct MemBase {
+    shared: Arc<Shared>,
+    block_size: u32,
+    completer: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+}
+
+struct State {
+    visible: Vec<u8>,
+    durable: Vec<u8>,
+    /// Completed writes not yet made durable, with their completion number.
+    unflushed: Vec<(u64, u64, Vec<u8>)>,
+    /// Writes completed so far (numbers the entries of `unflushed`).
+    completed: u64,
+    /// Submitted and not completed (device mode only).
+    in_flight: VecDeque<Op>,
+    faults: Faults,
+    rng: SplitMix64,
+    stop: bool,
+}
+
+enum Op {
+    Write { off: u64, data: Vec<u8>, fail: bool, done: Done },
+    /// Makes durable the writes numbered below `upto`.
+    Flush { upto: u64, fail: bool, done: Done },
+    Read { off: u64, buf: Vec<u8>, done: ReadDone },
+}
+
+impl MemBase {
+    /// A zeroed device that completes every I/O inside the submit call.
+    pub fn new(size: usize, block_size: u32) -> Self {
+        Self::from_image(vec![0; size], block_size)
+    }
+
+    pub fn from_image(image: Vec<u8>, block_size: u32) -> Self {
+        MemBase { shared: Self::shared(image, 0), block_size, completer: None }
+    }
+
+    /// A zeroed device that completes I/O later, in any order, from a thread
+    /// of its own; `seed` drives its choices.
+    pub fn device(size: usize, block_size: u32, seed: u64) -> Self {
+        Self::device_from_image(vec![0; size], block_size, seed)
+    }
+
+    pub fn device_from_image(image: Vec<u8>, block_size: u32, seed: u64) -> Self {
+        let shared = Self::shared(image, seed);
+        let s = shared.clone();
+        let completer = std::thread::Builder::new()
+            .name("membase-completer".into())
+            .spawn(move || complete_loop(&s, block_size))
+            .expect("spawn the device's completion thread");
+        MemBase { shared, block_size, completer: Some(completer) }
+    }
+
+    fn shared(image: Vec<u8>, seed: u64) -> Arc<Shared> {
+        Arc::new(Shared {
+            state: Mutex::new(State {
+                visible: image.clone(),
+                durable: image,
+                unflushed: Vec::new(),
+                completed: 0,
+                in_flight: VecDeque::new(),
+                faults: Faults::default(),
+                rng: SplitMix64(seed ^ 0x5eed_ba5e),
+                stop: false,
+            }),
+            wake: Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The contents as a power failure would leave them if no unflushed write survived.
+    pub fn durable_image(&self) -> Vec<u8> {
+        self.lock().durable.clone()
+    }
+
+    /// The contents after a power failure at this instant: the durable image
+    /// plus an arbitrary (seeded) subset of the later writes, completed or in flight.
+    pub fn crash_image(&self, seed: u64) -> Vec<u8> {
+        let s = self.lock();
+        let mut img = s.durable.clone();
+        let mut rng = SplitMix64(seed);
+        let in_flight = s.in_flight.iter().filter_map(|op| match op {
+            Op::Write { off, data, .. } => Some((*off, data)),
+            _ => None,
+        });
+        for (off, data) in s.unflushed.iter().map(|(_, o, d)| (*o, d)).chain(in_flight) {
+            if rng.next() & 1 == 1 {
+                img[off as usize..off as usize + data.len()].copy_from_slice(data);
+            }
+        }
+        img
+    }
+
+    /// What a read sees now (completed writes only).
+    pub fn visible_image(&self) -> Vec<u8> {
+        self.lock().visible.clone()
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        self.lock().faults = f;
+    }
+
+    /// Makes every later write fail with an I/O error (a dying disk), or not.
+    pub fn set_fail_writes(&self, fail: bool) {
+        self.set_faults(if fail { Faults::DEAD_WRITES } else { Faults::default() });
+    }
+
+    /// I/Os submitted and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight.len()
+    }
+
+    fn is_device(&self) -> bool {
+        self.completer.is_some()
+    }
+
+    /// Queues `op` for the completion thread, or completes it now.
+    fn submit(&self, op: Op) {
+        if self.is_device() {
+            let mut s = self.lock();
+            s.in_flight.push_back(op);
+            drop(s);
+            self.shared.wake.notify_one();
+        } else {
+            let c = apply(&mut self.lock(), op, self.block_size);
+            c.call();
+        }
+    }
+}
+
+impl Drop for MemBase {
+    fn drop(&mut self) {
+        if let Some(t) = self.completer.take() {
+            self.lock().stop = true;
+            self.shared.wake.notify_all();
+            let _ = t.join();
+        }
+    }
+}
+
+/// Draws whether an I/O fails, per mille.
+fn draw(rng: &mut SplitMix64, per_mille: u32) -> bool {
+    per_mille > 0 && (rng.next() % 1000) < per_mille as u64
+}
+
+impl BaseDevice for MemBase {
+    fn size(&self) -> u64 {
+        self.lock().visible.len() as u64
+    }
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    fn write(&self, offset: u64, data: Vec<u8>, done: Done) {
+        let (fail, at_once) = {
+            let mut s = self.lock();
+            let p = s.faults.write_fail_per_mille;
+            let fail = draw(&mut s.rng, p);
+            (fail, fail && (!self.is_device() || s.rng.next() & 1 == 0))
+        };
+        if at_once {
+            return done(Err(Error::Io(format!("base write at {offset} failed (injected)"))));
+        }
+        self.submit(Op::Write { off: offset, data, fail, done });
+    }
+    fn flush(&self, done: Done) {
+        let (upto, fail, at_once) = {
+            let mut s = self.lock();
+            let p = s.faults.flush_fail_per_mille;
+            let fail = draw(&mut s.rng, p);
+            (s.completed, fail, fail && (!self.is_device() || s.rng.next() & 1 == 0))
+        };
+        if at_once {
+            return done(Err(Error::Io("base flush failed (injected)".into())));
+        }
+        self.submit(Op::Flush { upto, fail, done });
+    }
+    fn read(&self, offset: u64, buf: Vec<u8>, done: ReadDone) {
+        self.submit(Op::Read { off: offset, buf, done });
+    }
+}
+
+/// A completion to call once the state's lock is released.
+enum Completion {
+    Io(Done, Result<()>),
+    Read(ReadDone, Vec<u8>, Result<()>),
+}
+
+impl Completion {
+    fn call(self) {
+        match self {
+            Completion::Io(d, r) => d(r),
+            Completion::Read(d, b, r) => d(b, r),
+        }
+    }
+}
+
+/// Carries out `op` on the device's contents.
+fn apply(s: &mut State, op: Op, block_size: u32) -> Completion {
+    match op {
+        Op::Write { off, data, fail, done } => {
+            let end = off as usize + data.len();
+            if end > s.visible.len() {
+                return Completion::Io(done, Err(Error::Io(format!("base write beyond end at {off}"))));
+            }
+            if fail {
+                // A write that fails late may have written any of its blocks.
+                let bs = block_size as usize;
+                for b in (0..data.len()).step_by(bs) {
+                    if s.rng.next() & 1 == 1 {
+                        let n = bs.min(data.len() - b);
+                        let at = off as usize + b;
+                        s.visible[at..at + n].copy_from_slice(&data[b..b + n]);
+                        let seq = s.completed;
+                        s.completed += 1;
+                        s.unflushed.push((seq, at as u64, data[b..b + n].to_vec()));
+                    }
+                }
+                return Completion::Io(done, Err(Error::Io(format!("base write at {off} failed (injected)"))));
+            }
+            s.visible[off as usize..end].copy_from_slice(&data);
+            let seq = s.completed;
+            s.completed += 1;
+            s.unflushed.push((seq, off, data));
+            Completion::Io(done, Ok(()))
+        }
+        Op::Flush { upto, fail, done } => {
+            if fail {
+                return Completion::Io(done, Err(Error::Io("base flush failed (injected)".into())));
+            }
+            let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut s.unflushed).into_iter().partition(|w| w.0 < upto);
+            for (_, off, data) in now {
+                s.durable[off as usize..off as usize + data.len()].copy_from_slice(&data);
+            }
+            s.unflushed = later;
+            Completion::Io(done, Ok(()))
+        }
+        Op::Read { off, mut buf, done } => {
+            let end = off as usize + buf.len();
+            if end > s.visible.len() {
+                return Completion::Read(done, buf, Err(Error::Io(format!("base read beyond end at {off}"))));
+            }
+            buf.copy_from_slice(&s.visible[off as usize..end]);
+            Completion::Read(done, buf, Ok(()))
+        }
+    }
+}
+
+/// The device's completion thread: completes in-flight I/O in random order,
+/// sometimes after a pause, until the device is dropped (finishing what is
+/// in flight first, so every completion is called).
+fn complete_loop(shared: &Shared, block_size: u32) {
+    let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        while s.in_flight.is_empty() && !s.stop {
+            s = shared.wake.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        if s.in_flight.is_empty() {
+            return;
+        }
+        // Now and then let I/O pile up, so several are in flight at once.
+        if s.rng.next() % 8 == 0 && !s.stop {
+            drop(s);
+            std::thread::sleep(Duration::from_micros(20));
+            s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        }
+        let i = (s.rng.next() % s.in_flight.len() as u64) as usize;
+        let op = s.in_flight.swap_remove_back(i).expect("index is in range");
+        let c = apply(&mut s, op, block_size);
+        drop(s);
+        c.call();
+        s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+    }
+}
