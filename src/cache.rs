@@ -52,6 +52,8 @@ pub struct Config {
     pub read_cache: bool,
     /// An open kset reaches media at the latest this long after its first key.
     pub kset_flush_interval: Duration,
+    /// Cap of the dirty bytes writeback takes in one batch (see writeback.rs).
+    pub writeback_batch_bytes: u64,
 }
 
 impl Config {
@@ -65,6 +67,7 @@ impl Config {
             force_format: false,
             read_cache: true,
             kset_flush_interval: Duration::from_secs(1),
+            writeback_batch_bytes: crate::writeback::DEFAULT_BATCH_BYTES,
         }
     }
 }
@@ -147,6 +150,7 @@ pub struct Cache {
     pub(crate) gc_percent: AtomicU8,
     pub(crate) heads: Vec<Padded<Head>>,
     pub(crate) wb: Mutex<WbState>,
+    pub(crate) wb_batch_bytes: AtomicU64,
     /// Held by the one GC pass that may run at a time.
     pub(crate) gc: Mutex<()>,
     pub(crate) counters: Counters,
@@ -279,6 +283,7 @@ impl Cache {
             gc_percent: AtomicU8::new(info.gc_percent),
             heads: (0..cfg.workers).map(|_| Padded(Head::default())).collect(),
             wb: Mutex::new(WbState::default()),
+            wb_batch_bytes: AtomicU64::new(cfg.writeback_batch_bytes),
             gc: Mutex::new(()),
             counters,
             pressure: AtomicBool::new(false),
@@ -288,6 +293,12 @@ impl Cache {
             kset_due: AtomicU64::new(u64::MAX),
             sb,
         };
+        // What was journalled before this open is an epoch of its own: writes
+        // from now on must not reach the base ahead of it. The mark goes in
+        // with the first kset appended (a read-only open appends none).
+        if lock(&cache.tails).dirty.seq < replayed.head.seq {
+            lock(&cache.log).mark_before_next_append();
+        }
         Ok((cache, replayed.report))
     }
 

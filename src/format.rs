@@ -46,6 +46,14 @@ pub const KSET_MAX_KEYS: usize = 128;
 pub const KSET_MAX_SIZE: usize = KSET_HDR_SIZE + KSET_MAX_KEYS * KEY_SIZE;
 /// Kset flag: this kset carries no keys and continues the log in `next_seg`.
 pub const KSET_FLAG_LAST: u16 = 1;
+/// Kset flag: a FLUSH of the front end completed after this kset: it ends
+/// an epoch. Writeback never lets the base hold a write of a later epoch
+/// without every write of this one.
+pub const KSET_FLAG_FLUSH: u16 = 2;
+/// Kset flag: written by a writer that marks FLUSHes with KSET_FLAG_FLUSH.
+/// A kset without it (written before epochs were marked) is an epoch of its own.
+pub const KSET_FLAG_MARKS: u16 = 4;
+pub const KSET_FLAGS_KNOWN: u16 = KSET_FLAG_LAST | KSET_FLAG_FLUSH | KSET_FLAG_MARKS;
 
 /// Key flag: data not yet written back to the base device.
 pub const KEY_FLAG_DIRTY: u32 = 1;
@@ -385,6 +393,17 @@ impl KsetHeader {
     pub fn is_last(&self) -> bool {
         self.flags & KSET_FLAG_LAST != 0
     }
+
+    /// Whether this kset is a FLUSH mark.
+    pub fn is_flush(&self) -> bool {
+        self.flags & KSET_FLAG_FLUSH != 0
+    }
+
+    /// Whether an epoch ends with this kset: a FLUSH mark, or a kset from
+    /// before epochs were marked (each of those is an epoch of its own).
+    pub fn ends_epoch(&self) -> bool {
+        self.flags & KSET_FLAG_FLUSH != 0 || self.flags & KSET_FLAG_MARKS == 0
+    }
 }
 
 /// Size on media of a kset with `n` keys, rounded to a cache line.
@@ -440,7 +459,7 @@ pub fn parse_kset_header(b: &[u8], nonce: u64, seq: u64, room: usize) -> std::re
     if hdr.nonce != nonce || hdr.seq != seq {
         return Err(KsetEnd::NotAKset);
     }
-    if hdr.flags & !KSET_FLAG_LAST != 0 {
+    if hdr.flags & !KSET_FLAGS_KNOWN != 0 {
         return Err(KsetEnd::Invalid(format!("unknown kset flags {:#x}", hdr.flags)));
     }
     if hdr.key_num as usize > KSET_MAX_KEYS {

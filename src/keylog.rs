@@ -7,7 +7,9 @@
 //! the next sequence number, so stale ksets in a reused segment end replay.
 
 use crate::error::{Error, Result};
-use crate::format::{encode_kset, kset_size, KeyRecord, KsetHeader, LogPos, KSET_FLAG_LAST, KSET_MAX_SIZE};
+use crate::format::{
+    encode_kset, kset_size, KeyRecord, KsetHeader, LogPos, KSET_FLAG_FLUSH, KSET_FLAG_LAST, KSET_FLAG_MARKS, KSET_MAX_SIZE,
+};
 use crate::pmem::Media;
 use crate::segment::{SegmentTable, Use};
 
@@ -16,15 +18,61 @@ pub struct KeyLog {
     pub head: LogPos,
     nonce: u64,
     buf: Vec<u8>,
+    /// Whether a FLUSH needs no mark: nothing was appended since the last
+    /// mark, or since the log was opened.
+    marked: bool,
+    /// Sequence number of the newest FLUSH mark (0: none since open).
+    last_mark: u64,
+    /// Write a FLUSH mark before the next kset that carries keys.
+    mark_pending: bool,
 }
 
 impl KeyLog {
     pub fn new(head: LogPos, nonce: u64) -> Self {
-        KeyLog { head, nonce, buf: Vec::with_capacity(KSET_MAX_SIZE) }
+        KeyLog { head, nonce, buf: Vec::with_capacity(KSET_MAX_SIZE), marked: true, last_mark: 0, mark_pending: false }
+    }
+
+    /// Ends the epoch of everything in the log before anything is appended
+    /// (at open, over a replayed log that holds dirty keys).
+    pub fn mark_before_next_append(&mut self) {
+        self.mark_pending = true;
+    }
+
+    /// Sequence number of the newest FLUSH mark written since the log was
+    /// opened (0 if none): no later kset is in an earlier epoch.
+    pub fn last_mark(&self) -> u64 {
+        self.last_mark
+    }
+
+    /// Ends the current epoch: appends an empty kset carrying the FLUSH mark,
+    /// unless the newest kset already ends one. Called once a FLUSH has
+    /// journalled every open key.
+    pub fn mark_flush(&mut self, media: &dyn Media, segs: &SegmentTable) -> Result<()> {
+        if self.marked {
+            return Ok(());
+        }
+        self.write_mark(media, segs)
+    }
+
+    fn write_mark(&mut self, media: &dyn Media, segs: &SegmentTable) -> Result<()> {
+        self.write_kset(media, segs, &[], KSET_FLAG_FLUSH)?;
+        self.marked = true;
+        self.mark_pending = false;
+        self.last_mark = self.head.seq - 1;
+        Ok(())
     }
 
     /// Appends a kset holding `keys` and makes it durable.
     pub fn append(&mut self, media: &dyn Media, segs: &SegmentTable, keys: &[KeyRecord]) -> Result<()> {
+        if self.mark_pending {
+            self.write_mark(media, segs)?;
+        }
+        self.write_kset(media, segs, keys, 0)?;
+        self.marked = false;
+        Ok(())
+    }
+
+    fn write_kset(&mut self, media: &dyn Media, segs: &SegmentTable, keys: &[KeyRecord], flags: u16) -> Result<()> {
         let geo = segs.geo;
         let size = kset_size(keys.len());
         // Always leave room for the LAST kset that chains to the next segment.
@@ -32,12 +80,24 @@ impl KeyLog {
             let next = segs
                 .alloc(Use::Log)
                 .ok_or_else(|| Error::NoSpace("no free segment for the key log".into()))?;
-            let hdr = KsetHeader { seq: self.head.seq, nonce: self.nonce, key_num: 0, flags: KSET_FLAG_LAST, next_seg: next };
+            let hdr = KsetHeader {
+                seq: self.head.seq,
+                nonce: self.nonce,
+                key_num: 0,
+                flags: KSET_FLAG_LAST | KSET_FLAG_MARKS,
+                next_seg: next,
+            };
             let n = encode_kset(&mut self.buf, &hdr, &[]);
             media.write(geo.addr(self.head.seg, self.head.off), &self.buf[..n])?;
             self.head = LogPos { seg: next, off: 0, seq: self.head.seq + 1 };
         }
-        let hdr = KsetHeader { seq: self.head.seq, nonce: self.nonce, key_num: keys.len() as u16, flags: 0, next_seg: 0 };
+        let hdr = KsetHeader {
+            seq: self.head.seq,
+            nonce: self.nonce,
+            key_num: keys.len() as u16,
+            flags: flags | KSET_FLAG_MARKS,
+            next_seg: 0,
+        };
         let n = encode_kset(&mut self.buf, &hdr, keys);
         media.write(geo.addr(self.head.seg, self.head.off), &self.buf[..n])?;
         media.fence();

@@ -316,6 +316,9 @@ impl Cache {
         for k in &self.ksets {
             self.seal(&mut k.lock())?;
         }
+        // Ends the epoch: writeback keeps the base from holding later writes
+        // without all of these.
+        lock(&self.log).mark_flush(&*self.media, &self.segs)?;
         Counters::add(&self.counters.local().flush_ops, 1);
         Ok(())
     }

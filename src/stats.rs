@@ -40,6 +40,11 @@ pub struct CounterSet {
     pub writeback_ksets: AtomicU64,
     pub writeback_bytes: AtomicU64,
     pub writeback_errors: AtomicU64,
+    pub writeback_batches: AtomicU64,
+    pub writeback_epochs: AtomicU64,
+    pub writeback_skipped_bytes: AtomicU64,
+    pub base_writes: AtomicU64,
+    pub base_flushes: AtomicU64,
     pub gc_ksets: AtomicU64,
     pub gc_keys: AtomicU64,
     pub data_crc_errors: AtomicU64,
@@ -107,6 +112,13 @@ pub struct Stats {
     pub writeback_ksets: u64,
     pub writeback_bytes: u64,
     pub writeback_errors: u64,
+    /// Batches written back, and how many of them ended an epoch.
+    pub writeback_batches: u64,
+    pub writeback_epochs: u64,
+    /// Dirty bytes never written because a later key overwrote them.
+    pub writeback_skipped_bytes: u64,
+    pub base_writes: u64,
+    pub base_flushes: u64,
     pub gc_ksets: u64,
     pub gc_keys: u64,
     pub data_crc_errors: u64,
@@ -132,6 +144,11 @@ impl Counters {
         s.writeback_ksets = self.total(|c| &c.writeback_ksets);
         s.writeback_bytes = self.total(|c| &c.writeback_bytes);
         s.writeback_errors = self.total(|c| &c.writeback_errors);
+        s.writeback_batches = self.total(|c| &c.writeback_batches);
+        s.writeback_epochs = self.total(|c| &c.writeback_epochs);
+        s.writeback_skipped_bytes = self.total(|c| &c.writeback_skipped_bytes);
+        s.base_writes = self.total(|c| &c.base_writes);
+        s.base_flushes = self.total(|c| &c.base_flushes);
         s.gc_ksets = self.total(|c| &c.gc_ksets);
         s.gc_keys = self.total(|c| &c.gc_keys);
         s.data_crc_errors = self.total(|c| &c.data_crc_errors);

@@ -1,14 +1,28 @@
-//! Writeback: dirty data to the base device, in log order.
+//! Writeback: dirty data to the base device, a batch of the log at a time.
 //!
-//! One kset at a time, from dirty_tail: write its dirty keys to the base,
-//! wait, flush the base, then persist the advanced dirty_tail. The base device
-//! therefore always holds a prefix of the journalled history, and a kset whose
-//! writes fail is simply retried — nothing is dropped.
+//! The base must stay what a disk with a volatile write cache would be: at
+//! any instant it holds every write acknowledged before some completed FLUSH
+//! of the front end, plus any subset of the writes after it. FLUSHes are
+//! marked in the key log (format::KSET_FLAG_FLUSH), which cuts it into
+//! epochs. Writeback takes a batch of ksets from dirty_tail that never
+//! crosses the end of an epoch (and is capped by size):
+//! - within the batch a later key wins over an earlier one for the bytes
+//!   they share, so superseded data is never written;
+//! - while the batch is in the epoch still open (no FLUSH mark after it),
+//!   bytes a later *journalled* key has overwritten are skipped too: that key
+//!   is in the same epoch and will be written back itself, and replay finds
+//!   it over the skipped one;
+//! - what is left is written sorted by base offset, contiguous pieces merged
+//!   into runs, many runs in flight at once;
+//! - one base flush ends the batch, and only once it completed is the
+//!   advanced dirty_tail persisted. A failed write or flush starts the
+//!   batch's writes over (rewriting is idempotent); nothing is dropped.
 //!
 //! The host calls [`Cache::writeback_step`] from a poller; completions may
 //! arrive on any thread and only update counters.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,11 +30,20 @@ use crate::base::BaseDevice;
 use crate::cache::{lock, Cache};
 use crate::error::{Error, Result};
 use crate::format::{data_crc, KeyRecord, LogPos, KEY_FLAG_CRC};
+use crate::index::{Index, KsetTag};
 use crate::keylog::read_kset;
 use crate::stats::Counters;
 
-/// Bytes of dirty data in flight to the base at once.
-const WAVE_BYTES: u64 = 8 << 20;
+/// Bytes of writes in flight to the base at once.
+const WINDOW_BYTES: u64 = 16 << 20;
+/// Bytes submitted per step at most, so one step stays short on a reactor.
+const STEP_BYTES: u64 = 4 << 20;
+/// Longest single base write a run of contiguous pieces becomes.
+const RUN_BYTES: u64 = 1 << 20;
+/// Ksets read into a batch per step at most.
+const KSETS_PER_STEP: usize = 32;
+/// Default cap of a batch's dirty bytes (before superseded bytes are dropped).
+pub const DEFAULT_BATCH_BYTES: u64 = 32 << 20;
 
 /// Below this share of segments in use (or gc_percent, if lower), writeback
 /// yields to a busy front end: one step per [`TRICKLE`].
@@ -30,16 +53,58 @@ pub const TRICKLE: Duration = Duration::from_millis(10);
 #[derive(Default)]
 pub(crate) struct Inflight {
     pending: AtomicUsize,
+    bytes: AtomicU64,
     failed: AtomicBool,
+}
+
+/// Where a piece of a batch's data comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Src {
+    /// Zeros (a zero key).
+    Zero,
+    /// `key`'s data from byte `skip` of it on.
+    Key { key: KeyRecord, skip: u32 },
+}
+
+/// A piece of the base to write: `len` bytes from `src`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Piece {
+    len: u32,
+    src: Src,
+}
+
+/// Ksets taken from the log for one round of writeback.
+#[derive(Default)]
+pub(crate) struct Batch {
+    /// Where the batch starts (dirty_tail) and the position after its last kset.
+    start: LogPos,
+    end: LogPos,
+    ksets: u64,
+    keys: u64,
+    /// Dirty bytes of every key taken (what dirty_bytes counted for them).
+    dirty: u64,
+    /// Base offset -> piece; pieces never overlap (later keys won).
+    pieces: BTreeMap<u64, Piece>,
+    /// The batch ends an epoch (its last kset carries a FLUSH mark).
+    epoch_end: bool,
+    done_reading: bool,
+}
+
+/// Consecutive pieces merged into one base write.
+pub(crate) struct Run {
+    off: u64,
+    len: u64,
+    zero: bool,
+    parts: Vec<(u32, Src)>,
 }
 
 #[derive(Default)]
 pub(crate) enum WbState {
     #[default]
     Idle,
-    /// Writing the kset at `pos`; `waves` are batches of non-overlapping keys.
-    Writing { pos: LogPos, next: LogPos, waves: Vec<Vec<KeyRecord>>, wave: usize, io: Arc<Inflight>, bytes: u64 },
-    Flushing { next: LogPos, io: Arc<Inflight>, bytes: u64 },
+    Collecting(Batch),
+    Writing { batch: Batch, runs: Vec<Run>, next: usize, io: Arc<Inflight> },
+    Flushing { batch: Batch, runs: Vec<Run>, io: Arc<Inflight> },
 }
 
 /// What one step did.
@@ -49,7 +114,7 @@ pub enum WbProgress {
     Idle,
     /// I/O is in flight or was just submitted.
     Busy,
-    /// A kset was completely written back.
+    /// A batch was completely written back.
     Advanced,
 }
 
@@ -71,95 +136,258 @@ impl Cache {
         pace(self.used_percent(), self.gc_percent() as u32)
     }
 
+    /// The cap of a batch's dirty bytes. Any cap no larger than one kset's
+    /// data makes every kset a batch of its own.
+    pub fn writeback_batch_bytes(&self) -> u64 {
+        self.wb_batch_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn set_writeback_batch_bytes(&self, bytes: u64) {
+        self.wb_batch_bytes.store(bytes, Ordering::Relaxed);
+    }
+
     /// Advances writeback by one step; never blocks.
     pub fn writeback_step(&self, base: &dyn BaseDevice) -> Result<WbProgress> {
         let mut st = lock(&self.wb);
-        loop {
-            match std::mem::take(&mut *st) {
-                WbState::Idle => {
-                    let head = lock(&self.log).head;
-                    let pos = lock(&self.tails).dirty;
-                    if pos.seq >= head.seq {
-                        return Ok(WbProgress::Idle);
-                    }
-                    let k = read_kset(&*self.media, &self.segs, self.sb.nonce, pos)?
-                        .ok_or_else(|| Error::corrupt("key log", format!("no kset at dirty_tail seq {}", pos.seq)))?;
-                    let keys: Vec<KeyRecord> =
-                        k.keys.into_iter().filter(|k| k.is_dirty() && (k.is_zero() || k.gen == self.segs.gen(k.seg))).collect();
-                    let bytes = keys.iter().map(|k| k.len as u64).sum();
-                    *st = WbState::Writing { pos, next: k.next, waves: waves(keys), wave: 0, io: Arc::default(), bytes };
-                    // Submit the first wave right away.
-                    if let WbState::Writing { waves, wave, io, .. } = &mut *st {
-                        if let Some(w) = waves.first() {
-                            self.submit_wave(base, w, io)?;
-                            *wave = 1;
-                            return Ok(WbProgress::Busy);
-                        }
-                    }
+        match std::mem::take(&mut *st) {
+            WbState::Idle => {
+                let pos = lock(&self.tails).dirty;
+                if pos.seq >= lock(&self.log).head.seq {
+                    return Ok(WbProgress::Idle);
                 }
-                WbState::Writing { pos, next, waves, wave, io, bytes } => {
+                *st = WbState::Collecting(Batch { start: pos, end: pos, ..Batch::default() });
+                Ok(WbProgress::Busy)
+            }
+            WbState::Collecting(mut batch) => {
+                self.collect(&mut batch)?;
+                if !batch.done_reading {
+                    *st = WbState::Collecting(batch);
+                    return Ok(WbProgress::Busy);
+                }
+                let runs = self.plan(&mut batch);
+                *st = WbState::Writing { batch, runs, next: 0, io: Arc::default() };
+                Ok(WbProgress::Busy)
+            }
+            WbState::Writing { batch, runs, mut next, io } => {
+                if io.failed.load(Ordering::Acquire) {
                     if io.pending.load(Ordering::Acquire) > 0 {
-                        *st = WbState::Writing { pos, next, waves, wave, io, bytes };
+                        *st = WbState::Writing { batch, runs, next, io };
                         return Ok(WbProgress::Busy);
                     }
-                    if io.failed.load(Ordering::Acquire) {
-                        // Start the kset over later; rewriting is idempotent.
-                        Counters::add(&self.counters.local().writeback_errors, 1);
-                        *st = WbState::Idle;
-                        return Ok(WbProgress::Busy);
-                    }
-                    if wave < waves.len() {
-                        self.submit_wave(base, &waves[wave], &io)?;
-                        *st = WbState::Writing { pos, next, waves, wave: wave + 1, io, bytes };
-                        return Ok(WbProgress::Busy);
-                    }
-                    let io = Arc::new(Inflight { pending: AtomicUsize::new(1), failed: AtomicBool::new(false) });
-                    *st = WbState::Flushing { next, io: io.clone(), bytes };
-                    base.flush(completion(io));
+                    // Start the batch's writes over; rewriting is idempotent.
+                    Counters::add(&self.counters.local().writeback_errors, 1);
+                    *st = WbState::Writing { batch, runs, next: 0, io: Arc::default() };
+                    return Ok(WbProgress::Busy);
                 }
-                WbState::Flushing { next, io, bytes } => {
-                    if io.pending.load(Ordering::Acquire) > 0 {
-                        *st = WbState::Flushing { next, io, bytes };
-                        return Ok(WbProgress::Busy);
+                let mut sent = 0u64;
+                while next < runs.len() && sent < STEP_BYTES && io.bytes.load(Ordering::Acquire) < WINDOW_BYTES {
+                    if let Err(e) = self.submit_run(base, &runs[next], &io) {
+                        *st = WbState::Writing { batch, runs, next, io };
+                        return Err(e);
                     }
-                    if io.failed.load(Ordering::Acquire) {
-                        Counters::add(&self.counters.local().writeback_errors, 1);
-                        *st = WbState::Idle;
-                        return Ok(WbProgress::Busy);
-                    }
-                    lock(&self.tails).set_dirty(&*self.media, next)?;
-                    Counters::sub(&self.counters.local().dirty_bytes, bytes);
-                    Counters::add(&self.counters.local().writeback_bytes, bytes);
-                    Counters::add(&self.counters.local().writeback_ksets, 1);
-                    return Ok(WbProgress::Advanced);
+                    sent += runs[next].len;
+                    next += 1;
                 }
+                if next < runs.len() || io.pending.load(Ordering::Acquire) > 0 {
+                    *st = WbState::Writing { batch, runs, next, io };
+                    return Ok(WbProgress::Busy);
+                }
+                if runs.is_empty() {
+                    // Nothing reached the base: nothing to make durable.
+                    return self.finish(batch).map(|()| WbProgress::Advanced);
+                }
+                let io = Arc::new(Inflight { pending: AtomicUsize::new(1), ..Inflight::default() });
+                Counters::add(&self.counters.local().base_flushes, 1);
+                base.flush(completion(io.clone(), 0));
+                *st = WbState::Flushing { batch, runs, io };
+                Ok(WbProgress::Busy)
+            }
+            WbState::Flushing { batch, runs, io } => {
+                if io.pending.load(Ordering::Acquire) > 0 {
+                    *st = WbState::Flushing { batch, runs, io };
+                    return Ok(WbProgress::Busy);
+                }
+                if io.failed.load(Ordering::Acquire) {
+                    // The device may have dropped what it held: write it all again.
+                    Counters::add(&self.counters.local().writeback_errors, 1);
+                    *st = WbState::Writing { batch, runs, next: 0, io: Arc::default() };
+                    return Ok(WbProgress::Busy);
+                }
+                self.finish(batch).map(|()| WbProgress::Advanced)
             }
         }
     }
 
-    fn submit_wave(&self, base: &dyn BaseDevice, wave: &[KeyRecord], io: &Arc<Inflight>) -> Result<()> {
-        // Read everything first, so a bad data CRC stops the wave before any write.
-        let mut bufs = Vec::with_capacity(wave.len());
-        for k in wave {
-            if k.is_zero() {
-                bufs.push(Vec::new());
-                continue;
+    /// Reads up to KSETS_PER_STEP more ksets into `batch`, up to the end of an
+    /// epoch, the cap, or the log head.
+    fn collect(&self, batch: &mut Batch) -> Result<()> {
+        let head = lock(&self.log).head;
+        let cap = self.writeback_batch_bytes();
+        for _ in 0..KSETS_PER_STEP {
+            let pos = batch.end;
+            if pos.seq >= head.seq {
+                batch.done_reading = true;
+                return Ok(());
             }
-            let mut buf = vec![0u8; k.len as usize];
-            self.media.read(self.geo.addr(k.seg, k.seg_off), &mut buf)?;
-            if k.flags & KEY_FLAG_CRC != 0 && data_crc(&[&buf]) != k.data_crc {
-                Counters::add(&self.counters.local().data_crc_errors, 1);
-                return Err(Error::DataCrc { offset: k.off, len: k.len as u64 });
+            let k = read_kset(&*self.media, &self.segs, self.sb.nonce, pos)?
+                .ok_or_else(|| Error::corrupt("key log", format!("no kset at seq {} for writeback", pos.seq)))?;
+            if k.hdr.ends_epoch() && !k.hdr.is_flush() && batch.ksets > 0 {
+                // A kset from before epochs were marked is a batch of its own.
+                batch.done_reading = true;
+                return Ok(());
             }
-            bufs.push(buf);
+            for key in k.keys {
+                if !key.is_dirty() || (!key.is_zero() && key.gen != self.segs.gen(key.seg)) {
+                    continue;
+                }
+                batch.keys += 1;
+                batch.dirty += key.len as u64;
+                let src = if key.is_zero() { Src::Zero } else { Src::Key { key, skip: 0 } };
+                put_piece(&mut batch.pieces, key.off, Piece { len: key.len, src });
+            }
+            batch.end = k.next;
+            batch.ksets += 1;
+            if k.hdr.ends_epoch() {
+                batch.epoch_end = true;
+                batch.done_reading = true;
+                return Ok(());
+            }
+            if batch.dirty >= cap {
+                batch.done_reading = true;
+                return Ok(());
+            }
         }
-        io.pending.fetch_add(wave.len(), Ordering::AcqRel);
-        for (k, buf) in wave.iter().zip(bufs) {
-            if k.is_zero() {
-                base.write_zeroes(k.off, k.len as u64, completion(io.clone()));
-            } else {
-                base.write(k.off, buf, completion(io.clone()));
+        Ok(())
+    }
+
+    /// Drops the bytes later journalled keys of the same epoch overwrote
+    /// (when the batch is in the open epoch), then merges what is left into
+    /// runs in base order.
+    fn plan(&self, batch: &mut Batch) -> Vec<Run> {
+        if !batch.epoch_end {
+            let kept = self.drop_overwritten(&batch.pieces);
+            // Decided only now: any FLUSH mark written meanwhile at or after
+            // the batch's start puts the overwriting keys in a later epoch.
+            if lock(&self.log).last_mark() < batch.start.seq {
+                batch.pieces = kept;
             }
+        }
+        let written: u64 = batch.pieces.values().map(|p| p.len as u64).sum();
+        Counters::add(&self.counters.local().writeback_skipped_bytes, batch.dirty.saturating_sub(written));
+        let mut runs: Vec<Run> = Vec::new();
+        for (&off, p) in &batch.pieces {
+            let zero = p.src == Src::Zero;
+            match runs.last_mut() {
+                Some(r) if r.off + r.len == off && r.zero == zero && (zero || r.len + p.len as u64 <= RUN_BYTES) => {
+                    r.len += p.len as u64;
+                    r.parts.push((p.len, p.src));
+                }
+                _ => runs.push(Run { off, len: p.len as u64, zero, parts: vec![(p.len, p.src)] }),
+            }
+        }
+        runs
+    }
+
+    /// The pieces with every byte removed whose newest value, per the index,
+    /// comes from a journalled key other than the piece's own.
+    fn drop_overwritten(&self, pieces: &BTreeMap<u64, Piece>) -> BTreeMap<u64, Piece> {
+        let mut kept = BTreeMap::new();
+        for (&off, p) in pieces {
+            let Src::Key { key, skip } = p.src else {
+                kept.insert(off, *p);
+                continue;
+            };
+            let end = off + p.len as u64;
+            let keep: std::cell::RefCell<Vec<(u64, u64)>> = Default::default();
+            let push = |from: u64, to: u64| {
+                let mut k = keep.borrow_mut();
+                match k.last_mut() {
+                    Some(last) if last.1 == from => last.1 = to,
+                    _ => k.push((from, to)),
+                }
+            };
+            let mut at = off;
+            while at < end {
+                let n = Index::piece_len(at, end - at);
+                let t = self.index.lock(Index::subtree_of(at));
+                t.walk(
+                    at,
+                    at + n,
+                    |o, e, eskip, len| {
+                        let mine = !e.is_zero()
+                            && e.seg == key.seg
+                            && e.gen == key.gen as u32
+                            && e.seg_off as u64 + eskip as u64 == key.seg_off as u64 + skip as u64 + (o - off);
+                        let tag = e.kset();
+                        let journalled = tag == KsetTag::NONE
+                            || self.kset_epochs[tag.id as usize].load(Ordering::Acquire) != tag.epoch;
+                        if mine || !journalled {
+                            push(o, o + len as u64);
+                        }
+                    },
+                    |o, len| push(o, o + len),
+                );
+                drop(t);
+                at += n;
+            }
+            for (from, to) in keep.into_inner() {
+                let src = Src::Key { key, skip: skip + (from - off) as u32 };
+                kept.insert(from, Piece { len: (to - from) as u32, src });
+            }
+        }
+        kept
+    }
+
+    fn submit_run(&self, base: &dyn BaseDevice, run: &Run, io: &Arc<Inflight>) -> Result<()> {
+        io.pending.fetch_add(1, Ordering::AcqRel);
+        io.bytes.fetch_add(run.len, Ordering::AcqRel);
+        Counters::add(&self.counters.local().base_writes, 1);
+        if run.zero {
+            base.write_zeroes(run.off, run.len, completion(io.clone(), run.len));
+            return Ok(());
+        }
+        let mut buf = vec![0u8; run.len as usize];
+        let mut at = 0usize;
+        for &(len, src) in &run.parts {
+            let Src::Key { key, skip } = src else { unreachable!("a data run holds only key pieces") };
+            let dst = &mut buf[at..at + len as usize];
+            if let Err(e) = self.read_checked(&key, skip, dst) {
+                io.pending.fetch_sub(1, Ordering::AcqRel);
+                io.bytes.fetch_sub(run.len, Ordering::AcqRel);
+                return Err(e);
+            }
+            at += len as usize;
+        }
+        base.write(run.off, buf, completion(io.clone(), run.len));
+        Ok(())
+    }
+
+    /// Reads bytes `skip..skip+dst.len()` of `key`'s data, checking the
+    /// key's data CRC (over the whole key) when it has one.
+    fn read_checked(&self, key: &KeyRecord, skip: u32, dst: &mut [u8]) -> Result<()> {
+        if key.flags & KEY_FLAG_CRC == 0 {
+            return self.media.read(self.geo.addr(key.seg, key.seg_off + skip), dst);
+        }
+        let mut whole = vec![0u8; key.len as usize];
+        self.media.read(self.geo.addr(key.seg, key.seg_off), &mut whole)?;
+        if data_crc(&[&whole]) != key.data_crc {
+            Counters::add(&self.counters.local().data_crc_errors, 1);
+            return Err(Error::DataCrc { offset: key.off, len: key.len as u64 });
+        }
+        dst.copy_from_slice(&whole[skip as usize..skip as usize + dst.len()]);
+        Ok(())
+    }
+
+    /// Persists dirty_tail past a batch whose writes are durable on the base.
+    fn finish(&self, batch: Batch) -> Result<()> {
+        lock(&self.tails).set_dirty(&*self.media, batch.end)?;
+        let c = self.counters.local();
+        Counters::sub(&c.dirty_bytes, batch.dirty);
+        Counters::add(&c.writeback_bytes, batch.dirty);
+        Counters::add(&c.writeback_ksets, batch.ksets);
+        Counters::add(&c.writeback_batches, 1);
+        if batch.epoch_end {
+            Counters::add(&c.writeback_epochs, 1);
         }
         Ok(())
     }
@@ -188,37 +416,46 @@ impl Cache {
     }
 }
 
-fn completion(io: Arc<Inflight>) -> crate::base::Done {
+/// Enters `p` at `off`, cutting away what it overlaps of earlier pieces.
+fn put_piece(pieces: &mut BTreeMap<u64, Piece>, off: u64, p: Piece) {
+    let end = off + p.len as u64;
+    // The piece starting before `off` that reaches into it, if any.
+    if let Some((&s, &q)) = pieces.range(..off).next_back() {
+        let qend = s + q.len as u64;
+        if qend > off {
+            pieces.insert(s, Piece { len: (off - s) as u32, src: q.src });
+            if qend > end {
+                pieces.insert(end, Piece { len: (qend - end) as u32, src: advance(q.src, (end - s) as u32) });
+            }
+        }
+    }
+    // Pieces starting inside [off, end).
+    let inside: Vec<u64> = pieces.range(off..end).map(|(&s, _)| s).collect();
+    for s in inside {
+        let q = pieces.remove(&s).expect("listed just now");
+        let qend = s + q.len as u64;
+        if qend > end {
+            pieces.insert(end, Piece { len: (qend - end) as u32, src: advance(q.src, (end - s) as u32) });
+        }
+    }
+    pieces.insert(off, p);
+}
+
+fn advance(src: Src, by: u32) -> Src {
+    match src {
+        Src::Zero => Src::Zero,
+        Src::Key { key, skip } => Src::Key { key, skip: skip + by },
+    }
+}
+
+fn completion(io: Arc<Inflight>, bytes: u64) -> crate::base::Done {
     Box::new(move |r: Result<()>| {
         if r.is_err() {
             io.failed.store(true, Ordering::Release);
         }
+        io.bytes.fetch_sub(bytes, Ordering::AcqRel);
         io.pending.fetch_sub(1, Ordering::AcqRel);
     })
-}
-
-/// Splits keys into batches that can be written concurrently: a key that
-/// overlaps an earlier key of the batch (or would exceed the byte budget)
-/// starts a new batch, so overlapping writes reach the base in log order.
-fn waves(keys: Vec<KeyRecord>) -> Vec<Vec<KeyRecord>> {
-    let mut out: Vec<Vec<KeyRecord>> = Vec::new();
-    let mut bytes = 0u64;
-    for k in keys {
-        let start_new = match out.last() {
-            None => true,
-            Some(w) => {
-                bytes + k.len as u64 > WAVE_BYTES
-                    || w.iter().any(|o| o.off < k.off + k.len as u64 && k.off < o.off + o.len as u64)
-            }
-        };
-        if start_new {
-            out.push(Vec::new());
-            bytes = 0;
-        }
-        bytes += k.len as u64;
-        out.last_mut().expect("a wave exists").push(k);
-    }
-    out
 }
 
 /// Remembers when writeback last stepped, to apply [`Cache::writeback_pace`].
@@ -258,6 +495,37 @@ fn pace(used: u32, gc: u32) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(off: u64, len: u32, seg_off: u32) -> Src {
+        let k = KeyRecord { off, len, flags: 1, seg: 3, seg_off, gen: 1, data_crc: 0 };
+        Src::Key { key: k, skip: 0 }
+    }
+
+    #[test]
+    fn later_pieces_cut_earlier_ones() {
+        let mut m = BTreeMap::new();
+        put_piece(&mut m, 0, Piece { len: 4096, src: key(0, 4096, 0) });
+        put_piece(&mut m, 1024, Piece { len: 1024, src: key(1024, 1024, 8192) });
+        put_piece(&mut m, 3072, Piece { len: 2048, src: Src::Zero });
+        let got: Vec<(u64, u32, Src)> = m.iter().map(|(&o, p)| (o, p.len, p.src)).collect();
+        let first = |skip| match key(0, 4096, 0) {
+            Src::Key { key, .. } => Src::Key { key, skip },
+            z => z,
+        };
+        assert_eq!(
+            got,
+            vec![
+                (0, 1024, first(0)),
+                (1024, 1024, key(1024, 1024, 8192)),
+                (2048, 1024, first(2048)),
+                (3072, 2048, Src::Zero)
+            ]
+        );
+        // A piece covering several replaces them all.
+        put_piece(&mut m, 512, Piece { len: 4096, src: Src::Zero });
+        let got: Vec<(u64, u32)> = m.iter().map(|(&o, p)| (o, p.len)).collect();
+        assert_eq!(got, vec![(0, 512), (512, 4096), (4608, 512)]);
+    }
 
     #[test]
     fn pace_trickles_then_speeds_up_towards_the_gc_threshold() {

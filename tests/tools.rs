@@ -540,8 +540,16 @@ fn live_key_data(img: &[u8]) -> u64 {
     let geo = pcache::segment::Geometry { seg_start: sb.seg_start, seg_size: sb.seg_size as u64, seg_count: sb.seg_count };
     let segs = pcache::segment::SegmentTable::load(&media, geo, 0).unwrap();
     let tails = pcache::tails::Tails::load(&media).unwrap();
-    let k = pcache::keylog::read_kset(&media, &segs, sb.nonce, tails.dirty).unwrap().expect("a dirty kset");
-    let key = k.keys.iter().find(|k| k.gen == segs.gen(k.seg)).expect("a live key");
+    // The newest dirty key: no later key overwrites it, so writeback must read it.
+    let mut pos = tails.dirty;
+    let mut newest = None;
+    while let Some(k) = pcache::keylog::read_kset(&media, &segs, sb.nonce, pos).unwrap() {
+        if let Some(key) = k.keys.iter().rev().find(|k| !k.is_zero() && k.gen == segs.gen(k.seg)) {
+            newest = Some(*key);
+        }
+        pos = k.next;
+    }
+    let key = newest.expect("a live dirty key");
     geo.addr(key.seg, key.seg_off) + key.len as u64 / 2
 }
 

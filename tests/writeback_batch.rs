@@ -1,0 +1,135 @@
+//! Writeback in batches: what it may skip, and what it must still write.
+//!
+//! Bytes a later key overwrote need not reach the base when both keys are in
+//! the same epoch and the later key is journalled: it is written back itself,
+//! and replay puts it over the earlier one. The FLUSH-epoch prefix property
+//! itself is tests/writeback_prefix.rs.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use pcache::pmem::{MemMedia, Media};
+use pcache::{Cache, MemBase, WbProgress, WriteOutcome};
+
+const BASE_SECTORS: u64 = 2048;
+
+fn setup(batch_bytes: u64) -> (Arc<MemMedia>, MemBase, Cache) {
+    let media = Arc::new(MemMedia::new(media_len(32)));
+    let base = base((BASE_SECTORS * 512) as usize);
+    let mut cfg = config(BASE_SECTORS * 512, 1);
+    cfg.gc_percent = Some(90);
+    cfg.kset_flush_interval = Duration::ZERO;
+    cfg.writeback_batch_bytes = batch_bytes;
+    let cache = open(media.clone() as Arc<dyn Media>, &cfg);
+    (media, base, cache)
+}
+
+fn write(cache: &Cache, id: u64, first: u64, n: u64) {
+    assert_eq!(cache.write_buf(0, first * 512, &write_data(id, first, n)).unwrap(), WriteOutcome::Done);
+}
+
+/// Journals the open ksets without a FLUSH (as the kset timer does).
+fn journal(cache: &Cache) {
+    cache.flush_expired_ksets().unwrap();
+}
+
+/// Steps writeback until `n` batches are done (or it is idle).
+fn until_batches(cache: &Cache, base: &MemBase, n: u64) {
+    while cache.stats().writeback_batches < n {
+        if cache.writeback_step(base).unwrap() == WbProgress::Idle {
+            return;
+        }
+    }
+}
+
+fn who(img: &[u8], s: u64) -> Option<u64> {
+    who_wrote(&img[s as usize * 512..(s as usize + 1) * 512], s)
+}
+
+#[test]
+fn bytes_overwritten_in_the_open_epoch_are_written_back_once() {
+    // One kset per batch, so the overwrite is in a later batch.
+    let (media, base, cache) = setup(1);
+    write(&cache, 1, 0, 64);
+    journal(&cache);
+    write(&cache, 2, 0, 64);
+    journal(&cache);
+    until_batches(&cache, &base, 1);
+    let st = cache.stats();
+    assert_eq!(st.writeback_skipped_bytes, 64 * 512, "the first key's bytes were overwritten by a journalled key");
+    assert_eq!(st.base_writes, 0, "nothing of the first batch reached the base");
+    // A crash now: the first key is behind dirty_tail; replay must serve the second.
+    let (pmem, img) = (media.snapshot(), base.crash_image(7));
+    let again = open(Arc::new(MemMedia::from_image(pmem)) as Arc<dyn Media>, &config(BASE_SECTORS * 512, 1));
+    let got = read_through(&again, &base_from(img), 0, 0, 64 * 512);
+    assert!((0..64).all(|s| who(&got, s) == Some(2)), "after a crash the newest data is served");
+    drop(again);
+    cache.writeback_all(&base).unwrap();
+    let img = base.visible_image();
+    assert!((0..64).all(|s| who(&img, s) == Some(2)));
+    assert_eq!(cache.stats().base_flushes, 1, "one flush for the one batch that wrote");
+}
+
+#[test]
+fn an_overwrite_not_yet_journalled_does_not_excuse_writing_back() {
+    let (_media, base, cache) = setup(1);
+    write(&cache, 1, 100, 16);
+    journal(&cache);
+    write(&cache, 2, 100, 16); // open: a crash would lose it
+    until_batches(&cache, &base, 1);
+    assert_eq!(cache.stats().writeback_batches, 1);
+    // dirty_tail is past the first key, which the cache now treats as clean:
+    // the base must hold it.
+    let img = base.durable_image();
+    assert!((100..116).all(|s| who(&img, s) == Some(1)), "the first key reached the base before dirty_tail moved");
+}
+
+#[test]
+fn an_overwrite_in_a_later_epoch_does_not_excuse_writing_back() {
+    let (_media, base, cache) = setup(1);
+    write(&cache, 1, 200, 8);
+    cache.flush().unwrap(); // ends the epoch
+    write(&cache, 2, 200, 8);
+    journal(&cache);
+    until_batches(&cache, &base, 1);
+    let img = base.durable_image();
+    assert!((200..208).all(|s| who(&img, s) == Some(1)), "the first epoch is complete on the base");
+    // The FLUSH mark after it is a batch of its own at this cap; it ends the epoch.
+    until_batches(&cache, &base, 2);
+    assert_eq!(cache.stats().writeback_epochs, 1);
+}
+
+#[test]
+fn a_batch_sorts_and_merges_and_flushes_once() {
+    let (_media, base, cache) = setup(32 << 20);
+    // 64 adjacent 4 KiB writes in reverse order, each overwritten twice.
+    for round in 0..3u64 {
+        for i in (0..64u64).rev() {
+            write(&cache, 1 + round * 100 + i, i * 8, 8);
+        }
+    }
+    cache.writeback_all(&base).unwrap();
+    let st = cache.stats();
+    assert_eq!(st.writeback_batches, 1);
+    assert_eq!(st.base_flushes, 1);
+    assert_eq!(st.writeback_skipped_bytes, 2 * 64 * 4096, "two of three rounds were overwritten");
+    assert_eq!(st.base_writes, 1, "256 KiB of adjacent pieces went as one write");
+    let img = base.visible_image();
+    assert!((0..64u64).all(|i| who(&img, i * 8) == Some(201 + i)));
+}
+
+#[test]
+fn a_cap_of_one_kset_writes_each_kset_as_its_own_batch() {
+    let (_media, base, cache) = setup(1);
+    for i in 0..5u64 {
+        write(&cache, 1 + i, i * 16, 16);
+        journal(&cache);
+    }
+    cache.writeback_all(&base).unwrap();
+    let st = cache.stats();
+    assert_eq!(st.writeback_batches, st.writeback_ksets, "{st:?}");
+    assert!(st.writeback_ksets >= 5);
+}
