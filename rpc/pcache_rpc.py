@@ -55,6 +55,7 @@ def bdev_pcache_create(args):
         'cache_mode': args.cache_mode,
         'data_crc': args.data_crc,
         'gc_percent': args.gc_percent,
+        'writeback_batch_bytes': args.writeback_batch_bytes,
         'force_format': True if args.force_format else None,
     }))
 
@@ -67,6 +68,7 @@ def bdev_pcache_set_options(args):
     _call(args, 'bdev_pcache_set_options', {
         'name': args.name,
         'gc_percent': args.gc_percent,
+        'writeback_batch_bytes': args.writeback_batch_bytes,
     })
 
 
@@ -137,6 +139,9 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('-g', '--gc-percent', dest='gc_percent', type=int,
                    help="""Start garbage collection when more than this percentage (0-90) of cache
                    segments are in use. Default: the module's""")
+    p.add_argument('-W', '--writeback-batch-bytes', dest='writeback_batch_bytes', type=int,
+                   help="""Cap of the dirty bytes writeback takes in one batch (one base flush each);
+                   1 writes back one kset per batch. Default: 32 MiB""")
     p.add_argument('-f', '--force-format', dest='force_format', action='store_true',
                    help='Format the cache even if it holds a pcache; DISCARDS any dirty data on it')
     p.set_defaults(func=bdev_pcache_create)
@@ -151,6 +156,8 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('name', help='pcache bdev name')
     p.add_argument('-g', '--gc-percent', dest='gc_percent', type=int,
                    help='Start garbage collection when more than this percentage (0-90) of cache segments are in use')
+    p.add_argument('-W', '--writeback-batch-bytes', dest='writeback_batch_bytes', type=int,
+                   help='Cap of the dirty bytes writeback takes in one batch; 1 writes back one kset per batch')
     p.set_defaults(func=bdev_pcache_set_options)
 
     p = subparsers.add_parser('bdev_pcache_flush',

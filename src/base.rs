@@ -14,6 +14,16 @@ pub trait BaseDevice: Send + Sync {
     fn block_size(&self) -> u32;
     /// Writes `data` at `offset`; calls `done` when it completes.
     fn write(&self, offset: u64, data: Vec<u8>, done: Done);
+    /// Writes `len` bytes at `offset` that `fill` puts into the buffer it is
+    /// given; if `fill` fails nothing is written and its error is returned
+    /// (`done` is then not called). Bases that stage writes in buffers of
+    /// their own (DMA memory) override it to fill those directly.
+    fn write_from(&self, offset: u64, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> Result<()>, done: Done) -> Result<()> {
+        let mut data = vec![0u8; len];
+        fill(&mut data)?;
+        self.write(offset, data, done);
+        Ok(())
+    }
     /// Writes `len` zero bytes at `offset` (a zero key's writeback). Bases
     /// with a cheaper way (SPDK's write_zeroes) override it.
     fn write_zeroes(&self, offset: u64, len: u64, done: Done) {

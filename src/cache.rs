@@ -151,6 +151,9 @@ pub struct Cache {
     pub(crate) heads: Vec<Padded<Head>>,
     pub(crate) wb: Mutex<WbState>,
     pub(crate) wb_batch_bytes: AtomicU64,
+    /// The epoch that was open when the log was replayed: ksets with seq in
+    /// this range (see writeback.rs).
+    pub(crate) replayed_open_epoch: std::ops::Range<u64>,
     /// Held by the one GC pass that may run at a time.
     pub(crate) gc: Mutex<()>,
     pub(crate) counters: Counters,
@@ -284,6 +287,7 @@ impl Cache {
             heads: (0..cfg.workers).map(|_| Padded(Head::default())).collect(),
             wb: Mutex::new(WbState::default()),
             wb_batch_bytes: AtomicU64::new(cfg.writeback_batch_bytes),
+            replayed_open_epoch: replayed.last_epoch_end + 1..replayed.head.seq,
             gc: Mutex::new(()),
             counters,
             pressure: AtomicBool::new(false),

@@ -26,6 +26,9 @@ pub struct ReplayReport {
 pub struct Replayed {
     pub head: LogPos,
     pub report: ReplayReport,
+    /// Sequence number of the last kset that ends an epoch (0: none): the
+    /// ksets after it, up to the head, are the epoch that was open.
+    pub last_epoch_end: u64,
 }
 
 /// One walk of the chain: the kset positions from key_tail to the head.
@@ -134,10 +137,14 @@ pub fn replay(media: &dyn Media, sb: &Superblock, segs: &SegmentTable, index: &I
     let geo = segs.geo;
     let data_crc = sb.data_crc();
     let recrc = |e: &Extent| extent_crc(media, &geo, e);
+    let mut last_epoch_end = 0;
     for (i, &pos) in chain.ksets.iter().enumerate() {
         let k = read_kset(media, segs, sb.nonce, pos)?
             .ok_or_else(|| Error::Io("key log changed during replay".into()))?;
         report.ksets += 1;
+        if k.hdr.ends_epoch() {
+            last_epoch_end = pos.seq;
+        }
         for key in &k.keys {
             report.keys += 1;
             if !check_key(key, sb, segs, &is_log)? {
@@ -155,5 +162,5 @@ pub fn replay(media: &dyn Media, sb: &Superblock, segs: &SegmentTable, index: &I
             t.insert(key.off, e, if data_crc { Some(&recrc) } else { None });
         }
     }
-    Ok(Replayed { head: chain.head, report })
+    Ok(Replayed { head: chain.head, report, last_epoch_end })
 }

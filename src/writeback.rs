@@ -11,7 +11,9 @@
 //! - while the batch is in the epoch still open (no FLUSH mark after it),
 //!   bytes a later *journalled* key has overwritten are skipped too: that key
 //!   is in the same epoch and will be written back itself, and replay finds
-//!   it over the skipped one;
+//!   it over the skipped one. The same holds in the epoch that was open when
+//!   the log was replayed, for bytes a later key *from the replayed log*
+//!   overwrote (a restart ends that epoch, so keys written since are not in it);
 //! - what is left is written sorted by base offset, contiguous pieces merged
 //!   into runs, many runs in flight at once;
 //! - one base flush ends the batch, and only once it completed is the
@@ -45,10 +47,12 @@ const KSETS_PER_STEP: usize = 32;
 /// Default cap of a batch's dirty bytes (before superseded bytes are dropped).
 pub const DEFAULT_BATCH_BYTES: u64 = 32 << 20;
 
-/// Below this share of segments in use (or gc_percent, if lower), writeback
-/// yields to a busy front end: one step per [`TRICKLE`].
-pub const WB_EASY_PERCENT: u32 = 50;
-pub const TRICKLE: Duration = Duration::from_millis(10);
+/// Writeback under a busy front end runs at full speed once dirty data
+/// fills this many percent less of the cache than gc_percent, and trickles
+/// (one step per [`TRICKLE`]) while it fills [`WB_EASY_MARGIN`] percent less.
+pub const WB_FULL_MARGIN: u32 = 10;
+pub const WB_EASY_MARGIN: u32 = 20;
+pub const TRICKLE: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 pub(crate) struct Inflight {
@@ -122,18 +126,26 @@ impl Cache {
     /// How long a host should leave between writeback steps while its front
     /// end is busy; None: no wait (step whenever the poller runs).
     ///
-    /// A burst should get the CPU while the cache has room: writeback then
-    /// trickles, one step per TRICKLE, until WB_EASY_PERCENT of the segments
-    /// are in use. From there the wait shrinks in proportion to the room left
-    /// before gc_percent, where it reaches zero — GC can only reclaim
-    /// written-back segments, so writeback must be at full speed by then.
-    /// No wait when the front end is idle, when writes wait for space or
+    /// Dirty data left in the cache is what absorbs overwrites: the longer a
+    /// key waits, the likelier a later key makes writing it unnecessary, and
+    /// every base write costs the host CPU time the front end could use. So
+    /// under a busy front end writeback trickles, one step per TRICKLE, until
+    /// dirty data fills gc_percent - WB_EASY_MARGIN percent of the cache; the
+    /// wait then shrinks in proportion, to zero at gc_percent - WB_FULL_MARGIN,
+    /// leaving GC written-back segments to reclaim before writes run out of
+    /// room. No wait when the front end is idle, when writes wait for space or
     /// when `flush_waits` (someone waits for everything to reach the base).
     pub fn writeback_pace(&self, front_busy: bool, flush_waits: bool) -> Option<Duration> {
         if !front_busy || flush_waits || self.under_pressure() {
             return None;
         }
-        pace(self.used_percent(), self.gc_percent() as u32)
+        pace(self.dirty_percent(), self.gc_percent() as u32)
+    }
+
+    /// Dirty bytes as a percentage of the cache's data capacity.
+    pub fn dirty_percent(&self) -> u32 {
+        let cap = self.geo.seg_count as u64 * self.geo.payload() as u64;
+        (self.counters.total(|c| &c.dirty_bytes).min(cap) * 100 / cap.max(1)) as u32
     }
 
     /// The cap of a batch's dirty bytes. Any cap no larger than one kset's
@@ -264,8 +276,10 @@ impl Cache {
     /// (when the batch is in the open epoch), then merges what is left into
     /// runs in base order.
     fn plan(&self, batch: &mut Batch) -> Vec<Run> {
-        if !batch.epoch_end {
-            let kept = self.drop_overwritten(&batch.pieces);
+        if self.replayed_open_epoch.contains(&batch.start.seq) {
+            batch.pieces = self.drop_overwritten(&batch.pieces, true);
+        } else if !batch.epoch_end {
+            let kept = self.drop_overwritten(&batch.pieces, false);
             // Decided only now: any FLUSH mark written meanwhile at or after
             // the batch's start puts the overwriting keys in a later epoch.
             if lock(&self.log).last_mark() < batch.start.seq {
@@ -289,8 +303,9 @@ impl Cache {
     }
 
     /// The pieces with every byte removed whose newest value, per the index,
-    /// comes from a journalled key other than the piece's own.
-    fn drop_overwritten(&self, pieces: &BTreeMap<u64, Piece>) -> BTreeMap<u64, Piece> {
+    /// comes from a journalled key other than the piece's own (with
+    /// `replayed_only`, from a key of the replayed log).
+    fn drop_overwritten(&self, pieces: &BTreeMap<u64, Piece>, replayed_only: bool) -> BTreeMap<u64, Piece> {
         let mut kept = BTreeMap::new();
         for (&off, p) in pieces {
             let Src::Key { key, skip } = p.src else {
@@ -319,9 +334,10 @@ impl Cache {
                             && e.gen == key.gen as u32
                             && e.seg_off as u64 + eskip as u64 == key.seg_off as u64 + skip as u64 + (o - off);
                         let tag = e.kset();
-                        let journalled = tag == KsetTag::NONE
-                            || self.kset_epochs[tag.id as usize].load(Ordering::Acquire) != tag.epoch;
-                        if mine || !journalled {
+                        let replayed = tag == KsetTag::NONE;
+                        let journalled =
+                            replayed || self.kset_epochs[tag.id as usize].load(Ordering::Acquire) != tag.epoch;
+                        if mine || !journalled || (replayed_only && !replayed) {
                             push(o, o + len as u64);
                         }
                     },
@@ -346,20 +362,22 @@ impl Cache {
             base.write_zeroes(run.off, run.len, completion(io.clone(), run.len));
             return Ok(());
         }
-        let mut buf = vec![0u8; run.len as usize];
-        let mut at = 0usize;
-        for &(len, src) in &run.parts {
-            let Src::Key { key, skip } = src else { unreachable!("a data run holds only key pieces") };
-            let dst = &mut buf[at..at + len as usize];
-            if let Err(e) = self.read_checked(&key, skip, dst) {
-                io.pending.fetch_sub(1, Ordering::AcqRel);
-                io.bytes.fetch_sub(run.len, Ordering::AcqRel);
-                return Err(e);
+        // The data goes straight from pmem into the base's write buffer.
+        let mut fill = |buf: &mut [u8]| {
+            let mut at = 0usize;
+            for &(len, src) in &run.parts {
+                let Src::Key { key, skip } = src else { unreachable!("a data run holds only key pieces") };
+                self.read_checked(&key, skip, &mut buf[at..at + len as usize])?;
+                at += len as usize;
             }
-            at += len as usize;
+            Ok(())
+        };
+        let r = base.write_from(run.off, run.len as usize, &mut fill, completion(io.clone(), run.len));
+        if r.is_err() {
+            io.pending.fetch_sub(1, Ordering::AcqRel);
+            io.bytes.fetch_sub(run.len, Ordering::AcqRel);
         }
-        base.write(run.off, buf, completion(io.clone(), run.len));
-        Ok(())
+        r
     }
 
     /// Reads bytes `skip..skip+dst.len()` of `key`'s data, checking the
@@ -478,17 +496,18 @@ impl Pacer {
     }
 }
 
-/// The wait between writeback steps under a busy front end at `used` percent
-/// of segments in use (see [`Cache::writeback_pace`]).
-fn pace(used: u32, gc: u32) -> Option<Duration> {
-    let easy = WB_EASY_PERCENT.min(gc);
-    if used >= gc {
+/// The wait between writeback steps under a busy front end with `dirty`
+/// percent of the cache dirty (see [`Cache::writeback_pace`]).
+fn pace(dirty: u32, gc: u32) -> Option<Duration> {
+    let full = gc.saturating_sub(WB_FULL_MARGIN);
+    let easy = gc.saturating_sub(WB_EASY_MARGIN);
+    if dirty >= full {
         return None;
     }
-    if used < easy {
+    if dirty < easy {
         return Some(TRICKLE);
     }
-    let wait = TRICKLE * (gc - used) / (gc - easy).max(1);
+    let wait = TRICKLE * (full - dirty) / (full - easy).max(1);
     (!wait.is_zero()).then_some(wait)
 }
 
@@ -528,17 +547,17 @@ mod tests {
     }
 
     #[test]
-    fn pace_trickles_then_speeds_up_towards_the_gc_threshold() {
+    fn pace_trickles_then_speeds_up_as_dirty_data_nears_the_gc_threshold() {
         assert_eq!(pace(0, 70), Some(TRICKLE));
         assert_eq!(pace(49, 70), Some(TRICKLE));
         assert_eq!(pace(50, 70), Some(TRICKLE));
-        assert_eq!(pace(60, 70), Some(TRICKLE / 2));
-        assert_eq!(pace(69, 70), Some(TRICKLE / 20));
-        assert_eq!(pace(70, 70), None);
+        assert_eq!(pace(55, 70), Some(TRICKLE / 2));
+        assert_eq!(pace(59, 70), Some(TRICKLE / 10));
+        assert_eq!(pace(60, 70), None);
         assert_eq!(pace(95, 70), None);
-        // A GC threshold below the easy share: full speed from there.
-        assert_eq!(pace(29, 30), Some(TRICKLE));
-        assert_eq!(pace(30, 30), None);
-        assert_eq!(pace(0, 0), None);
+        // A low GC threshold: full speed early.
+        assert_eq!(pace(5, 20), Some(TRICKLE / 2));
+        assert_eq!(pace(10, 20), None);
+        assert_eq!(pace(0, 5), None);
     }
 }

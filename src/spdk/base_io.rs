@@ -20,6 +20,34 @@ pub struct SpdkBase {
     align: usize,
     can_flush: bool,
     outstanding: AtomicUsize,
+    /// DMA buffers kept for reuse: allocating one from SPDK's heap per I/O
+    /// cost more reactor time than the copy into it.
+    pool: std::sync::Mutex<BufPool>,
+}
+
+/// Freed DMA buffers by size class (powers of two from 4 KiB), up to a byte budget.
+#[derive(Default)]
+struct BufPool {
+    free: Vec<Vec<*mut c_void>>,
+    bytes: usize,
+}
+
+/// Bytes of DMA buffers a base keeps for reuse at most.
+const POOL_BYTES: usize = 32 << 20;
+
+fn size_class(len: usize) -> (usize, usize) {
+    let size = len.next_power_of_two().max(4096);
+    (size.trailing_zeros() as usize - 12, size)
+}
+
+impl Drop for SpdkBase {
+    fn drop(&mut self) {
+        let pool = std::mem::take(&mut *self.pool.lock().unwrap_or_else(|e| e.into_inner()));
+        for p in pool.free.into_iter().flatten() {
+            // SAFETY: allocated with spdk_dma_malloc and no longer in use.
+            unsafe { sys::spdk_dma_free(p) };
+        }
+    }
 }
 
 // SAFETY: SPDK descriptors and channels are only used on the thread that got the
@@ -79,7 +107,39 @@ impl SpdkBase {
             align: sys::spdk_bdev_get_buf_align(bdev).max(4096),
             can_flush: sys::spdk_bdev_io_type_supported(bdev, sys::SPDK_BDEV_IO_TYPE_FLUSH),
             outstanding: AtomicUsize::new(0),
+            pool: Default::default(),
         }
+    }
+
+    /// A DMA buffer of at least `len` bytes, from the pool or SPDK's heap.
+    fn get_buf(&self, len: usize) -> *mut c_void {
+        let (class, size) = size_class(len);
+        {
+            let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(b) = p.free.get_mut(class).and_then(|v| v.pop()) {
+                p.bytes -= size;
+                return b;
+            }
+        }
+        // SAFETY: plain allocation; freed by put_buf or at drop.
+        unsafe { sys::spdk_dma_malloc(size, self.align, std::ptr::null_mut()) }
+    }
+
+    /// Gives a buffer from get_buf(len) back.
+    fn put_buf(&self, buf: *mut c_void, len: usize) {
+        let (class, size) = size_class(len);
+        let mut p = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if p.bytes + size <= POOL_BYTES {
+            if p.free.len() <= class {
+                p.free.resize_with(class + 1, Vec::new);
+            }
+            p.free[class].push(buf);
+            p.bytes += size;
+            return;
+        }
+        drop(p);
+        // SAFETY: allocated by get_buf and no longer in use.
+        unsafe { sys::spdk_dma_free(buf) };
     }
 
     pub fn channel(&self) -> *mut sys::spdk_io_channel {
@@ -92,17 +152,39 @@ impl SpdkBase {
     }
 
     fn start(&self, kind: Kind, data: Option<&[u8]>, offset: u64, len: u64) {
+        let mut fill = |b: &mut [u8]| {
+            if let Some(d) = data {
+                b.copy_from_slice(d);
+            }
+            Ok(())
+        };
+        // A plain copy cannot fail.
+        let _ = self.start_filled(kind, &mut fill, offset, len);
+    }
+
+    /// Starts a base I/O whose DMA buffer (for reads and writes) `fill`
+    /// prepares first; if `fill` fails, nothing is submitted, the error is
+    /// returned and the engine's completion is dropped uncalled.
+    fn start_filled(
+        &self,
+        kind: Kind,
+        fill: &mut dyn FnMut(&mut [u8]) -> crate::Result<()>,
+        offset: u64,
+        len: u64,
+    ) -> crate::Result<()> {
         let mut buf = std::ptr::null_mut();
         if matches!(kind, Kind::Write(_) | Kind::Read(..)) && len > 0 {
-            // SAFETY: plain allocation; freed in finish().
-            buf = unsafe { sys::spdk_dma_malloc(len as usize, self.align, std::ptr::null_mut()) };
+            // Given back in finish(), or below.
+            buf = self.get_buf(len as usize);
             if buf.is_null() {
                 kind.complete(&[], Err(Error::Io(format!("no DMA memory for a {len}-byte base I/O"))));
-                return;
+                return Ok(());
             }
-            if let Some(d) = data {
-                // SAFETY: buf holds len bytes and d is len bytes.
-                unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), buf as *mut u8, d.len()) };
+            // SAFETY: buf holds len bytes, exclusively ours until submitted.
+            let b = unsafe { std::slice::from_raw_parts_mut(buf as *mut u8, len as usize) };
+            if let Err(e) = fill(b) {
+                self.put_buf(buf, len as usize);
+                return Err(e);
             }
         }
         let io = Box::into_raw(Box::new(BaseIo {
@@ -116,6 +198,7 @@ impl SpdkBase {
         self.outstanding.fetch_add(1, Ordering::AcqRel);
         // SAFETY: io is a fresh allocation reclaimed once, in finish().
         unsafe { submit(io) };
+        Ok(())
     }
 }
 
@@ -168,7 +251,7 @@ unsafe fn finish(io: *mut BaseIo, r: crate::Result<()>) {
     let dma: &[u8] = if io.buf.is_null() { &[] } else { std::slice::from_raw_parts(io.buf as *const u8, io.len as usize) };
     io.kind.complete(dma, r);
     if !io.buf.is_null() {
-        sys::spdk_dma_free(io.buf);
+        (*io.base).put_buf(io.buf, io.len as usize);
     }
     (*io.base).outstanding.fetch_sub(1, Ordering::AcqRel);
 }
@@ -185,6 +268,16 @@ impl BaseDevice for SpdkBase {
     fn write(&self, offset: u64, data: Vec<u8>, done: Done) {
         let len = data.len() as u64;
         self.start(Kind::Write(done), Some(&data), offset, len);
+    }
+
+    fn write_from(
+        &self,
+        offset: u64,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> crate::Result<()>,
+        done: Done,
+    ) -> crate::Result<()> {
+        self.start_filled(Kind::Write(done), fill, offset, len as u64)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, done: Done) {

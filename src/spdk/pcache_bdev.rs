@@ -37,6 +37,7 @@ pub struct CreateOpts {
     pub base_bdev: String,
     pub data_crc: Option<bool>,
     pub gc_percent: Option<u8>,
+    pub writeback_batch_bytes: Option<u64>,
     pub force_format: bool,
 }
 
@@ -415,6 +416,9 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     cfg.data_crc = data_crc;
     cfg.gc_percent = opts.gc_percent;
     cfg.force_format = opts.force_format;
+    if let Some(b) = opts.writeback_batch_bytes {
+        cfg.writeback_batch_bytes = b;
+    }
     cfg.workers = super::ffi::core_count();
     let (cache, opened) = match Cache::open(media.clone() as Arc<dyn Media>, &cfg) {
         Ok(v) => v,
@@ -696,26 +700,33 @@ unsafe extern "C" fn config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
             match state {
                 State::Online(n) => {
                     let n = &*n.0;
-                    write_create(&mut w, &n.opts, Some(n.cache.stats().gc_percent), Some(n.cache.data_crc()));
+                    let mut live = n.opts.clone();
+                    live.gc_percent = Some(n.cache.stats().gc_percent);
+                    live.data_crc = Some(n.cache.data_crc());
+                    live.writeback_batch_bytes = Some(n.cache.writeback_batch_bytes());
+                    write_create(&mut w, &live);
                 }
-                _ => write_create(&mut w, &c, c.gc_percent, c.data_crc),
+                _ => write_create(&mut w, &c),
             }
         }
         0
     })
 }
 
-fn write_create(w: &mut Writer, c: &CreateOpts, gc: Option<u8>, crc: Option<bool>) {
+fn write_create(w: &mut Writer, c: &CreateOpts) {
     w.object_begin();
     w.named_str("method", "bdev_pcache_create");
     w.named_object_begin("params");
     c.write_names(w);
     w.named_str("cache_mode", "writeback");
-    if let Some(crc) = crc {
+    if let Some(crc) = c.data_crc {
         w.named_bool("data_crc", crc);
     }
-    if let Some(gc) = gc {
+    if let Some(gc) = c.gc_percent {
         w.named_u64("gc_percent", gc as u64);
+    }
+    if let Some(b) = c.writeback_batch_bytes {
+        w.named_u64("writeback_batch_bytes", b);
     }
     // force_format is never saved: a restart must load, not wipe.
     w.object_end();
@@ -730,6 +741,7 @@ pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     w.named_str("cache_mode", "writeback");
     w.named_bool("data_crc", n.cache.data_crc());
     w.named_u64("gc_percent", s.gc_percent as u64);
+    w.named_u64("writeback_batch_bytes", n.cache.writeback_batch_bytes());
     w.named_u64("seg_size", sb.seg_size as u64);
     w.named_u64("segs_total", s.segs_total as u64);
     w.named_u64("segs_used", s.segs_used as u64);
@@ -761,6 +773,11 @@ pub fn write_stats(n: &PcacheNode, w: &mut Writer) {
         ("writeback_ksets", s.writeback_ksets),
         ("writeback_bytes", s.writeback_bytes),
         ("writeback_errors", s.writeback_errors),
+        ("writeback_batches", s.writeback_batches),
+        ("writeback_epochs", s.writeback_epochs),
+        ("writeback_skipped_bytes", s.writeback_skipped_bytes),
+        ("base_writes", s.base_writes),
+        ("base_flushes", s.base_flushes),
         ("gc_ksets", s.gc_ksets),
         ("gc_keys", s.gc_keys),
         ("data_crc_errors", s.data_crc_errors),

@@ -32,6 +32,8 @@ pub fn register_methods() {
 }
 
 const INVALID_PARAMS: i32 = sys::SPDK_JSONRPC_ERROR_INVALID_PARAMS;
+/// Largest writeback batch cap accepted (1 TiB: far beyond any cache).
+const MAX_BATCH: u64 = 1 << 40;
 
 /// The request a method's body answers: answering (or taking it to answer
 /// later) consumes this, and if the body returns an error instead, `handle`
@@ -136,12 +138,14 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
         let mode = p.opt_str("cache_mode").map_err(bad)?.unwrap_or_else(|| "writeback".into());
         let data_crc = p.opt_bool("data_crc").map_err(bad)?;
         let gc_percent = p.opt_u64("gc_percent", 0, 90).map_err(bad)?.map(|v| v as u8);
+        let writeback_batch_bytes = p.opt_u64("writeback_batch_bytes", 1, MAX_BATCH).map_err(bad)?;
         let force_format = p.opt_bool("force_format").map_err(bad)?.unwrap_or(false);
         p.finish().map_err(bad)?;
         if mode != "writeback" {
             return Err(bad(format!("bdev_pcache_create: cache_mode '{mode}' is not supported (only 'writeback')")));
         }
-        let opts = CreateOpts { name: name.clone(), cache_bdev, base_bdev, data_crc, gc_percent, force_format };
+        let opts =
+            CreateOpts { name: name.clone(), cache_bdev, base_bdev, data_crc, gc_percent, writeback_batch_bytes, force_format };
         match pcache_bdev::create(opts).map_err(|e| (-libc::EINVAL, format!("bdev_pcache_create: {e}")))? {
             Created::Now => {}
             Created::Waiting(missing) => {
@@ -173,10 +177,16 @@ unsafe extern "C" fn pcache_set_options(req: *mut sys::spdk_jsonrpc_request, raw
     handle("bdev_pcache_set_options", req, raw, |mut p, req| {
         let name = p.req_str("name").map_err(bad)?;
         let gc_percent = p.opt_u64("gc_percent", 0, 90).map_err(bad)?;
+        let batch = p.opt_u64("writeback_batch_bytes", 1, MAX_BATCH).map_err(bad)?;
         p.finish().map_err(bad)?;
-        let r = pcache_bdev::with_node(&name, |n| match gc_percent {
-            Some(g) => n.cache.set_gc_percent(g as u8).map_err(|e| (-libc::EIO, format!("{name}: {e}"))),
-            None => Ok(()),
+        let r = pcache_bdev::with_node(&name, |n| {
+            if let Some(b) = batch {
+                n.cache.set_writeback_batch_bytes(b);
+            }
+            match gc_percent {
+                Some(g) => n.cache.set_gc_percent(g as u8).map_err(|e| (-libc::EIO, format!("{name}: {e}"))),
+                None => Ok(()),
+            }
         })
         .ok_or_else(|| no_such("pcache", &name))?;
         r?;

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# The steady-state benchmark: bdevperf against a bare base bdev and against
+# pcache over the same kind of base, side by side in one run, each in its own
+# bdevperf process. A pcache is preconditioned first: in the same process
+# (bdevperf -z, perform_tests twice), the workload runs until at least twice
+# the cache's size has been written, so the cache is full and writeback and
+# GC run as they do in steady state; then the same workload is timed. The
+# bare base gets a fully written file, so it is not timed on a sparse one.
+#
+#   scripts/bdevperf-steady.sh [seconds per timed run, default 15] [cases...]
+#
+# Cases (all by default): ws2g (4 KiB randwrite, 2 GiB over a 256 MiB cache),
+# ws512m (512 MiB over 1 GiB), ws128m (128 MiB over 1 GiB), seq128k (128 KiB
+# sequential writes, 2 GiB over 256 MiB), read (4 KiB randread of cached data
+# while writeback drains, against the raw pmem bdev). Bases: an AIO file on
+# BENCH_DIR (default /var/tmp) and a delay bdev over malloc with 100 us
+# write latency (BENCH_BASES="aio delay"). Cores: BENCH_MASKS="0x1 0x3".
+# Prints a markdown table of IOPS and the pcache / base ratio.
+#
+# Environment: SPDK_DIR (else pkg-config spdk_bdev, else /opt/spdk),
+# SPDK_APP_ARGS (default "--no-huge -s 2048 -u").
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+secs=${1:-15}
+shift || true
+cases=("$@")
+[[ ${#cases[@]} -eq 0 ]] && cases=(ws2g ws512m ws128m seq128k read)
+read -r -a bases <<<"${BENCH_BASES:-aio delay}"
+read -r -a masks <<<"${BENCH_MASKS:-0x1 0x3}"
+spdk=${SPDK_DIR:-$(pkg-config --variable=prefix spdk_bdev 2>/dev/null || true)}
+spdk=${spdk:-/opt/spdk}
+bp=$spdk/bin/bdevperf
+[[ -x $bp ]] || { echo "$0: bdevperf not found in $spdk/bin (set SPDK_DIR)" >&2; exit 1; }
+read -r -a app_args <<<"${SPDK_APP_ARGS:---no-huge -s 2048 -u}"
+so=$repo/target/release/libpcache.so
+SPDK_DIR=$spdk "$repo/scripts/build-module.sh" --quiet
+
+dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/pcache-steady.XXXXXX")
+shm=/dev/shm/pcache-steady-$$
+trap '[[ -n ${KEEP:-} ]] || rm -rf "$dir"; rm -f "$shm".*' EXIT
+export PMEM_IS_PMEM_FORCE=1
+MiB=$((1 << 20))
+
+# case -> "workload io_size base_MiB cache_MiB"
+declare -A spec=(
+  [ws2g]="randwrite 4096 2048 256"
+  [ws512m]="randwrite 4096 512 1024"
+  [ws128m]="randwrite 4096 128 1024"
+  [seq128k]="write 131072 2048 256"
+  [read]="randread 4096 512 1024"
+)
+
+# base_lines KIND SIZE_MiB FILE: the config lines of a base bdev named Base0.
+base_lines() {
+  case $1 in
+    aio) echo '{"method":"bdev_aio_create","params":{"name":"Base0","filename":"'$3'","block_size":4096}}' ;;
+    delay) echo '{"method":"bdev_malloc_create","params":{"name":"Mal0","num_blocks":'$(($2 * MiB / 4096))',"block_size":4096}},'\
+'{"method":"bdev_delay_create","params":{"name":"Base0","base_bdev_name":"Mal0","avg_read_latency":0,"p99_read_latency":0,"avg_write_latency":100,"p99_write_latency":100}}' ;;
+  esac
+}
+config() { # FILE LINES
+  { echo '{"subsystems":[{"subsystem":"bdev","config":['; echo "$2"; echo ']}]}'; } >"$1"
+}
+# run CONFIG BDEV MASK WORKLOAD IO_SIZE SECONDS: prints the total IOPS.
+run() {
+  local extra=(); [[ $3 == 0x3 ]] && extra=(-C)
+  env LD_PRELOAD="$so" "$bp" "${app_args[@]}" "${mem[@]}" -m "$3" "${extra[@]}" --json "$1" -T "$2" \
+    -q 32 -o "$5" -w "$4" -t "$6" >"$dir/last.log" 2>&1 || { tail -20 "$dir/last.log" >&2; return 1; }
+  tr '\r' '\n' <"$dir/last.log" | awk '/^ *Total *:/ {print $3}'
+}
+# run_pre CONFIG BDEV MASK WORKLOAD IO_SIZE PRE_SECONDS SECONDS: runs the
+# workload PRE_SECONDS, then times it SECONDS in the same process; prints
+# the timed run's total IOPS.
+run_pre() {
+  local extra=() sock=$dir/bp.sock; [[ $3 == 0x3 ]] && extra=(-C)
+  env LD_PRELOAD="$so" "$bp" "${app_args[@]}" "${mem[@]}" -m "$3" "${extra[@]}" --json "$1" -T "$2" \
+    -q 32 -o "$5" -w "$4" -t "$7" -z -r "$sock" >"$dir/last.log" 2>&1 &
+  local pid=$!
+  python3 - "$sock" "$6" "$7" <<'PY' || { kill -9 $pid; tail -20 "$dir/last.log" >&2; return 1; }
+import json, os, socket, sys, time
+path, pre, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def call(method, params=None):
+    for _ in range(300):
+        try:
+            s = socket.socket(socket.AF_UNIX); s.connect(path); break
+        except OSError:
+            time.sleep(0.1)
+    req = {"jsonrpc": "2.0", "id": 1, "method": method}
+    if params: req["params"] = params
+    s.sendall(json.dumps(req).encode()); buf = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk: raise SystemExit("bdevperf closed the connection")
+        buf += chunk
+        try: return json.loads(buf)
+        except ValueError: continue
+for t in (pre, secs):
+    r = call("perform_tests", {"time_in_sec": t})
+    if "error" in r: raise SystemExit(r["error"])
+call("spdk_kill_instance", {"sig_name": "SIGTERM"})
+PY
+  wait $pid || true
+  tr '\r' '\n' <"$dir/last.log" | awk '/^ *Total *:/ && $3 > 0 {v = $3} END {print v}'
+}
+# fresh_file PATH SIZE_MiB: a fully written file (not sparse).
+fresh_file() { dd if=/dev/zero of="$1" bs=1M count="$2" conv=fsync status=none; }
+
+declare -A out
+for kind in "${bases[@]}"; do
+  for mask in "${masks[@]}"; do
+    for c in "${cases[@]}"; do
+      read -r w o base_mib cache_mib <<<"${spec[$c]}"
+      # A malloc base lives in the app's memory: give it room.
+      mem=(); [[ $kind == delay ]] && mem=(-s $((base_mib + 1536)))
+      if [[ $c == read ]]; then
+        # The reference for reads of cached data is the raw pmem bdev.
+        config "$dir/raw.json" '{"method":"bdev_pmem_create","params":{"name":"Pmem1","path":"'$shm.raw'","size":'$((base_mib * MiB))'}}'
+        out[$kind,$mask,$c,base]=$(run "$dir/raw.json" Pmem1 "$mask" randread 4096 "$secs")
+        rm -f "$shm.raw"
+      else
+        fresh_file "$dir/bare.img" "$base_mib"
+        config "$dir/bare.json" "$(base_lines "$kind" "$base_mib" "$dir/bare.img")"
+        out[$kind,$mask,$c,base]=$(run "$dir/bare.json" Base0 "$mask" "$w" "$o" "$secs")
+        rm -f "$dir/bare.img"
+      fi
+      fresh_file "$dir/pc.img" "$base_mib"
+      config "$dir/pc.json" "$(base_lines "$kind" "$base_mib" "$dir/pc.img"),"\
+'{"method":"bdev_pmem_create","params":{"name":"Pmem0","path":"'$shm.cache'","size":'$((cache_mib * MiB))'}},'\
+'{"method":"bdev_pcache_create","params":{"name":"PC0","cache_bdev":"Pmem0","base_bdev":"Base0"}}'
+      if [[ $c == read ]]; then
+        # Write the whole bdev (it fits the cache), then read it while it drains.
+        run "$dir/pc.json" PC0 "$mask" write 131072 5 >/dev/null
+        out[$kind,$mask,$c,pcache]=$(run "$dir/pc.json" PC0 "$mask" randread 4096 "$secs")
+      else
+        # Precondition: at least twice the cache written at the base's rate
+        # (pcache writes at least as fast while it has room), then timed.
+        pre=$(( (2 * cache_mib * MiB) / (${out[$kind,$mask,$c,base]%.*} * o + 1) + 3 ))
+        (( pre > 120 )) && pre=120
+        out[$kind,$mask,$c,pcache]=$(run_pre "$dir/pc.json" PC0 "$mask" "$w" "$o" "$pre" "$secs")
+      fi
+      rm -f "$shm.cache" "$dir/pc.img"
+      echo "  $kind $mask $c: base ${out[$kind,$mask,$c,base]} pcache ${out[$kind,$mask,$c,pcache]}" >&2
+    done
+  done
+done
+
+echo
+echo "bdevperf -q 32, $secs s timed after preconditioning (>= 2x the cache written); ${app_args[*]}"
+echo "pmem on /dev/shm (PMEM_IS_PMEM_FORCE=1); aio = AIO file in ${BENCH_DIR:-/var/tmp}; delay = delay bdev (100 us writes) over malloc"
+echo
+echo "| base | cores | case | base IOPS | pcache IOPS | pcache / base |"
+echo "| --- | --- | --- | --- | --- | --- |"
+for kind in "${bases[@]}"; do
+  for mask in "${masks[@]}"; do
+    for c in "${cases[@]}"; do
+      b=${out[$kind,$mask,$c,base]}; p=${out[$kind,$mask,$c,pcache]}
+      label=$c; [[ $c == read ]] && label="read (base column: raw pmem)"
+      printf "| %s | %s | %s | %.0f | %.0f | %.2f |\n" "$kind" "$([[ $mask == 0x1 ]] && echo 1 || echo 2)" "$label" "$b" "$p" \
+        "$(awk -v a="$p" -v b="$b" 'BEGIN { print a / b }')"
+    done
+  done
+done
