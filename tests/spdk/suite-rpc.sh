@@ -97,6 +97,12 @@ check "PC0 has the base's block_size" [ "$(bdev PC0 "b['block_size']")" = 4096 ]
 check "get_stats without a name lists PC0" [ "$(q bdev_pcache_get_stats '' "[s['name'] for s in r]")" = "['PC0']" ]
 ok "bdev_pcache_set_options PC0 -g 40" bdev_pcache_set_options PC0 -g 40
 check "get_stats: gc_percent 40" [ "$(stat PC0 gc_percent)" = 40 ]
+check "get_stats: writeback_batch_bytes defaults to 32 MiB" [ "$(stat PC0 writeback_batch_bytes)" = 33554432 ]
+ok "bdev_pcache_set_options PC0 -W 1048576" bdev_pcache_set_options PC0 -W 1048576
+check "get_stats: writeback_batch_bytes 1048576" [ "$(stat PC0 writeback_batch_bytes)" = 1048576 ]
+saved_batch() { "${RPC_PY[@]}" -s "$sock" save_config | grep -q '"writeback_batch_bytes": 1048576'; }
+check "save_config keeps writeback_batch_bytes" saved_batch
+rpc_err "set_options -W 0" "writeback_batch_bytes" bdev_pcache_set_options PC0 -W 0
 ok "bdev_pcache_flush PC0 returns" bdev_pcache_flush PC0
 check "PC0 is clean after the flush" [ "$(stat PC0 clean)" = True ]
 ok "bdev_pcache_delete PC0" bdev_pcache_delete PC0
