@@ -10,6 +10,7 @@
 //! - [`keylog`]: the key log of ksets; [`tails`]: key_tail and dirty_tail
 //! - [`replay`]: rebuilding state at open
 //! - [`request`]: write, read, fill, flush; [`batch`]: batched writes; [`writeback`]; [`gc`]
+//! - [`drain`]: writeback rates and the time left to drain
 //! - [`base`]: the base device interface; [`membase`]: a DRAM base device for tests; [`stats`]
 //! - [`inspect`]: a read-only walk of the on-media state, for the offline tools
 //! - `spdk` (feature `spdk`): the SPDK bdev module built into libpcache.so
@@ -17,6 +18,7 @@
 pub mod base;
 pub mod batch;
 pub mod cache;
+pub mod drain;
 pub mod error;
 pub mod format;
 #[doc(hidden)]
@@ -43,6 +45,7 @@ pub use base::{BaseDevice, FileBase};
 pub use membase::{Faults, MemBase};
 pub use batch::WriteReq;
 pub use cache::{BaseIdentity, Cache, Config, Opened};
+pub use drain::{DrainMeter, DrainRates};
 pub use error::{Error, Result};
 pub use request::{Miss, WriteOutcome};
 pub use stats::Stats;

@@ -231,6 +231,11 @@ impl Writer {
         }
         self.array_end();
     }
+    pub fn named_null(&mut self, name: &str) {
+        let n = cstring(name);
+        // SAFETY: as above.
+        unsafe { sys::spdk_json_write_named_null(self.0, n.as_ptr()) };
+    }
     pub fn str(&mut self, v: &str) {
         let s = cstring(v);
         // SAFETY: as above.

@@ -87,6 +87,11 @@ impl PcacheNode {
     pub fn block_size(&self) -> u32 {
         self.bdev.blocklen
     }
+
+    /// Writeback rates (zero once the background state is gone).
+    pub fn drain_rates(&self) -> crate::DrainRates {
+        self.bg.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.drain.rates()).unwrap_or_default()
+    }
 }
 
 pub struct BgGuard<'a>(MutexGuard<'a, Option<Background>>);
@@ -754,6 +759,15 @@ pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     }
     w.named_u64("dirty_bytes", s.dirty_bytes);
     w.named_bool("clean", n.cache.is_clean());
+    // Rates over the last second or so, and the time left at that rate.
+    let r = n.drain_rates();
+    w.named_u64("base_writes_per_sec", r.base_writes_per_sec.round() as u64);
+    w.named_u64("base_flushes_per_sec", r.base_flushes_per_sec.round() as u64);
+    w.named_u64("writeback_bytes_per_sec", r.writeback_bytes_per_sec.round() as u64);
+    match r.eta_secs(s.dirty_bytes) {
+        Some(t) => w.named_u64("drain_eta_secs", t),
+        None => w.named_null("drain_eta_secs"),
+    }
 }
 
 pub fn write_stats(n: &PcacheNode, w: &mut Writer) {

@@ -11,7 +11,7 @@ use super::base_io::SpdkBase;
 use super::ffi::guard;
 use super::json::Request;
 use super::pcache_bdev::PcacheNode;
-use crate::{Pacer, WbProgress};
+use crate::{DrainMeter, Pacer, WbProgress};
 
 const KSET_PERIOD_US: u64 = 1000;
 const WRITEBACK_PERIOD_US: u64 = 100;
@@ -30,6 +30,8 @@ pub struct Background {
     last_ops: u64,
     pacer: Pacer,
     last_error_log: Option<Instant>,
+    /// Writeback rates, sampled about once a second.
+    pub drain: DrainMeter,
 }
 
 impl Background {
@@ -42,6 +44,7 @@ impl Background {
             last_ops: 0,
             pacer: Pacer::default(),
             last_error_log: None,
+            drain: DrainMeter::default(),
         }
     }
 
@@ -155,6 +158,10 @@ unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
         // Pacing (Cache::writeback_pace): a burst gets the reactor while the
         // cache has room.
         let c = &node.cache;
+        let now = Instant::now();
+        if bg.drain.due(now) {
+            bg.drain.sample(&c.stats(), now);
+        }
         let ops = c.io_ops();
         let busy_front = ops != bg.last_ops;
         bg.last_ops = ops;

@@ -105,6 +105,9 @@ check "save_config keeps writeback_batch_bytes" saved_batch
 rpc_err "set_options -W 0" "writeback_batch_bytes" bdev_pcache_set_options PC0 -W 0
 ok "bdev_pcache_flush PC0 returns" bdev_pcache_flush PC0
 check "PC0 is clean after the flush" [ "$(stat PC0 clean)" = True ]
+check "get_stats: a clean cache drains in 0 s (drain_eta_secs)" [ "$(stat PC0 drain_eta_secs)" = 0 ]
+rates_shown() { [ -n "$(stat PC0 writeback_bytes_per_sec)" ] && [ -n "$(stat PC0 base_writes_per_sec)" ]; }
+check "get_stats: writeback rates are reported" rates_shown
 ok "bdev_pcache_delete PC0" bdev_pcache_delete PC0
 check "bdev_get_bdevs -b PC0 fails after the delete" absent PC0
 check "get_stats -b PC0 fails after the delete" no_pcache PC0

@@ -255,5 +255,22 @@ part_ok() { grep -qx 'part PC0p1' <<<"$o" && ! grep -q 'part Base0' <<<"$o" && g
 check "after the restart PC0p1 is on PC0 and no partition is on Base0" part_ok
 stop_app g2 "$sock"
 check "PC0p1 reads back exactly" reads_back PC0p1 "$WORK/d3.bin"
+# kill -9 mid-write to the partition, then two restarts: from the saved
+# config, and with bdev_pcache_create first and the base before the pmem bdev.
+sock=$WORK/gbp.sock
+start_app gbp "$sock" "$WORK/gbp.log" "$BP" "${APP_ARGS[@]}" -m 0x1 -z --json "$CFG" -T PC0p1 -q 32 -o 4096 \
+  -w randwrite -t 60 || { fail "bdevperf start on PC0p1"; finish; exit; }
+jr "$sock" perform_tests >/dev/null 2>&1 &
+sleep 2
+kill -9 "$PID_gbp"; wait "$PID_gbp" 2>/dev/null; PID_gbp=
+start_tgt g3 "$CFG" || { fail "restart after kill -9 with a GPT"; finish; exit; }
+o=$(owners)
+check "after kill -9: PC0p1 is on PC0 and no partition is on Base0" part_ok
+stop_app g3 "$sock"
+reorder gpt_order bdev_pcache_create bdev_aio_create bdev_pmem_create
+start_tgt g4 "$WORK/gpt_order.json" || { fail "start with the GPT config reordered"; finish; exit; }
+o=$(owners)
+check "config order [pcache aio pmem]: PC0p1 is on PC0 and no partition is on Base0" part_ok
+stop_app g4 "$sock"
 
 finish
