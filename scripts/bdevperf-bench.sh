@@ -21,13 +21,7 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-5}
-spdk=${SPDK_DIR:-$(pkg-config --variable=prefix spdk_bdev 2>/dev/null || true)}
-spdk=${spdk:-/opt/spdk}
-bp=$spdk/bin/bdevperf
-[[ -x $bp ]] || { echo "$0: bdevperf not found in $spdk/bin (set SPDK_DIR)" >&2; exit 1; }
-read -r -a app_args <<<"${SPDK_APP_ARGS:---no-huge -s 2048 -u}"
-so=$repo/target/release/libpcache.so
-SPDK_DIR=$spdk "$repo/scripts/build-module.sh" --quiet
+source "$repo/scripts/spdk-env.sh"
 
 # The cache size: 16 GiB, or what fits beside SPDK's 2 GiB and the rest.
 if [[ -z ${BENCH_CACHE_GIB:-} ]]; then

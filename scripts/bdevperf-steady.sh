@@ -27,13 +27,7 @@ cases=("$@")
 [[ ${#cases[@]} -eq 0 ]] && cases=(ws2g ws512m ws128m seq128k read)
 read -r -a bases <<<"${BENCH_BASES:-aio delay}"
 read -r -a masks <<<"${BENCH_MASKS:-0x1 0x3}"
-spdk=${SPDK_DIR:-$(pkg-config --variable=prefix spdk_bdev 2>/dev/null || true)}
-spdk=${spdk:-/opt/spdk}
-bp=$spdk/bin/bdevperf
-[[ -x $bp ]] || { echo "$0: bdevperf not found in $spdk/bin (set SPDK_DIR)" >&2; exit 1; }
-read -r -a app_args <<<"${SPDK_APP_ARGS:---no-huge -s 2048 -u}"
-so=$repo/target/release/libpcache.so
-SPDK_DIR=$spdk "$repo/scripts/build-module.sh" --quiet
+source "$repo/scripts/spdk-env.sh"
 
 dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/pcache-steady.XXXXXX")
 shm=/dev/shm/pcache-steady-$$

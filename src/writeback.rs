@@ -38,8 +38,11 @@ use crate::stats::Counters;
 
 /// Bytes of writes in flight to the base at once.
 const WINDOW_BYTES: u64 = 16 << 20;
-/// Bytes submitted per step at most, so one step stays short on a reactor.
+/// Bytes and base writes submitted per step at most, so one step stays short
+/// on a reactor (each base write costs the host a submission; a trickling
+/// writeback must not take a burst's reactor time in large bites).
 const STEP_BYTES: u64 = 4 << 20;
+const STEP_RUNS: usize = 64;
 /// Longest single base write a run of contiguous pieces becomes.
 const RUN_BYTES: u64 = 1 << 20;
 /// Ksets read into a batch per step at most.
@@ -191,8 +194,12 @@ impl Cache {
                     *st = WbState::Writing { batch, runs, next: 0, io: Arc::default() };
                     return Ok(WbProgress::Busy);
                 }
-                let mut sent = 0u64;
-                while next < runs.len() && sent < STEP_BYTES && io.bytes.load(Ordering::Acquire) < WINDOW_BYTES {
+                let (mut sent, first) = (0u64, next);
+                while next < runs.len()
+                    && sent < STEP_BYTES
+                    && next - first < STEP_RUNS
+                    && io.bytes.load(Ordering::Acquire) < WINDOW_BYTES
+                {
                     if let Err(e) = self.submit_run(base, &runs[next], &io) {
                         *st = WbState::Writing { batch, runs, next, io };
                         return Err(e);

@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -16,6 +17,31 @@ const WORKERS: usize = 3;
 const BASE_SECTORS: u64 = 2048; // 1 MiB of base device
 const ROUNDS: usize = 4;
 const OPS: usize = 1500;
+
+/// A thread running background work (kset timer, writeback, GC) as a host's poller does.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Poller {
+    fn start(cache: Arc<pcache::Cache>, base: Arc<pcache::MemBase>) -> Poller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                cache.background_step(&*base).unwrap();
+                std::thread::yield_now();
+            }
+        });
+        Poller { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+    }
+}
 
 fn run(seed: u64, data_crc: bool) {
     let base = Arc::new(base((BASE_SECTORS * 512) as usize));
@@ -29,16 +55,7 @@ fn run(seed: u64, data_crc: bool) {
     for round in 0..ROUNDS {
         let media: Arc<dyn Media> = Arc::new(MemMedia::from_image(image));
         let cache = Arc::new(open(media.clone(), &cfg));
-        let stop = Arc::new(AtomicBool::new(false));
-        let poller = {
-            let (cache, base, stop) = (cache.clone(), base.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    cache.background_step(&*base).unwrap();
-                    std::thread::yield_now();
-                }
-            })
-        };
+        let poller = Poller::start(cache.clone(), base.clone());
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| {
                 let (cache, base, model) = (cache.clone(), base.clone(), model.clone());
@@ -108,8 +125,7 @@ fn run(seed: u64, data_crc: bool) {
         for w in workers {
             w.join().unwrap();
         }
-        stop.store(true, Ordering::Relaxed);
-        poller.join().unwrap();
+        poller.stop();
         let stats = cache.stats();
         // Restart: orderly close, reopen from the same pmem image.
         let cache = Arc::try_unwrap(cache).ok().expect("no other owners");
@@ -178,16 +194,7 @@ fn workers_overwriting_the_same_sectors_keep_the_newest_data() {
         let clock = Arc::new(AtomicU64::new(1));
         // (sector, id, started, acknowledged) of every write.
         let history: Arc<Mutex<Vec<(u64, u64, u64, u64)>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let poller = {
-            let (cache, base, stop) = (cache.clone(), base.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    cache.background_step(&*base).unwrap();
-                    std::thread::yield_now();
-                }
-            })
-        };
+        let poller = Poller::start(cache.clone(), base.clone());
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| {
                 let (cache, base, clock, history) = (cache.clone(), base.clone(), clock.clone(), history.clone());
@@ -213,8 +220,7 @@ fn workers_overwriting_the_same_sectors_keep_the_newest_data() {
         for w in workers {
             w.join().unwrap();
         }
-        stop.store(true, Ordering::Relaxed);
-        poller.join().unwrap();
+        poller.stop();
         let h = history.lock().unwrap();
         let allowed = |s: u64, id: Option<u64>| {
             let writes: Vec<_> = h.iter().filter(|x| x.0 == s).collect();

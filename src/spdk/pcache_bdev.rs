@@ -268,15 +268,20 @@ fn block(opts: &CreateOpts, why: String) -> String {
          bdev {}) before the base bdev, as save_config does",
         opts.name, opts.name, opts.cache_bdev
     );
-    let mut r = registry();
-    let known = r.last_error.iter().any(|e| e.0 == opts.name && e.1 == msg);
-    r.last_error.retain(|e| e.0 != opts.name);
-    r.last_error.push((opts.name.clone(), msg.clone()));
-    drop(r);
-    if !known {
+    if record_error(&opts.name, &msg) {
         log::error!("{}: {msg}", opts.name);
     }
     msg
+}
+
+/// Records why the pcache `name` is not built; true if that is news (so
+/// that a pcache retried at every examine logs each reason once).
+fn record_error(name: &str, msg: &str) -> bool {
+    let mut r = registry();
+    let known = r.last_error.iter().any(|e| e.0 == name && e.1 == msg);
+    r.last_error.retain(|e| e.0 != name);
+    r.last_error.push((name.to_string(), msg.to_string()));
+    !known
 }
 
 /// Drops the configuration of `name` and whatever was held only for it.
@@ -681,12 +686,7 @@ fn attach_ready() {
                 block(&opts, e);
             }
             Err(e) => {
-                let mut r = registry();
-                let known = r.last_error.iter().any(|x| x.0 == opts.name && x.1 == e);
-                r.last_error.retain(|x| x.0 != opts.name);
-                r.last_error.push((opts.name.clone(), e.clone()));
-                drop(r);
-                if !known {
+                if record_error(&opts.name, &e) {
                     log::error!("{}: cannot be created: {e}", opts.name);
                 }
             }
