@@ -4,11 +4,8 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    let from_pkg_config = Command::new("pkg-config")
-        .args(["--libs-only-L", "libpmem"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success());
+    let from_pkg_config =
+        Command::new("pkg-config").args(["--libs-only-L", "libpmem"]).output().ok().filter(|o| o.status.success());
     match from_pkg_config {
         Some(out) => {
             for flag in String::from_utf8_lossy(&out.stdout).split_whitespace() {

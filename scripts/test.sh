@@ -26,6 +26,13 @@ suite() { # name, command...
   failed_tests=$((failed_tests + f))
 }
 
+# Formatting (.rustfmt.toml), where rustfmt is installed.
+if cargo fmt --version >/dev/null 2>&1; then
+  suite "format (cargo fmt --check)" cargo fmt --all --check
+else
+  skipped+=("format: rustfmt is not installed (rustup component add rustfmt)")
+fi
+
 # Engine: unit tests, model-based, power-failure (>= 10,000 crash points),
 # writeback prefix, corruption/crafted images, tiny cache.
 suite "engine (cargo test --release)" cargo test --release --workspace --exclude spdk-sys

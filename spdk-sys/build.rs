@@ -54,16 +54,8 @@ fn main() {
 }
 
 /// SPDK libraries the module calls into.
-const LIBS: &[&str] = &[
-    "spdk_bdev",
-    "spdk_thread",
-    "spdk_json",
-    "spdk_jsonrpc",
-    "spdk_rpc",
-    "spdk_log",
-    "spdk_util",
-    "spdk_env_dpdk",
-];
+const LIBS: &[&str] =
+    &["spdk_bdev", "spdk_thread", "spdk_json", "spdk_jsonrpc", "spdk_rpc", "spdk_log", "spdk_util", "spdk_env_dpdk"];
 
 fn has_headers(p: &PathBuf) -> bool {
     p.join("include/spdk/bdev_module.h").exists()

@@ -18,7 +18,13 @@ pub trait BaseDevice: Send + Sync {
     /// given; if `fill` fails nothing is written and its error is returned
     /// (`done` is then not called). Bases that stage writes in buffers of
     /// their own (DMA memory) override it to fill those directly.
-    fn write_from(&self, offset: u64, len: usize, fill: &mut dyn FnMut(&mut [u8]) -> Result<()>, done: Done) -> Result<()> {
+    fn write_from(
+        &self,
+        offset: u64,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<()>,
+        done: Done,
+    ) -> Result<()> {
         let mut data = vec![0u8; len];
         fill(&mut data)?;
         self.write(offset, data, done);
@@ -51,9 +57,8 @@ impl FileBase {
             .open(path)
             .map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
         use std::io::{Seek, SeekFrom};
-        let size = (&file)
-            .seek(SeekFrom::End(0))
-            .map_err(|e| Error::Io(format!("cannot size {}: {e}", path.display())))?;
+        let size =
+            (&file).seek(SeekFrom::End(0)).map_err(|e| Error::Io(format!("cannot size {}: {e}", path.display())))?;
         Ok(FileBase { file, size, block_size })
     }
 }

@@ -146,7 +146,14 @@ impl Cache {
     /// Takes space for up to `left` bytes at `off` from the head (never past
     /// a subtree or segment end) and copies bytes `at..` of `data` there; the
     /// key returned holds its own reference on its segment. None: no space.
-    fn stage_piece(&self, head: &mut DataHead, off: u64, data: &[IoSlice], at: u64, left: u64) -> Result<Option<KeyRecord>> {
+    fn stage_piece(
+        &self,
+        head: &mut DataHead,
+        off: u64,
+        data: &[IoSlice],
+        at: u64,
+        left: u64,
+    ) -> Result<Option<KeyRecord>> {
         let want = Index::piece_len(off, left) as u32;
         let Some((seg, seg_off, got)) = self.alloc_data(head, want)? else {
             return Ok(None);

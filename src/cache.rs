@@ -430,7 +430,10 @@ pub(crate) fn geometry(sb: &Superblock) -> Geometry {
 fn validate_config(cfg: &Config) -> Result<()> {
     let b = &cfg.base;
     if b.block_size == 0 || b.block_size as u64 % SECTOR != 0 || !b.block_size.is_power_of_two() {
-        return Err(Error::InvalidArgument(format!("base block size {} is not a power-of-two multiple of 512", b.block_size)));
+        return Err(Error::InvalidArgument(format!(
+            "base block size {} is not a power-of-two multiple of 512",
+            b.block_size
+        )));
     }
     if b.size == 0 || b.size % b.block_size as u64 != 0 {
         return Err(Error::InvalidArgument(format!("base size {} is not a multiple of its block size", b.size)));
@@ -450,7 +453,10 @@ fn validate_config(cfg: &Config) -> Result<()> {
         }
     }
     if cfg.workers == 0 || cfg.workers > MAX_WORKERS {
-        return Err(Error::InvalidArgument(format!("{} workers: between 1 and {MAX_WORKERS} are supported", cfg.workers)));
+        return Err(Error::InvalidArgument(format!(
+            "{} workers: between 1 and {MAX_WORKERS} are supported",
+            cfg.workers
+        )));
     }
     Ok(())
 }

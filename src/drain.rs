@@ -87,7 +87,10 @@ mod tests {
         s.writeback_bytes = 8 << 20;
         m.sample(&s, t0 + Duration::from_secs(2));
         let r = m.rates();
-        assert_eq!((r.base_writes_per_sec, r.base_flushes_per_sec, r.writeback_bytes_per_sec), (500.0, 2.0, (4 << 20) as f64));
+        assert_eq!(
+            (r.base_writes_per_sec, r.base_flushes_per_sec, r.writeback_bytes_per_sec),
+            (500.0, 2.0, (4 << 20) as f64)
+        );
         assert_eq!(r.eta_secs(10 << 20), Some(3));
         assert_eq!(r.eta_secs(0), Some(0));
         assert_eq!(DrainRates::default().eta_secs(1), None);

@@ -199,9 +199,8 @@ impl Superblock {
         }
         let id_raw = &b[56..56 + BASE_ID_LEN];
         let id_len = id_raw.iter().position(|&c| c == 0).unwrap_or(BASE_ID_LEN);
-        let base_id = std::str::from_utf8(&id_raw[..id_len])
-            .map_err(|_| bad("base id is not UTF-8".into()))?
-            .to_string();
+        let base_id =
+            std::str::from_utf8(&id_raw[..id_len]).map_err(|_| bad("base id is not UTF-8".into()))?.to_string();
         let base_block_size = get_u32(b, 48);
         if base_block_size == 0 || base_block_size as u64 % SECTOR != 0 {
             return Err(bad(format!("base block size {base_block_size}")));
@@ -515,7 +514,15 @@ mod tests {
     #[test]
     fn kset_round_trip() {
         let keys: Vec<KeyRecord> = (0..3)
-            .map(|i| KeyRecord { off: i * 4096, len: 4096, flags: KEY_FLAG_DIRTY, seg: 1, seg_off: 0, gen: 7, data_crc: 0 })
+            .map(|i| KeyRecord {
+                off: i * 4096,
+                len: 4096,
+                flags: KEY_FLAG_DIRTY,
+                seg: 1,
+                seg_off: 0,
+                gen: 7,
+                data_crc: 0,
+            })
             .collect();
         let hdr = KsetHeader { seq: 9, nonce: 5, key_num: 3, flags: 0, next_seg: 0 };
         let mut out = Vec::new();

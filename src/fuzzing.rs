@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use once_cell::sync::Lazy;
 
-use crate::membase::MemBase;
 use crate::cache::{BaseIdentity, Cache, Config};
 use crate::format::{SEG_PAYLOAD_OFF, SEG_START};
-use crate::pmem::{MemMedia, Media};
+use crate::membase::MemBase;
+use crate::pmem::{Media, MemMedia};
 
 const SEG: u64 = 64 << 10;
 const SEGS: u64 = 12;

@@ -20,7 +20,8 @@ const KSETS_PER_STEP: usize = 64;
 
 impl Cache {
     fn gc_wanted(&self) -> bool {
-        self.pressure.load(Ordering::Relaxed) || self.segs.used_percent() >= self.gc_percent.load(Ordering::Relaxed) as u32
+        self.pressure.load(Ordering::Relaxed)
+            || self.segs.used_percent() >= self.gc_percent.load(Ordering::Relaxed) as u32
     }
 
     /// Reclaims up to a bounded number of ksets. Returns how many.

@@ -278,7 +278,13 @@ impl Subtree {
 
     /// Walks `[start, end)`: `hit(off, extent, skip, n)` for cached pieces (skip = bytes
     /// of the extent before `off`), `miss(off, len)` for holes, in address order.
-    pub fn walk(&self, start: u64, end: u64, mut hit: impl FnMut(u64, &Extent, u32, u32), mut miss: impl FnMut(u64, u64)) {
+    pub fn walk(
+        &self,
+        start: u64,
+        end: u64,
+        mut hit: impl FnMut(u64, &Extent, u32, u32),
+        mut miss: impl FnMut(u64, u64),
+    ) {
         if start >= end {
             return;
         }
@@ -430,7 +436,10 @@ mod tests {
             |o, _, skip, n| out.borrow_mut().push(('h', o, skip as u64, n as u64)),
             |o, n| out.borrow_mut().push(('m', o, 0, n)),
         );
-        assert_eq!(out.into_inner(), vec![('m', 512, 0, 512), ('h', 1024, 0, 1024), ('m', 2048, 0, 2048), ('h', 4096, 0, 512)]);
+        assert_eq!(
+            out.into_inner(),
+            vec![('m', 512, 0, 512), ('h', 1024, 0, 1024), ('m', 2048, 0, 2048), ('h', 4096, 0, 512)]
+        );
     }
 
     #[test]
@@ -479,7 +488,16 @@ mod tests {
                 let n = n.min(sectors);
                 let first = (rng.next() % (sectors - n + 1) as u64) as usize;
                 let (seg, seg_off) = (step, (rng.next() % 1000) as u32 * 512);
-                let mut e = Extent { len: (n as u64 * SECT) as u32, seg, seg_off, gen: 0, crc: 0, flags: 0, kset_id: KsetTag::NONE.id, kset_epoch: 0 };
+                let mut e = Extent {
+                    len: (n as u64 * SECT) as u32,
+                    seg,
+                    seg_off,
+                    gen: 0,
+                    crc: 0,
+                    flags: 0,
+                    kset_id: KsetTag::NONE.id,
+                    kset_epoch: 0,
+                };
                 e.crc = fake(&e);
                 let off = base + first as u64 * SECT;
                 t.insert(off, e, Some(recrc));

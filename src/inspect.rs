@@ -190,7 +190,8 @@ pub fn inspect(media: Arc<dyn Media>, opts: InspectOptions) -> Result<Inspection
     }
 
     // The verdict of the engine itself, on media that refuses stores.
-    let mut cfg = Config::new(BaseIdentity { size: sb.base_size, block_size: sb.base_block_size, id: sb.base_id.clone() });
+    let mut cfg =
+        Config::new(BaseIdentity { size: sb.base_size, block_size: sb.base_block_size, id: sb.base_id.clone() });
     cfg.data_crc = sb.data_crc();
     cfg.read_cache = false;
     match Cache::open(media.clone(), &cfg) {
@@ -232,12 +233,7 @@ fn decode_slot(b: &[u8], kind: u32) -> std::result::Result<Record, String> {
     Err(format!("has format version {}, expected {FORMAT_VERSION}", get_u16(b, 12)))
 }
 
-fn read_slots(
-    media: &dyn Media,
-    name: &str,
-    offs: [u64; 2],
-    kind: u32,
-) -> Result<(RecordState, [Option<Record>; 2])> {
+fn read_slots(media: &dyn Media, name: &str, offs: [u64; 2], kind: u32) -> Result<(RecordState, [Option<Record>; 2])> {
     let mut recs = [None, None];
     let mut slots = Vec::with_capacity(2);
     for (i, off) in offs.iter().enumerate() {
@@ -265,7 +261,14 @@ fn report_slots(ins: &mut Inspection, st: &RecordState) {
                 .slots
                 .iter()
                 .enumerate()
-                .map(|(i, s)| format!("{} at {:#x} {}", slot_name(i), s.offset, s.state.as_ref().err().cloned().unwrap_or_default()))
+                .map(|(i, s)| {
+                    format!(
+                        "{} at {:#x} {}",
+                        slot_name(i),
+                        s.offset,
+                        s.state.as_ref().err().cloned().unwrap_or_default()
+                    )
+                })
                 .collect();
             ins.problem(Severity::Fatal, st.name.clone(), format!("both replicas are unusable ({})", why.join("; ")));
         }
@@ -292,7 +295,13 @@ fn record(media: &dyn Media, ins: &mut Inspection, name: &str, offs: [u64; 2], k
 }
 
 fn kset_loc(geo: &crate::segment::Geometry, pos: LogPos) -> String {
-    format!("kset seq {} at segment {} offset {:#x} (byte offset {:#x})", pos.seq, pos.seg, pos.off, geo.addr(pos.seg, pos.off))
+    format!(
+        "kset seq {} at segment {} offset {:#x} (byte offset {:#x})",
+        pos.seq,
+        pos.seg,
+        pos.off,
+        geo.addr(pos.seg, pos.off)
+    )
 }
 
 /// The key-set chain and every key, as replay walks them.
@@ -314,7 +323,11 @@ fn walk(media: &Arc<dyn Media>, sb: &Superblock, ins: &mut Inspection, opts: Ins
     };
     for (name, pos) in [("key_tail", tails.key), ("dirty_tail", tails.dirty)] {
         if let Err(e) = check_pos(geo.payload(), geo.seg_count, pos, name) {
-            ins.problem(Severity::Fatal, format!("{name} (segment {} offset {:#x} seq {})", pos.seg, pos.off, pos.seq), e.to_string());
+            ins.problem(
+                Severity::Fatal,
+                format!("{name} (segment {} offset {:#x} seq {})", pos.seg, pos.off, pos.seq),
+                e.to_string(),
+            );
         }
     }
     if !ins.usable() {

@@ -49,10 +49,16 @@ pub fn gather_to_media(media: &dyn Media, dst: u64, iov: &[IoSlice], at: u64, le
 /// crc32c of bytes `[at, at+len)` of `iov` (the data CRC of a key).
 pub fn crc_of(iov: &[IoSlice], at: u64, len: u64) -> u32 {
     let mut crc = crate::format::CRC_SEED;
-    let _ = for_each_piece(iov.iter(), |s| s.len(), at, len, |s, r, _| {
-        crc = crc32c::crc32c_append(crc, &s[r]);
-        Ok(())
-    });
+    let _ = for_each_piece(
+        iov.iter(),
+        |s| s.len(),
+        at,
+        len,
+        |s, r, _| {
+            crc = crc32c::crc32c_append(crc, &s[r]);
+            Ok(())
+        },
+    );
     crc
 }
 
@@ -63,17 +69,29 @@ pub fn scatter_from_media(media: &dyn Media, src: u64, iov: &mut [IoSliceMut], a
 
 /// Zeroes `len` bytes of `iov` starting at byte `at`.
 pub fn zero(iov: &mut [IoSliceMut], at: u64, len: u64) {
-    let _ = for_each_piece(iov.iter_mut(), |s| s.len(), at, len, |s, r, _| {
-        s[r].fill(0);
-        Ok(())
-    });
+    let _ = for_each_piece(
+        iov.iter_mut(),
+        |s| s.len(),
+        at,
+        len,
+        |s, r, _| {
+            s[r].fill(0);
+            Ok(())
+        },
+    );
 }
 
 /// Copies `src` into `iov` starting at byte `at`.
 pub fn scatter_from_slice(src: &[u8], iov: &mut [IoSliceMut], at: u64) {
-    let _ = for_each_piece(iov.iter_mut(), |s| s.len(), at, src.len() as u64, |s, r, done| {
-        let n = r.len();
-        s[r].copy_from_slice(&src[done as usize..done as usize + n]);
-        Ok(())
-    });
+    let _ = for_each_piece(
+        iov.iter_mut(),
+        |s| s.len(),
+        at,
+        src.len() as u64,
+        |s, r, done| {
+            let n = r.len();
+            s[r].copy_from_slice(&src[done as usize..done as usize + n]);
+            Ok(())
+        },
+    );
 }

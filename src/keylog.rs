@@ -8,7 +8,8 @@
 
 use crate::error::{Error, Result};
 use crate::format::{
-    encode_kset, kset_size, KeyRecord, KsetHeader, LogPos, KSET_FLAG_FLUSH, KSET_FLAG_LAST, KSET_FLAG_MARKS, KSET_MAX_SIZE,
+    encode_kset, kset_size, KeyRecord, KsetHeader, LogPos, KSET_FLAG_FLUSH, KSET_FLAG_LAST, KSET_FLAG_MARKS,
+    KSET_MAX_SIZE,
 };
 use crate::pmem::Media;
 use crate::segment::{SegmentTable, Use};
@@ -77,9 +78,7 @@ impl KeyLog {
         let size = kset_size(keys.len());
         // Always leave room for the LAST kset that chains to the next segment.
         if self.head.off as usize + size + kset_size(0) > geo.payload() as usize {
-            let next = segs
-                .alloc(Use::Log)
-                .ok_or_else(|| Error::NoSpace("no free segment for the key log".into()))?;
+            let next = segs.alloc(Use::Log).ok_or_else(|| Error::NoSpace("no free segment for the key log".into()))?;
             let hdr = KsetHeader {
                 seq: self.head.seq,
                 nonce: self.nonce,

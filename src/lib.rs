@@ -42,11 +42,11 @@ pub mod tails;
 pub mod writeback;
 
 pub use base::{BaseDevice, FileBase};
-pub use membase::{Faults, MemBase};
 pub use batch::WriteReq;
 pub use cache::{BaseIdentity, Cache, Config, Opened};
 pub use drain::{DrainMeter, DrainRates};
 pub use error::{Error, Result};
+pub use membase::{Faults, MemBase};
 pub use request::{Miss, WriteOutcome};
 pub use stats::Stats;
 pub use writeback::{Pacer, WbProgress};

@@ -62,10 +62,23 @@ struct State {
 }
 
 enum Op {
-    Write { off: u64, data: Vec<u8>, fail: bool, done: Done },
+    Write {
+        off: u64,
+        data: Vec<u8>,
+        fail: bool,
+        done: Done,
+    },
     /// Makes durable the writes numbered below `upto`.
-    Flush { upto: u64, fail: bool, done: Done },
-    Read { off: u64, buf: Vec<u8>, done: ReadDone },
+    Flush {
+        upto: u64,
+        fail: bool,
+        done: Done,
+    },
+    Read {
+        off: u64,
+        buf: Vec<u8>,
+        done: ReadDone,
+    },
 }
 
 impl MemBase {

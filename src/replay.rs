@@ -75,7 +75,10 @@ pub fn walk_chain(media: &dyn Media, sb: &Superblock, segs: &SegmentTable, tails
     if chain.dirty_at == usize::MAX {
         return Err(Error::corrupt(
             "dirty_tail",
-            format!("segment {} offset {} seq {} is not on the key log", tails.dirty.seg, tails.dirty.off, tails.dirty.seq),
+            format!(
+                "segment {} offset {} seq {} is not on the key log",
+                tails.dirty.seg, tails.dirty.off, tails.dirty.seq
+            ),
         ));
     }
     Ok(chain)
@@ -126,7 +129,13 @@ pub fn check_key(k: &KeyRecord, sb: &Superblock, segs: &SegmentTable, is_log_seg
     Ok(k.gen == gen)
 }
 
-pub fn replay(media: &dyn Media, sb: &Superblock, segs: &SegmentTable, index: &Index, tails: &Tails) -> Result<Replayed> {
+pub fn replay(
+    media: &dyn Media,
+    sb: &Superblock,
+    segs: &SegmentTable,
+    index: &Index,
+    tails: &Tails,
+) -> Result<Replayed> {
     let chain = walk_chain(media, sb, segs, tails)?;
     let mut is_log = vec![false; segs.geo.seg_count as usize];
     for &s in &chain.segs {
@@ -139,8 +148,8 @@ pub fn replay(media: &dyn Media, sb: &Superblock, segs: &SegmentTable, index: &I
     let recrc = |e: &Extent| extent_crc(media, &geo, e);
     let mut last_epoch_end = 0;
     for (i, &pos) in chain.ksets.iter().enumerate() {
-        let k = read_kset(media, segs, sb.nonce, pos)?
-            .ok_or_else(|| Error::Io("key log changed during replay".into()))?;
+        let k =
+            read_kset(media, segs, sb.nonce, pos)?.ok_or_else(|| Error::Io("key log changed during replay".into()))?;
         report.ksets += 1;
         if k.hdr.ends_epoch() {
             last_epoch_end = pos.seq;

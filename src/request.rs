@@ -130,7 +130,15 @@ impl Cache {
         while done < len {
             let off = offset + done;
             let n = Index::piece_len(off, len - done) as u32;
-            let key = KeyRecord { off, len: n, flags: KEY_FLAG_DIRTY | KEY_FLAG_ZERO, seg: 0, seg_off: 0, gen: 0, data_crc: 0 };
+            let key = KeyRecord {
+                off,
+                len: n,
+                flags: KEY_FLAG_DIRTY | KEY_FLAG_ZERO,
+                seg: 0,
+                seg_off: 0,
+                gen: 0,
+                data_crc: 0,
+            };
             // No worker here: any kset will do (see settle_overlaps).
             let kset = Index::subtree_of(off) % self.ksets.len();
             match self.insert_key(key, None, kset) {
@@ -272,11 +280,7 @@ impl Cache {
     /// data copy, and looks at the index after it: measured side by side,
     /// taking the index's cache misses before the copy, or the atomics after
     /// it, both cost more than this order.
-    fn prepare_slot<'a>(
-        &self,
-        t: SpinGuard<'a, Subtree>,
-        mut ks: SpinGuard<'a, OpenKset>,
-    ) -> Result<KeySlot<'a>> {
+    fn prepare_slot<'a>(&self, t: SpinGuard<'a, Subtree>, mut ks: SpinGuard<'a, OpenKset>) -> Result<KeySlot<'a>> {
         if ks.keys.len() >= KSET_MAX_KEYS {
             self.seal(&mut ks)?;
         }

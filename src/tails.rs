@@ -5,7 +5,7 @@
 //! key_tail <= dirty_tail <= key head, compared by sequence number.
 
 use crate::error::Result;
-use crate::format::{LogPos, REC_DIRTY_TAIL, REC_KEY_TAIL, DIRTY_TAIL_OFF, KEY_TAIL_OFF};
+use crate::format::{LogPos, DIRTY_TAIL_OFF, KEY_TAIL_OFF, REC_DIRTY_TAIL, REC_KEY_TAIL};
 use crate::pmem::Media;
 use crate::replica::Replica;
 

@@ -110,8 +110,17 @@ pub(crate) enum WbState {
     #[default]
     Idle,
     Collecting(Batch),
-    Writing { batch: Batch, runs: Vec<Run>, next: usize, io: Arc<Inflight> },
-    Flushing { batch: Batch, runs: Vec<Run>, io: Arc<Inflight> },
+    Writing {
+        batch: Batch,
+        runs: Vec<Run>,
+        next: usize,
+        io: Arc<Inflight>,
+    },
+    Flushing {
+        batch: Batch,
+        runs: Vec<Run>,
+        io: Arc<Inflight>,
+    },
 }
 
 /// What one step did.

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use pcache::pmem::{MemMedia, Media, SplitMix64};
+use pcache::pmem::{Media, MemMedia, SplitMix64};
 use pcache::{Error, MemBase, WriteOutcome};
 
 const BASE_SECTORS: u64 = 4096; // 2 MiB

@@ -13,7 +13,7 @@ use pcache::format::{
     self, encode_kset, KeyRecord, KsetHeader, LogPos, Record, Superblock, CACHE_INFO_OFF, DIRTY_TAIL_OFF,
     KEY_FLAG_DIRTY, KEY_TAIL_OFF, KSET_FLAG_LAST, REC_DIRTY_TAIL, REC_KEY_TAIL, REC_SIZE, SEG_META_OFF,
 };
-use pcache::pmem::{MemMedia, Media, SplitMix64};
+use pcache::pmem::{Media, MemMedia, SplitMix64};
 use pcache::{Cache, Error};
 
 const BASE_SECTORS: u64 = 1024;
@@ -177,7 +177,8 @@ fn with_kset(im: &Image, hdr: KsetHeader, keys: &[KeyRecord]) -> Vec<u8> {
     let mut b = im.bytes.clone();
     let mut buf = Vec::new();
     let n = encode_kset(&mut buf, &hdr, keys);
-    let at = (pcache::format::SEG_START + im.head.seg as u64 * SEG + format::SEG_PAYLOAD_OFF) as usize + im.head.off as usize;
+    let at = (pcache::format::SEG_START + im.head.seg as u64 * SEG + format::SEG_PAYLOAD_OFF) as usize
+        + im.head.off as usize;
     b[at..at + n].copy_from_slice(&buf[..n]);
     b
 }
@@ -195,7 +196,13 @@ fn with_record(im: &Image, offs: [u64; 2], kind: u32, fill: impl Fn(&mut Record)
 #[test]
 fn crafted_metadata_is_rejected() {
     let im = build();
-    let hdr = |n: u16, flags: u16, next: u32| KsetHeader { seq: im.head.seq, nonce: im.nonce, key_num: n, flags, next_seg: next };
+    let hdr = |n: u16, flags: u16, next: u32| KsetHeader {
+        seq: im.head.seq,
+        nonce: im.nonce,
+        key_num: n,
+        flags,
+        next_seg: next,
+    };
     let key = |f: &dyn Fn(&mut KeyRecord)| {
         let mut k = KeyRecord { off: 0, len: 4096, flags: KEY_FLAG_DIRTY, seg: 3, seg_off: 0, gen: 0, data_crc: 0 };
         f(&mut k);
@@ -236,7 +243,8 @@ fn crafted_metadata_is_rejected() {
         let mut b = with_kset(&im, hdr(0, 0, 0), &[]);
         let mut buf = Vec::new();
         let n = encode_kset(&mut buf, &hdr(129, 0, 0), &keys);
-        let at = (pcache::format::SEG_START + im.head.seg as u64 * SEG + format::SEG_PAYLOAD_OFF) as usize + im.head.off as usize;
+        let at = (pcache::format::SEG_START + im.head.seg as u64 * SEG + format::SEG_PAYLOAD_OFF) as usize
+            + im.head.off as usize;
         let n = n.min(b.len() - at);
         b[at..at + n].copy_from_slice(&buf[..n]);
         cases.push(("kset with 129 keys", b));
@@ -288,6 +296,7 @@ fn fuzz_harness_survives_random_inputs() {
     for i in 0..800 {
         let len = 4 + (rng.next() % 300) as usize;
         let input: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-        catch_unwind(|| pcache::fuzzing::load_image(&input)).unwrap_or_else(|_| panic!("fuzz input {i} panicked: {input:?}"));
+        catch_unwind(|| pcache::fuzzing::load_image(&input))
+            .unwrap_or_else(|_| panic!("fuzz input {i} panicked: {input:?}"));
     }
 }

@@ -16,8 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use pcache::pmem::{CrashSim, MemMedia, Media, SplitMix64};
-
+use pcache::pmem::{CrashSim, Media, MemMedia, SplitMix64};
 
 const BASE_SECTORS: u64 = 512; // 256 KiB
 const SEGS: u64 = 12;
@@ -158,7 +157,11 @@ fn verify(seed: u64, c: &Capture) {
     let img = base.visible_image();
     for s in 0..BASE_SECTORS {
         let who = who_wrote(&img[s as usize * 512..(s as usize + 1) * 512], s);
-        assert!(who.is_some_and(|id| c.model.allowed(s, id)), "seed {seed} crash at op {}: base sector {s} after writeback", c.op);
+        assert!(
+            who.is_some_and(|id| c.model.allowed(s, id)),
+            "seed {seed} crash at op {}: base sector {s} after writeback",
+            c.op
+        );
     }
 }
 
@@ -189,7 +192,8 @@ fn power_failure_at_random_media_operations() {
     for seed in 1..=seeds {
         points += run_seed(seed);
     }
-    let (gc, wb) = (GC_KSETS.load(std::sync::atomic::Ordering::Relaxed), WB_KSETS.load(std::sync::atomic::Ordering::Relaxed));
+    let (gc, wb) =
+        (GC_KSETS.load(std::sync::atomic::Ordering::Relaxed), WB_KSETS.load(std::sync::atomic::Ordering::Relaxed));
     eprintln!("{points} crash points verified over {seeds} seeds ({wb} ksets written back, {gc} reclaimed)");
     assert!(points >= seeds as usize * POINTS_PER_SEED / 2);
     assert!(gc > 0 && wb > 0, "the workload must exercise writeback and GC");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::*;
 use pcache::format::{KSET_MAX_KEYS, SUBTREE_SIZE};
-use pcache::pmem::{MemMedia, Media};
+use pcache::pmem::{Media, MemMedia};
 use pcache::{MemBase, WriteOutcome};
 
 const BASE: u64 = 4 * SUBTREE_SIZE;
@@ -120,7 +120,13 @@ fn concurrent_workers_overwriting_a_shared_range_replay_to_the_last_write() {
                         let first = rng.next() % 56;
                         let n = 1 + rng.next() % 8;
                         let mut l = last.lock().unwrap();
-                        write_all(&cache, &*base, w as usize, SUBTREE_SIZE + first * 512, &write_data(id, SUBTREE_SIZE / 512 + first, n));
+                        write_all(
+                            &cache,
+                            &*base,
+                            w as usize,
+                            SUBTREE_SIZE + first * 512,
+                            &write_data(id, SUBTREE_SIZE / 512 + first, n),
+                        );
                         for s in first..first + n {
                             l[s as usize] = id;
                         }

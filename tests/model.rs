@@ -6,12 +6,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use common::*;
-use pcache::pmem::{MemMedia, Media, SplitMix64};
-
+use pcache::pmem::{Media, MemMedia, SplitMix64};
 
 const WORKERS: usize = 3;
 const BASE_SECTORS: u64 = 2048; // 1 MiB of base device
@@ -75,9 +74,19 @@ fn run(seed: u64, data_crc: bool) {
                                 let mut writes = Vec::new();
                                 let mut ids = Vec::new();
                                 for j in 0..k {
-                                    let stripe = (rng.next() % (BASE_SECTORS / 8 / WORKERS as u64)) * WORKERS as u64 + w as u64;
-                                    let (f, n) = if j > 0 && rng.next() % 3 == 0 { (first, n) } else { (stripe * 8 + rng.next() % 4, 1 + rng.next() % 4) };
-                                    let id = (seed << 40) | ((round as u64) << 32) | ((w as u64) << 24) | (op as u64) << 3 | j | 1 << 61;
+                                    let stripe =
+                                        (rng.next() % (BASE_SECTORS / 8 / WORKERS as u64)) * WORKERS as u64 + w as u64;
+                                    let (f, n) = if j > 0 && rng.next() % 3 == 0 {
+                                        (first, n)
+                                    } else {
+                                        (stripe * 8 + rng.next() % 4, 1 + rng.next() % 4)
+                                    };
+                                    let id = (seed << 40)
+                                        | ((round as u64) << 32)
+                                        | ((w as u64) << 24)
+                                        | (op as u64) << 3
+                                        | j
+                                        | 1 << 61;
                                     writes.push((f * 512, write_data(id, f, n)));
                                     ids.push((id, f, n));
                                 }
@@ -92,7 +101,8 @@ fn run(seed: u64, data_crc: bool) {
                                 }
                             }
                             0..=4 => {
-                                let id = (seed << 40) | ((round as u64) << 32) | ((w as u64) << 24) | op as u64 | 1 << 62;
+                                let id =
+                                    (seed << 40) | ((round as u64) << 32) | ((w as u64) << 24) | op as u64 | 1 << 62;
                                 write_all(&cache, &*base, w, first * 512, &write_data(id, first, n));
                                 let mut m = model.lock().unwrap();
                                 for s in first..first + n {
@@ -226,10 +236,7 @@ fn workers_overwriting_the_same_sectors_keep_the_newest_data() {
             let writes: Vec<_> = h.iter().filter(|x| x.0 == s).collect();
             match id {
                 Some(0) => writes.is_empty(),
-                Some(id) => writes
-                    .iter()
-                    .find(|x| x.1 == id)
-                    .is_some_and(|x| !writes.iter().any(|y| y.2 > x.3)),
+                Some(id) => writes.iter().find(|x| x.1 == id).is_some_and(|x| !writes.iter().any(|y| y.2 > x.3)),
                 None => false,
             }
         };

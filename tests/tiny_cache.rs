@@ -9,7 +9,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use pcache::pmem::{MemMedia, Media, SplitMix64};
+use pcache::pmem::{Media, MemMedia, SplitMix64};
 use pcache::WriteOutcome;
 
 const BASE_SECTORS: u64 = 8192; // 4 MiB
@@ -68,7 +68,8 @@ fn sustained_writes_through_a_tiny_cache() {
                                 done += written as usize;
                                 // Wait for the notifier (bounded so a lost wakeup shows as slowness, not a hang).
                                 let g = space.0.lock().unwrap();
-                                let (_g, t) = space.1.wait_timeout_while(g, Duration::from_secs(10), |e| *e == epoch).unwrap();
+                                let (_g, t) =
+                                    space.1.wait_timeout_while(g, Duration::from_secs(10), |e| *e == epoch).unwrap();
                                 assert!(!t.timed_out(), "worker {w}: no space freed for 10 s (deadlock)");
                             }
                         }
@@ -110,6 +111,10 @@ fn sustained_writes_through_a_tiny_cache() {
     cache.writeback_all(&*base).unwrap();
     let img = base.visible_image();
     for s in 0..BASE_SECTORS {
-        assert_eq!(who_wrote(&img[s as usize * 512..(s as usize + 1) * 512], s), Some(model[s as usize]), "base sector {s}");
+        assert_eq!(
+            who_wrote(&img[s as usize * 512..(s as usize + 1) * 512], s),
+            Some(model[s as usize]),
+            "base sector {s}"
+        );
     }
 }

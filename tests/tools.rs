@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use common::*;
 use pcache::format::{
-    self, encode_kset, KeyRecord, KsetHeader, LogPos, CACHE_INFO_OFF, DIRTY_TAIL_OFF, KEY_FLAG_DIRTY,
-    KEY_TAIL_OFF, SEG_START,
+    self, encode_kset, KeyRecord, KsetHeader, LogPos, CACHE_INFO_OFF, DIRTY_TAIL_OFF, KEY_FLAG_DIRTY, KEY_TAIL_OFF,
+    SEG_START,
 };
-use pcache::pmem::{CrashSim, MemMedia, Media, SplitMix64};
+use pcache::pmem::{CrashSim, Media, MemMedia, SplitMix64};
 use pcache::replay::ReplayReport;
 use pcache::{Cache, Opened, Stats, WbProgress};
 
@@ -402,7 +402,11 @@ fn inspect_reports_a_dirty_image_as_the_engine_sees_it() {
     assert_eq!(j.u("segments.used"), st.segs_used as u64);
     assert_eq!(j.u("segments.log"), rep.log_segments as u64);
     for (name, p) in [("key_head", st.key_head), ("dirty_tail", st.dirty_tail), ("key_tail", st.key_tail)] {
-        assert_eq!((j.u(&format!("{name}.seg")), j.u(&format!("{name}.off")), j.u(&format!("{name}.seq"))), (p.0 as u64, p.1 as u64, p.2), "{name}");
+        assert_eq!(
+            (j.u(&format!("{name}.seg")), j.u(&format!("{name}.off")), j.u(&format!("{name}.seq"))),
+            (p.0 as u64, p.1 as u64, p.2),
+            "{name}"
+        );
     }
     assert_eq!(j.u("base.size"), BASE_BYTES);
     assert_eq!(j.u("base.block_size"), 512);
@@ -467,7 +471,10 @@ fn check_names_a_bad_replica_and_the_one_used() {
             let pmem = dir.file("pmem", &b);
             let o = expect(&["check", &pmem], 1);
             let (bad, good) = if slot == 0 { ('A', 'B') } else { ('B', 'A') };
-            let want = format!("replica {bad} of {name} at offset {:#x} is corrupt (CRC mismatch); replica {good} is used", offs[slot]);
+            let want = format!(
+                "replica {bad} of {name} at offset {:#x} is corrupt (CRC mismatch); replica {good} is used",
+                offs[slot]
+            );
             assert!(o.stdout.contains(&want), "{name} slot {slot}: wanted {want:?}\n{}", show(&o));
             assert!(o.stdout.contains("the cache can be loaded"), "{}", show(&o));
             assert_eq!(read(&pmem), b, "check changed the device");
@@ -490,7 +497,9 @@ fn check_names_a_bad_replica_and_the_one_used() {
 fn check_calls_a_record_with_two_bad_replicas_unusable() {
     let dir = Dir::new("check-both");
     let im = build(false, false);
-    for (name, offs) in [("key_tail", KEY_TAIL_OFF), ("cache_info", CACHE_INFO_OFF), ("segment 3 metadata", seg_meta_offs(3))] {
+    for (name, offs) in
+        [("key_tail", KEY_TAIL_OFF), ("cache_info", CACHE_INFO_OFF), ("segment 3 metadata", seg_meta_offs(3))]
+    {
         let mut b = im.pmem.clone();
         b[offs[0] as usize + 20] ^= 1;
         b[offs[1] as usize + 20] ^= 1;
@@ -524,7 +533,11 @@ fn check_locates_crafted_keys_with_valid_crcs() {
         let o = expect(&["check", &pmem], 2);
         let j = keys.len() - 1;
         let loc = format!("key {j} of kset seq {} (byte offset {:#x})", im.head.seq, kset_at + 64 + 40 * j as u64);
-        assert!(o.stdout.contains(&loc) && o.stdout.contains(want), "{what}: wanted {loc:?} and {want:?}\n{}", show(&o));
+        assert!(
+            o.stdout.contains(&loc) && o.stdout.contains(want),
+            "{what}: wanted {loc:?} and {want:?}\n{}",
+            show(&o)
+        );
         assert!(engine_view(&b, false).is_err(), "{what}: the engine loads it");
         let j = json_of(&expect(&["check", "--json", &pmem], 2));
         assert_eq!(j.s("status"), "unusable");
@@ -537,7 +550,8 @@ fn check_locates_crafted_keys_with_valid_crcs() {
 fn live_key_data(img: &[u8]) -> u64 {
     let media = MemMedia::from_image(img.to_vec());
     let sb = Cache::read_superblock(&media).unwrap();
-    let geo = pcache::segment::Geometry { seg_start: sb.seg_start, seg_size: sb.seg_size as u64, seg_count: sb.seg_count };
+    let geo =
+        pcache::segment::Geometry { seg_start: sb.seg_start, seg_size: sb.seg_size as u64, seg_count: sb.seg_count };
     let segs = pcache::segment::SegmentTable::load(&media, geo, 0).unwrap();
     let tails = pcache::tails::Tails::load(&media).unwrap();
     // The newest dirty key: no later key overwrites it, so writeback must read it.
@@ -698,7 +712,11 @@ fn flush_refuses_a_base_that_does_not_match_unless_forced() {
     for (args, want) in &cases {
         let o = expect(args, 1);
         assert_one_line_error(&o);
-        assert!(o.stderr.contains("does not match") && o.stderr.contains(want) && o.stderr.contains("--force"), "{args:?}\n{}", show(&o));
+        assert!(
+            o.stderr.contains("does not match") && o.stderr.contains(want) && o.stderr.contains("--force"),
+            "{args:?}\n{}",
+            show(&o)
+        );
         assert_eq!(read(&pmem), im.pmem, "a refused flush changed the cache");
         assert_eq!(read(&base), im.base, "a refused flush changed the base");
         assert_eq!(read(&wrong_size), bigger, "a refused flush changed the base");
@@ -772,7 +790,12 @@ fn flush_after_a_power_failure_writes_back_what_the_cache_held() {
             let who = who_wrote(&got[s as usize * 512..(s as usize + 1) * 512], s);
             let flushed = m.flushed.get(&s).copied().unwrap_or(0);
             let ok = who == Some(flushed) || who.is_some_and(|id| m.since.get(&s).is_some_and(|v| v.contains(&id)));
-            assert!(ok, "seed {seed}: base sector {s} holds {who:?}; flushed value {flushed}, later {:?}\n{}", m.since.get(&s), show(&o));
+            assert!(
+                ok,
+                "seed {seed}: base sector {s} holds {who:?}; flushed value {flushed}, later {:?}\n{}",
+                m.since.get(&s),
+                show(&o)
+            );
             if who != Some(flushed) {
                 survived_after_flush += 1;
             }
@@ -794,7 +817,19 @@ fn format_formats_a_blank_device_and_refuses_an_existing_one() {
     let pmem = dir.file("pmem", &vec![0u8; media_len(SEGS)]);
     let base = dir.file("base", &vec![0u8; 1 << 20]);
     let o = expect(
-        &["format", &pmem, "--base", &base, "--base-id", "nvme0n1", "--seg-size", "64K", "--data-crc", "--gc-percent", "50"],
+        &[
+            "format",
+            &pmem,
+            "--base",
+            &base,
+            "--base-id",
+            "nvme0n1",
+            "--seg-size",
+            "64K",
+            "--data-crc",
+            "--gc-percent",
+            "50",
+        ],
         0,
     );
     assert!(o.stdout.contains("formatted"), "{}", show(&o));
@@ -895,7 +930,20 @@ fn usage_errors_exit_2_and_help_lists_everything() {
         ("inspect", &["--json"][..]),
         ("check", &["--json", "--no-data"][..]),
         ("flush", &["--force", "--base-id", "--base-block-size", "--quiet"][..]),
-        ("format", &["--base", "--base-size", "--base-block-size", "--base-id", "--seg-size", "--data-crc", "--gc-percent", "--size", "--force"][..]),
+        (
+            "format",
+            &[
+                "--base",
+                "--base-size",
+                "--base-block-size",
+                "--base-id",
+                "--seg-size",
+                "--data-crc",
+                "--gc-percent",
+                "--size",
+                "--force",
+            ][..],
+        ),
         ("bench", &["--pmem", "--data-crc"][..]),
     ] {
         let o = expect(&[cmd, "--help"], 0);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use pcache::pmem::{MemMedia, Media};
+use pcache::pmem::{Media, MemMedia};
 use pcache::{Cache, MemBase, WbProgress, WriteOutcome};
 
 const BASE_SECTORS: u64 = 2048;

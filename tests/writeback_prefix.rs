@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::*;
-use pcache::pmem::{MemMedia, Media, SplitMix64};
+use pcache::pmem::{Media, MemMedia, SplitMix64};
 use pcache::WbProgress;
 
 const BASE_SECTORS: u64 = 1024;

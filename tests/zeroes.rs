@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::*;
 use pcache::format::SUBTREE_SIZE;
-use pcache::pmem::{MemMedia, Media};
+use pcache::pmem::{Media, MemMedia};
 use pcache::WriteOutcome;
 
 const BASE: u64 = 3 * SUBTREE_SIZE;

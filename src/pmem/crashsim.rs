@@ -44,11 +44,7 @@ impl CrashSim {
     /// Starts from a durable image (for example what a previous crash left).
     pub fn from_image(image: Vec<u8>) -> Self {
         CrashSim {
-            state: Mutex::new(State {
-                visible: image.clone(),
-                durable: image,
-                pending: HashMap::new(),
-            }),
+            state: Mutex::new(State { visible: image.clone(), durable: image, pending: HashMap::new() }),
             ops: AtomicU64::new(0),
             crash_points: Mutex::new(CrashPoints::default()),
         }

@@ -30,9 +30,8 @@ impl ReadOnlyFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
         use std::io::{Seek, SeekFrom};
-        let len = (&file)
-            .seek(SeekFrom::End(0))
-            .map_err(|e| Error::Io(format!("cannot size {}: {e}", path.display())))?;
+        let len =
+            (&file).seek(SeekFrom::End(0)).map_err(|e| Error::Io(format!("cannot size {}: {e}", path.display())))?;
         Ok(ReadOnlyFile { file, len })
     }
 }
@@ -44,7 +43,9 @@ impl Media for ReadOnlyFile {
 
     fn read(&self, off: u64, buf: &mut [u8]) -> Result<()> {
         check_range(self.len, off, buf.len())?;
-        self.file.read_exact_at(buf, off).map_err(|e| Error::Io(format!("read of {} bytes at offset {off}: {e}", buf.len())))
+        self.file
+            .read_exact_at(buf, off)
+            .map_err(|e| Error::Io(format!("read of {} bytes at offset {off}: {e}", buf.len())))
     }
 
     fn write(&self, off: u64, data: &[u8]) -> Result<()> {

@@ -187,14 +187,7 @@ impl SpdkBase {
                 return Err(e);
             }
         }
-        let io = Box::into_raw(Box::new(BaseIo {
-            base: self,
-            kind,
-            buf,
-            offset,
-            len,
-            wait: Default::default(),
-        }));
+        let io = Box::into_raw(Box::new(BaseIo { base: self, kind, buf, offset, len, wait: Default::default() }));
         self.outstanding.fetch_add(1, Ordering::AcqRel);
         // SAFETY: io is a fresh allocation reclaimed once, in finish().
         unsafe { submit(io) };
@@ -248,7 +241,8 @@ unsafe extern "C" fn complete(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c
 /// Completes one base I/O: frees its buffer and calls the engine back.
 unsafe fn finish(io: *mut BaseIo, r: crate::Result<()>) {
     let io = Box::from_raw(io);
-    let dma: &[u8] = if io.buf.is_null() { &[] } else { std::slice::from_raw_parts(io.buf as *const u8, io.len as usize) };
+    let dma: &[u8] =
+        if io.buf.is_null() { &[] } else { std::slice::from_raw_parts(io.buf as *const u8, io.len as usize) };
     io.kind.complete(dma, r);
     if !io.buf.is_null() {
         (*io.base).put_buf(io.buf, io.len as usize);

@@ -51,8 +51,14 @@ unsafe impl Send for Claimed {}
 impl Claimed {
     /// Opens the bdev `name` for writing and claims it for `module`. `role`
     /// names it in errors ("base_bdev", "cache_bdev").
-    pub fn claim(name: &str, role: &str, module: *mut sys::spdk_bdev_module, on_remove: OnRemove) -> Result<Self, String> {
-        let ctx = Box::into_raw(Box::new(EventCtx { name: name.to_string(), on_remove, removed: AtomicBool::new(false) }));
+    pub fn claim(
+        name: &str,
+        role: &str,
+        module: *mut sys::spdk_bdev_module,
+        on_remove: OnRemove,
+    ) -> Result<Self, String> {
+        let ctx =
+            Box::into_raw(Box::new(EventCtx { name: name.to_string(), on_remove, removed: AtomicBool::new(false) }));
         let c = cstring(name);
         let mut desc = std::ptr::null_mut();
         // SAFETY: plain SPDK calls on the app thread; `ctx` outlives the descriptor

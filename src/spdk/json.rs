@@ -69,8 +69,9 @@ unsafe fn decode_at(v: *const sys::spdk_json_val) -> Result<(Value, usize), Stri
                 if name.type_ != sys::SPDK_JSON_VAL_NAME {
                     return Err("malformed object".into());
                 }
-                let key = String::from_utf8_lossy(std::slice::from_raw_parts(name.start as *const u8, name.len as usize))
-                    .into_owned();
+                let key =
+                    String::from_utf8_lossy(std::slice::from_raw_parts(name.start as *const u8, name.len as usize))
+                        .into_owned();
                 let (item, n) = decode_at(v.add(i + 1))?;
                 fields.push((key, item));
                 i += 1 + n;
@@ -151,7 +152,9 @@ impl Params {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(t)) => match t.parse::<u64>() {
                 Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-                _ => Err(format!("{}: parameter '{name}' must be an integer from {min} to {max}, not {t}", self.method)),
+                _ => {
+                    Err(format!("{}: parameter '{name}' must be an integer from {min} to {max}, not {t}", self.method))
+                }
             },
             Some(v) => Err(format!("{}: parameter '{name}' must be a number, not {}", self.method, v.kind())),
         }

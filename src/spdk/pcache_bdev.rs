@@ -142,7 +142,9 @@ impl Registry {
                 return Some("base_bdev");
             }
         }
-        let in_use = |b: &str| self.configs.iter().any(|c| self.node(&c.name).is_some() && (c.cache_bdev == b || c.base_bdev == b));
+        let in_use = |b: &str| {
+            self.configs.iter().any(|c| self.node(&c.name).is_some() && (c.cache_bdev == b || c.base_bdev == b))
+        };
         for (pmem, base) in &self.images {
             if pmem == bdev && !in_use(bdev) {
                 return Some("cache_bdev");
@@ -335,7 +337,10 @@ pub fn with_node<T>(name: &str, f: impl FnOnce(&PcacheNode) -> T) -> Option<T> {
 pub enum State {
     Online(Ptr<PcacheNode>),
     /// Waiting for bdevs that do not exist yet; the bdevs already held.
-    Waiting { missing: Vec<String>, held: Vec<String> },
+    Waiting {
+        missing: Vec<String>,
+        held: Vec<String>,
+    },
     /// Both bdevs exist, but it could not be built: why.
     Blocked(String),
 }
@@ -422,7 +427,8 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     // A device that already holds a pcache keeps its data_crc unless told otherwise.
     let data_crc =
         opts.data_crc.unwrap_or_else(|| Cache::read_superblock(&*media).map(|sb| sb.data_crc()).unwrap_or(false));
-    let mut cfg = Config::new(BaseIdentity { size: blocks * block_size as u64, block_size, id: opts.base_bdev.clone() });
+    let mut cfg =
+        Config::new(BaseIdentity { size: blocks * block_size as u64, block_size, id: opts.base_bdev.clone() });
     cfg.data_crc = data_crc;
     cfg.gc_percent = opts.gc_percent;
     cfg.force_format = opts.force_format;
@@ -533,7 +539,10 @@ fn bdev_removed(bdev: &str) {
             if (*node).removing.swap(true, Ordering::AcqRel) {
                 continue;
             }
-            log::warn!("{}: bdev {bdev} is being removed; unregistering (dirty data stays on the pmem)", (*node).name());
+            log::warn!(
+                "{}: bdev {bdev} is being removed; unregistering (dirty data stays on the pmem)",
+                (*node).name()
+            );
             sys::spdk_bdev_unregister(&mut (*node).bdev, None, std::ptr::null_mut());
         }
     }

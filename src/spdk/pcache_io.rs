@@ -167,7 +167,14 @@ unsafe fn finish(io: *mut sys::spdk_bdev_io, ok: bool) {
 
 unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys::spdk_bdev_io) {
     let ctx = ffi::io_ctx::<IoCtx>(io);
-    ctx.write(IoCtx { written: 0, misses: Vec::new(), next_miss: 0, pending: 0, failed: false, wait: Default::default() });
+    ctx.write(IoCtx {
+        written: 0,
+        misses: Vec::new(),
+        next_miss: 0,
+        pending: 0,
+        failed: false,
+        wait: Default::default(),
+    });
     let ok = guard(false, || {
         let chan = ffi::channel_ctx::<Channel>(ch);
         let node = node_of(io);
@@ -310,7 +317,8 @@ unsafe fn write_staged(chan: *mut Channel) {
             slices.extend(data_slices(io, 0, len));
             spans.push((off, at, slices.len()));
         }
-        let reqs: Vec<WriteReq> = spans.iter().map(|&(offset, a, b)| WriteReq { offset, data: &slices[a..b] }).collect();
+        let reqs: Vec<WriteReq> =
+            spans.iter().map(|&(offset, a, b)| WriteReq { offset, data: &slices[a..b] }).collect();
         node.cache.write_batch((*chan).worker, &reqs, &mut out);
     }
     // Queue the deferred ones before completing any: a write submitted from
@@ -511,10 +519,13 @@ unsafe extern "C" fn miss_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut 
             // One buffer (the usual case) is cached as it is; several are gathered.
             let data: std::borrow::Cow<[u8]> = match mio.iovs.as_slice() {
                 [one] => piece(one).into(),
-                many => many.iter().fold(Vec::with_capacity(m.len as usize), |mut d, v| {
-                    d.extend_from_slice(piece(v));
-                    d
-                }).into(),
+                many => many
+                    .iter()
+                    .fold(Vec::with_capacity(m.len as usize), |mut d, v| {
+                        d.extend_from_slice(piece(v));
+                        d
+                    })
+                    .into(),
             };
             if let Err(e) = node.cache.fill((*channel_of(io)).worker, &m, &data) {
                 log::debug!("{}: read cache fill at {}: {e}", node.name(), m.off);

@@ -144,8 +144,15 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
         if mode != "writeback" {
             return Err(bad(format!("bdev_pcache_create: cache_mode '{mode}' is not supported (only 'writeback')")));
         }
-        let opts =
-            CreateOpts { name: name.clone(), cache_bdev, base_bdev, data_crc, gc_percent, writeback_batch_bytes, force_format };
+        let opts = CreateOpts {
+            name: name.clone(),
+            cache_bdev,
+            base_bdev,
+            data_crc,
+            gc_percent,
+            writeback_batch_bytes,
+            force_format,
+        };
         match pcache_bdev::create(opts).map_err(|e| (-libc::EINVAL, format!("bdev_pcache_create: {e}")))? {
             Created::Now => {}
             Created::Waiting(missing) => {

@@ -29,7 +29,10 @@ fn base_seed() -> u64 {
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match std::env::var("PCACHE_BASE_SEED").ok().and_then(|s| s.parse::<u64>().ok()) {
         Some(s) => s.wrapping_add(n),
-        None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0) ^ n,
+        None => {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+                ^ n
+        }
     }
 }
 
@@ -126,9 +129,15 @@ pub fn write_all(cache: &Cache, base: &dyn BaseDevice, worker: usize, off: u64, 
 /// Writes `writes` (offset, data) as one batch; parts the cache defers are
 /// written afterwards, in order, with [`write_all`]. Returns each write's
 /// result as the batch reported it.
-pub fn write_batch_all(cache: &Cache, base: &dyn BaseDevice, worker: usize, writes: &[(u64, Vec<u8>)]) -> Vec<pcache::Result<pcache::WriteOutcome>> {
+pub fn write_batch_all(
+    cache: &Cache,
+    base: &dyn BaseDevice,
+    worker: usize,
+    writes: &[(u64, Vec<u8>)],
+) -> Vec<pcache::Result<pcache::WriteOutcome>> {
     let iovs: Vec<[std::io::IoSlice; 1]> = writes.iter().map(|(_, d)| [std::io::IoSlice::new(d)]).collect();
-    let reqs: Vec<pcache::WriteReq> = writes.iter().zip(&iovs).map(|((off, _), iov)| pcache::WriteReq { offset: *off, data: iov }).collect();
+    let reqs: Vec<pcache::WriteReq> =
+        writes.iter().zip(&iovs).map(|((off, _), iov)| pcache::WriteReq { offset: *off, data: iov }).collect();
     let mut out = Vec::new();
     cache.write_batch(worker, &reqs, &mut out);
     assert_eq!(out.len(), writes.len(), "one result per request");

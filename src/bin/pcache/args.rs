@@ -49,7 +49,9 @@ impl Args {
     pub fn num_or(&self, name: &str, default: u64) -> Result<u64, String> {
         match self.vals.get(name) {
             None => Ok(default),
-            Some(v) => parse_size(v).ok_or_else(|| format!("--{name}: {v:?} is not a number (suffixes K, M, G allowed)")),
+            Some(v) => {
+                parse_size(v).ok_or_else(|| format!("--{name}: {v:?} is not a number (suffixes K, M, G allowed)"))
+            }
         }
     }
 }

@@ -283,7 +283,8 @@ fn ceiling(media: &Arc<PmemFile>, o: &Opts, write: bool) -> (f64, f64) {
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs(o.secs));
     stop.store(true, Ordering::Relaxed);
-    let (ops, cpu) = threads.into_iter().map(|t| t.join().unwrap_or((0, 0.0))).fold((0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let (ops, cpu) =
+        threads.into_iter().map(|t| t.join().unwrap_or((0, 0.0))).fold((0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
     (ops as f64 / t0.elapsed().as_secs_f64(), ops as f64 / cpu)
 }
 
@@ -403,7 +404,9 @@ struct RunResult {
 fn default_pmem_size() -> u64 {
     let avail_kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .and_then(|m| {
+            m.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
         .unwrap_or(0);
     if avail_kib >= 16 << 20 {
         8 << 30
@@ -656,7 +659,11 @@ fn worker_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), St
             Workload::Verify => written.is_empty() || rng.next() & 1 == 0,
         };
         // verify: worker w owns blocks with index % workers == w.
-        let blk = if workload == Workload::Verify { (rng.next() % (blocks / nw)) * nw + w as u64 } else { rng.next() % blocks };
+        let blk = if workload == Workload::Verify {
+            (rng.next() % (blocks / nw)) * nw + w as u64
+        } else {
+            rng.next() % blocks
+        };
         let t = Instant::now();
         if is_write {
             seq += 1;
@@ -755,7 +762,10 @@ fn write_waiting(sh: &Shared, polls: bool, w: usize, off: u64, data: &[u8]) -> R
                     }
                 } else {
                     let g = sh.space.0.lock().unwrap_or_else(|e| e.into_inner());
-                    let _ = sh.space.1.wait_timeout_while(g, Duration::from_millis(10), |_| sh.cache.space_epoch() == epoch);
+                    let _ = sh
+                        .space
+                        .1
+                        .wait_timeout_while(g, Duration::from_millis(10), |_| sh.cache.space_epoch() == epoch);
                 }
             }
         }
@@ -767,9 +777,13 @@ fn read_block(cache: &Cache, base: &FileBase, w: usize, off: u64, buf: &mut [u8]
     let misses = cache.read(off, &mut [std::io::IoSliceMut::new(buf)]).map_err(|e| e.to_string())?;
     for m in misses {
         let (tx, rx) = std::sync::mpsc::channel();
-        base.read(m.off, vec![0u8; m.len as usize], Box::new(move |b, r| {
-            let _ = tx.send((b, r));
-        }));
+        base.read(
+            m.off,
+            vec![0u8; m.len as usize],
+            Box::new(move |b, r| {
+                let _ = tx.send((b, r));
+            }),
+        );
         let (data, r) = rx.recv().map_err(|e| e.to_string())?;
         r.map_err(|e| e.to_string())?;
         buf[m.buf_at as usize..(m.buf_at + m.len) as usize].copy_from_slice(&data);

@@ -1,7 +1,6 @@
 //! `pcache check PMEM`: validates every structure and reports each problem
 //! with its location. Never writes to PMEM.
 
-
 use pcache::inspect::{inspect, InspectOptions, Severity};
 
 use crate::dev::open_ro;
@@ -88,12 +87,10 @@ pub fn main(raw: &[String]) -> Result<i32, Fail> {
     );
     match code {
         0 => println!("{}: clean ({checked})", path.display()),
-        1 => println!(
-            "{}: {} problem(s), the cache can be loaded ({checked})",
-            path.display(),
-            ins.problems.len()
-        ),
-        _ => println!("{}: {} problem(s), {fatal} fatal: the cache cannot be loaded", path.display(), ins.problems.len()),
+        1 => println!("{}: {} problem(s), the cache can be loaded ({checked})", path.display(), ins.problems.len()),
+        _ => {
+            println!("{}: {} problem(s), {fatal} fatal: the cache cannot be loaded", path.display(), ins.problems.len())
+        }
     }
     Ok(code)
 }

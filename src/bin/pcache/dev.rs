@@ -46,9 +46,11 @@ pub fn probe_base(path: &Path) -> Result<BaseProbe, Fail> {
     if meta.file_type().is_block_device() {
         use std::io::{Seek, SeekFrom};
         let mut f = std::fs::File::open(path).map_err(|e| Fail::error(format!("{}: {e}", path.display())))?;
-        let size = f.seek(SeekFrom::End(0)).map_err(|e| Fail::error(format!("{}: cannot size: {e}", path.display())))?;
+        let size =
+            f.seek(SeekFrom::End(0)).map_err(|e| Fail::error(format!("{}: cannot size: {e}", path.display())))?;
         let rdev = meta.rdev();
-        let (maj, min) = (((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0xfff), ((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff));
+        let (maj, min) =
+            (((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0xfff), ((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff));
         let sys = format!("/sys/dev/block/{maj}:{min}");
         let block_size = [format!("{sys}/queue/logical_block_size"), format!("{sys}/../queue/logical_block_size")]
             .iter()

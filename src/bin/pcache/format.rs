@@ -45,7 +45,9 @@ pub fn main(raw: &[String]) -> Result<i32, Fail> {
     let block_arg = a.num("base-block-size").map_err(usage)?;
     let base = match (a.get("base"), a.num("base-size").map_err(usage)?) {
         (Some(_), Some(_)) => return Err(Fail::usage("give --base or --base-size, not both".to_string(), HELP)),
-        (None, None) => return Err(Fail::usage("the base size is needed: --base FILE or --base-size SIZE".to_string(), HELP)),
+        (None, None) => {
+            return Err(Fail::usage("the base size is needed: --base FILE or --base-size SIZE".to_string(), HELP))
+        }
         (Some(f), None) => {
             let p = probe_base(Path::new(f))?;
             if let (Some(dev), Some(arg)) = (p.block_size, block_arg) {
@@ -58,7 +60,8 @@ pub fn main(raw: &[String]) -> Result<i32, Fail> {
         (None, Some(size)) => (size, block_arg.unwrap_or(512)),
     };
     let id = a.get("base-id").unwrap_or("").to_string();
-    let block_size = u32::try_from(base.1).map_err(|_| Fail::usage(format!("base block size {} is too large", base.1), HELP))?;
+    let block_size =
+        u32::try_from(base.1).map_err(|_| Fail::usage(format!("base block size {} is too large", base.1), HELP))?;
     let mut cfg = Config::new(BaseIdentity { size: base.0, block_size, id });
     cfg.seg_size = seg_size;
     cfg.data_crc = a.flag("data-crc");
@@ -119,11 +122,19 @@ fn refuse_existing(pmem: &Path) -> Result<(), Fail> {
                         ins.sb.base_id
                     )
                 } else {
-                    format!("holds a clean pcache (no dirty data; base size {}, id {:?})", ins.sb.base_size, ins.sb.base_id)
+                    format!(
+                        "holds a clean pcache (no dirty data; base size {}, id {:?})",
+                        ins.sb.base_size, ins.sb.base_id
+                    )
                 }
             }
             Ok(ins) => {
-                let why = ins.problems.iter().find(|p| p.severity == Severity::Fatal).map(|p| p.to_string()).unwrap_or_default();
+                let why = ins
+                    .problems
+                    .iter()
+                    .find(|p| p.severity == Severity::Fatal)
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
                 format!("holds a pcache that cannot be loaded ({why}); any dirty data on it cannot be counted")
             }
             Err(e) => format!("holds a damaged pcache ({e}); any dirty data on it cannot be counted"),

@@ -44,7 +44,13 @@ fn print_human(path: &Path, ins: &Inspection) {
         sb.seg_size,
         human(sb.seg_size as u64)
     );
-    println!("base         size {} ({}), block size {}, id {:?}", sb.base_size, human(sb.base_size), sb.base_block_size, sb.base_id);
+    println!(
+        "base         size {} ({}), block size {}, id {:?}",
+        sb.base_size,
+        human(sb.base_size),
+        sb.base_block_size,
+        sb.base_id
+    );
     println!(
         "segments     {} total, {} used, {} in the key log",
         sb.seg_count,

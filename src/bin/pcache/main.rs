@@ -52,7 +52,12 @@ impl Fail {
 
 /// Parses a tool command's arguments (`--help`/`-h` are always accepted).
 /// None when help was asked for: it has been printed.
-pub fn parse_cmd(raw: &[String], takes_value: &[&str], flags: &[&str], help: &'static str) -> Result<Option<args::Args>, Fail> {
+pub fn parse_cmd(
+    raw: &[String],
+    takes_value: &[&str],
+    flags: &[&str],
+    help: &'static str,
+) -> Result<Option<args::Args>, Fail> {
     let flags: Vec<&str> = flags.iter().copied().chain(["help", "h"]).collect();
     let a = args::Args::parse(raw, takes_value, &flags).map_err(|e| Fail::usage(e, help))?;
     if a.flag("help") || a.flag("h") {
