@@ -44,20 +44,17 @@ impl DrainMeter {
     /// Takes a sample of `s` at `now` (at most one per second is used).
     pub fn sample(&mut self, s: &Stats, now: Instant) {
         let cur = (now, s.base_writes, s.base_flushes, s.writeback_bytes);
-        match self.last {
-            Some((t, w, f, b)) => {
-                let dt = now.saturating_duration_since(t);
-                if dt < MIN_INTERVAL {
-                    return;
-                }
-                let per_sec = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt.as_secs_f64();
-                self.rates = DrainRates {
-                    base_writes_per_sec: per_sec(cur.1, w),
-                    base_flushes_per_sec: per_sec(cur.2, f),
-                    writeback_bytes_per_sec: per_sec(cur.3, b),
-                };
+        if let Some((t, w, f, b)) = self.last {
+            let dt = now.saturating_duration_since(t);
+            if dt < MIN_INTERVAL {
+                return;
             }
-            None => {}
+            let per_sec = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt.as_secs_f64();
+            self.rates = DrainRates {
+                base_writes_per_sec: per_sec(cur.1, w),
+                base_flushes_per_sec: per_sec(cur.2, f),
+                writeback_bytes_per_sec: per_sec(cur.3, b),
+            };
         }
         self.last = Some(cur);
     }
