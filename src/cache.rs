@@ -54,6 +54,8 @@ pub struct Config {
     pub kset_flush_interval: Duration,
     /// Cap of the dirty bytes writeback takes in one batch (see writeback.rs).
     pub writeback_batch_bytes: u64,
+    /// Sequential run after which large writes bypass the cache (0: never; see bypass.rs).
+    pub seq_cutoff: u64,
 }
 
 impl Config {
@@ -68,6 +70,7 @@ impl Config {
             read_cache: true,
             kset_flush_interval: Duration::from_secs(1),
             writeback_batch_bytes: crate::writeback::DEFAULT_BATCH_BYTES,
+            seq_cutoff: crate::bypass::DEFAULT_SEQ_CUTOFF,
         }
     }
 }
@@ -98,6 +101,8 @@ pub struct DataHead {
     pub spare_refs: u32,
     /// A batch's copied pieces (kept to reuse the allocation; see batch.rs).
     pub(crate) staged: Vec<crate::batch::Staged>,
+    /// The worker's current sequential stream (see bypass.rs).
+    pub(crate) stream: crate::bypass::Stream,
 }
 
 /// A data head and the counters of the writes through it (on one cache
@@ -151,6 +156,10 @@ pub struct Cache {
     pub(crate) heads: Vec<Padded<Head>>,
     pub(crate) wb: Mutex<WbState>,
     pub(crate) wb_batch_bytes: AtomicU64,
+    pub(crate) seq_cutoff: AtomicU64,
+    /// Bypassed writes completed, and how many of them a base flush covers.
+    pub(crate) bypass_done: AtomicU64,
+    pub(crate) bypass_flushed: AtomicU64,
     /// The epoch that was open when the log was replayed: ksets with seq in
     /// this range (see writeback.rs).
     pub(crate) replayed_open_epoch: std::ops::Range<u64>,
@@ -287,6 +296,9 @@ impl Cache {
             heads: (0..cfg.workers).map(|_| Padded(Head::default())).collect(),
             wb: Mutex::new(WbState::default()),
             wb_batch_bytes: AtomicU64::new(cfg.writeback_batch_bytes),
+            seq_cutoff: AtomicU64::new(cfg.seq_cutoff),
+            bypass_done: AtomicU64::new(0),
+            bypass_flushed: AtomicU64::new(0),
             replayed_open_epoch: replayed.last_epoch_end + 1..replayed.head.seq,
             gc: Mutex::new(()),
             counters,

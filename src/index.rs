@@ -112,11 +112,20 @@ pub struct Subtree {
     ids: Vec<u8>,
     len: usize,
     pub version: u64,
+    /// Ranges a sequential bypass is writing to the base (see bypass.rs).
+    pub(crate) bypass: Vec<(u64, u64)>,
 }
 
 impl Default for Subtree {
     fn default() -> Self {
-        Subtree { dir: [NO_BUCKET; BUCKETS], buckets: Vec::new(), ids: Vec::new(), len: 0, version: 0 }
+        Subtree {
+            dir: [NO_BUCKET; BUCKETS],
+            buckets: Vec::new(),
+            ids: Vec::new(),
+            len: 0,
+            version: 0,
+            bypass: Vec::new(),
+        }
     }
 }
 
@@ -278,6 +287,11 @@ impl Subtree {
 
     /// Walks `[start, end)`: `hit(off, extent, skip, n)` for cached pieces (skip = bytes
     /// of the extent before `off`), `miss(off, len)` for holes, in address order.
+    /// Whether a sequential bypass is writing any of `[start, end)` to the base.
+    pub fn bypassing(&self, start: u64, end: u64) -> bool {
+        self.bypass.iter().any(|&(s, e)| s < end && start < e)
+    }
+
     pub fn walk(
         &self,
         start: u64,

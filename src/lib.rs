@@ -10,6 +10,7 @@
 //! - [`keylog`]: the key log of ksets; [`tails`]: key_tail and dirty_tail
 //! - [`replay`]: rebuilding state at open
 //! - [`request`]: write, read, fill, flush; [`batch`]: batched writes; [`writeback`]; [`gc`]
+//! - [`bypass`]: large sequential writes straight to the base
 //! - [`drain`]: writeback rates and the time left to drain
 //! - [`base`]: the base device interface; [`membase`]: a DRAM base device for tests; [`stats`]
 //! - [`inspect`]: a read-only walk of the on-media state, for the offline tools
@@ -17,6 +18,7 @@
 
 pub mod base;
 pub mod batch;
+pub mod bypass;
 pub mod cache;
 pub mod drain;
 pub mod error;
@@ -43,6 +45,7 @@ pub mod writeback;
 
 pub use base::{BaseDevice, FileBase};
 pub use batch::WriteReq;
+pub use bypass::Bypass;
 pub use cache::{BaseIdentity, Cache, Config, Opened};
 pub use drain::{DrainMeter, DrainRates};
 pub use error::{Error, Result};

@@ -79,7 +79,7 @@ impl Cache {
             };
             // Lock and prepare first, copy second: see prepare_slot.
             let kset = worker % self.ksets.len();
-            let slot = match self.key_slot(off, kset) {
+            let slot = match self.key_slot(off, got, kset) {
                 Ok(s) => s,
                 Err(Error::NoSpace(_)) => {
                     self.pressure.store(true, Ordering::Relaxed);
@@ -208,6 +208,9 @@ impl Cache {
         if expect_version.is_some_and(|v| v != t.version) {
             return Ok(false);
         }
+        if t.bypassing(key.off, key.off + key.len as u64) {
+            return Err(bypass_busy());
+        }
         let slot = self.prepare_slot(t, self.ksets[kset].lock())?;
         let mut slot = self.settle_overlaps(slot, &key)?;
         if key.is_zero() && covered_by_open_zero_key(&slot.ks.keys, &key) {
@@ -224,8 +227,11 @@ impl Cache {
 
     /// Locks the subtree of a key at `off` and open kset `kset`, and prepares
     /// the kset (see prepare_slot). The caller counts the key's dirty bytes.
-    fn key_slot(&self, off: u64, kset: usize) -> Result<KeySlot<'_>> {
+    fn key_slot(&self, off: u64, len: u32, kset: usize) -> Result<KeySlot<'_>> {
         let t = self.index.lock(Index::subtree_of(off));
+        if t.bypassing(off, off + len as u64) {
+            return Err(bypass_busy());
+        }
         self.prepare_slot(t, self.ksets[kset].lock())
     }
 
@@ -453,6 +459,12 @@ impl Cache {
         }
         Ok(inserted)
     }
+}
+
+/// A key over a range a sequential bypass is writing to the base waits for
+/// it like a write waits for space: it is deferred, and end_bypass wakes it.
+fn bypass_busy() -> Error {
+    Error::NoSpace("a sequential bypass is writing this range to the base".into())
 }
 
 /// True when the newest open key overlapping `key` is a zero key covering it

@@ -181,6 +181,15 @@ impl SegmentTable {
         self.used_count() * 100 / self.geo.seg_count
     }
 
+    /// Moves the space epoch and calls the notifier without freeing anything:
+    /// writes deferred for another reason than space are retried.
+    pub fn wake(&self) {
+        self.space_epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(n) = self.notifier.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            n();
+        }
+    }
+
     pub fn space_epoch(&self) -> u64 {
         self.space_epoch.load(Ordering::Acquire)
     }

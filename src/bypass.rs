@@ -1,0 +1,162 @@
+//! Sequential bypass: large sequential writes go straight to the base.
+//!
+//! A stream of sequential writes gains nothing from the cache — it is rarely
+//! read back soon, and writing it back costs the base the same bytes again —
+//! so once a worker's stream has run for `seq_cutoff` bytes, its writes of at
+//! least [`BYPASS_MIN_IO`] bytes may skip the cache. The host asks
+//! [`Cache::begin_bypass`]; with a [`Bypass`] in hand it writes the caller's
+//! buffers to the base itself and then calls [`Cache::end_bypass`].
+//!
+//! What keeps this correct:
+//! - **The base's guarantee** (doc/format.md, "Epochs"): a write may reach the
+//!   base ahead of the cache's dirty data only if that dirty data is all in
+//!   the open epoch. So a bypass needs every FLUSH mark, and everything
+//!   replayed at open, behind dirty_tail: writeback has put every earlier
+//!   epoch on the base.
+//! - **Nothing cached over the range.** A bypass needs no key in the index
+//!   over its bytes, so nothing can serve, replay or write back older data
+//!   over them afterwards (keys of reclaimed segments are ignored by replay).
+//! - **Nothing enters the range meanwhile.** Until it ends, the range is
+//!   registered in its subtrees: a cached write or zero key over it waits (it
+//!   is deferred as if the cache were full, and retried when the bypass
+//!   ends), and a read fill that started before the bypass ended is dropped
+//!   (the subtree version moves at both ends).
+//! - **Durability.** A bypassed write is on the base, not in pmem, so a FLUSH
+//!   must also flush the base: [`Cache::bypass_flush_target`] says whether one
+//!   is needed and [`Cache::bypass_flushed`] records it.
+
+use std::sync::atomic::Ordering;
+
+use crate::cache::{lock, Cache};
+use crate::index::Index;
+use crate::stats::Counters;
+
+/// Sequential run after which a stream's writes bypass the cache (bcache's
+/// sequential_cutoff; 0 turns bypass off).
+pub const DEFAULT_SEQ_CUTOFF: u64 = 1 << 20;
+/// Writes smaller than this never bypass: writeback merges them into runs of
+/// up to 1 MiB, which costs the base fewer I/Os than passing each through.
+pub const BYPASS_MIN_IO: u64 = 64 << 10;
+
+/// Where a worker's current sequential stream stands.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Stream {
+    /// Base offset the next write of the stream starts at.
+    next: u64,
+    /// Bytes written back to back so far.
+    run: u64,
+}
+
+impl Stream {
+    /// Counts a write of `len` at `off`; returns the run it extends.
+    fn note(&mut self, off: u64, len: u64) -> u64 {
+        self.run = if off == self.next { self.run + len } else { len };
+        self.next = off + len;
+        self.run
+    }
+}
+
+/// A write on its way to the base past the cache. Hand it back to
+/// [`Cache::end_bypass`] once the base write completes or fails.
+#[must_use = "a bypass holds its range until end_bypass"]
+#[derive(Debug)]
+pub struct Bypass {
+    pub off: u64,
+    pub len: u64,
+}
+
+impl Cache {
+    /// The sequential cutoff in force (bytes; 0: bypass is off).
+    pub fn seq_cutoff(&self) -> u64 {
+        self.seq_cutoff.load(Ordering::Relaxed)
+    }
+
+    pub fn set_seq_cutoff(&self, bytes: u64) {
+        self.seq_cutoff.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Decides whether `worker`'s write of `len` bytes at `off` goes straight
+    /// to the base (see the module doc). Every write of the worker should be
+    /// shown here, so that its streams are seen.
+    pub fn begin_bypass(&self, worker: usize, off: u64, len: u64) -> Option<Bypass> {
+        let cutoff = self.seq_cutoff();
+        if cutoff == 0 || self.check_io(off, len).is_err() {
+            return None;
+        }
+        let run = self.heads[worker % self.heads.len()].data.lock().stream.note(off, len);
+        if len < BYPASS_MIN_IO || run <= cutoff || !self.earlier_epochs_on_base() {
+            return None;
+        }
+        // Register the range in every subtree it touches, all locked at once
+        // (in ascending order, as everywhere), if none holds a key over it.
+        let (first, last) = (Index::subtree_of(off), Index::subtree_of(off + len - 1));
+        let mut locked: Vec<_> = (first..=last).map(|i| self.index.lock(i)).collect();
+        for t in &locked {
+            let mut found = false;
+            t.walk(off, off + len, |_, _, _, _| found = true, |_, _| {});
+            if found || t.bypassing(off, off + len) {
+                return None;
+            }
+        }
+        for t in &mut locked {
+            t.bypass.push((off, off + len));
+            t.version += 1;
+        }
+        Some(Bypass { off, len })
+    }
+
+    /// Ends a bypass: its range is open to cached writes again, and fills
+    /// that read the base meanwhile are dropped. Wakes writes that waited.
+    pub fn end_bypass(&self, b: Bypass, ok: bool) {
+        let (first, last) = (Index::subtree_of(b.off), Index::subtree_of(b.off + b.len - 1));
+        for i in first..=last {
+            let mut t = self.index.lock(i);
+            if let Some(p) = t.bypass.iter().position(|&r| r == (b.off, b.off + b.len)) {
+                t.bypass.swap_remove(p);
+            }
+            t.version += 1;
+        }
+        if ok {
+            let c = self.counters.local();
+            Counters::add(&c.bypass_writes, 1);
+            Counters::add(&c.bypass_bytes, b.len);
+            self.bypass_done.fetch_add(1, Ordering::AcqRel);
+        }
+        self.segs.wake();
+    }
+
+    /// Whether the base may take a write ahead of the cache's dirty data:
+    /// every epoch before the open one is written back.
+    fn earlier_epochs_on_base(&self) -> bool {
+        let dirty = lock(&self.tails).dirty.seq;
+        dirty > lock(&self.log).last_mark() && dirty >= self.replayed_open_epoch.end
+    }
+
+    /// Bypassed writes completed and not yet covered by a base flush: a
+    /// FLUSH of the cache must flush the base too, then call
+    /// [`Cache::bypass_flushed`] with the value returned. None: no need.
+    pub fn bypass_flush_target(&self) -> Option<u64> {
+        let done = self.bypass_done.load(Ordering::Acquire);
+        (done > self.bypass_flushed.load(Ordering::Acquire)).then_some(done)
+    }
+
+    /// Records a completed base flush submitted after `target` bypassed
+    /// writes had completed.
+    pub fn bypass_flushed(&self, target: u64) {
+        self.bypass_flushed.fetch_max(target, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stream;
+
+    #[test]
+    fn a_stream_runs_while_writes_follow_each_other() {
+        let mut s = Stream::default();
+        assert_eq!(s.note(4096, 4096), 4096);
+        assert_eq!(s.note(8192, 8192), 12288);
+        assert_eq!(s.note(0, 4096), 4096, "a jump starts a new stream");
+        assert_eq!(s.note(4096, 4096), 8192);
+    }
+}

@@ -1,0 +1,164 @@
+//! Sequential bypass (src/bypass.rs): when a write may skip the cache, and
+//! what must wait for it.
+
+mod common;
+
+use std::io::IoSliceMut;
+use std::sync::Arc;
+
+use common::*;
+use pcache::pmem::{Media, MemMedia};
+use pcache::{BaseDevice, Bypass, Cache, MemBase, WbProgress, WriteOutcome};
+
+const BASE: u64 = 8 << 20;
+const IO: u64 = 64 << 10;
+const CUTOFF: u64 = 256 << 10;
+
+fn setup() -> (MemBase, Cache) {
+    let media = Arc::new(MemMedia::new(media_len(64)));
+    let base = base(BASE as usize);
+    let mut cfg = config(BASE, 1);
+    cfg.seq_cutoff = CUTOFF;
+    let cache = open(media as Arc<dyn Media>, &cfg);
+    (base, cache)
+}
+
+/// Writes `data` to the base and waits for it, as a host does a bypass.
+fn base_write(base: &MemBase, off: u64, data: Vec<u8>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    base.write(off, data, Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv().unwrap().unwrap();
+}
+
+/// One write of a host: bypassed if the cache says so, cached otherwise.
+/// Returns whether it bypassed.
+fn host_write(cache: &Cache, base: &MemBase, id: u64, off: u64, len: u64) -> bool {
+    let data = write_data(id, off / 512, len / 512);
+    match cache.begin_bypass(0, off, len) {
+        Some(b) => {
+            base_write(base, off, data);
+            cache.end_bypass(b, true);
+            true
+        }
+        None => {
+            write_all(cache, base, 0, off, &data);
+            false
+        }
+    }
+}
+
+fn check_reads(cache: &Cache, base: &MemBase, ids: &[(u64, u64, u64)]) {
+    for &(id, off, len) in ids {
+        let got = read_through(cache, base, 0, off, len as usize);
+        assert!(got == write_data(id, off / 512, len / 512), "write {id} at {off} does not read back");
+    }
+}
+
+fn drain(cache: &Cache, base: &MemBase) {
+    cache.flush().unwrap();
+    while cache.writeback_step(base).unwrap() != WbProgress::Idle {}
+}
+
+#[test]
+fn a_stream_bypasses_once_it_runs_past_the_cutoff() {
+    let (base, cache) = setup();
+    let mut writes = Vec::new();
+    let mut bypassed = Vec::new();
+    for i in 0..16 {
+        let off = i * IO;
+        bypassed.push(host_write(&cache, &base, i + 1, off, IO));
+        writes.push((i + 1, off, IO));
+    }
+    let first = (CUTOFF / IO) as usize;
+    assert!(bypassed[..first].iter().all(|b| !b), "the first {CUTOFF} bytes are cached: {bypassed:?}");
+    assert!(bypassed[first..].iter().all(|b| *b), "the rest bypass: {bypassed:?}");
+    let st = cache.stats();
+    assert_eq!((st.bypass_writes, st.bypass_bytes), (16 - first as u64, (16 - first as u64) * IO));
+    check_reads(&cache, &base, &writes);
+    // A jump starts a new stream; small writes never bypass.
+    assert!(!host_write(&cache, &base, 100, 4 << 20, IO));
+    for i in 0..8 {
+        assert!(!host_write(&cache, &base, 200 + i, (6 << 20) + i * 4096, 4096), "4 KiB writes are cached");
+    }
+}
+
+#[test]
+fn cached_data_over_the_range_keeps_the_write_in_the_cache() {
+    let (base, cache) = setup();
+    // A cached write inside what the stream will reach.
+    host_write(&cache, &base, 1, 10 * IO + 4096, 4096);
+    let mut writes = vec![];
+    for i in 0..16 {
+        let b = host_write(&cache, &base, 10 + i, i * IO, IO);
+        assert_eq!(b, i > 3 && i != 10, "write {i}: only the write over the cached key stays in the cache");
+        writes.push((10 + i, i * IO, IO));
+    }
+    check_reads(&cache, &base, &writes);
+}
+
+#[test]
+fn no_bypass_while_an_earlier_epoch_is_dirty() {
+    let (base, cache) = setup();
+    host_write(&cache, &base, 1, 7 << 20, 4096);
+    // The dirty write above is now in a closed epoch.
+    cache.flush().unwrap();
+    for i in 0..8 {
+        assert!(!host_write(&cache, &base, 10 + i, i * IO, IO), "write {i} must wait for the earlier epoch");
+    }
+    drain(&cache, &base);
+    assert!(host_write(&cache, &base, 20, 8 * IO, IO), "with the earlier epochs on the base, the stream bypasses");
+}
+
+#[test]
+fn writes_over_a_bypass_in_flight_wait_for_it() {
+    let (base, cache) = setup();
+    for i in 0..4 {
+        host_write(&cache, &base, i + 1, i * IO, IO);
+    }
+    let b: Bypass = cache.begin_bypass(0, 4 * IO, IO).expect("the stream bypasses");
+    // A read of the range misses now; its fill must not survive the bypass.
+    let mut buf = vec![0u8; 4096];
+    let misses = cache.read(4 * IO, &mut [IoSliceMut::new(&mut buf)]).unwrap();
+    assert_eq!(misses.len(), 1);
+    // Cached writes and zeroes over the range are deferred, elsewhere not.
+    let over = write_data(50, (4 * IO + 8192) / 512, 8);
+    assert_eq!(cache.write_buf(0, 4 * IO + 8192, &over).unwrap(), WriteOutcome::Deferred { written: 0 });
+    assert_eq!(cache.write_zeroes(4 * IO, 512).unwrap(), WriteOutcome::Deferred { written: 0 });
+    // (in another subtree: a write to this one would move its version too)
+    assert_eq!(cache.write_buf(0, 5 << 20, &write_data(51, (5 << 20) / 512, 8)).unwrap(), WriteOutcome::Done);
+    let epoch = cache.space_epoch();
+    base_write(&base, 4 * IO, write_data(5, 4 * IO / 512, IO / 512));
+    cache.end_bypass(b, true);
+    assert_ne!(cache.space_epoch(), epoch, "ending a bypass wakes deferred writes");
+    assert!(!cache.fill(0, &misses[0], &vec![0u8; 4096]).unwrap(), "a fill read during the bypass is dropped");
+    assert_eq!(cache.write_buf(0, 4 * IO + 8192, &over).unwrap(), WriteOutcome::Done);
+    let got = read_through(&cache, &base, 0, 4 * IO, IO as usize);
+    let mut want = write_data(5, 4 * IO / 512, IO / 512);
+    want[8192..8192 + 4096].copy_from_slice(&over);
+    assert!(got == want, "the later cached write reads over the bypassed data");
+}
+
+#[test]
+fn a_flush_after_a_bypass_needs_a_base_flush() {
+    let (base, cache) = setup();
+    assert_eq!(cache.bypass_flush_target(), None);
+    for i in 0..6 {
+        host_write(&cache, &base, i + 1, i * IO, IO);
+    }
+    let t = cache.bypass_flush_target().expect("two bypassed writes are not flushed on the base");
+    assert_eq!(t, 2);
+    cache.bypass_flushed(t);
+    assert_eq!(cache.bypass_flush_target(), None);
+    host_write(&cache, &base, 7, 6 * IO, IO);
+    assert_eq!(cache.bypass_flush_target(), Some(3));
+}
+
+#[test]
+fn a_cutoff_of_zero_turns_bypass_off() {
+    let (base, cache) = setup();
+    cache.set_seq_cutoff(0);
+    for i in 0..16 {
+        assert!(!host_write(&cache, &base, i + 1, i * IO, IO));
+    }
+    assert_eq!(cache.stats().bypass_writes, 0);
+}
