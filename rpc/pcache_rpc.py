@@ -56,6 +56,7 @@ def bdev_pcache_create(args):
         'data_crc': args.data_crc,
         'gc_percent': args.gc_percent,
         'writeback_batch_bytes': args.writeback_batch_bytes,
+        'seq_cutoff_bytes': args.seq_cutoff_bytes,
         'force_format': True if args.force_format else None,
     }))
 
@@ -69,6 +70,7 @@ def bdev_pcache_set_options(args):
         'name': args.name,
         'gc_percent': args.gc_percent,
         'writeback_batch_bytes': args.writeback_batch_bytes,
+        'seq_cutoff_bytes': args.seq_cutoff_bytes,
     })
 
 
@@ -142,6 +144,9 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('-W', '--writeback-batch-bytes', dest='writeback_batch_bytes', type=int,
                    help="""Cap of the dirty bytes writeback takes in one batch (one base flush each);
                    1 writes back one kset per batch. Default: 32 MiB""")
+    p.add_argument('-S', '--seq-cutoff-bytes', dest='seq_cutoff_bytes', type=int,
+                   help="""Writes of 64 KiB or more bypass the cache once a sequential stream has run
+                   this many bytes; 0 never bypasses. Default: 1 MiB""")
     p.add_argument('-f', '--force-format', dest='force_format', action='store_true',
                    help='Format the cache even if it holds a pcache; DISCARDS any dirty data on it')
     p.set_defaults(func=bdev_pcache_create)
@@ -158,6 +163,8 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help='Start garbage collection when more than this percentage (0-90) of cache segments are in use')
     p.add_argument('-W', '--writeback-batch-bytes', dest='writeback_batch_bytes', type=int,
                    help='Cap of the dirty bytes writeback takes in one batch; 1 writes back one kset per batch')
+    p.add_argument('-S', '--seq-cutoff-bytes', dest='seq_cutoff_bytes', type=int,
+                   help='Sequential run after which writes of 64 KiB or more bypass the cache; 0 never bypasses')
     p.set_defaults(func=bdev_pcache_set_options)
 
     p = subparsers.add_parser('bdev_pcache_flush',

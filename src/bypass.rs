@@ -25,8 +25,10 @@
 //!   must also flush the base: [`Cache::bypass_flush_target`] says whether one
 //!   is needed and [`Cache::bypass_flushed`] records it.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
+use crate::base::BaseDevice;
 use crate::cache::{lock, Cache};
 use crate::index::Index;
 use crate::stats::Counters;
@@ -54,6 +56,17 @@ impl Stream {
         self.next = off + len;
         self.run
     }
+}
+
+/// Bypassed writes completed, and how many of them a completed base flush covers.
+#[derive(Debug, Default)]
+pub(crate) struct Bypassed {
+    done: AtomicU64,
+    flushed: AtomicU64,
+    /// A base flush for them is in flight (see Cache::flush_bypassed).
+    flushing: AtomicBool,
+    /// Such flushes that failed (reported as writeback errors).
+    pub(crate) flush_errors: AtomicU64,
 }
 
 /// A write on its way to the base past the cache. Hand it back to
@@ -120,7 +133,7 @@ impl Cache {
             let c = self.counters.local();
             Counters::add(&c.bypass_writes, 1);
             Counters::add(&c.bypass_bytes, b.len);
-            self.bypass_done.fetch_add(1, Ordering::AcqRel);
+            self.bypassed.done.fetch_add(1, Ordering::AcqRel);
         }
         self.segs.wake();
     }
@@ -136,14 +149,40 @@ impl Cache {
     /// FLUSH of the cache must flush the base too, then call
     /// [`Cache::bypass_flushed`] with the value returned. None: no need.
     pub fn bypass_flush_target(&self) -> Option<u64> {
-        let done = self.bypass_done.load(Ordering::Acquire);
-        (done > self.bypass_flushed.load(Ordering::Acquire)).then_some(done)
+        let done = self.bypassed.done.load(Ordering::Acquire);
+        (done > self.bypassed.flushed.load(Ordering::Acquire)).then_some(done)
     }
 
     /// Records a completed base flush submitted after `target` bypassed
     /// writes had completed.
     pub fn bypass_flushed(&self, target: u64) {
-        self.bypass_flushed.fetch_max(target, Ordering::AcqRel);
+        self.bypassed.flushed.fetch_max(target, Ordering::AcqRel);
+    }
+
+    /// Flushes the base for the bypassed writes completed so far, unless a
+    /// flush for them is in flight. For hosts answering a flush request on
+    /// the thread that drives writeback. Returns whether the caller must
+    /// wait (a flush is needed or in flight); a failed flush counts as a
+    /// writeback error.
+    pub fn flush_bypassed(&self, base: &dyn BaseDevice) -> bool {
+        let Some(target) = self.bypass_flush_target() else { return false };
+        if self.bypassed.flushing.swap(true, Ordering::AcqRel) {
+            return true;
+        }
+        let state = Arc::clone(&self.bypassed);
+        base.flush(Box::new(move |r| {
+            match r {
+                Ok(()) => {
+                    state.flushed.fetch_max(target, Ordering::AcqRel);
+                }
+                Err(e) => {
+                    log::error!("base flush after bypassed writes: {e}");
+                    state.flush_errors.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            state.flushing.store(false, Ordering::Release);
+        }));
+        true
     }
 }
 

@@ -158,8 +158,7 @@ pub struct Cache {
     pub(crate) wb_batch_bytes: AtomicU64,
     pub(crate) seq_cutoff: AtomicU64,
     /// Bypassed writes completed, and how many of them a base flush covers.
-    pub(crate) bypass_done: AtomicU64,
-    pub(crate) bypass_flushed: AtomicU64,
+    pub(crate) bypassed: Arc<crate::bypass::Bypassed>,
     /// The epoch that was open when the log was replayed: ksets with seq in
     /// this range (see writeback.rs).
     pub(crate) replayed_open_epoch: std::ops::Range<u64>,
@@ -297,8 +296,7 @@ impl Cache {
             wb: Mutex::new(WbState::default()),
             wb_batch_bytes: AtomicU64::new(cfg.writeback_batch_bytes),
             seq_cutoff: AtomicU64::new(cfg.seq_cutoff),
-            bypass_done: AtomicU64::new(0),
-            bypass_flushed: AtomicU64::new(0),
+            bypassed: Arc::default(),
             replayed_open_epoch: replayed.last_epoch_end + 1..replayed.head.seq,
             gc: Mutex::new(()),
             counters,
@@ -359,6 +357,7 @@ impl Cache {
     pub fn stats(&self) -> Stats {
         let mut s = Stats::default();
         self.counters.snapshot_into(&mut s);
+        s.writeback_errors += self.bypassed.flush_errors.load(Ordering::Relaxed);
         for h in &self.heads {
             h.counters.add_into(&mut s);
         }

@@ -162,3 +162,37 @@ fn a_cutoff_of_zero_turns_bypass_off() {
     }
     assert_eq!(cache.stats().bypass_writes, 0);
 }
+
+#[test]
+fn a_flush_request_makes_bypassed_writes_durable_on_the_base() {
+    let (base, cache) = setup();
+    for i in 0..6 {
+        host_write(&cache, &base, i + 1, i * IO, IO);
+    }
+    // Bypassed data is visible on the base, not yet durable.
+    let durable = |i: u64| {
+        let img = base.durable_image();
+        img[(i * IO) as usize..((i + 1) * IO) as usize] == write_data(i + 1, i * IO / 512, IO / 512)[..]
+    };
+    assert!(!durable(5));
+    assert!(cache.flush_bypassed(&base), "a base flush is needed");
+    let t = std::time::Instant::now();
+    while cache.flush_bypassed(&base) {
+        assert!(t.elapsed().as_secs() < 10, "the base flush never completed");
+        std::thread::yield_now();
+    }
+    assert!(durable(4) && durable(5), "the base flush made both bypassed writes durable");
+    assert_eq!(cache.bypass_flush_target(), None);
+
+    // A failing base flush is counted and leaves the writes unflushed.
+    host_write(&cache, &base, 7, 6 * IO, IO);
+    base.set_faults(pcache::Faults { write_fail_per_mille: 0, flush_fail_per_mille: 1000 });
+    let errors = cache.stats().writeback_errors;
+    assert!(cache.flush_bypassed(&base));
+    let t = std::time::Instant::now();
+    while cache.stats().writeback_errors == errors {
+        assert!(t.elapsed().as_secs() < 10, "the failed base flush was not counted");
+        std::thread::yield_now();
+    }
+    assert_eq!(cache.bypass_flush_target(), Some(3), "still to be flushed");
+}

@@ -38,6 +38,7 @@ pub struct CreateOpts {
     pub data_crc: Option<bool>,
     pub gc_percent: Option<u8>,
     pub writeback_batch_bytes: Option<u64>,
+    pub seq_cutoff_bytes: Option<u64>,
     pub force_format: bool,
 }
 
@@ -60,6 +61,8 @@ pub struct PcacheNode {
     _media: Arc<PmemFile>,
     /// The base bdev's descriptor (owned by `claims`), for the I/O path.
     pub base_desc: *mut sys::spdk_bdev_desc,
+    /// Whether the base takes FLUSH (writes that bypassed the cache need one).
+    pub base_can_flush: bool,
     /// The claimed cache and base bdevs; given back once the node is drained.
     claims: Option<Claims>,
     bg: Mutex<Option<Background>>,
@@ -435,6 +438,9 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     if let Some(b) = opts.writeback_batch_bytes {
         cfg.writeback_batch_bytes = b;
     }
+    if let Some(c) = opts.seq_cutoff_bytes {
+        cfg.seq_cutoff = c;
+    }
     cfg.workers = super::ffi::core_count();
     let (cache, opened) = match Cache::open(media.clone() as Arc<dyn Media>, &cfg) {
         Ok(v) => v,
@@ -457,6 +463,10 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
         cache: Arc::new(cache),
         _media: media,
         base_desc,
+        base_can_flush: sys::spdk_bdev_io_type_supported(
+            sys::spdk_bdev_desc_get_bdev(base_desc),
+            sys::SPDK_BDEV_IO_TYPE_FLUSH,
+        ),
         claims: Some(claims),
         bg: Mutex::new(Some(Background::new(SpdkBase::new(base_desc, ch)))),
         removing: AtomicBool::new(false),
@@ -718,6 +728,7 @@ unsafe extern "C" fn config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
                     live.gc_percent = Some(n.cache.stats().gc_percent);
                     live.data_crc = Some(n.cache.data_crc());
                     live.writeback_batch_bytes = Some(n.cache.writeback_batch_bytes());
+                    live.seq_cutoff_bytes = Some(n.cache.seq_cutoff());
                     write_create(&mut w, &live);
                 }
                 _ => write_create(&mut w, &c),
@@ -742,6 +753,9 @@ fn write_create(w: &mut Writer, c: &CreateOpts) {
     if let Some(b) = c.writeback_batch_bytes {
         w.named_u64("writeback_batch_bytes", b);
     }
+    if let Some(b) = c.seq_cutoff_bytes {
+        w.named_u64("seq_cutoff_bytes", b);
+    }
     // force_format is never saved: a restart must load, not wipe.
     w.object_end();
     w.object_end();
@@ -756,6 +770,7 @@ pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     w.named_bool("data_crc", n.cache.data_crc());
     w.named_u64("gc_percent", s.gc_percent as u64);
     w.named_u64("writeback_batch_bytes", n.cache.writeback_batch_bytes());
+    w.named_u64("seq_cutoff_bytes", n.cache.seq_cutoff());
     w.named_u64("seg_size", sb.seg_size as u64);
     w.named_u64("segs_total", s.segs_total as u64);
     w.named_u64("segs_used", s.segs_used as u64);
@@ -801,6 +816,8 @@ pub fn write_stats(n: &PcacheNode, w: &mut Writer) {
         ("writeback_skipped_bytes", s.writeback_skipped_bytes),
         ("base_writes", s.base_writes),
         ("base_flushes", s.base_flushes),
+        ("bypass_writes", s.bypass_writes),
+        ("bypass_bytes", s.bypass_bytes),
         ("gc_ksets", s.gc_ksets),
         ("gc_keys", s.gc_keys),
         ("data_crc_errors", s.data_crc_errors),

@@ -21,7 +21,7 @@ use spdk_sys as sys;
 use super::ffi::{self, guard};
 use super::json::Writer;
 use super::pcache_bdev::{self, PcacheNode};
-use crate::{Miss, WriteOutcome, WriteReq};
+use crate::{Bypass, Miss, WriteOutcome, WriteReq};
 
 /// Per-reactor state of one pcache (the io_channel context).
 pub struct Channel {
@@ -49,6 +49,10 @@ struct IoCtx {
     pending: u32,
     failed: bool,
     wait: sys::spdk_bdev_io_wait_entry,
+    /// A write on its way straight to the base (sequential bypass).
+    bypass: Option<Bypass>,
+    /// A FLUSH's base flush covers this many bypassed writes.
+    flush_target: u64,
 }
 
 /// One read miss in flight to the base.
@@ -174,6 +178,8 @@ unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys:
         pending: 0,
         failed: false,
         wait: Default::default(),
+        bypass: None,
+        flush_target: 0,
     });
     let ok = guard(false, || {
         let chan = ffi::channel_ctx::<Channel>(ch);
@@ -185,6 +191,12 @@ unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys:
         }
         let t = (*io).type_ as u32;
         if t == sys::SPDK_BDEV_IO_TYPE_WRITE && (*chan).deferred.is_empty() {
+            let (off, len) = byte_range(io);
+            if let Some(b) = node.cache.begin_bypass((*chan).worker, off, len) {
+                write_staged(chan);
+                start_bypass(chan, io, b);
+                return true;
+            }
             (*chan).staged.push(io);
             if (*chan).staged.len() >= STAGE_MAX {
                 write_staged(chan);
@@ -215,7 +227,10 @@ unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys:
                 if let Err(e) = &r {
                     log::error!("{}: flush: {e}", node.name());
                 }
-                finish(io, r.is_ok());
+                match node.cache.bypass_flush_target() {
+                    Some(target) if r.is_ok() && node.base_can_flush => flush_bypassed(chan, io, target),
+                    _ => finish(io, r.is_ok()),
+                }
             }
             sys::SPDK_BDEV_IO_TYPE_RESET => {
                 let rc = sys::spdk_bdev_reset(node.base_desc, (*chan).base_ch, Some(reset_done), io as *mut c_void);
@@ -239,6 +254,88 @@ unsafe extern "C" fn reset_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut
     guard((), || {
         sys::spdk_bdev_free_io(bio);
         finish(arg as *mut sys::spdk_bdev_io, ok);
+    })
+}
+
+/// Sends a write the engine let bypass the cache to the base, from the
+/// caller's buffers. If the base cannot take it, the write goes into the
+/// cache after all.
+unsafe fn start_bypass(chan: *mut Channel, io: *mut sys::spdk_bdev_io, b: Bypass) {
+    let node = &*(*chan).node;
+    let iovs = ffi::io_iovs(io);
+    let rc = sys::spdk_bdev_writev(
+        node.base_desc,
+        (*chan).base_ch,
+        iovs.as_ptr() as *mut sys::iovec,
+        iovs.len() as c_int,
+        b.off,
+        b.len,
+        Some(bypass_done),
+        io as *mut c_void,
+    );
+    if rc == 0 {
+        (*ffi::io_ctx::<IoCtx>(io)).bypass = Some(b);
+    } else {
+        node.cache.end_bypass(b, false);
+        cache_write(chan, io);
+    }
+}
+
+unsafe extern "C" fn bypass_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    let io = arg as *mut sys::spdk_bdev_io;
+    let handled = guard(false, || {
+        sys::spdk_bdev_free_io(bio);
+        let node = node_of(io);
+        if let Some(b) = (*ffi::io_ctx::<IoCtx>(io)).bypass.take() {
+            node.cache.end_bypass(b, ok);
+        }
+        if ok {
+            finish(io, true);
+        } else {
+            // The base refused it: the cache keeps it, and writeback retries.
+            log::warn!("{}: a bypassed write failed on the base; it goes into the cache", node.name());
+            cache_write(channel_of(io), io);
+        }
+        true
+    });
+    if !handled {
+        finish(io, false);
+    }
+}
+
+/// Puts a write into the cache behind those already waiting for space.
+unsafe fn cache_write(chan: *mut Channel, io: *mut sys::spdk_bdev_io) {
+    write_staged(chan);
+    if !(*chan).deferred.is_empty() || !try_write(chan, io) {
+        (*chan).deferred.push_back(io);
+    }
+}
+
+/// Completes a FLUSH once the base has flushed the writes that bypassed the
+/// cache (the cache's part is durable already).
+unsafe fn flush_bypassed(chan: *mut Channel, io: *mut sys::spdk_bdev_io, target: u64) {
+    let node = &*(*chan).node;
+    (*ffi::io_ctx::<IoCtx>(io)).flush_target = target;
+    let bdev = sys::spdk_bdev_desc_get_bdev(node.base_desc);
+    let len = sys::spdk_bdev_get_num_blocks(bdev) * sys::spdk_bdev_get_block_size(bdev) as u64;
+    let rc = sys::spdk_bdev_flush(node.base_desc, (*chan).base_ch, 0, len, Some(base_flush_done), io as *mut c_void);
+    if rc != 0 {
+        log::error!("{}: flush: the base flush could not be submitted: rc {rc}", node.name());
+        finish(io, false);
+    }
+}
+
+unsafe extern "C" fn base_flush_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    let io = arg as *mut sys::spdk_bdev_io;
+    guard((), || {
+        sys::spdk_bdev_free_io(bio);
+        let node = node_of(io);
+        if ok {
+            node.cache.bypass_flushed((*ffi::io_ctx::<IoCtx>(io)).flush_target);
+        } else {
+            log::error!("{}: flush: the base flush failed", node.name());
+        }
+        finish(io, ok);
     })
 }
 

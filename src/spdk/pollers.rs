@@ -104,8 +104,15 @@ impl Background {
             }
             return;
         }
-        let (done, waiting): (Vec<_>, Vec<_>) =
+        let (done, mut waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.flush_waiters).into_iter().partition(|(_, target)| s.dirty_tail.2 >= *target);
+        // Writes that bypassed the cache are on the base but maybe not
+        // durable there: answer once a base flush covers them.
+        if !done.is_empty() && node.cache.flush_bypassed(&self.base) {
+            waiting.extend(done);
+            self.flush_waiters = waiting;
+            return;
+        }
         self.flush_waiters = waiting;
         for (r, _) in done {
             r.respond_bool(true);

@@ -34,6 +34,8 @@ pub fn register_methods() {
 const INVALID_PARAMS: i32 = sys::SPDK_JSONRPC_ERROR_INVALID_PARAMS;
 /// Largest writeback batch cap accepted (1 TiB: far beyond any cache).
 const MAX_BATCH: u64 = 1 << 40;
+/// Largest sequential cutoff (a stream must run this long before it bypasses).
+const MAX_SEQ_CUTOFF: u64 = 1 << 40;
 
 /// The request a method's body answers: answering (or taking it to answer
 /// later) consumes this, and if the body returns an error instead, `handle`
@@ -139,6 +141,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
         let data_crc = p.opt_bool("data_crc").map_err(bad)?;
         let gc_percent = p.opt_u64("gc_percent", 0, 90).map_err(bad)?.map(|v| v as u8);
         let writeback_batch_bytes = p.opt_u64("writeback_batch_bytes", 1, MAX_BATCH).map_err(bad)?;
+        let seq_cutoff_bytes = p.opt_u64("seq_cutoff_bytes", 0, MAX_SEQ_CUTOFF).map_err(bad)?;
         let force_format = p.opt_bool("force_format").map_err(bad)?.unwrap_or(false);
         p.finish().map_err(bad)?;
         if mode != "writeback" {
@@ -151,6 +154,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
             data_crc,
             gc_percent,
             writeback_batch_bytes,
+            seq_cutoff_bytes,
             force_format,
         };
         match pcache_bdev::create(opts).map_err(|e| (-libc::EINVAL, format!("bdev_pcache_create: {e}")))? {
@@ -185,10 +189,14 @@ unsafe extern "C" fn pcache_set_options(req: *mut sys::spdk_jsonrpc_request, raw
         let name = p.req_str("name").map_err(bad)?;
         let gc_percent = p.opt_u64("gc_percent", 0, 90).map_err(bad)?;
         let batch = p.opt_u64("writeback_batch_bytes", 1, MAX_BATCH).map_err(bad)?;
+        let cutoff = p.opt_u64("seq_cutoff_bytes", 0, MAX_SEQ_CUTOFF).map_err(bad)?;
         p.finish().map_err(bad)?;
         let r = pcache_bdev::with_node(&name, |n| {
             if let Some(b) = batch {
                 n.cache.set_writeback_batch_bytes(b);
+            }
+            if let Some(c) = cutoff {
+                n.cache.set_seq_cutoff(c);
             }
             match gc_percent {
                 Some(g) => n.cache.set_gc_percent(g as u8).map_err(|e| (-libc::EIO, format!("{name}: {e}"))),

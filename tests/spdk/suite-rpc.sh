@@ -100,9 +100,16 @@ check "get_stats: gc_percent 40" [ "$(stat PC0 gc_percent)" = 40 ]
 check "get_stats: writeback_batch_bytes defaults to 32 MiB" [ "$(stat PC0 writeback_batch_bytes)" = 33554432 ]
 ok "bdev_pcache_set_options PC0 -W 1048576" bdev_pcache_set_options PC0 -W 1048576
 check "get_stats: writeback_batch_bytes 1048576" [ "$(stat PC0 writeback_batch_bytes)" = 1048576 ]
-saved_batch() { "${RPC_PY[@]}" -s "$sock" save_config | grep -q '"writeback_batch_bytes": 1048576'; }
+saved_batch() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q '"writeback_batch_bytes": 1048576' <<<"$c"; }
 check "save_config keeps writeback_batch_bytes" saved_batch
 rpc_err "set_options -W 0" "writeback_batch_bytes" bdev_pcache_set_options PC0 -W 0
+check "get_stats: seq_cutoff_bytes defaults to 1 MiB" [ "$(stat PC0 seq_cutoff_bytes)" = 1048576 ]
+ok "bdev_pcache_set_options PC0 -S 0" bdev_pcache_set_options PC0 -S 0
+check "get_stats: seq_cutoff_bytes 0" [ "$(stat PC0 seq_cutoff_bytes)" = 0 ]
+saved_cutoff() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q '"seq_cutoff_bytes": 0' <<<"$c"; }
+check "save_config keeps seq_cutoff_bytes" saved_cutoff
+rpc_err "set_options -S -1" "seq_cutoff_bytes" bdev_pcache_set_options PC0 -S -1
+ok "bdev_pcache_set_options PC0 -S 4194304" bdev_pcache_set_options PC0 -S 4194304
 ok "bdev_pcache_flush PC0 returns" bdev_pcache_flush PC0
 check "PC0 is clean after the flush" [ "$(stat PC0 clean)" = True ]
 check "get_stats: a clean cache drains in 0 s (drain_eta_secs)" [ "$(stat PC0 drain_eta_secs)" = 0 ]
