@@ -16,6 +16,8 @@
 //! - **Nothing cached over the range.** A bypass needs no key in the index
 //!   over its bytes, so nothing can serve, replay or write back older data
 //!   over them afterwards (keys of reclaimed segments are ignored by replay).
+//!   Nor may a GC pass be running: it takes keys out of the index before the
+//!   key_tail that keeps replay from finding them again is persisted.
 //! - **Nothing enters the range meanwhile.** Until it ends, the range is
 //!   registered in its subtrees: a cached write or zero key over it waits (it
 //!   is deferred as if the cache were full, and retried when the bypass
@@ -100,6 +102,10 @@ impl Cache {
         if len < BYPASS_MIN_IO || run <= cutoff || !self.earlier_epochs_on_base() {
             return None;
         }
+        // GC drops a kset's keys from the index before it persists key_tail
+        // past the kset: in between, replay would bring them back over what
+        // this write puts on the base. No bypass while a GC pass runs.
+        let Ok(_gc) = self.gc.try_lock() else { return None };
         // Register the range in every subtree it touches, all locked at once
         // (in ascending order, as everywhere), if none holds a key over it.
         let (first, last) = (Index::subtree_of(off), Index::subtree_of(off + len - 1));

@@ -24,6 +24,12 @@ impl Cache {
             || self.segs.used_percent() >= self.gc_percent.load(Ordering::Relaxed) as u32
     }
 
+    /// Holds off GC passes while the guard lives, as a running pass does (tests).
+    #[doc(hidden)]
+    pub fn gc_pass_for_tests(&self) -> std::sync::MutexGuard<'_, ()> {
+        lock(&self.gc)
+    }
+
     /// Reclaims up to a bounded number of ksets. Returns how many.
     pub fn gc_step(&self) -> Result<usize> {
         // Two passes over the same kset would drop its references twice.
