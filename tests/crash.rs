@@ -8,6 +8,8 @@
 //! sector read back must be
 //! - the value of the last write acknowledged before the last completed flush, or
 //! - the value of a write issued after that flush (unflushed writes may or may not survive),
+//!
+//! Large writes bypass the cache when it allows (bypass.rs); a flush then flushes the base too.
 //! and nothing else. Failures print the seed; PCACHE_CRASH_SEED=<n> reruns one.
 
 mod common;
@@ -17,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use pcache::pmem::{CrashSim, Media, MemMedia, SplitMix64};
+use pcache::BaseDevice;
 
 const BASE_SECTORS: u64 = 512; // 256 KiB
 const SEGS: u64 = 12;
@@ -48,6 +51,14 @@ impl Model {
 
 static GC_KSETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static WB_KSETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static BYPASSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Runs a base I/O and waits for its completion.
+fn wait_base(submit: impl FnOnce(pcache::base::Done)) -> pcache::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    submit(Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv().unwrap()
+}
 
 struct Capture {
     op: u64,
@@ -78,13 +89,15 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
     let mut cfg = config(BASE_SECTORS * 512, 1);
     cfg.gc_percent = Some(20);
     cfg.kset_flush_interval = std::time::Duration::ZERO;
+    // Any write of 64 KiB or more may bypass (see bypass.rs), stream or not.
+    cfg.seq_cutoff = 1;
     let cache = open(media.clone() as Arc<dyn Media>, &cfg);
     // A crash before format completes leaves a device that is refused: not a case here.
     let formatted_at = media.ops();
     let mut rng = SplitMix64(seed);
     let mut last: HashMap<u64, u64> = HashMap::new();
     for op in 0..OPS {
-        match rng.next() % 16 {
+        match rng.next() % 18 {
             0..=2 => {
                 // A batch: 2 to 4 writes, possibly overlapping one another.
                 let mut writes = Vec::new();
@@ -113,8 +126,32 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
                 }
                 model.lock().unwrap().acked(id);
             }
+            16..=17 => {
+                // A large write: straight to the base when the cache allows it.
+                let first = rng.next() % (BASE_SECTORS - 128);
+                let n = 128 + rng.next() % 128.min(BASE_SECTORS - first - 127);
+                let id = (seed << 20) | (op as u64 + 1) | 1 << 18;
+                model.lock().unwrap().writing(id, first, n);
+                let data = write_data(id, first, n);
+                match cache.begin_bypass(0, first * 512, n * 512) {
+                    Some(b) => {
+                        wait_base(|done| base.write(first * 512, data, done)).unwrap();
+                        cache.end_bypass(b, true);
+                    }
+                    None => write_all(&cache, &*base, 0, first * 512, &data),
+                }
+                for s in first..first + n {
+                    last.insert(s, id);
+                }
+            }
             9..=10 => {
+                // A FLUSH, as a host serves it: the cache, then the base for
+                // writes that bypassed the cache.
                 cache.flush().unwrap();
+                if let Some(t) = cache.bypass_flush_target() {
+                    wait_base(|done| base.flush(done)).unwrap();
+                    cache.bypass_flushed(t);
+                }
                 model.lock().unwrap().flushed(&last);
             }
             _ => {
@@ -126,6 +163,7 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
     let st = cache.stats();
     GC_KSETS.fetch_add(st.gc_ksets, std::sync::atomic::Ordering::Relaxed);
     WB_KSETS.fetch_add(st.writeback_ksets, std::sync::atomic::Ordering::Relaxed);
+    BYPASSED.fetch_add(st.bypass_writes, std::sync::atomic::Ordering::Relaxed);
     drop(cache);
     let caps = std::mem::take(&mut *captures.lock().unwrap());
     (formatted_at, ops, caps)
@@ -187,14 +225,17 @@ fn power_failure_at_random_media_operations() {
         eprintln!("seed {seed}: {n} crash points verified");
         return;
     }
-    let seeds: u64 = std::env::var("PCACHE_CRASH_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(400);
+    let seeds: u64 = std::env::var("PCACHE_CRASH_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(420);
     let mut points = 0;
     for seed in 1..=seeds {
         points += run_seed(seed);
     }
     let (gc, wb) =
         (GC_KSETS.load(std::sync::atomic::Ordering::Relaxed), WB_KSETS.load(std::sync::atomic::Ordering::Relaxed));
-    eprintln!("{points} crash points verified over {seeds} seeds ({wb} ksets written back, {gc} reclaimed)");
+    let bypassed = BYPASSED.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "{points} crash points verified over {seeds} seeds ({wb} ksets written back, {gc} reclaimed, {bypassed} writes bypassed)"
+    );
     assert!(points >= seeds as usize * POINTS_PER_SEED / 2);
-    assert!(gc > 0 && wb > 0, "the workload must exercise writeback and GC");
+    assert!(gc > 0 && wb > 0 && bypassed > 0, "the workload must exercise writeback, GC and bypass");
 }
