@@ -48,16 +48,17 @@ config Malloc0 '{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_b
 config Pmem1 '{"method":"bdev_pmem_create","params":{"name":"Pmem1","path":"'$shm.raw'","size":'$size'}}'
 config PT0 '{"method":"bdev_aio_create","params":{"name":"Aio0","filename":"'$dir/base-pt.img'","block_size":4096}}' \
   '{"method":"bdev_passthru_create","params":{"name":"PT0","base_bdev_name":"Aio0"}}'
-pcache_config() { # NAME CACHE-FILE SIZE
+pcache_config() { # NAME CACHE-FILE SIZE [EXTRA PCACHE PARAMS]
   config "$1" '{"method":"bdev_pmem_create","params":{"name":"Pmem0","path":"'$2'","size":'$3'}}' \
     '{"method":"bdev_aio_create","params":{"name":"Base0","filename":"'$dir/base-pc.img'","block_size":4096}}' \
-    '{"method":"bdev_pcache_create","params":{"name":"PC0","cache_bdev":"Pmem0","base_bdev":"Base0"}}'
+    '{"method":"bdev_pcache_create","params":{"name":"PC0","cache_bdev":"Pmem0","base_bdev":"Base0"'"${4:-}"'}}'
 }
 pcache_config PC0 "$shm.cache" $((BENCH_CACHE_GIB << 30))
 # The sustained case: a 1 GiB cache, full after a fraction of a second.
 pcache_config small "$shm.small" $((1 << 30))
-# For the reads: a 4 GiB cache holding the whole bdev.
-pcache_config read "$shm.read" $((4 << 30))
+# For the reads: a 4 GiB cache holding the whole bdev. It is filled with
+# sequential writes, so sequential bypass is off (seq_cutoff_bytes 0).
+pcache_config read "$shm.read" $((4 << 30)) ',"seq_cutoff_bytes":0'
 
 # run MASK BDEV WORKLOAD SECONDS [IO_SIZE] [CONFIG]: prints the total IOPS.
 run() {
