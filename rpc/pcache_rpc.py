@@ -57,6 +57,7 @@ def bdev_pcache_create(args):
         'gc_percent': args.gc_percent,
         'writeback_batch_bytes': args.writeback_batch_bytes,
         'seq_cutoff_bytes': args.seq_cutoff_bytes,
+        'uuid': args.uuid,
         'force_format': True if args.force_format else None,
     }))
 
@@ -147,6 +148,9 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('-S', '--seq-cutoff-bytes', dest='seq_cutoff_bytes', type=int,
                    help="""Writes of 64 KiB or more bypass the cache once a sequential stream has run
                    this many bytes; 0 never bypasses. Default: 1 MiB""")
+    p.add_argument('-u', '--uuid', dest='uuid',
+                   help="""UUID of the pcache bdev. Recorded when the cache is formatted (a random one
+                   if not given); when an existing cache is loaded it must be the recorded one""")
     p.add_argument('-f', '--force-format', dest='force_format', action='store_true',
                    help='Format the cache even if it holds a pcache; DISCARDS any dirty data on it')
     p.set_defaults(func=bdev_pcache_create)

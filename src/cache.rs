@@ -23,14 +23,42 @@ use crate::spinlock::SpinLock;
 use crate::stats::{Counters, HeadCounters, Stats};
 use crate::tails::Tails;
 use crate::writeback::WbState;
+use uuid::Uuid;
 
 /// Who the cache is in front of; recorded at format and checked at every open.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BaseIdentity {
     pub size: u64,
     pub block_size: u32,
     /// Caller-chosen name (a bdev name or UUID, a path); at most 64 bytes.
     pub id: String,
+    /// The device's UUID, if it has one. When both it and the one recorded
+    /// at format are known and equal, a different `id` is accepted (the
+    /// device was renamed).
+    pub uuid: Option<Uuid>,
+    /// The UUID is the device's own and lasts (an NVMe namespace's, say),
+    /// not one made up at every start: a different one means a different
+    /// device even under the same `id`.
+    pub uuid_is_stable: bool,
+}
+
+impl BaseIdentity {
+    /// The identity a superblock records (what the tools open a cache with).
+    pub fn recorded(sb: &Superblock) -> Self {
+        let uuid = Some(Uuid::from_bytes(sb.base_uuid)).filter(|u| !u.is_nil());
+        BaseIdentity {
+            size: sb.base_size,
+            block_size: sb.base_block_size,
+            id: sb.base_id.clone(),
+            uuid,
+            uuid_is_stable: false,
+        }
+    }
+
+    /// A device known by name only.
+    pub fn named(size: u64, block_size: u32, id: impl Into<String>) -> Self {
+        BaseIdentity { size, block_size, id: id.into(), uuid: None, uuid_is_stable: false }
+    }
 }
 
 /// How to open a cache device.
@@ -54,6 +82,9 @@ pub struct Config {
     pub kset_flush_interval: Duration,
     /// Cap of the dirty bytes writeback takes in one batch (see writeback.rs).
     pub writeback_batch_bytes: u64,
+    /// The cache's identity: recorded at format (a new random one if None);
+    /// on open, if given, it must be the one recorded.
+    pub uuid: Option<Uuid>,
     /// Sequential run after which large writes bypass the cache (0: never; see bypass.rs).
     pub seq_cutoff: u64,
 }
@@ -71,6 +102,7 @@ impl Config {
             kset_flush_interval: Duration::from_secs(1),
             writeback_batch_bytes: crate::writeback::DEFAULT_BATCH_BYTES,
             seq_cutoff: crate::bypass::DEFAULT_SEQ_CUTOFF,
+            uuid: None,
         }
     }
 }
@@ -242,6 +274,8 @@ impl Cache {
             base_block_size: cfg.base.block_size,
             base_id: cfg.base.id.clone(),
             cache_size: media.len(),
+            uuid: *cfg.uuid.unwrap_or_else(Uuid::new_v4).as_bytes(),
+            base_uuid: *cfg.base.uuid.unwrap_or(Uuid::nil()).as_bytes(),
         };
         let geo = geometry(&sb);
         check_workers(&geo, cfg.workers)?;
@@ -318,6 +352,11 @@ impl Cache {
 
     pub fn superblock(&self) -> &Superblock {
         &self.sb
+    }
+
+    /// The cache's identity (see [`sb_uuid`]).
+    pub fn uuid(&self) -> Uuid {
+        sb_uuid(&self.sb)
     }
 
     pub fn data_crc(&self) -> bool {
@@ -488,8 +527,29 @@ fn check_workers(geo: &Geometry, workers: usize) -> Result<()> {
 fn check_identity(sb: &Superblock, cfg: &Config) -> Result<()> {
     let b = &cfg.base;
     let mut diffs = Vec::new();
-    if sb.base_id != b.id {
-        diffs.push(format!("base id is {:?}, device records {:?}", b.id, sb.base_id));
+    if let Some(u) = cfg.uuid {
+        let have = sb_uuid(sb);
+        if u != have {
+            diffs.push(format!("uuid {u} was asked for, the device holds the cache {have}"));
+        }
+    }
+    let recorded = Uuid::from_bytes(sb.base_uuid);
+    match b.uuid.filter(|u| !u.is_nil() && !recorded.is_nil()) {
+        Some(u) if u == recorded => {
+            if sb.base_id != b.id {
+                log::info!("base {:?} is the device formatted as {:?} (same uuid {u}): renamed", b.id, sb.base_id);
+            }
+        }
+        Some(u) if b.uuid_is_stable || sb.base_id != b.id => diffs.push(format!(
+            "base is {:?} with uuid {u}, the cache was formatted for {:?} with uuid {recorded}",
+            b.id, sb.base_id
+        )),
+        // Same name, a uuid that may be made up at every start: the name decides.
+        _ => {
+            if sb.base_id != b.id {
+                diffs.push(format!("base id is {:?}, device records {:?}", b.id, sb.base_id));
+            }
+        }
     }
     if sb.base_size != b.size {
         diffs.push(format!("base size is {}, device records {}", b.size, sb.base_size));
@@ -507,14 +567,22 @@ fn check_identity(sb: &Superblock, cfg: &Config) -> Result<()> {
     }
 }
 
-fn new_nonce() -> u64 {
-    let mut b = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        if f.read_exact(&mut b).is_ok() {
-            return u64::from_le_bytes(b);
-        }
+/// A cache's identity: the one recorded at format, or for an image formatted
+/// before identities were recorded, one derived from its nonce, so that it
+/// stays the same across opens without rewriting the superblock.
+pub fn sb_uuid(sb: &Superblock) -> Uuid {
+    let u = Uuid::from_bytes(sb.uuid);
+    if !u.is_nil() {
+        return u;
     }
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    (t as u64) ^ ((std::process::id() as u64) << 32)
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&sb.nonce.to_le_bytes());
+    b[8..].copy_from_slice(&(!sb.nonce).to_le_bytes());
+    uuid::Builder::from_custom_bytes(b).into_uuid()
+}
+
+fn new_nonce() -> u64 {
+    // A v4 UUID is 122 bits from the OS's random source (getrandom).
+    let (a, b) = Uuid::new_v4().as_u64_pair();
+    a ^ b.rotate_left(32)
 }

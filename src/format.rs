@@ -131,6 +131,11 @@ pub struct Superblock {
     pub base_block_size: u32,
     pub base_id: String,
     pub cache_size: u64,
+    /// The cache's own identity (the pcache bdev's UUID); nil in images
+    /// formatted before it was recorded.
+    pub uuid: [u8; 16],
+    /// The base device's UUID at format; nil if it had none.
+    pub base_uuid: [u8; 16],
 }
 
 impl Superblock {
@@ -152,6 +157,8 @@ impl Superblock {
         let id = self.base_id.as_bytes();
         b[56..56 + id.len().min(BASE_ID_LEN)].copy_from_slice(&id[..id.len().min(BASE_ID_LEN)]);
         put_u64(&mut b, 120, self.cache_size);
+        b[128..144].copy_from_slice(&self.uuid);
+        b[144..160].copy_from_slice(&self.base_uuid);
         let c = crc(&b[4..]);
         put_u32(&mut b, 0, c);
         b
@@ -216,6 +223,8 @@ impl Superblock {
             base_block_size,
             base_id,
             cache_size: get_u64(b, 120),
+            uuid: b[128..144].try_into().expect("16 bytes"),
+            base_uuid: b[144..160].try_into().expect("16 bytes"),
         })
     }
 }
@@ -504,6 +513,8 @@ mod tests {
             base_block_size: 4096,
             base_id: "base-1".into(),
             cache_size: 1 << 20,
+            uuid: [7; 16],
+            base_uuid: [0; 16],
         };
         let mut b = sb.encode();
         assert_eq!(Superblock::decode(&b, 1 << 20).unwrap(), sb);

@@ -17,7 +17,7 @@ const SEGS: u64 = 12;
 const BASE: u64 = 1 << 20;
 
 fn config() -> Config {
-    let mut cfg = Config::new(BaseIdentity { size: BASE, block_size: 512, id: "fuzz".into() });
+    let mut cfg = Config::new(BaseIdentity::named(BASE, 512, "fuzz"));
     cfg.seg_size = SEG;
     cfg
 }

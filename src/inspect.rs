@@ -190,8 +190,7 @@ pub fn inspect(media: Arc<dyn Media>, opts: InspectOptions) -> Result<Inspection
     }
 
     // The verdict of the engine itself, on media that refuses stores.
-    let mut cfg =
-        Config::new(BaseIdentity { size: sb.base_size, block_size: sb.base_block_size, id: sb.base_id.clone() });
+    let mut cfg = Config::new(BaseIdentity::recorded(&sb));
     cfg.data_crc = sb.data_crc();
     cfg.read_cache = false;
     match Cache::open(media.clone(), &cfg) {

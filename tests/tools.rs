@@ -371,11 +371,13 @@ fn inspect_reports_a_dirty_image_as_the_engine_sees_it() {
     let dir = Dir::new("inspect");
     let im = build(false, false);
     let pmem = dir.file("pmem", &im.pmem);
-    let (rep, st, _c) = engine_view(&im.pmem, false).unwrap();
+    let (rep, st, c) = engine_view(&im.pmem, false).unwrap();
     assert!(rep.dirty_bytes > 0, "the image must hold dirty data");
 
     let o = expect(&["inspect", &pmem], 0);
     for want in [
+        &format!("uuid         {}", c.uuid()),
+        "uuid none",
         "data_crc off",
         "gc_percent 90",
         "segment size 65536",
@@ -411,6 +413,8 @@ fn inspect_reports_a_dirty_image_as_the_engine_sees_it() {
     assert_eq!(j.u("base.size"), BASE_BYTES);
     assert_eq!(j.u("base.block_size"), 512);
     assert_eq!(j.s("base.id"), "test-base");
+    assert_eq!(j.get("base.uuid"), &Json::Null, "the test base has no uuid");
+    assert_eq!(j.s("superblock.uuid"), c.uuid().to_string());
     assert_eq!(j.get("options.data_crc"), &Json::Bool(false));
     assert_eq!(j.u("options.gc_percent"), 90);
     assert_eq!(j.u("options.seg_size"), SEG);

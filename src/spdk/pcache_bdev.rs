@@ -39,6 +39,8 @@ pub struct CreateOpts {
     pub gc_percent: Option<u8>,
     pub writeback_batch_bytes: Option<u64>,
     pub seq_cutoff_bytes: Option<u64>,
+    /// The pcache bdev's UUID (recorded at format; must match after).
+    pub uuid: Option<uuid::Uuid>,
     pub force_format: bool,
 }
 
@@ -414,6 +416,24 @@ fn attach(opts: &CreateOpts) -> Result<(), String> {
 
 type BuildError = (String, Option<Claims>);
 
+/// The base bdev as the engine identifies it: size, name and UUID. SPDK
+/// makes a UUID up at every start for a bdev created without one, so only
+/// an NVMe namespace's or an lvol's counts as the device's own.
+///
+/// # Safety
+/// `base` is an open bdev.
+unsafe fn base_identity(base: *mut sys::spdk_bdev, name: &str) -> BaseIdentity {
+    let block_size = sys::spdk_bdev_get_block_size(base);
+    let size = sys::spdk_bdev_get_num_blocks(base) * block_size as u64;
+    let uuid = uuid::Uuid::from_bytes((*sys::spdk_bdev_get_uuid(base)).u.raw);
+    let module = super::ffi::str_of(sys::spdk_bdev_get_module_name(base));
+    BaseIdentity {
+        uuid: Some(uuid).filter(|u| !u.is_nil()),
+        uuid_is_stable: matches!(&*module, "nvme" | "lvol"),
+        ..BaseIdentity::named(size, block_size, name)
+    }
+}
+
 /// Opens the engine over `media` and registers the pcache bdev; on failure
 /// hands the claims back.
 ///
@@ -430,8 +450,8 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     // A device that already holds a pcache keeps its data_crc unless told otherwise.
     let data_crc =
         opts.data_crc.unwrap_or_else(|| Cache::read_superblock(&*media).map(|sb| sb.data_crc()).unwrap_or(false));
-    let mut cfg =
-        Config::new(BaseIdentity { size: blocks * block_size as u64, block_size, id: opts.base_bdev.clone() });
+    let mut cfg = Config::new(base_identity(base, &opts.base_bdev));
+    cfg.uuid = opts.uuid;
     cfg.data_crc = data_crc;
     cfg.gc_percent = opts.gc_percent;
     cfg.force_format = opts.force_format;
@@ -477,6 +497,9 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     b.product_name = c"pcache".as_ptr() as *mut _;
     b.blocklen = block_size;
     b.blockcnt = blocks;
+    // The same identity at every start: an NVMe-oF namespace exported from
+    // it keeps its UUID across restarts.
+    b.uuid = sys::spdk_uuid { u: sys::spdk_uuid__bindgen_ty_1 { raw: *n.cache.uuid().as_bytes() } };
     // Writes are acknowledged from pmem before their keys are journalled: a
     // FLUSH makes them durable, exactly what a volatile write cache promises.
     b.write_cache = 1;
@@ -729,6 +752,7 @@ unsafe extern "C" fn config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
                     live.data_crc = Some(n.cache.data_crc());
                     live.writeback_batch_bytes = Some(n.cache.writeback_batch_bytes());
                     live.seq_cutoff_bytes = Some(n.cache.seq_cutoff());
+                    live.uuid = Some(n.cache.uuid());
                     write_create(&mut w, &live);
                 }
                 _ => write_create(&mut w, &c),
@@ -744,6 +768,9 @@ fn write_create(w: &mut Writer, c: &CreateOpts) {
     w.named_object_begin("params");
     c.write_names(w);
     w.named_str("cache_mode", "writeback");
+    if let Some(u) = c.uuid {
+        w.named_str("uuid", &u.to_string());
+    }
     if let Some(crc) = c.data_crc {
         w.named_bool("data_crc", crc);
     }
@@ -766,6 +793,13 @@ fn write_create(w: &mut Writer, c: &CreateOpts) {
 pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     let sb = n.cache.superblock();
     n.opts.write_names(w);
+    w.named_str("uuid", &n.cache.uuid().to_string());
+    let base_uuid = uuid::Uuid::from_bytes(sb.base_uuid);
+    if base_uuid.is_nil() {
+        w.named_null("base_uuid");
+    } else {
+        w.named_str("base_uuid", &base_uuid.to_string());
+    }
     w.named_str("cache_mode", "writeback");
     w.named_bool("data_crc", n.cache.data_crc());
     w.named_u64("gc_percent", s.gc_percent as u64);

@@ -142,8 +142,19 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
         let gc_percent = p.opt_u64("gc_percent", 0, 90).map_err(bad)?.map(|v| v as u8);
         let writeback_batch_bytes = p.opt_u64("writeback_batch_bytes", 1, MAX_BATCH).map_err(bad)?;
         let seq_cutoff_bytes = p.opt_u64("seq_cutoff_bytes", 0, MAX_SEQ_CUTOFF).map_err(bad)?;
+        let uuid = p.opt_str("uuid").map_err(bad)?;
         let force_format = p.opt_bool("force_format").map_err(bad)?.unwrap_or(false);
         p.finish().map_err(bad)?;
+        let uuid = match uuid {
+            Some(s) => Some(
+                s.parse::<uuid::Uuid>()
+                    .map_err(|e| bad(format!("bdev_pcache_create: parameter 'uuid' is not a UUID: {s:?} ({e})")))?,
+            ),
+            None => None,
+        };
+        if uuid.is_some_and(|u| u.is_nil()) {
+            return Err(bad("bdev_pcache_create: parameter 'uuid' must not be the nil UUID".into()));
+        }
         if mode != "writeback" {
             return Err(bad(format!("bdev_pcache_create: cache_mode '{mode}' is not supported (only 'writeback')")));
         }
@@ -155,6 +166,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
             gc_percent,
             writeback_batch_bytes,
             seq_cutoff_bytes,
+            uuid,
             force_format,
         };
         match pcache_bdev::create(opts).map_err(|e| (-libc::EINVAL, format!("bdev_pcache_create: {e}")))? {

@@ -73,7 +73,32 @@ reads=$(( $(get read_hit_ops || echo 0) + $(get read_miss_ops || echo 0) ))
 check "PC0 on nvmf_tgt served the verify reads ($reads read ops)" [ "$reads" -gt 0 ]
 check "PC0 is still online" [ "$(get state)" = online ]
 check "no panic or internal error in the nvmf_tgt log" bash -c "! grep -Eq 'panicked|internal error' \"\$1\"" _ "$log"
+
+# Stable identity: an initiator sees PC0's UUID as the namespace's, and the
+# same one after the target restarts (the pcache loads it from pmem).
+pc_uuid() { jsonrpc "$sock" bdev_get_bdevs '{"name":"PC0"}' 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['uuid'])"; }
+# ns_uuid: attaches from a second app (spdk_tgt), prints Nvme0n1's UUID, stops it.
+ns_uuid() {
+  local isock=$WORK/init.sock
+  start_app init "$isock" "$WORK/init.log" "$SPDK_DIR/bin/spdk_tgt" "${APP_ARGS[@]}" -m 0x2 || return 1
+  jsonrpc "$isock" bdev_nvme_attach_controller '{"name":"Nvme0","trtype":"tcp","adrfam":"ipv4","traddr":"127.0.0.1","trsvcid":"'"$PORT"'","subnqn":"'"$NQN"'"}' >/dev/null 2>&1
+  jsonrpc "$isock" bdev_get_bdevs '{"name":"Nvme0n1"}' 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['uuid'])"
+  stop_app init "$isock" >/dev/null 2>&1
+}
+before_pc=$(pc_uuid)
+before_ns=$(ns_uuid)
+same() { [ -n "$1" ] && [ "$1" = "$2" ]; }
+check "the initiator sees PC0's UUID as the namespace's ($before_ns)" same "$before_ns" "$before_pc"
 stop_app nvmf "$sock"
 check "nvmf_tgt exits cleanly" [ $? -eq 0 ]
+
+start_app nvmf "$sock" "$log" "$SPDK_DIR/bin/nvmf_tgt" "${APP_ARGS[@]}" -m 0x1 --json "$WORK/nvmf.json" \
+  || { fail "nvmf_tgt restart"; finish; exit; }
+quiet jsonrpc "$sock" framework_wait_init
+check "PC0 keeps its UUID across the restart" same "$(pc_uuid)" "$before_pc"
+after_ns=$(ns_uuid)
+check "the initiator sees the same namespace UUID after the restart ($after_ns)" same "$after_ns" "$before_ns"
+stop_app nvmf "$sock"
+check "nvmf_tgt exits cleanly after the restart" [ $? -eq 0 ]
 
 finish

@@ -81,6 +81,10 @@ echo "# life cycle"
 ok "bdev_pmem_create of a new file (-s)" bdev_pmem_create "$SHM.pmem0" -n Pmem0 -s $PMEM_SIZE
 check "bdev_aio_create Base0 (256 MiB)" aio "$WORK/base0.img" Base0
 ok "bdev_pcache_create PC0 -c Pmem0 -b Base0" bdev_pcache_create PC0 -c Pmem0 -b Base0
+pc0_uuid=$(bdev PC0 "b['uuid']")
+check "get_stats shows PC0's uuid ($pc0_uuid), the one bdev_get_bdevs has" [ "$(stat PC0 uuid)" = "$pc0_uuid" ]
+saved_uuid() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q "\"uuid\": \"$pc0_uuid\"" <<<"$c"; }
+check "save_config writes PC0's uuid" saved_uuid
 check "PC0 was formatted (new pmem file)" grep -q "PC0: formatted Pmem0 for base Base0" "$log"
 check "get_stats: state online" [ "$(stat PC0 state)" = online ]
 check "get_stats: cache_bdev Pmem0" [ "$(stat PC0 cache_bdev)" = Pmem0 ]
@@ -124,7 +128,16 @@ ok "bdev_pcache_create PC0 again over the same bdevs" bdev_pcache_create PC0 -c 
 check "the second create loaded the cache (log: PC0: loaded Pmem0 and replayed)" grep -q "PC0: loaded Pmem0 and replayed" "$log"
 check "and did not format it again" [ "$(grep -c "PC0: formatted Pmem0" "$log")" = 1 ]
 check "the loaded PC0 is online" [ "$(stat PC0 state)" = online ]
+check "the loaded PC0 has the uuid recorded at format" [ "$(bdev PC0 "b['uuid']")" = "$pc0_uuid" ]
 ok "bdev_pcache_delete PC0 (second time)" bdev_pcache_delete PC0
+other=11111111-2222-4333-8444-555555555555
+rpc_err "loading Pmem0 with another uuid is refused, naming both" "$other.*$pc0_uuid" \
+  bdev_pcache_create PC0 -c Pmem0 -b Base0 -u $other
+check "the refused create left no PC0" absent PC0
+rpc_err "create with -u not-a-uuid" "uuid" bdev_pcache_create PC0 -c Pmem0 -b Base0 -u not-a-uuid
+rpc_err "create with the nil uuid" "uuid" bdev_pcache_create PC0 -c Pmem0 -b Base0 -u 00000000-0000-0000-0000-000000000000
+ok "loading Pmem0 with its own uuid (-u)" bdev_pcache_create PC0 -c Pmem0 -b Base0 -u "$pc0_uuid"
+ok "bdev_pcache_delete PC0 (third time)" bdev_pcache_delete PC0
 check "bdev_aio_create Base1 (128 MiB)" aio "$WORK/base1.img" Base1
 rpc_err "create over Pmem0 with a different base (Base1) is refused" "does not match.*Base1.*Base0|mismatch" \
   bdev_pcache_create PC1 -c Pmem0 -b Base1
@@ -136,6 +149,7 @@ check "PC1 has Base1's size ($pc1_blocks blocks)" [ "$pc1_blocks" = $((128 << 20
 ok "bdev_pcache_delete PC1" bdev_pcache_delete PC1
 rpc_err "Pmem0 now belongs to Base1: PC0 over Base0 is refused" "does not match" bdev_pcache_create PC0 -c Pmem0 -b Base0
 ok "PC0 over Base0 with -f" bdev_pcache_create PC0 -c Pmem0 -b Base0 -f
+check "a new format made a new uuid" [ "$(bdev PC0 "b['uuid']")" != "$pc0_uuid" ]
 check "PC0 is online again" [ "$(stat PC0 state)" = online ]
 
 echo "# waiting for bdevs"
@@ -236,6 +250,28 @@ else
   check "the refused delete left PCV online" [ "$(stat PCV state)" = online ]
 fi
 ok "bdev_pcache_delete PCV" bdev_pcache_delete PCV
+
+echo "# a base is known by its uuid"
+truncate -s $((64 << 20)) "$WORK/base5.img"
+u5=22222222-3333-4444-8555-666666666666
+aio_u() { "${RPC_PY[@]}" -s "$sock" bdev_aio_create "$WORK/base5.img" "$1" 4096 -u "$2" >/dev/null; }
+aio_del() { "${RPC_PY[@]}" -s "$sock" bdev_aio_delete "$1" >/dev/null; }
+ok "bdev_pmem_create Pmem5" bdev_pmem_create "$SHM.pmem5" -n Pmem5 -s $PMEM_SIZE
+check "bdev_aio_create Base5 with uuid $u5" aio_u Base5 $u5
+ok "bdev_pcache_create PC5 -c Pmem5 -b Base5" bdev_pcache_create PC5 -c Pmem5 -b Base5
+check "get_stats shows the base's uuid" [ "$(stat PC5 base_uuid)" = $u5 ]
+ok "bdev_pcache_delete PC5" bdev_pcache_delete PC5
+check "bdev_aio_delete Base5" aio_del Base5
+check "the same file as BaseR, same uuid" aio_u BaseR $u5
+ok "PC5 over the renamed base loads its cache" bdev_pcache_create PC5 -c Pmem5 -b BaseR
+check "the rename is logged" grep -q 'base "BaseR" is the device formatted as "Base5" (same uuid' "$log"
+ok "bdev_pcache_delete PC5 (over BaseR)" bdev_pcache_delete PC5
+check "bdev_aio_delete BaseR" aio_del BaseR
+check "the same file as BaseX with another uuid" aio_u BaseX 33333333-3333-4444-8555-666666666666
+rpc_err "another name and another uuid are refused, naming both uuids" "33333333-3333-4444-8555-666666666666.*$u5" \
+  bdev_pcache_create PC5 -c Pmem5 -b BaseX
+check "bdev_aio_delete BaseX" aio_del BaseX
+ok "bdev_pmem_delete Pmem5" bdev_pmem_delete Pmem5
 
 echo "# teardown"
 check "PC0 still exists" [ "$(bdev PC0 "b['name']")" = PC0 ]

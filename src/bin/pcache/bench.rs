@@ -257,7 +257,7 @@ fn run(o: &Opts, media: Arc<PmemFile>, base: Arc<FileBase>) -> Result<(), String
 }
 
 fn config(o: &Opts) -> Config {
-    let mut cfg = Config::new(BaseIdentity { size: o.base_size, block_size: 512, id: "bench".into() });
+    let mut cfg = Config::new(BaseIdentity::named(o.base_size, 512, "bench"));
     cfg.workers = o.workers;
     cfg.data_crc = o.data_crc;
     cfg.force_format = true;

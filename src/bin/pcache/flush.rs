@@ -68,8 +68,7 @@ pub fn main(raw: &[String]) -> Result<i32, Fail> {
     }
 
     let media = open_rw(pmem)?;
-    let mut cfg =
-        Config::new(BaseIdentity { size: sb.base_size, block_size: sb.base_block_size, id: sb.base_id.clone() });
+    let mut cfg = Config::new(BaseIdentity::recorded(&sb));
     cfg.data_crc = sb.data_crc();
     cfg.read_cache = false;
     let fail = |e: pcache::Error| Fail::error(format!("flush: {}: {e}", pmem.display()));

@@ -62,7 +62,7 @@ pub fn main(raw: &[String]) -> Result<i32, Fail> {
     let id = a.get("base-id").unwrap_or("").to_string();
     let block_size =
         u32::try_from(base.1).map_err(|_| Fail::usage(format!("base block size {} is too large", base.1), HELP))?;
-    let mut cfg = Config::new(BaseIdentity { size: base.0, block_size, id });
+    let mut cfg = Config::new(BaseIdentity::named(base.0, block_size, id));
     cfg.seg_size = seg_size;
     cfg.data_crc = a.flag("data-crc");
     cfg.gc_percent = gc.map(|g| g as u8);

@@ -37,6 +37,7 @@ fn print_human(path: &Path, ins: &Inspection) {
         "superblock   version {}, nonce {:#018x}, formatted on a device of {} bytes",
         sb.version, sb.nonce, sb.cache_size
     );
+    println!("uuid         {}", pcache::cache::sb_uuid(sb));
     println!(
         "options      data_crc {}, gc_percent {}, segment size {} ({})",
         if sb.data_crc() { "on" } else { "off" },
@@ -45,11 +46,12 @@ fn print_human(path: &Path, ins: &Inspection) {
         human(sb.seg_size as u64)
     );
     println!(
-        "base         size {} ({}), block size {}, id {:?}",
+        "base         size {} ({}), block size {}, id {:?}, uuid {}",
         sb.base_size,
         human(sb.base_size),
         sb.base_block_size,
-        sb.base_id
+        sb.base_id,
+        base_uuid(sb).map_or("none".to_string(), |u| u.to_string())
     );
     println!(
         "segments     {} total, {} used, {} in the key log",
@@ -110,6 +112,11 @@ pub fn problems_json(ins: &Inspection) -> J {
     )
 }
 
+/// The base's UUID recorded at format, if it had one.
+fn base_uuid(sb: &pcache::format::Superblock) -> Option<uuid::Uuid> {
+    Some(uuid::Uuid::from_bytes(sb.base_uuid)).filter(|u| !u.is_nil())
+}
+
 fn to_json(path: &Path, ins: &Inspection) -> J {
     let sb = &ins.sb;
     let records = ins
@@ -145,6 +152,7 @@ fn to_json(path: &Path, ins: &Inspection) -> J {
                 ("version", J::Num(sb.version as u64)),
                 ("nonce", J::str(format!("{:#018x}", sb.nonce))),
                 ("cache_size", J::Num(sb.cache_size)),
+                ("uuid", J::str(pcache::cache::sb_uuid(sb).to_string())),
             ]),
         ),
         (
@@ -161,6 +169,7 @@ fn to_json(path: &Path, ins: &Inspection) -> J {
                 ("size", J::Num(sb.base_size)),
                 ("block_size", J::Num(sb.base_block_size as u64)),
                 ("id", J::str(sb.base_id.clone())),
+                ("uuid", base_uuid(sb).map_or(J::Null, |u| J::str(u.to_string()))),
             ]),
         ),
         (
