@@ -33,6 +33,15 @@ else
   skipped+=("format: rustfmt is not installed (rustup component add rustfmt)")
 fi
 
+# Lints: every warning is an error. The SPDK module is linted below, with SPDK.
+if cargo clippy --version >/dev/null 2>&1; then
+  suite "lint (cargo clippy -D warnings)" cargo clippy --all-targets -- -D warnings
+  have_clippy=1
+else
+  skipped+=("lint: clippy is not installed (rustup component add clippy)")
+  have_clippy=0
+fi
+
 # Engine: unit tests, model-based, power-failure (>= 10,000 crash points),
 # writeback prefix, corruption/crafted images, tiny cache.
 suite "engine (cargo test --release)" cargo test --release --workspace --exclude spdk-sys
@@ -55,6 +64,10 @@ if [ -z "$spdk_dir" ]; then
 elif [ ! -x tests/spdk/run.sh ]; then
   skipped+=("SPDK integration: SPDK found at $spdk_dir, but this tree has no SPDK module suites yet")
 else
+  if [ "$have_clippy" = 1 ]; then
+    suite "lint of the SPDK module (cargo clippy --features spdk -D warnings)" \
+      env SPDK_DIR="$spdk_dir" cargo clippy --features spdk --lib -- -D warnings
+  fi
   suite "SPDK integration ($spdk_dir)" env SPDK_DIR="$spdk_dir" tests/spdk/run.sh
 fi
 

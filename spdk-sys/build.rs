@@ -1,6 +1,6 @@
 // Finds an installed SPDK: $SPDK_DIR, then pkg-config (spdk_bdev), then /opt/spdk.
 // Without one, the build stops with a message saying where it looked.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
@@ -57,7 +57,7 @@ fn main() {
 const LIBS: &[&str] =
     &["spdk_bdev", "spdk_thread", "spdk_json", "spdk_jsonrpc", "spdk_rpc", "spdk_log", "spdk_util", "spdk_env_dpdk"];
 
-fn has_headers(p: &PathBuf) -> bool {
+fn has_headers(p: &Path) -> bool {
     p.join("include/spdk/bdev_module.h").exists()
 }
 

@@ -106,10 +106,10 @@ fn one_bad_replica_of_each_record_is_survived() {
         records.push(("seg meta", [geo_meta(seg), geo_meta(seg) + 4096]));
     }
     for (name, offs) in records {
-        for slot in 0..2 {
+        for (slot, &off) in offs.iter().enumerate() {
             for damage in ["flip", "zero", "torn"] {
                 let mut b = im.bytes.clone();
-                let at = offs[slot] as usize;
+                let at = off as usize;
                 match damage {
                     "flip" => b[at + 9] ^= 0x04,
                     "zero" => b[at..at + REC_SIZE].fill(0),

@@ -17,6 +17,9 @@ const BASE_SECTORS: u64 = 2048; // 1 MiB of base device
 const ROUNDS: usize = 4;
 const OPS: usize = 1500;
 
+/// (sector, write id, clock when started, clock when acknowledged).
+type WriteRecord = (u64, u64, u64, u64);
+
 /// A thread running background work (kset timer, writeback, GC) as a host's poller does.
 struct Poller {
     stop: Arc<AtomicBool>,
@@ -203,7 +206,7 @@ fn workers_overwriting_the_same_sectors_keep_the_newest_data() {
         let cache = Arc::new(open(media.clone(), &cfg));
         let clock = Arc::new(AtomicU64::new(1));
         // (sector, id, started, acknowledged) of every write.
-        let history: Arc<Mutex<Vec<(u64, u64, u64, u64)>>> = Arc::default();
+        let history: Arc<Mutex<Vec<WriteRecord>>> = Arc::default();
         let poller = Poller::start(cache.clone(), base.clone());
         let workers: Vec<_> = (0..WORKERS)
             .map(|w| {

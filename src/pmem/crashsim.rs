@@ -33,8 +33,11 @@ pub struct CrashSim {
 struct CrashPoints {
     at: Vec<u64>,
     seed: u64,
-    hook: Option<Box<dyn FnMut(u64, Vec<u8>) + Send>>,
+    hook: Option<CrashHook>,
 }
+
+/// Called with the media operation and the image a crash there leaves.
+pub type CrashHook = Box<dyn FnMut(u64, Vec<u8>) + Send>;
 
 impl CrashSim {
     pub fn new(len: usize) -> Self {
@@ -53,7 +56,7 @@ impl CrashSim {
     /// Before media operation number `at[i]` (stores and fences, counted from
     /// 0), captures the image a power failure would leave at that instant and
     /// hands it to `hook` with the operation number.
-    pub fn set_crash_points(&self, mut at: Vec<u64>, seed: u64, hook: Box<dyn FnMut(u64, Vec<u8>) + Send>) {
+    pub fn set_crash_points(&self, mut at: Vec<u64>, seed: u64, hook: CrashHook) {
         at.sort_unstable();
         at.reverse();
         *self.crash_points.lock().unwrap_or_else(|e| e.into_inner()) = CrashPoints { at, seed, hook: Some(hook) };
@@ -152,6 +155,8 @@ impl Media for CrashSim {
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
+    // A generator's next value; not an iterator (it never ends).
+    #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;

@@ -36,6 +36,10 @@ pub trait Media: Send + Sync {
     /// Capacity in bytes.
     fn len(&self) -> u64;
 
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Copies `buf.len()` bytes at `off` into `buf`.
     fn read(&self, off: u64, buf: &mut [u8]) -> Result<()>;
 

@@ -44,6 +44,18 @@ pub struct Claimed {
     ctx: *mut EventCtx,
 }
 
+/// The bdev module claims are made for.
+#[derive(Clone, Copy)]
+pub struct Module(*mut sys::spdk_bdev_module);
+
+impl Module {
+    /// # Safety
+    /// `m` is a bdev module registered with SPDK for the life of the program.
+    pub unsafe fn new(m: *mut sys::spdk_bdev_module) -> Self {
+        Module(m)
+    }
+}
+
 // SAFETY: a Claimed is only kept in registries; it is opened, used for SPDK
 // calls and dropped on the app thread, as the type's doc requires.
 unsafe impl Send for Claimed {}
@@ -51,12 +63,7 @@ unsafe impl Send for Claimed {}
 impl Claimed {
     /// Opens the bdev `name` for writing and claims it for `module`. `role`
     /// names it in errors ("base_bdev", "cache_bdev").
-    pub fn claim(
-        name: &str,
-        role: &str,
-        module: *mut sys::spdk_bdev_module,
-        on_remove: OnRemove,
-    ) -> Result<Self, String> {
+    pub fn claim(name: &str, role: &str, module: Module, on_remove: OnRemove) -> Result<Self, String> {
         let ctx =
             Box::into_raw(Box::new(EventCtx { name: name.to_string(), on_remove, removed: AtomicBool::new(false) }));
         let c = cstring(name);
@@ -74,7 +81,7 @@ impl Claimed {
                 });
             }
             let bdev = sys::spdk_bdev_desc_get_bdev(desc);
-            if sys::spdk_bdev_module_claim_bdev(bdev, desc, module) != 0 {
+            if sys::spdk_bdev_module_claim_bdev(bdev, desc, module.0) != 0 {
                 let h = holder_of(bdev).unwrap_or_else(|| "another module".into());
                 sys::spdk_bdev_close(desc);
                 drop(Box::from_raw(ctx));
@@ -186,7 +193,7 @@ fn held() -> MutexGuard<'static, Vec<Claimed>> {
 }
 
 /// Holds `name` for a pcache to come: claims it now unless it is held already.
-pub fn hold(name: &str, role: &str, module: *mut sys::spdk_bdev_module, on_remove: OnRemove) -> Result<(), String> {
+pub fn hold(name: &str, role: &str, module: Module, on_remove: OnRemove) -> Result<(), String> {
     if is_held(name) {
         return Ok(());
     }

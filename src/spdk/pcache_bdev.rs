@@ -170,6 +170,13 @@ pub fn module() -> *mut sys::spdk_bdev_module {
     MODULE.load(Ordering::Acquire)
 }
 
+/// pcache's module, for claims.
+fn claimer() -> claim::Module {
+    // SAFETY: register_module leaks the module and registers it before any
+    // bdev can be claimed; it lives for the program.
+    unsafe { claim::Module::new(module()) }
+}
+
 pub fn register_module() {
     let m = Box::leak(Box::new(sys::spdk_bdev_module {
         name: c"pcache".as_ptr(),
@@ -234,7 +241,7 @@ pub fn create(opts: CreateOpts) -> Result<Created, String> {
             missing.push(b.clone());
             continue;
         }
-        if let Err(e) = claim::hold(b, role, module(), bdev_removed) {
+        if let Err(e) = claim::hold(b, role, claimer(), bdev_removed) {
             if role == "base_bdev" && taken_by_another_module(b) && base_may_be_stale(&opts) {
                 return Ok(Created::Blocked(block(&opts, e)));
             }
@@ -383,7 +390,7 @@ struct Claims {
 fn take_or_claim(name: &str, role: &str) -> Result<Claimed, String> {
     match claim::take(name) {
         Some(c) => Ok(c),
-        None => Claimed::claim(name, role, module(), bdev_removed),
+        None => Claimed::claim(name, role, claimer(), bdev_removed),
     }
 }
 
@@ -660,7 +667,7 @@ unsafe extern "C" fn examine_config(bdev: *mut sys::spdk_bdev) {
         note_image(&name);
         let role = registry().wants(&name);
         if let Some(role) = role {
-            if let Err(e) = claim::hold(&name, role, module(), bdev_removed) {
+            if let Err(e) = claim::hold(&name, role, claimer(), bdev_removed) {
                 log::error!("{name}: pcache cannot claim its {role}: {e}");
             }
         }
@@ -682,7 +689,7 @@ fn note_image(bdev: &str) {
     }
     log::info!("{bdev} holds a pcache image of base {base}: pcache claims both");
     if bdev_exists(&base) && registry().wants(&base).is_some() {
-        if let Err(e) = claim::hold(&base, "base_bdev", module(), bdev_removed) {
+        if let Err(e) = claim::hold(&base, "base_bdev", claimer(), bdev_removed) {
             if !taken_by_another_module(&base) {
                 log::error!("{base}, the base of the pcache image on {bdev}: {e}");
                 return;
