@@ -110,12 +110,16 @@ impl Cache {
         // (in ascending order, as everywhere), if none holds a key over it.
         let (first, last) = (Index::subtree_of(off), Index::subtree_of(off + len - 1));
         let mut locked: Vec<_> = (first..=last).map(|i| self.index.lock(i)).collect();
+        let mut at = off;
         for t in &locked {
+            // A walk stays inside its subtree.
+            let piece = Index::piece_len(at, off + len - at);
             let mut found = false;
-            t.walk(off, off + len, |_, _, _, _| found = true, |_, _| {});
+            t.walk(at, at + piece, |_, _, _, _| found = true, |_, _| {});
             if found || t.bypassing(off, off + len) {
                 return None;
             }
+            at += piece;
         }
         for t in &mut locked {
             t.bypass.push((off, off + len));

@@ -212,3 +212,24 @@ fn no_bypass_while_gc_runs() {
     let b = cache.begin_bypass(0, 5 * IO, IO).expect("bypass once GC is done");
     cache.end_bypass(b, true);
 }
+
+#[test]
+fn a_bypass_may_cross_a_subtree() {
+    let (base, cache) = setup();
+    const SUBTREE: u64 = 4 << 20;
+    // A stream ending past a subtree boundary, with a key just past it.
+    host_write(&cache, &base, 1, SUBTREE + 8192, 4096);
+    let mut writes = vec![(1, SUBTREE + 8192, 4096)];
+    for i in 0..8 {
+        let off = SUBTREE - 8 * IO + 32768 + i * IO;
+        let b = host_write(&cache, &base, 10 + i, off, IO);
+        writes.push((10 + i, off, IO));
+        if i == 7 {
+            assert!(!b, "the write over the key past the boundary stays in the cache");
+        }
+    }
+    assert!(host_write(&cache, &base, 20, SUBTREE + 32768, IO), "the stream bypasses again past the key");
+    writes.push((20, SUBTREE + 32768, IO));
+    writes.remove(0); // overwritten by write 17
+    check_reads(&cache, &base, &writes);
+}
