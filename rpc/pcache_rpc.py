@@ -58,6 +58,7 @@ def bdev_pcache_create(args):
         'writeback_batch_bytes': args.writeback_batch_bytes,
         'seq_cutoff_bytes': args.seq_cutoff_bytes,
         'uuid': args.uuid,
+        'seg_size': args.seg_size,
         'force_format': True if args.force_format else None,
     }))
 
@@ -148,6 +149,9 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('-S', '--seq-cutoff-bytes', dest='seq_cutoff_bytes', type=int,
                    help="""Writes of 64 KiB or more bypass the cache once a sequential stream has run
                    this many bytes; 0 never bypasses. Default: 1 MiB""")
+    p.add_argument('-z', '--seg-size', dest='seg_size', type=int,
+                   help="""Segment size in bytes for a new format: a power of two from 64 KiB to 1 GiB.
+                   Default: 16 MiB, or smaller when the cache bdev would hold fewer than 8 segments""")
     p.add_argument('-u', '--uuid', dest='uuid',
                    help="""UUID of the pcache bdev. Recorded when the cache is formatted (a random one
                    if not given); when an existing cache is loaded it must be the recorded one""")

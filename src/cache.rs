@@ -70,8 +70,9 @@ pub struct Config {
     /// Start GC when this percentage of segments is in use (0–90). None keeps
     /// what the device has (70 on a new one).
     pub gc_percent: Option<u8>,
-    /// Segment size for a new format.
-    pub seg_size: u64,
+    /// Segment size for a new format; None picks one (see [`auto_seg_size`]).
+    /// On open, if given, it must be the size recorded.
+    pub seg_size: Option<u64>,
     /// How many workers will call the engine (one data head each).
     pub workers: usize,
     /// Format even if the device holds a pcache (dirty data is lost).
@@ -95,7 +96,7 @@ impl Config {
             base,
             data_crc: false,
             gc_percent: None,
-            seg_size: format::DEFAULT_SEG_SIZE,
+            seg_size: None,
             workers: 1,
             force_format: false,
             read_cache: true,
@@ -255,19 +256,19 @@ impl Cache {
     }
 
     fn format(media: Arc<dyn Media>, cfg: &Config) -> Result<Cache> {
-        let seg_count = ((media.len() - SEG_START) / cfg.seg_size).min(MAX_SEGS);
+        let seg_size = cfg.seg_size.unwrap_or_else(|| auto_seg_size(media.len(), cfg.workers));
+        let seg_count = ((media.len() - SEG_START) / seg_size).min(MAX_SEGS);
         if seg_count < MIN_SEGS {
             return Err(Error::InvalidArgument(format!(
-                "cache device of {} bytes holds {seg_count} segments of {} bytes; at least {MIN_SEGS} are needed",
+                "cache device of {} bytes holds {seg_count} segments of {seg_size} bytes; at least {MIN_SEGS} are needed",
                 media.len(),
-                cfg.seg_size
             )));
         }
         let sb = Superblock {
             version: FORMAT_VERSION,
             flags: if cfg.data_crc { SB_FLAG_DATA_CRC } else { 0 },
             nonce: new_nonce(),
-            seg_size: cfg.seg_size as u32,
+            seg_size: seg_size as u32,
             seg_count: seg_count as u32,
             seg_start: SEG_START,
             base_size: cfg.base.size,
@@ -290,7 +291,7 @@ impl Cache {
         Tails::format(&*media, LogPos { seg: 0, off: 0, seq: 1 })?;
         media.write(SB_OFF, &sb.encode())?;
         media.fence();
-        log::info!("formatted cache: {} segments of {} bytes", seg_count, cfg.seg_size);
+        log::info!("formatted cache: {seg_count} segments of {seg_size} bytes");
         let (cache, _) = Self::load(media, sb, cfg)?;
         Ok(cache)
     }
@@ -491,11 +492,12 @@ fn validate_config(cfg: &Config) -> Result<()> {
     if b.id.len() > format::BASE_ID_LEN {
         return Err(Error::InvalidArgument(format!("base id is longer than {} bytes", format::BASE_ID_LEN)));
     }
-    if !(MIN_SEG_SIZE..=MAX_SEG_SIZE).contains(&cfg.seg_size) || cfg.seg_size % META_BLOCK != 0 {
-        return Err(Error::InvalidArgument(format!(
-            "segment size {} must be a multiple of 4096 between {MIN_SEG_SIZE} and {MAX_SEG_SIZE}",
-            cfg.seg_size
-        )));
+    if let Some(s) = cfg.seg_size {
+        if !(MIN_SEG_SIZE..=MAX_SEG_SIZE).contains(&s) || s % META_BLOCK != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "segment size {s} must be a multiple of 4096 between {MIN_SEG_SIZE} and {MAX_SEG_SIZE}"
+            )));
+        }
     }
     if let Some(gc) = cfg.gc_percent {
         if gc > 90 {
@@ -509,6 +511,23 @@ fn validate_config(cfg: &Config) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The segment size a new format gets unless one is asked for: the default
+/// (16 MiB), halved down to the minimum (64 KiB) until the device holds
+/// enough segments for `workers` (at least MIN_SEGS). Small pmem devices
+/// thus format without choosing a size.
+pub fn auto_seg_size(len: u64, workers: usize) -> u64 {
+    let mut s = format::DEFAULT_SEG_SIZE;
+    while s > MIN_SEG_SIZE {
+        let seg_count = (len.saturating_sub(SEG_START) / s).min(MAX_SEGS);
+        let geo = Geometry { seg_start: SEG_START, seg_size: s, seg_count: seg_count as u32 };
+        if seg_count >= MIN_SEGS && check_workers(&geo, workers).is_ok() {
+            break;
+        }
+        s /= 2;
+    }
+    s
 }
 
 fn check_workers(geo: &Geometry, workers: usize) -> Result<()> {
@@ -527,6 +546,11 @@ fn check_workers(geo: &Geometry, workers: usize) -> Result<()> {
 fn check_identity(sb: &Superblock, cfg: &Config) -> Result<()> {
     let b = &cfg.base;
     let mut diffs = Vec::new();
+    if let Some(s) = cfg.seg_size {
+        if s != sb.seg_size as u64 {
+            diffs.push(format!("segment size {s} was asked for, the cache was formatted with {}", sb.seg_size));
+        }
+    }
     if let Some(u) = cfg.uuid {
         let have = sb_uuid(sb);
         if u != have {

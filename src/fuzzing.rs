@@ -18,7 +18,7 @@ const BASE: u64 = 1 << 20;
 
 fn config() -> Config {
     let mut cfg = Config::new(BaseIdentity::named(BASE, 512, "fuzz"));
-    cfg.seg_size = SEG;
+    cfg.seg_size = Some(SEG);
     cfg
 }
 

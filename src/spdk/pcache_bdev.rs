@@ -41,6 +41,8 @@ pub struct CreateOpts {
     pub seq_cutoff_bytes: Option<u64>,
     /// The pcache bdev's UUID (recorded at format; must match after).
     pub uuid: Option<uuid::Uuid>,
+    /// Segment size for a new format (None: the engine picks; must match after).
+    pub seg_size: Option<u64>,
     pub force_format: bool,
 }
 
@@ -459,6 +461,7 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
         opts.data_crc.unwrap_or_else(|| Cache::read_superblock(&*media).map(|sb| sb.data_crc()).unwrap_or(false));
     let mut cfg = Config::new(base_identity(base, &opts.base_bdev));
     cfg.uuid = opts.uuid;
+    cfg.seg_size = opts.seg_size;
     cfg.data_crc = data_crc;
     cfg.gc_percent = opts.gc_percent;
     cfg.force_format = opts.force_format;
@@ -760,6 +763,7 @@ unsafe extern "C" fn config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
                     live.writeback_batch_bytes = Some(n.cache.writeback_batch_bytes());
                     live.seq_cutoff_bytes = Some(n.cache.seq_cutoff());
                     live.uuid = Some(n.cache.uuid());
+                    live.seg_size = Some(n.cache.superblock().seg_size as u64);
                     write_create(&mut w, &live);
                 }
                 _ => write_create(&mut w, &c),
@@ -777,6 +781,9 @@ fn write_create(w: &mut Writer, c: &CreateOpts) {
     w.named_str("cache_mode", "writeback");
     if let Some(u) = c.uuid {
         w.named_str("uuid", &u.to_string());
+    }
+    if let Some(s) = c.seg_size {
+        w.named_u64("seg_size", s);
     }
     if let Some(crc) = c.data_crc {
         w.named_bool("data_crc", crc);

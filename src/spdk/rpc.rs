@@ -36,6 +36,7 @@ const INVALID_PARAMS: i32 = sys::SPDK_JSONRPC_ERROR_INVALID_PARAMS;
 const MAX_BATCH: u64 = 1 << 40;
 /// Largest sequential cutoff (a stream must run this long before it bypasses).
 const MAX_SEQ_CUTOFF: u64 = 1 << 40;
+use crate::format::{MAX_SEG_SIZE, MIN_SEG_SIZE};
 
 /// The request a method's body answers: answering (or taking it to answer
 /// later) consumes this, and if the body returns an error instead, `handle`
@@ -143,6 +144,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
         let writeback_batch_bytes = p.opt_u64("writeback_batch_bytes", 1, MAX_BATCH).map_err(bad)?;
         let seq_cutoff_bytes = p.opt_u64("seq_cutoff_bytes", 0, MAX_SEQ_CUTOFF).map_err(bad)?;
         let uuid = p.opt_str("uuid").map_err(bad)?;
+        let seg_size = p.opt_u64("seg_size", MIN_SEG_SIZE, MAX_SEG_SIZE).map_err(bad)?;
         let force_format = p.opt_bool("force_format").map_err(bad)?.unwrap_or(false);
         p.finish().map_err(bad)?;
         let uuid = match uuid {
@@ -152,6 +154,9 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
             ),
             None => None,
         };
+        if let Some(s) = seg_size.filter(|s| !s.is_power_of_two()) {
+            return Err(bad(format!("bdev_pcache_create: parameter 'seg_size' must be a power of two, not {s}")));
+        }
         if uuid.is_some_and(|u| u.is_nil()) {
             return Err(bad("bdev_pcache_create: parameter 'uuid' must not be the nil UUID".into()));
         }
@@ -167,6 +172,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
             writeback_batch_bytes,
             seq_cutoff_bytes,
             uuid,
+            seg_size,
             force_format,
         };
         match pcache_bdev::create(opts).map_err(|e| (-libc::EINVAL, format!("bdev_pcache_create: {e}")))? {

@@ -38,7 +38,7 @@ fn base_seed() -> u64 {
 
 pub fn config(base_size: u64, workers: usize) -> Config {
     let mut cfg = Config::new(BaseIdentity::named(base_size, 512, "test-base"));
-    cfg.seg_size = SEG;
+    cfg.seg_size = Some(SEG);
     cfg.workers = workers;
     cfg.kset_flush_interval = Duration::from_millis(5);
     cfg

@@ -251,6 +251,25 @@ else
 fi
 ok "bdev_pcache_delete PCV" bdev_pcache_delete PCV
 
+echo "# segment size"
+truncate -s $((64 << 20)) "$WORK/base6.img"
+ok "bdev_pmem_create Pmem6 of 128 MiB" bdev_pmem_create "$SHM.pmem6" -n Pmem6 -s $((128 << 20))
+check "bdev_aio_create Base6" aio "$WORK/base6.img" Base6
+rpc_err "create with seg_size 3 MiB" "seg_size.*power of two" bdev_pcache_create PC6 -c Pmem6 -b Base6 -z $((3 << 20))
+rpc_err "create with seg_size 32 KiB" "seg_size" bdev_pcache_create PC6 -c Pmem6 -b Base6 -z 32768
+rpc_err "create with seg_size 2 GiB" "seg_size" bdev_pcache_create PC6 -c Pmem6 -b Base6 -z $((2 << 30))
+ok "a 128 MiB pmem bdev formats without a segment size" bdev_pcache_create PC6 -c Pmem6 -b Base6
+check "it got 8 MiB segments ($(stat PC6 seg_size))" [ "$(stat PC6 seg_size)" = $((8 << 20)) ]
+saved_seg() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q '"seg_size": 8388608' <<<"$c"; }
+check "save_config writes seg_size" saved_seg
+ok "bdev_pcache_delete PC6" bdev_pcache_delete PC6
+rpc_err "loading it with another seg_size is refused" "segment size 1048576" \
+  bdev_pcache_create PC6 -c Pmem6 -b Base6 -z $((1 << 20))
+ok "-f formats it with seg_size 1 MiB" bdev_pcache_create PC6 -c Pmem6 -b Base6 -z $((1 << 20)) -f
+check "it has 1 MiB segments" [ "$(stat PC6 seg_size)" = $((1 << 20)) ]
+ok "bdev_pcache_delete PC6 (again)" bdev_pcache_delete PC6
+ok "bdev_pmem_delete Pmem6" bdev_pmem_delete Pmem6
+
 echo "# a base is known by its uuid"
 truncate -s $((64 << 20)) "$WORK/base5.img"
 u5=22222222-3333-4444-8555-666666666666

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use pcache::format::{DEFAULT_SEG_SIZE, META_BLOCK, SB_MAGIC};
+use pcache::format::{META_BLOCK, SB_MAGIC};
 use pcache::inspect::{inspect, InspectOptions, Severity};
 use pcache::pmem::{Media, PmemFile};
 use pcache::{BaseIdentity, Cache, Config};
@@ -23,7 +23,8 @@ size, id) is recorded and checked whenever the cache is opened.
   --base-size SIZE       base size in bytes (K, M, G suffixes) if no --base
   --base-block-size N    base block size                      (512)
   --base-id ID           base id, up to 64 bytes (a bdev name, a UUID)  (\"\")
-  --seg-size SIZE        segment size, 64K to 1G               (16M)
+  --seg-size SIZE        segment size, 64K to 1G  (16M, smaller on a device
+                         that would hold fewer than 8 segments of 16M)
   --data-crc             keep a CRC of every key's data and check it on reads
   --gc-percent N         start GC at N% of segments used, 0 to 90  (70)
   --size SIZE            create PMEM with SIZE bytes if it does not exist
@@ -37,7 +38,7 @@ pub fn main(raw: &[String]) -> Result<i32, Fail> {
     let Some(a) = parse_cmd(raw, &takes_value, &["data-crc", "force"], HELP)? else { return Ok(0) };
     let pmem = one_device(&a, "format", HELP)?;
     let usage = |e: String| Fail::usage(e, HELP);
-    let seg_size = a.num("seg-size").map_err(usage)?.unwrap_or(DEFAULT_SEG_SIZE);
+    let seg_size = a.num("seg-size").map_err(usage)?;
     let gc = a.num("gc-percent").map_err(usage)?;
     if gc.is_some_and(|g| g > 90) {
         return Err(Fail::usage("--gc-percent must be between 0 and 90".to_string(), HELP));
