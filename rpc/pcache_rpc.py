@@ -64,7 +64,10 @@ def bdev_pcache_create(args):
 
 
 def bdev_pcache_delete(args):
-    _call(args, 'bdev_pcache_delete', {'name': args.name})
+    if args.flush:
+        _long_call(args, 'bdev_pcache_delete', {'name': args.name, 'flush': True})
+    else:
+        _call(args, 'bdev_pcache_delete', {'name': args.name})
 
 
 def bdev_pcache_set_options(args):
@@ -76,7 +79,8 @@ def bdev_pcache_set_options(args):
     })
 
 
-def bdev_pcache_flush(args):
+def _long_call(args, method, params):
+    """A call that may take as long as writing the whole cache back."""
     client = args.client
     # The client's timeout is per connection (rpc.py -t); raise it for this
     # call only. An explicit --wait-timeout wins, then rpc.py -t, then the
@@ -89,10 +93,14 @@ def bdev_pcache_flush(args):
     if isinstance(old, (int, float)):
         client.timeout = wait
     try:
-        _call(args, 'bdev_pcache_flush', {'name': args.name})
+        return _call(args, method, params)
     finally:
         if isinstance(old, (int, float)):
             client.timeout = old
+
+
+def bdev_pcache_flush(args):
+    _long_call(args, 'bdev_pcache_flush', {'name': args.name})
 
 
 def bdev_pcache_get_stats(args):
@@ -163,6 +171,11 @@ def spdk_rpc_plugin_initialize(subparsers):
                               help="""Delete a pcache bdev. Dirty data stays on the pmem bdev and is
                               used when the pcache is created again""")
     p.add_argument('name', help='pcache bdev name')
+    p.add_argument('--flush', action='store_true',
+                   help="""Write every dirty byte back to the base bdev first, then delete; if writing
+                   back fails, the pcache is not deleted""")
+    p.add_argument('-w', '--wait-timeout', dest='wait_timeout', type=float,
+                   help='With --flush: seconds to wait for it (default: rpc.py -t if given, else 3600)')
     p.set_defaults(func=bdev_pcache_delete)
 
     p = subparsers.add_parser('bdev_pcache_set_options', help='Change options of a running pcache bdev')

@@ -99,6 +99,11 @@ impl PcacheNode {
     pub fn drain_rates(&self) -> crate::DrainRates {
         self.bg.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.drain.rates()).unwrap_or_default()
     }
+
+    /// Flushes (flush RPCs, deletes with flush) waiting for writeback.
+    pub fn flushes_waiting(&self) -> usize {
+        self.bg.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |b| b.flushes_waiting())
+    }
 }
 
 pub struct BgGuard<'a>(MutexGuard<'a, Option<Background>>);
@@ -549,8 +554,10 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
 unsafe fn stop_background(n: &PcacheNode, why: &str) {
     let mut guard = n.bg.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(mut bg) = guard.take() {
-        bg.stop(why);
+        let ended = bg.stop(why);
         sys::spdk_put_io_channel(bg.base.channel());
+        drop(guard);
+        ended.tell();
     }
 }
 
@@ -602,10 +609,8 @@ pub unsafe extern "C" fn destruct(ctx: *mut c_void) -> c_int {
         let node = ctx as *mut PcacheNode;
         (*node).removing.store(true, Ordering::Release);
         registry().nodes.retain(|n| n.0 != node);
-        {
-            let mut bg = (*node).bg();
-            bg.stop(&format!("{} was deleted before its flush finished", (*node).name()));
-        }
+        let ended = (*node).bg().stop(&format!("{} was deleted before its flush finished", (*node).name()));
+        ended.tell();
         let p = sys::spdk_poller_register(Some(drain_poll), ctx, 1000);
         DRAIN.lock().unwrap_or_else(|e| e.into_inner()).push((Ptr(node), Ptr(p)));
         1 // Asynchronous: spdk_bdev_destruct_done follows.
@@ -831,6 +836,7 @@ pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     }
     w.named_u64("dirty_bytes", s.dirty_bytes);
     w.named_bool("clean", n.cache.is_clean());
+    w.named_u64("flushes_waiting", n.flushes_waiting() as u64);
     // Rates over the last second or so, and the time left at that rate.
     let r = n.drain_rates();
     w.named_u64("base_writes_per_sec", r.base_writes_per_sec.round() as u64);

@@ -17,13 +17,38 @@ const KSET_PERIOD_US: u64 = 1000;
 const WRITEBACK_PERIOD_US: u64 = 100;
 const GC_PERIOD_US: u64 = 1000;
 
+/// What to do when a flush is done, or failed (with why).
+pub type FlushDone = Box<dyn FnOnce(Result<(), String>)>;
+
+/// Flushes that ended, with how, to be told once the background state is
+/// let go (telling one may delete the pcache).
+#[must_use = "run them with tell()"]
+pub struct Ended(Vec<(FlushDone, Result<(), String>)>);
+
+impl Ended {
+    pub fn tell(self) {
+        for (done, r) in self.0 {
+            done(r);
+        }
+    }
+}
+
+/// A flush waiter answering a JSON-RPC request.
+pub fn answer(req: Request) -> FlushDone {
+    Box::new(move |r| match r {
+        Ok(()) => req.respond_bool(true),
+        Err(e) => req.respond_error(sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, &e),
+    })
+}
+
 /// The pollers of one pcache and what they share.
 pub struct Background {
     pub base: SpdkBase,
     pollers: Vec<*mut sys::spdk_poller>,
-    /// bdev_pcache_flush requests, each answered once dirty_tail reaches the
-    /// key-log sequence that was the head when it arrived.
-    flush_waiters: Vec<(Request, u64)>,
+    /// Flushes waiting (bdev_pcache_flush, a delete with flush), each told
+    /// once dirty_tail reaches the key-log sequence that was the head when it
+    /// arrived.
+    flush_waiters: Vec<(FlushDone, u64)>,
     /// Writeback errors counted when the oldest waiting flush arrived.
     flush_errors_at: u64,
     /// Front-end operations seen at the last writeback tick.
@@ -63,35 +88,38 @@ impl Background {
         }
     }
 
-    /// Unregisters the pollers; answers waiting flushes with `why`.
-    pub fn stop(&mut self, why: &str) {
+    /// Unregisters the pollers; fails waiting flushes with `why`.
+    pub fn stop(&mut self, why: &str) -> Ended {
         for mut p in self.pollers.drain(..) {
             // SAFETY: pollers registered by start() on this thread.
             unsafe { sys::spdk_poller_unregister(&mut p) };
         }
-        for (r, _) in self.flush_waiters.drain(..) {
-            r.respond_error(sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, why);
-        }
+        Ended(self.flush_waiters.drain(..).map(|(d, _)| (d, Err(why.to_string()))).collect())
     }
 
-    /// Queues a flush request of pcache `name`: answered once every write
+    /// How many flushes are waiting for writeback.
+    pub fn flushes_waiting(&self) -> usize {
+        self.flush_waiters.len()
+    }
+
+    /// Queues a flush of pcache `name`: `done` is told once every write
     /// completed before it is written back (writes that arrive later do not
     /// hold it up), or at once if its writes cannot be journalled.
-    pub fn add_flush_waiter(&mut self, req: Request, cache: &crate::Cache, name: &str) {
+    pub fn add_flush_waiter(&mut self, done: FlushDone, cache: &crate::Cache, name: &str) -> Ended {
         if let Err(e) = cache.flush() {
-            req.respond_error(-libc::EIO, &format!("{name}: flush failed: {e}"));
-            return;
+            return Ended(vec![(done, Err(format!("{name}: flush failed: {e}")))]);
         }
         let s = cache.stats();
         if self.flush_waiters.is_empty() {
             self.flush_errors_at = s.writeback_errors;
         }
-        self.flush_waiters.push((req, s.key_head.2));
+        self.flush_waiters.push((done, s.key_head.2));
+        Ended(Vec::new())
     }
 
     /// Answers flush requests whose writes are all on the base, or fails them
     /// all if writeback is failing.
-    fn answer_flushes(&mut self, node: &PcacheNode, step_error: Option<crate::Error>) {
+    fn answer_flushes(&mut self, node: &PcacheNode, step_error: Option<crate::Error>) -> Ended {
         let s = node.cache.stats();
         let failed = step_error.or_else(|| {
             (s.writeback_errors > self.flush_errors_at)
@@ -99,10 +127,7 @@ impl Background {
         });
         if let Some(e) = failed {
             let msg = format!("{}: flush failed: {e}", node.name());
-            for (r, _) in self.flush_waiters.drain(..) {
-                r.respond_error(sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, &msg);
-            }
-            return;
+            return Ended(self.flush_waiters.drain(..).map(|(d, _)| (d, Err(msg.clone()))).collect());
         }
         let (done, mut waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.flush_waiters).into_iter().partition(|(_, target)| s.dirty_tail.2 >= *target);
@@ -111,12 +136,10 @@ impl Background {
         if !done.is_empty() && node.cache.flush_bypassed(&self.base) {
             waiting.extend(done);
             self.flush_waiters = waiting;
-            return;
+            return Ended(Vec::new());
         }
         self.flush_waiters = waiting;
-        for (r, _) in done {
-            r.respond_bool(true);
-        }
+        Ended(done.into_iter().map(|(d, _)| (d, Ok(()))).collect())
     }
 
     /// Logs a background error at most once a second (a failing base device
@@ -185,7 +208,9 @@ unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
             }
         };
         if !bg.flush_waiters.is_empty() {
-            bg.answer_flushes(node, step.err());
+            let ended = bg.answer_flushes(node, step.err());
+            drop(bg);
+            ended.tell();
         }
         rc(busy)
     })

@@ -192,12 +192,39 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
 unsafe extern "C" fn pcache_delete(req: *mut sys::spdk_jsonrpc_request, raw: *const sys::spdk_json_val) {
     handle("bdev_pcache_delete", req, raw, |mut p, req| {
         let name = p.req_str("name").map_err(bad)?;
+        let flush = p.opt_bool("flush").map_err(bad)?.unwrap_or(false);
         p.finish().map_err(bad)?;
         if !pcache_bdev::list().iter().any(|(c, _)| c.name == name) {
             return Err(no_such("pcache", &name));
         }
+        if flush && pcache_bdev::with_node(&name, |_| ()).is_none() {
+            return Err((
+                -libc::ENODEV,
+                format!(
+                    "{name} is not online: nothing can be written back (delete it without flush; \
+                     its dirty data stays on the pmem bdev)"
+                ),
+            ));
+        }
         let req = req.take();
-        pcache_bdev::delete(&name.clone(), Box::new(move |rc| answer_rc(req, rc, &name)));
+        if !flush {
+            pcache_bdev::delete(&name.clone(), Box::new(move |rc| answer_rc(req, rc, &name)));
+            return Ok(());
+        }
+        // Write everything back first; delete only once that succeeded.
+        let nm = name.clone();
+        let then_delete: super::pollers::FlushDone = Box::new(move |r| match r {
+            Ok(()) => pcache_bdev::delete(&nm.clone(), Box::new(move |rc| answer_rc(req, rc, &nm))),
+            Err(e) => {
+                if let Some(req) = req {
+                    req.respond_error(sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, &format!("{e}; {nm} was not deleted"));
+                }
+            }
+        });
+        // Online: checked above, on this thread, and nothing ran since.
+        if let Some(ended) = pcache_bdev::with_node(&name, |n| n.bg().add_flush_waiter(then_delete, &n.cache, &name)) {
+            ended.tell();
+        }
         Ok(())
     })
 }
@@ -235,7 +262,8 @@ unsafe extern "C" fn pcache_flush(req: *mut sys::spdk_jsonrpc_request, raw: *con
         // Answered by the writeback poller once every dirty byte is on the base.
         pcache_bdev::with_node(&name, |n| {
             if let Some(req) = req.take() {
-                n.bg().add_flush_waiter(req, &n.cache, &name);
+                let ended = n.bg().add_flush_waiter(super::pollers::answer(req), &n.cache, &name);
+                ended.tell();
             }
         })
         .ok_or_else(|| no_such("pcache", &name))

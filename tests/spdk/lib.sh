@@ -79,6 +79,16 @@ stop_app() {
 # jsonrpc SOCK METHOD [PARAMS-JSON]: one raw JSON-RPC call; prints the result
 # as JSON, or "ERROR <code>: <message>" and fails.
 jsonrpc() { python3 "$ROOT/tests/spdk/jsonrpc.py" "$@"; }
+# jr: the same, given up after 10 s.
+jr() { timeout 10 python3 "$ROOT/tests/spdk/jsonrpc.py" "$@"; }
+# until_ok SECONDS CMD...: runs CMD until it succeeds, for at most SECONDS.
+until_ok() {
+  local end=$((SECONDS + $1)); shift
+  while [ $SECONDS -le $end ]; do "$@" && return 0; sleep 0.1; done
+  return 1
+}
+# no_crash LOG: the app's log shows no panic, internal error or crash.
+no_crash() { ! grep -Eq 'panicked|internal error|Segmentation|Aborted|assert' "$1"; }
 
 # rpc SOCK ARGS...: rpc.py with the pcache plugin.
 rpc() { local sock=$1; shift; "${RPC_PY[@]}" -s "$sock" -t 600 --plugin pcache_rpc "$@"; }

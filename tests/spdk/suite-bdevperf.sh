@@ -115,10 +115,52 @@ if start_app bp "$sock" "$log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x3 
   check "tiny cache: writeback ran ($(get writeback_bytes) bytes)" [ "$(get writeback_bytes)" -gt 0 ]
   check "tiny cache: more was written ($(get write_bytes) bytes) than the cache holds" \
     [ "$(get write_bytes)" -gt $((10 << 24)) ]
+  check "tiny cache: no flush is waiting (flushes_waiting 0)" [ "$(get flushes_waiting)" = 0 ]
   stop_app bp "$sock"
   check "tiny cache: bdevperf exits cleanly" [ $? -eq 0 ]
 else
   fail "tiny cache: bdevperf did not start"
+fi
+
+# Detach in one step: bdev_pcache_delete --flush writes everything back, then
+# releases the bdevs. The base is a delay bdev with 1 s writes, so writeback
+# is slow enough to watch: the flush shows in get_stats while it runs.
+rm -f "$SHM.pmem"
+cat >"$WORK/slow.json" <<JSON
+{"subsystems":[{"subsystem":"bdev","config":[
+ {"method":"bdev_pmem_create","params":{"name":"Pmem0","path":"$SHM.pmem","size":$((64 << 20))}},
+ {"method":"bdev_malloc_create","params":{"name":"Mal0","num_blocks":$((256 << 20 >> 12)),"block_size":4096}},
+ {"method":"bdev_delay_create","params":{"name":"Slow0","base_bdev_name":"Mal0","avg_read_latency":0,
+   "p99_read_latency":0,"avg_write_latency":1000000,"p99_write_latency":1000000}},
+ {"method":"bdev_pcache_create","params":{"name":"PC0","cache_bdev":"Pmem0","base_bdev":"Slow0","seg_size":1048576}}
+]}]}
+JSON
+sock=$WORK/slow.sock
+if start_app slow "$sock" "$WORK/slow.log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x1 -z --json "$WORK/slow.json" \
+    -q 32 -o 4096 -w randwrite -t 2; then
+  quiet() { "$@" >/dev/null 2>&1; }
+  check "slow base: perform_tests completes" quiet jsonrpc "$sock" perform_tests
+  sget() { jsonrpc "$sock" bdev_pcache_get_stats '{"name":"PC0"}' 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['$1'])"; }
+  dirty=$(sget dirty_bytes)
+  check "slow base: dirty data is left ($dirty bytes)" [ "${dirty:-0}" -gt $((4 << 20)) ]
+  rpc "$sock" bdev_pcache_delete PC0 --flush >"$WORK/delete.out" 2>&1 &
+  del=$!
+  waiting() { [ "$(sget flushes_waiting)" = 1 ]; }
+  check "get_stats shows the flush of the delete while it runs" until_ok 10 waiting
+  eta=$(sget drain_eta_secs)
+  check "and the time left to drain ($eta s)" [ "$eta" != None ]
+
+  wait $del; del_rc=$?
+  check "bdev_pcache_delete --flush succeeds (exit $del_rc: $(tr -s "\n" " " <"$WORK/delete.out"))" [ $del_rc -eq 0 ]
+  gone() { ! jsonrpc "$sock" bdev_get_bdevs '{"name":"PC0"}' >/dev/null 2>&1; }
+  check "PC0 is gone after it" gone
+  stop_app slow "$sock"
+  ( cd "$ROOT" && cargo build --release -q --bin pcache )
+  dirty_left() { "$ROOT/target/release/pcache" inspect --json "$SHM.pmem" | python3 -c "import json,sys; print(json.load(sys.stdin)['dirty_bytes'])"; }
+  left=$(dirty_left)
+  check "the pmem image it left is clean (pcache inspect: $left dirty bytes)" [ "$left" = 0 ]
+else
+  fail "slow base: bdevperf did not start"
 fi
 
 finish

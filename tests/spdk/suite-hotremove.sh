@@ -7,19 +7,12 @@ source "$(dirname "$0")/lib.sh"
 
 quiet() { "$@" >/dev/null; }
 # jr SOCK METHOD [PARAMS]: jsonrpc bounded to 10 s.
-jr() { timeout 10 python3 "$ROOT/tests/spdk/jsonrpc.py" "$@"; }
 stat() { q bdev_pcache_get_stats "{\"name\":\"$1\"}" "r[0]['$2']"; }
 # absent NAME: bdev_get_bdevs -b NAME is answered with an error.
 absent() { [[ $(jr "$sock" bdev_get_bdevs "{\"name\":\"$1\"}" 2>/dev/null) == ERROR* ]]; }
 alive() { jr "$sock" rpc_get_methods >/dev/null 2>&1; }
 # until_ok SECONDS CMD...: polls CMD until it succeeds.
-until_ok() {
-  local end=$((SECONDS + $1)); shift
-  while [ $SECONDS -le $end ]; do "$@" && return 0; sleep 0.1; done
-  return 1
-}
 state_is() { [ "$(stat "$1" state)" = "$2" ]; }
-no_crash() { ! grep -Eq 'panicked|internal error|Segmentation|Aborted|assert' "$1"; }
 
 # 1. spdk_tgt, no I/O: malloc base, pmem, PC0.
 sock=$WORK/tgt.sock

@@ -25,7 +25,6 @@ absent() { [[ $(jr "$sock" bdev_get_bdevs "{\"name\":\"$1\"}" 2>/dev/null) == ER
 # no_pcache NAME: bdev_pcache_get_stats for NAME fails.
 no_pcache() { [[ $(jr "$sock" bdev_pcache_get_stats "{\"name\":\"$1\"}" 2>/dev/null) == ERROR* ]]; }
 # jr SOCK METHOD [PARAMS]: jsonrpc bounded to 10 s (a hung target fails checks, not stalls them).
-jr() { timeout 10 python3 "$ROOT/tests/spdk/jsonrpc.py" "$@"; }
 
 # ok DESC ARGS...: the plugin call succeeds.
 ok() {
@@ -164,6 +163,9 @@ check "PCW comes online once both exist" wait_state PCW online
 check "bdev_get_bdevs -b PCW answers" [ "$(bdev PCW "b['name']")" = PCW ]
 ok "bdev_pcache_create PCX over bdevs that do not exist" bdev_pcache_create PCX -c NoPmem -b NoBase
 check "PCX is waiting" [ "$(stat PCX state)" = "waiting for its bdevs" ]
+rpc_err "delete --flush of the waiting PCX is refused (nothing can be written back)" "not online" \
+  bdev_pcache_delete PCX --flush
+check "PCX is still configured after the refused delete" [ "$(stat PCX state)" = "waiting for its bdevs" ]
 ok "bdev_pcache_delete of the waiting PCX" bdev_pcache_delete PCX
 rpc_err "get_stats -b PCX fails after the delete (-19)" '"code": -19' bdev_pcache_get_stats -b PCX
 ok "bdev_pcache_delete PCW (online)" bdev_pcache_delete PCW

@@ -11,13 +11,6 @@ BP=$SPDK_DIR/bin/bdevperf
 TGT=$SPDK_DIR/bin/spdk_tgt
 MiB=$((1 << 20))
 
-no_crash() { ! grep -Eq 'panicked|internal error|Segmentation|Aborted' "$1"; }
-jr() { timeout 10 python3 "$ROOT/tests/spdk/jsonrpc.py" "$@"; }
-until_ok() { # SECONDS CMD...
-  local end=$((SECONDS + $1)); shift
-  while [ $SECONDS -le $end ]; do "$@" && return 0; sleep 0.1; done
-  return 1
-}
 
 # owners: one line per bdev that is claimed or sits on another:
 # "NAME claim_type" for Base0/Pmem0/PC0, "lvol NAME on BASE" for each lvol,
