@@ -695,6 +695,8 @@ fn flush_prints_progress_lines_when_stderr_is_not_a_terminal() {
     let o = expect(&["flush", &pmem, &base], 0);
     assert!(o.stderr.starts_with("flush: writing back "), "{}", show(&o));
     assert!(o.stderr.contains("flush: 100% ("), "{}", show(&o));
+    let last = o.stderr.lines().find(|l| l.starts_with("flush: 100% (")).unwrap_or_default();
+    assert!(last.contains("/s"), "the last line shows the drain rate\n{}", show(&o));
     assert!(!o.stderr.contains('\r'), "no bar without a terminal\n{}", show(&o));
     assert_base_is_model(&read(&base), &im.model, "after flush");
 }

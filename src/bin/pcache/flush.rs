@@ -183,6 +183,7 @@ struct Progress {
     mode: Mode,
     last_draw: Option<Instant>,
     last_tenth: u64,
+    started: Instant,
 }
 
 impl Progress {
@@ -194,10 +195,11 @@ impl Progress {
         } else {
             Mode::Lines
         };
-        Progress { total, ksets, mode, last_draw: None, last_tenth: 0 }
+        Progress { total, ksets, mode, last_draw: None, last_tenth: 0, started: Instant::now() }
     }
 
     fn start(&mut self, base: &Path) {
+        self.started = Instant::now();
         if !matches!(self.mode, Mode::Quiet) {
             eprintln!(
                 "flush: writing back {} bytes ({}) in {} kset(s) to {}",
@@ -218,6 +220,22 @@ impl Progress {
             .unwrap_or(100)
     }
 
+    /// The drain rate so far and, while bytes are left, the time left at it:
+    /// ", 120 MiB/s, about 4 s left".
+    fn rate(&self, done: u64) -> String {
+        let secs = self.started.elapsed().as_secs_f64();
+        if secs <= 0.0 || done == 0 {
+            return String::new();
+        }
+        let rate = done as f64 / secs;
+        let left = self.total.saturating_sub(done);
+        let mut s = format!(", {}/s", human(rate as u64));
+        if left > 0 {
+            s += &format!(", about {:.0} s left", (left as f64 / rate).ceil());
+        }
+        s
+    }
+
     fn update(&mut self, done: u64, ksets_done: u64) {
         let pct = self.percent(done, ksets_done);
         match self.mode {
@@ -226,7 +244,13 @@ impl Progress {
                 let tenth = pct / 10;
                 if tenth > self.last_tenth && pct < 100 {
                     self.last_tenth = tenth;
-                    eprintln!("flush: {:>3}% ({} of {})", tenth * 10, human(done), human(self.total));
+                    eprintln!(
+                        "flush: {:>3}% ({} of {}{})",
+                        tenth * 10,
+                        human(done),
+                        human(self.total),
+                        self.rate(done)
+                    );
                 }
             }
             Mode::Bar => {
@@ -239,11 +263,12 @@ impl Progress {
                 let mut err = std::io::stderr().lock();
                 let _ = write!(
                     err,
-                    "\rflush [{}{}] {pct:>3}%  {} of {}   ",
+                    "\rflush [{}{}] {pct:>3}%  {} of {}{}   ",
                     "#".repeat(fill),
                     "-".repeat(width - fill),
                     human(done),
-                    human(self.total)
+                    human(self.total),
+                    self.rate(done)
                 );
                 let _ = err.flush();
             }
@@ -253,7 +278,9 @@ impl Progress {
     fn finish(&mut self) {
         match self.mode {
             Mode::Quiet => {}
-            Mode::Lines => eprintln!("flush: 100% ({} of {})", human(self.total), human(self.total)),
+            Mode::Lines => {
+                eprintln!("flush: 100% ({} of {}{})", human(self.total), human(self.total), self.rate(self.total))
+            }
             Mode::Bar => {
                 self.last_draw = None;
                 self.update(self.total, self.ksets);
