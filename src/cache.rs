@@ -435,6 +435,11 @@ impl Cache {
         self.index.extents()
     }
 
+    /// DRAM the index holds (it grows with what is cached, not the base's size).
+    pub fn index_dram_bytes(&self) -> u64 {
+        self.index.dram_bytes()
+    }
+
     /// True when nothing is dirty: every journalled key has been written back
     /// and no open kset holds a dirty key.
     pub fn is_clean(&self) -> bool {

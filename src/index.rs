@@ -326,6 +326,16 @@ impl Subtree {
         }
     }
 
+    /// Heap bytes this subtree holds (buckets, their spilled extents, ids).
+    fn heap_bytes(&self) -> usize {
+        let spilled: usize =
+            self.buckets.iter().filter(|b| b.spilled()).map(|b| b.capacity() * std::mem::size_of::<Entry>()).sum();
+        self.buckets.capacity() * std::mem::size_of::<Bucket>()
+            + spilled
+            + self.ids.capacity()
+            + self.bypass.capacity() * std::mem::size_of::<(u64, u64)>()
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -374,15 +384,26 @@ fn fix_crc(e: &mut Extent, recrc: Recrc) {
     }
 }
 
+/// Subtrees are allocated in chunks of this many (256 MiB of base), the
+/// first time one of them is locked: the index's DRAM follows what is used,
+/// not the base's size (16 bytes per 256 MiB before that: 64 KiB per TiB).
+const CHUNK: usize = 64;
+type Chunk = [SpinLock<Subtree>; CHUNK];
+
 /// All subtrees covering a base device.
 pub struct Index {
-    subtrees: Vec<SpinLock<Subtree>>,
+    chunks: Vec<std::sync::OnceLock<Box<Chunk>>>,
+    count: usize,
 }
 
 impl Index {
     pub fn new(base_size: u64) -> Self {
-        let n = base_size.div_ceil(SUBTREE_SIZE).max(1) as usize;
-        Index { subtrees: (0..n).map(|_| SpinLock::new(Subtree::default())).collect() }
+        let count = base_size.div_ceil(SUBTREE_SIZE).max(1) as usize;
+        Index { chunks: (0..count.div_ceil(CHUNK)).map(|_| std::sync::OnceLock::new()).collect(), count }
+    }
+
+    fn chunk(&self, i: usize) -> &Chunk {
+        self.chunks[i / CHUNK].get_or_init(|| Box::new(std::array::from_fn(|_| SpinLock::new(Subtree::default()))))
     }
 
     pub fn subtree_of(off: u64) -> usize {
@@ -399,16 +420,38 @@ impl Index {
     /// copy their hits, and a lock shared by readers needs an atomic release
     /// (see spinlock.rs).
     pub fn lock(&self, i: usize) -> SpinGuard<'_, Subtree> {
-        self.subtrees[i].lock()
+        assert!(i < self.count, "subtree {i} is past the base ({} subtrees)", self.count);
+        self.chunk(i)[i % CHUNK].lock()
     }
 
     pub fn count(&self) -> usize {
-        self.subtrees.len()
+        self.count
+    }
+
+    /// The subtrees allocated so far, each locked in turn.
+    fn each_allocated(&self, mut f: impl FnMut(&Subtree)) {
+        for c in self.chunks.iter().filter_map(|c| c.get()) {
+            for t in c.iter() {
+                f(&t.lock());
+            }
+        }
     }
 
     /// Number of extents over all subtrees (takes every lock in turn).
     pub fn extents(&self) -> usize {
-        (0..self.count()).map(|i| self.lock(i).len()).sum()
+        let mut n = 0;
+        self.each_allocated(|t| n += t.len());
+        n
+    }
+
+    /// DRAM the index holds: chunk table, allocated subtrees, their extents.
+    pub fn dram_bytes(&self) -> u64 {
+        let mut heap = 0usize;
+        self.each_allocated(|t| heap += t.heap_bytes());
+        let chunks = self.chunks.iter().filter(|c| c.get().is_some()).count();
+        (self.chunks.len() * std::mem::size_of::<std::sync::OnceLock<Box<Chunk>>>()
+            + chunks * std::mem::size_of::<Chunk>()
+            + heap) as u64
     }
 }
 

@@ -118,3 +118,23 @@ fn sustained_writes_through_a_tiny_cache() {
         );
     }
 }
+
+/// The index's DRAM follows what is cached, not the base's size: a 64 TiB
+/// base costs well under 4 MiB per TiB before anything is written.
+#[test]
+fn a_huge_base_costs_the_index_little() {
+    use std::sync::Arc;
+    let base_size: u64 = 64 << 40;
+    let media = Arc::new(pcache::pmem::MemMedia::new(common::media_len(16)));
+    let cfg = common::config(base_size, 1);
+    let cache = common::open(media as Arc<dyn pcache::pmem::Media>, &cfg);
+    let empty = cache.index_dram_bytes();
+    assert!(empty <= 64 * (4 << 20), "{empty} bytes for an empty index over 64 TiB");
+    // Writes at both ends and the middle allocate only where they land.
+    for off in [0, base_size / 2, base_size - 4096] {
+        assert_eq!(cache.write_buf(0, off, &[7u8; 4096]).unwrap(), pcache::WriteOutcome::Done);
+    }
+    let used = cache.index_dram_bytes();
+    assert!(used > empty, "writing allocated subtrees");
+    assert!(used - empty < 3 * 64 * 1024, "three writes cost {} bytes", used - empty);
+}

@@ -837,6 +837,7 @@ pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     w.named_u64("dirty_bytes", s.dirty_bytes);
     w.named_bool("clean", n.cache.is_clean());
     w.named_u64("flushes_waiting", n.flushes_waiting() as u64);
+    w.named_u64("index_dram_bytes", n.cache.index_dram_bytes());
     // Rates over the last second or so, and the time left at that rate.
     let r = n.drain_rates();
     w.named_u64("base_writes_per_sec", r.base_writes_per_sec.round() as u64);

@@ -272,6 +272,19 @@ check "it has 1 MiB segments" [ "$(stat PC6 seg_size)" = $((1 << 20)) ]
 ok "bdev_pcache_delete PC6 (again)" bdev_pcache_delete PC6
 ok "bdev_pmem_delete Pmem6" bdev_pmem_delete Pmem6
 
+echo "# a 64 TiB base"
+null_create() { "${RPC_PY[@]}" -s "$sock" bdev_null_create Null0 $((64 << 20)) 4096 >/dev/null; }
+check "bdev_null_create Null0 of 64 TiB" null_create
+ok "bdev_pmem_create Pmem7" bdev_pmem_create "$SHM.pmem7" -n Pmem7 -s $PMEM_SIZE
+ok "bdev_pcache_create PC7 over the 64 TiB base" bdev_pcache_create PC7 -c Pmem7 -b Null0
+idx=$(stat PC7 index_dram_bytes)
+check "its index holds $idx bytes of DRAM: under 4 MiB per TiB" [ "${idx:-999999999999}" -lt $((64 * (4 << 20))) ]
+check "PC7 has the base's size" [ "$(bdev PC7 "b['num_blocks']")" = $((64 << 40 >> 12)) ]
+ok "bdev_pcache_delete PC7" bdev_pcache_delete PC7
+null_del() { "${RPC_PY[@]}" -s "$sock" bdev_null_delete Null0 >/dev/null; }
+check "bdev_null_delete Null0" null_del
+ok "bdev_pmem_delete Pmem7" bdev_pmem_delete Pmem7
+
 echo "# a base is known by its uuid"
 truncate -s $((64 << 20)) "$WORK/base5.img"
 u5=22222222-3333-4444-8555-666666666666
