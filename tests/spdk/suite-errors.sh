@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# A failing base device: bdev_error between pcache and its AIO base injects
+# write, flush and read failures while bdevperf runs through pcache.
+# Front-end writes must not fail (writeback retries; data stays dirty in
+# the cache), verify must find every acknowledged write, the errors must be
+# counted, and once the base is healthy a flush must put everything on it.
+source "$(dirname "$0")/lib.sh"
+
+truncate -s $((512 << 20)) "$WORK/base.img"
+cat >"$WORK/errors.json" <<JSON
+{"subsystems":[{"subsystem":"bdev","config":[
+ {"method":"bdev_pmem_create","params":{"name":"Pmem0","path":"$SHM.pmem","size":$((1 << 30))}},
+ {"method":"bdev_aio_create","params":{"name":"Base0","filename":"$WORK/base.img","block_size":4096}},
+ {"method":"bdev_error_create","params":{"base_name":"Base0"}},
+ {"method":"bdev_pcache_create","params":{"name":"PC0","cache_bdev":"Pmem0","base_bdev":"EE_Base0",
+   "seg_size":1048576,"gc_percent":50,"seq_cutoff_bytes":0}}
+]}]}
+JSON
+
+# bdevperf_ok LOG: a Total line with I/O and no failures.
+bdevperf_ok() {
+  tr '\r' '\n' <"$1" | awk '/^ *Total *:/ { found=1; if ($3 + 0 <= 0 || $5 + 0 != 0) bad=1 }
+       END { exit !(found && !bad) }'
+}
+sock=$WORK/bp.sock
+log=$WORK/bp.log
+start_app bp "$sock" "$log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x1 -z --json "$WORK/errors.json" \
+  -q 32 -o 4096 -w verify -t 8 || { fail "bdevperf did not start"; finish; exit; }
+quiet() { "$@" >/dev/null 2>&1; }
+sget() { jr "$sock" bdev_pcache_get_stats '{"name":"PC0"}' 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['$1'])"; }
+inject() { "${RPC_PY[@]}" -s "$sock" bdev_error_inject_error EE_Base0 "$@" >/dev/null; }
+
+# Writes and flushes of writeback fail, a few hundred times over the run.
+check "inject 300 write failures into the base" inject write failure -n 300
+check "inject 20 flush failures into the base" inject flush failure -n 20
+out=$(jsonrpc "$sock" perform_tests 2>&1); rc=$?
+check "verify through PC0 completes while the base fails writes and flushes (rc $rc)" [ $rc -eq 0 ]
+check "no front-end I/O failed and no data mismatched" bdevperf_ok "$log"
+errs=$(sget writeback_errors)
+check "writeback errors are counted ($errs)" [ "${errs:-0}" -gt 0 ]
+check "PC0 is still online" [ "$(sget state)" = online ]
+# A flush fails while injected failures remain (it says so); retried, it
+# succeeds once they are used up.
+flush_ok() { jr "$sock" bdev_pcache_flush '{"name":"PC0"}' >/dev/null 2>&1; }
+check "bdev_pcache_flush puts everything on the base once it is healthy" until_ok 120 flush_ok
+check "PC0 is clean" [ "$(sget clean)" = True ]
+
+# A flush while the base fails every flush: the RPC fails and says why;
+# nothing is lost (it still succeeds once the base recovers).
+check "inject flush failures for a while" inject flush failure -n 1000000
+# Room for 1 s of writes without writeback (a cache whose base cannot flush
+# fills with dirty data, and then writes wait, as they must).
+check "set_options -g 90" rpc "$sock" bdev_pcache_set_options PC0 -g 90
+# Some new dirty data to write back (1 s of writes fits the cache).
+out=$(timeout 30 python3 "$ROOT/tests/spdk/jsonrpc.py" "$sock" perform_tests '{"time_in_sec":1}' 2>&1); rc=$?
+check "another verify run (1 s) completes (rc $rc: $(tr -s "\n" " " <<<"$out" | cut -c1-120))" [ $rc -eq 0 ]
+check "its front-end I/O did not fail" bdevperf_ok "$log"
+ferr=$(jr "$sock" bdev_pcache_flush '{"name":"PC0"}' 2>&1); frc=$?
+check "bdev_pcache_flush fails while the base cannot flush" [ $frc -ne 0 ]
+check "and says why: $(tr -s '\n' ' ' <<<"$ferr" | cut -c1-160)" grep -qi "flush failed" <<<"$ferr"
+check "clear the injected errors" inject clear failure
+check "bdev_pcache_flush succeeds after the base recovered" jr "$sock" bdev_pcache_flush '{"name":"PC0"}'
+check "PC0 is clean again" [ "$(sget clean)" = True ]
+
+stop_app bp "$sock"
+check "bdevperf exits cleanly" [ $? -eq 0 ]
+check "no panic or internal error in the log" no_crash "$log"
+finish
