@@ -14,7 +14,14 @@ rc=0
 results=()
 for s in tests/spdk/suite-*.sh; do
   echo "--- $(basename "$s")"
-  if bash "$s"; then results+=("ok:     $(basename "$s")"); else results+=("FAILED: $(basename "$s")"); rc=1; fi
+  out=$(mktemp)
+  bash "$s" 2>&1 | tee "$out"
+  case ${PIPESTATUS[0]} in
+    0) results+=("ok:      $(basename "$s")") ;;
+    77) results+=("skipped: $(basename "$s"): $(grep -m1 '^skipped:' "$out" | sed 's/^skipped: //')") ;;
+    *) results+=("FAILED:  $(basename "$s")"); rc=1 ;;
+  esac
+  rm -f "$out"
 done
 echo "--- SPDK suites"
 printf '%s\n' "${results[@]}"
