@@ -121,6 +121,11 @@ pub(crate) enum WbState {
         runs: Vec<Run>,
         io: Arc<Inflight>,
     },
+    /// A run could not be sent (its data failed its CRC): the batch is
+    /// dropped once what was sent has completed, and planned again from
+    /// dirty_tail, so that a later overwrite of the damaged bytes lets
+    /// writeback past them.
+    Abandoning(Arc<Inflight>),
 }
 
 /// What one step did.
@@ -210,7 +215,7 @@ impl Cache {
                     && io.bytes.load(Ordering::Acquire) < WINDOW_BYTES
                 {
                     if let Err(e) = self.submit_run(base, &runs[next], &io) {
-                        *st = WbState::Writing { batch, runs, next, io };
+                        *st = WbState::Abandoning(io);
                         return Err(e);
                     }
                     sent += runs[next].len;
@@ -228,6 +233,12 @@ impl Cache {
                 Counters::add(&self.counters.local().base_flushes, 1);
                 base.flush(completion(io.clone(), 0));
                 *st = WbState::Flushing { batch, runs, io };
+                Ok(WbProgress::Busy)
+            }
+            WbState::Abandoning(io) => {
+                if io.pending.load(Ordering::Acquire) > 0 {
+                    *st = WbState::Abandoning(io);
+                }
                 Ok(WbProgress::Busy)
             }
             WbState::Flushing { batch, runs, io } => {
