@@ -31,6 +31,10 @@ pub const MAX_SEG_SIZE: u64 = 1 << 30;
 pub const MAX_SEGS: u64 = 1 << 20;
 /// Fewest segments a cache may have (data heads, key log and its reserve need room).
 pub const MIN_SEGS: u64 = 8;
+/// Sequence numbers and generations count up by one per kset or reuse and
+/// are never this large (2^62 of either would take millennia): a record
+/// holding one is crafted, and counting on from it would overflow.
+pub const MAX_COUNTER: u64 = 1 << 62;
 
 /// I/O granularity: offsets and lengths are multiples of this.
 pub const SECTOR: u64 = 512;

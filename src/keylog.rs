@@ -162,5 +162,8 @@ pub fn check_pos(payload: u32, seg_count: u32, pos: LogPos, what: &str) -> Resul
     if pos.off % 64 != 0 || pos.off as usize + KSET_HDR_SIZE > payload as usize {
         return Err(Error::corrupt(what, format!("offset {} out of range", pos.off)));
     }
+    if pos.seq >= crate::format::MAX_COUNTER {
+        return Err(Error::corrupt(what, format!("sequence number {} is impossibly large", pos.seq)));
+    }
     Ok(())
 }

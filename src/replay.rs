@@ -147,6 +147,8 @@ pub fn replay(
     let data_crc = sb.data_crc();
     let recrc = |e: &Extent| extent_crc(media, &geo, e);
     let mut last_epoch_end = 0;
+    // Where each live key's data is, to find two keys naming the same bytes.
+    let mut spans: Vec<Vec<(u32, u32)>> = vec![Vec::new(); geo.seg_count as usize];
     for (i, &pos) in chain.ksets.iter().enumerate() {
         let k =
             read_kset(media, segs, sb.nonce, pos)?.ok_or_else(|| Error::Io("key log changed during replay".into()))?;
@@ -162,6 +164,7 @@ pub fn replay(
             }
             if !key.is_zero() {
                 segs.replay_get(key.seg);
+                spans[key.seg as usize].push((key.seg_off, key.len));
             }
             if key.is_dirty() && i >= chain.dirty_at {
                 report.dirty_bytes += key.len as u64;
@@ -169,6 +172,16 @@ pub fn replay(
             let e = Extent::of_key(key, KsetTag::NONE);
             let mut t = index.lock(Index::subtree_of(key.off));
             t.insert(key.off, e, if data_crc { Some(&recrc) } else { None });
+        }
+    }
+    // Data is never written in place: no two live keys share pmem bytes.
+    for (seg, s) in spans.iter_mut().enumerate() {
+        s.sort_unstable();
+        if let Some(w) = s.windows(2).find(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err(Error::corrupt(
+                format!("keys in segment {seg}"),
+                format!("two keys name the same bytes (offsets {} and {})", w[0].0, w[1].0),
+            ));
         }
     }
     Ok(Replayed { head: chain.head, report, last_epoch_end })

@@ -86,6 +86,9 @@ impl SegmentTable {
             if id != seg {
                 return Err(Error::corrupt(what, format!("records segment id {id}")));
             }
+            if gen >= format::MAX_COUNTER {
+                return Err(Error::corrupt(what, format!("generation {gen} is impossibly large")));
+            }
             meta.push(rep);
             gens.push(AtomicU64::new(gen));
         }

@@ -237,6 +237,68 @@ fn crafted_metadata_is_rejected() {
             with_record(&im, DIRTY_TAIL_OFF, REC_DIRTY_TAIL, |r| LogPos { seg: 0, off: 0, seq: 0 }.to_body(r)),
         ),
     ];
+    // The generation segment `seg` has in the image (for keys that must be live).
+    let gen_of = |seg: u64| {
+        let off = (pcache::format::SEG_START + seg * SEG) as usize;
+        [off, off + 4096]
+            .iter()
+            .filter_map(|&o| Record::decode(&im.bytes[o..o + REC_SIZE], format::REC_SEG_META))
+            .max_by_key(|r| r.seq)
+            .map(|r| format::seg_meta_from_body(&r).1)
+            .expect("a valid segment record")
+    };
+    let data_seg = (0..SEGS).find(|&s| s != im.head.seg as u64 && s > 2).unwrap();
+    let live = |f: &dyn Fn(&mut KeyRecord)| {
+        key(&|k| {
+            k.seg = data_seg as u32;
+            k.gen = gen_of(data_seg);
+            f(k)
+        })
+    };
+    cases.extend([
+        ("unaligned key", with_kset(&im, hdr(1, 0, 0), &[key(&|k| k.off = 100)])),
+        ("empty key", with_kset(&im, hdr(1, 0, 0), &[key(&|k| k.len = 0)])),
+        (
+            "zero key with data fields",
+            with_kset(&im, hdr(1, 0, 0), &[key(&|k| k.flags = KEY_FLAG_DIRTY | format::KEY_FLAG_ZERO)]),
+        ),
+        (
+            "data CRC flag on a cache without data CRC",
+            with_kset(&im, hdr(1, 0, 0), &[live(&|k| k.flags = KEY_FLAG_DIRTY | format::KEY_FLAG_CRC)]),
+        ),
+        ("last kset carrying keys", with_kset(&im, hdr(1, KSET_FLAG_LAST, data_seg as u32), &[live(&|_| {})])),
+        (
+            "two keys naming the same pmem bytes",
+            with_kset(&im, hdr(2, 0, 0), &[live(&|k| k.off = 0), live(&|k| k.off = 8192)]),
+        ),
+        (
+            "gc_percent above 90",
+            with_record(&im, CACHE_INFO_OFF, format::REC_CACHE_INFO, |r| {
+                format::CacheInfo { gc_percent: 95 }.to_body(r)
+            }),
+        ),
+        (
+            "key_tail sequence number at u64::MAX",
+            with_record(&im, KEY_TAIL_OFF, REC_KEY_TAIL, |r| LogPos { seg: 0, off: 0, seq: u64::MAX }.to_body(r)),
+        ),
+    ]);
+    {
+        let off = pcache::format::SEG_START + 2 * SEG;
+        let b = with_record(&im, [off, off + 4096], format::REC_SEG_META, |r| format::seg_meta_body(r, 2, u64::MAX));
+        cases.push(("segment generation at u64::MAX", b));
+    }
+    // The same two keys in separate ksets name the same bytes too.
+    {
+        let mut b = with_kset(&im, hdr(1, 0, 0), &[live(&|k| k.off = 0)]);
+        let next = LogPos { seg: im.head.seg, off: im.head.off + format::kset_size(1) as u32, seq: im.head.seq + 1 };
+        let mut buf = Vec::new();
+        let h = KsetHeader { seq: next.seq, ..hdr(1, 0, 0) };
+        let n = encode_kset(&mut buf, &h, &[live(&|k| k.off = 16384)]);
+        let at =
+            (pcache::format::SEG_START + next.seg as u64 * SEG + format::SEG_PAYLOAD_OFF) as usize + next.off as usize;
+        b[at..at + n].copy_from_slice(&buf[..n]);
+        cases.push(("two ksets' keys naming the same pmem bytes", b));
+    }
     // key_num above 128 with a valid CRC.
     {
         let keys: Vec<KeyRecord> = (0..129).map(|i| key(&|k| k.off = i * 4096)).collect();
@@ -263,9 +325,27 @@ fn crafted_metadata_is_rejected() {
         let b = with_record(&im, [off, off + 4096], format::REC_SEG_META, |r| format::seg_meta_body(r, 7, 0));
         cases.push(("segment metadata for another segment", b));
     }
+    // What the refusal must say, where one check alone must catch the case.
+    let says = [
+        ("unaligned key", "unaligned or empty"),
+        ("empty key", "unaligned or empty"),
+        ("zero key with data fields", "zero key with data fields"),
+        ("data CRC flag on a cache without data CRC", "data CRC flag disagrees"),
+        ("last kset carrying keys", "last kset carries keys"),
+        ("two keys naming the same pmem bytes", "two keys name the same bytes"),
+        ("two ksets' keys naming the same pmem bytes", "two keys name the same bytes"),
+        ("gc_percent above 90", "gc_percent 95 > 90"),
+        ("key_tail sequence number at u64::MAX", "impossibly large"),
+        ("segment generation at u64::MAX", "impossibly large"),
+    ];
     for (what, b) in cases {
         match open_no_panic(&b, what) {
-            Err(e) => assert!(matches!(e, Error::Corrupt { .. }), "{what}: unexpected error kind: {e}"),
+            Err(e) => {
+                assert!(matches!(e, Error::Corrupt { .. }), "{what}: unexpected error kind: {e}");
+                if let Some((_, want)) = says.iter().find(|(w, _)| *w == what) {
+                    assert!(e.to_string().contains(want), "{what}: refused for another reason: {e}");
+                }
+            }
             Ok(_) => panic!("{what}: crafted image was accepted"),
         }
     }
