@@ -37,15 +37,19 @@ static TEMPLATE: Lazy<Vec<u8>> = Lazy::new(|| {
     media.snapshot()
 });
 
-/// Overlays `data` on the template's metadata and key log and exercises the
-/// result. The first 4 bytes choose where the overlay goes.
+/// Overlays `data` on the template and exercises the result. The first 4
+/// bytes choose where the overlay goes: with the low bit clear, somewhere in
+/// the metadata and the start of the key log (where most of the checks
+/// are); with it set, anywhere in the image (every key-log segment, and
+/// the data the keys point to).
 pub fn load_image(data: &[u8]) {
     if data.len() < 4 {
         return;
     }
     let mut img = TEMPLATE.clone();
-    let span = (SEG_START + SEG_PAYLOAD_OFF + (16 << 10)) as usize;
-    let at = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize % span;
+    let pick = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as usize;
+    let span = if pick & 1 == 0 { (SEG_START + SEG_PAYLOAD_OFF + (16 << 10)) as usize } else { img.len() };
+    let at = (pick >> 1) % span;
     let body = &data[4..];
     let n = body.len().min(img.len() - at);
     img[at..at + n].copy_from_slice(&body[..n]);
