@@ -89,6 +89,13 @@ until_ok() {
 }
 # no_crash LOG: the app's log shows no panic, internal error or crash.
 no_crash() { ! grep -Eq 'panicked|internal error|Segmentation|Aborted|assert' "$1"; }
+# bdevperf_ok LOG: bdevperf's Total lines show I/O and no failed I/O.
+bdevperf_ok() {
+  tr '\r' '\n' <"$1" | awk '/^ *Total *:/ { found=1; if ($3 + 0 <= 0 || $5 + 0 != 0) bad=1 }
+       END { exit !(found && !bad) }'
+}
+# totals LOG: bdevperf's Total line, for messages.
+totals() { tr '\r' '\n' <"$1" | awk '/^ *Total *:/ {print $3 " IOPS, " $5 " failed/s"}'; }
 
 # rpc SOCK ARGS...: rpc.py with the pcache plugin.
 rpc() { local sock=$1; shift; "${RPC_PY[@]}" -s "$sock" -t 600 --plugin pcache_rpc "$@"; }

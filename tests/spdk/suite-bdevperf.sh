@@ -3,13 +3,6 @@
 # cache that makes GC and writeback run during the test.
 source "$(dirname "$0")/lib.sh"
 
-# bdevperf_ok LOG: the run completed and its Total line shows I/O and no failures.
-bdevperf_ok() {
-  tr '\r' '\n' <"$1" | awk '/^ *Total *:/ { found=1; if ($3 + 0 <= 0 || $5 + 0 != 0) bad=1 }
-       END { exit !(found && !bad) }'
-}
-totals() { tr '\r' '\n' <"$1" | awk '/^ *Total *:/ {print $3 " IOPS, " $5 " failed/s"}'; }
-
 verify_run() { # description, cpumask, extra bdevperf args...
   local what=$1 mask=$2; shift 2
   local log=$WORK/bdevperf-$mask.log

@@ -28,10 +28,6 @@ bs=4096
 iodepth=1
 CONF
 
-bdevperf_ok() {
-  tr '\r' '\n' <"$1" | awk '/^ *Total *:/ { found=1; if ($3 + 0 <= 0 || $5 + 0 != 0) bad=1 }
-       END { exit !(found && !bad) }'
-}
 sock=$WORK/bp.sock
 log=$WORK/bp.log
 start_app bp "$sock" "$log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x1 -z --json "$WORK/flush.json" \

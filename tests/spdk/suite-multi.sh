@@ -19,10 +19,6 @@ cat >"$WORK/multi.json" <<JSON
 ]}]}
 JSON
 
-bdevperf_ok() {
-  tr '\r' '\n' <"$1" | awk '/^ *Total *:/ { found=1; if ($3 + 0 <= 0 || $5 + 0 != 0) bad=1 }
-       END { exit !(found && !bad) }'
-}
 sock=$WORK/bp.sock
 log=$WORK/bp.log
 # No -T: bdevperf runs a job on every bdev nothing sits on (PC0 and PC1).

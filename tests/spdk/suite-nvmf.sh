@@ -6,13 +6,6 @@ source "$(dirname "$0")/lib.sh"
 
 NQN=nqn.2016-06.io.spdk:pcache0
 
-# bdevperf_ok LOG: the run completed and its Total line shows I/O and no failures.
-bdevperf_ok() {
-  tr '\r' '\n' <"$1" | awk '/^ *Total *:/ { found=1; if ($3 + 0 <= 0 || $5 + 0 != 0) bad=1 }
-       END { exit !(found && !bad) }'
-}
-totals() { tr '\r' '\n' <"$1" | awk '/^ *Total *:/ {print $3 " IOPS, " $5 " failed/s"}'; }
-
 # A free TCP port on 127.0.0.1, starting from 4420 + pid % 1000.
 port_free() { python3 -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" "$1" 2>/dev/null; }
 PORT=$((4420 + $$ % 1000))
