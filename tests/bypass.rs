@@ -15,9 +15,13 @@ const IO: u64 = 64 << 10;
 const CUTOFF: u64 = 256 << 10;
 
 fn setup() -> (MemBase, Cache) {
+    setup_workers(1)
+}
+
+fn setup_workers(workers: usize) -> (MemBase, Cache) {
     let media = Arc::new(MemMedia::new(media_len(64)));
     let base = base(BASE as usize);
-    let mut cfg = config(BASE, 1);
+    let mut cfg = config(BASE, workers);
     cfg.seq_cutoff = CUTOFF;
     let cache = open(media as Arc<dyn Media>, &cfg);
     (base, cache)
@@ -33,15 +37,20 @@ fn base_write(base: &MemBase, off: u64, data: Vec<u8>) {
 /// One write of a host: bypassed if the cache says so, cached otherwise.
 /// Returns whether it bypassed.
 fn host_write(cache: &Cache, base: &MemBase, id: u64, off: u64, len: u64) -> bool {
+    worker_write(cache, base, 0, id, off, len)
+}
+
+/// The same from worker `w`.
+fn worker_write(cache: &Cache, base: &MemBase, w: usize, id: u64, off: u64, len: u64) -> bool {
     let data = write_data(id, off / 512, len / 512);
-    match cache.begin_bypass(0, off, len) {
+    match cache.begin_bypass(w, off, len) {
         Some(b) => {
             base_write(base, off, data);
             cache.end_bypass(b, true);
             true
         }
         None => {
-            write_all(cache, base, 0, off, &data);
+            write_all(cache, base, w, off, &data);
             false
         }
     }
@@ -232,4 +241,64 @@ fn a_bypass_may_cross_a_subtree() {
     writes.push((20, SUBTREE + 32768, IO));
     writes.remove(0); // overwritten by write 17
     check_reads(&cache, &base, &writes);
+}
+
+#[test]
+fn the_defaults_bypass_long_streams_of_large_writes_only() {
+    assert_eq!(pcache::Config::new(pcache::BaseIdentity::named(BASE, 512, "b")).seq_cutoff, 1 << 20);
+    let (base, cache) = setup();
+    // A long stream of 32 KiB writes: merged by writeback, never bypassed.
+    for i in 0..64 {
+        assert!(!host_write(&cache, &base, i + 1, i * 32768, 32768), "32 KiB write {i} bypassed");
+    }
+    // 64 KiB writes of a stream past the cutoff do.
+    assert!(host_write(&cache, &base, 100, 64 * 32768, IO));
+}
+
+#[test]
+fn each_worker_has_a_stream_of_its_own() {
+    let (base, cache) = setup_workers(3);
+    // Workers 1 and 2 write two streams, interleaved.
+    let mut bypassed = [0, 0];
+    for i in 0..12 {
+        for (k, w) in [1usize, 2].into_iter().enumerate() {
+            let off = (k as u64 * 2 << 20) + i * IO;
+            if worker_write(&cache, &base, w, 10 * (w as u64) + i, off, IO) {
+                bypassed[k] += 1;
+            }
+        }
+    }
+    assert_eq!(bypassed, [8, 8], "each stream bypasses once it alone runs past the cutoff");
+}
+
+#[test]
+fn a_stream_may_run_to_the_end_of_the_base() {
+    let (base, cache) = setup();
+    let mut writes = Vec::new();
+    for i in 0..8 {
+        let off = BASE - (8 - i) * IO;
+        host_write(&cache, &base, i + 1, off, IO);
+        writes.push((i + 1, off, IO));
+    }
+    assert!(cache.stats().bypass_writes > 0);
+    check_reads(&cache, &base, &writes);
+}
+
+#[test]
+fn two_bypasses_over_the_same_bytes_do_not_run_at_once() {
+    let (base, cache) = setup_workers(2);
+    cache.set_seq_cutoff(IO); // two writes in a row make a stream
+                              // Worker 0: a cached write, then a bypass over [IO, 5 IO), left in flight.
+    assert!(!worker_write(&cache, &base, 0, 1, 0, IO));
+    let a = cache.begin_bypass(0, IO, 4 * IO).expect("worker 0's stream bypasses");
+    // Worker 1 bypasses elsewhere meanwhile.
+    assert!(!worker_write(&cache, &base, 1, 2, 20 * IO, IO));
+    let b = cache.begin_bypass(1, 21 * IO, IO).expect("worker 1 bypasses where nothing is in flight");
+    cache.end_bypass(b, true);
+    // Worker 1's stream runs into worker 0's range in flight: no bypass.
+    assert!(cache.begin_bypass(1, 0, IO).is_none(), "a key covers [0, IO)");
+    assert!(cache.begin_bypass(1, IO, IO).is_none(), "a bypass over these bytes is in flight");
+    cache.end_bypass(a, true);
+    let c = cache.begin_bypass(1, 2 * IO, IO).expect("once it ended, the stream bypasses");
+    cache.end_bypass(c, true);
 }
