@@ -262,7 +262,7 @@ fn each_worker_has_a_stream_of_its_own() {
     let mut bypassed = [0, 0];
     for i in 0..12 {
         for (k, w) in [1usize, 2].into_iter().enumerate() {
-            let off = (k as u64 * 2 << 20) + i * IO;
+            let off = ((k as u64 * 2) << 20) + i * IO;
             if worker_write(&cache, &base, w, 10 * (w as u64) + i, off, IO) {
                 bypassed[k] += 1;
             }
