@@ -45,7 +45,7 @@ pub struct BaseIdentity {
 impl BaseIdentity {
     /// The identity a superblock records (what the tools open a cache with).
     pub fn recorded(sb: &Superblock) -> Self {
-        let uuid = Some(Uuid::from_bytes(sb.base_uuid)).filter(|u| !u.is_nil());
+        let uuid = sb.base_uuid();
         BaseIdentity {
             size: sb.base_size,
             block_size: sb.base_block_size,

@@ -147,6 +147,11 @@ impl Superblock {
         self.flags & SB_FLAG_DATA_CRC != 0
     }
 
+    /// The base's UUID recorded at format, if it had one.
+    pub fn base_uuid(&self) -> Option<uuid::Uuid> {
+        Some(uuid::Uuid::from_bytes(self.base_uuid)).filter(|u| !u.is_nil())
+    }
+
     pub fn encode(&self) -> [u8; SB_SIZE] {
         let mut b = [0u8; SB_SIZE];
         put_u16(&mut b, 4, self.version);

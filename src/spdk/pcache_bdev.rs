@@ -813,11 +813,9 @@ pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     let sb = n.cache.superblock();
     n.opts.write_names(w);
     w.named_str("uuid", &n.cache.uuid().to_string());
-    let base_uuid = uuid::Uuid::from_bytes(sb.base_uuid);
-    if base_uuid.is_nil() {
-        w.named_null("base_uuid");
-    } else {
-        w.named_str("base_uuid", &base_uuid.to_string());
+    match sb.base_uuid() {
+        Some(u) => w.named_str("base_uuid", &u.to_string()),
+        None => w.named_null("base_uuid"),
     }
     w.named_str("cache_mode", "writeback");
     w.named_bool("data_crc", n.cache.data_crc());

@@ -217,10 +217,7 @@ unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys:
             // UNMAP is served as WRITE_ZEROES: the range reads as zeros at
             // once, and writeback sends write_zeroes to the base in log order.
             sys::SPDK_BDEV_IO_TYPE_WRITE | sys::SPDK_BDEV_IO_TYPE_WRITE_ZEROES | sys::SPDK_BDEV_IO_TYPE_UNMAP => {
-                // Behind writes already waiting for space, to keep their order.
-                if !(*chan).deferred.is_empty() || !try_write(chan, io) {
-                    (*chan).deferred.push_back(io);
-                }
+                cache_write(chan, io);
             }
             sys::SPDK_BDEV_IO_TYPE_FLUSH => {
                 let r = node.cache.flush();
@@ -303,7 +300,8 @@ unsafe extern "C" fn bypass_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mu
     }
 }
 
-/// Puts a write into the cache behind those already waiting for space.
+/// Puts a write into the cache behind those already waiting for space (to
+/// keep their order).
 unsafe fn cache_write(chan: *mut Channel, io: *mut sys::spdk_bdev_io) {
     write_staged(chan);
     if !(*chan).deferred.is_empty() || !try_write(chan, io) {

@@ -51,7 +51,7 @@ fn print_human(path: &Path, ins: &Inspection) {
         human(sb.base_size),
         sb.base_block_size,
         sb.base_id,
-        base_uuid(sb).map_or("none".to_string(), |u| u.to_string())
+        sb.base_uuid().map_or("none".to_string(), |u| u.to_string())
     );
     println!(
         "segments     {} total, {} used, {} in the key log",
@@ -112,11 +112,6 @@ pub fn problems_json(ins: &Inspection) -> J {
     )
 }
 
-/// The base's UUID recorded at format, if it had one.
-fn base_uuid(sb: &pcache::format::Superblock) -> Option<uuid::Uuid> {
-    Some(uuid::Uuid::from_bytes(sb.base_uuid)).filter(|u| !u.is_nil())
-}
-
 fn to_json(path: &Path, ins: &Inspection) -> J {
     let sb = &ins.sb;
     let records = ins
@@ -169,7 +164,7 @@ fn to_json(path: &Path, ins: &Inspection) -> J {
                 ("size", J::Num(sb.base_size)),
                 ("block_size", J::Num(sb.base_block_size as u64)),
                 ("id", J::str(sb.base_id.clone())),
-                ("uuid", base_uuid(sb).map_or(J::Null, |u| J::str(u.to_string()))),
+                ("uuid", sb.base_uuid().map_or(J::Null, |u| J::str(u.to_string()))),
             ]),
         ),
         (
