@@ -1,11 +1,20 @@
-//! Sequential bypass: large sequential writes go straight to the base.
+//! Bypass: writes that go straight to the base, past the cache.
 //!
-//! A stream of sequential writes gains nothing from the cache — it is rarely
-//! read back soon, and writing it back costs the base the same bytes again —
-//! so once a worker's stream has run for `seq_cutoff` bytes, its writes of at
-//! least [`BYPASS_MIN_IO`] bytes may skip the cache. The host asks
-//! [`Cache::begin_bypass`]; with a [`Bypass`] in hand it writes the caller's
-//! buffers to the base itself and then calls [`Cache::end_bypass`].
+//! Two kinds of write gain nothing from waiting for the cache:
+//! - **Sequential streams.** They are rarely read back soon, and writing
+//!   them back costs the base the same bytes again, so once a worker's
+//!   stream has run for `seq_cutoff` bytes, its writes of at least
+//!   [`BYPASS_MIN_IO`] bytes may skip the cache ([`Cache::begin_bypass`]).
+//! - **Writes that find the cache full.** Writeback is what frees space, so
+//!   once the cache is full a cached write costs a base write anyway, plus
+//!   its trip through pmem, plus the wait. A write the cache deferred for
+//!   lack of space, that no cached data overlaps, goes to the base instead
+//!   ([`Cache::bypass_when_full`]; bcache bypasses a congested cache the same
+//!   way). Overwrites of cached blocks still wait, so a hot set keeps being
+//!   absorbed.
+//!
+//! With a [`Bypass`] in hand the host writes the caller's buffers to the base
+//! itself and then calls [`Cache::end_bypass`].
 //!
 //! What keeps this correct:
 //! - **The base's guarantee** (doc/format.md, "Epochs"): a write may reach the
@@ -78,6 +87,8 @@ pub(crate) struct Bypassed {
 pub struct Bypass {
     pub off: u64,
     pub len: u64,
+    /// Granted because the cache was full (not a sequential stream).
+    pub when_full: bool,
 }
 
 impl Cache {
@@ -99,7 +110,27 @@ impl Cache {
             return None;
         }
         let run = self.heads[worker % self.heads.len()].data.lock().stream.note(off, len);
-        if len < BYPASS_MIN_IO || run <= cutoff || !self.earlier_epochs_on_base() {
+        if len < BYPASS_MIN_IO || run <= cutoff {
+            return None;
+        }
+        self.register_bypass(off, len, false)
+    }
+
+    /// Decides whether a write the cache just deferred for lack of space
+    /// (`WriteOutcome::Deferred { written: 0 }`) goes to the base instead
+    /// (see the module doc). None while the cache has room, or when cached
+    /// data overlaps the range: then the write waits for space as before.
+    pub fn bypass_when_full(&self, off: u64, len: u64) -> Option<Bypass> {
+        if !self.under_pressure() || self.check_io(off, len).is_err() {
+            return None;
+        }
+        self.register_bypass(off, len, true)
+    }
+
+    /// Registers `[off, off+len)` as on its way to the base if the
+    /// guarantee allows it (see the module doc).
+    fn register_bypass(&self, off: u64, len: u64, when_full: bool) -> Option<Bypass> {
+        if !self.earlier_epochs_on_base() {
             return None;
         }
         // GC drops a kset's keys from the index before it persists key_tail
@@ -125,7 +156,7 @@ impl Cache {
             t.bypass.push((off, off + len));
             t.version += 1;
         }
-        Some(Bypass { off, len })
+        Some(Bypass { off, len, when_full })
     }
 
     /// Ends a bypass: its range is open to cached writes again, and fills
@@ -143,6 +174,9 @@ impl Cache {
             let c = self.counters.local();
             Counters::add(&c.bypass_writes, 1);
             Counters::add(&c.bypass_bytes, b.len);
+            if b.when_full {
+                Counters::add(&c.bypass_full_writes, 1);
+            }
             self.bypassed.done.fetch_add(1, Ordering::AcqRel);
         }
         self.segs.wake();

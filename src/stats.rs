@@ -47,6 +47,7 @@ pub struct CounterSet {
     pub base_flushes: AtomicU64,
     pub bypass_writes: AtomicU64,
     pub bypass_bytes: AtomicU64,
+    pub bypass_full_writes: AtomicU64,
     pub gc_ksets: AtomicU64,
     pub gc_keys: AtomicU64,
     pub data_crc_errors: AtomicU64,
@@ -121,9 +122,11 @@ pub struct Stats {
     pub writeback_skipped_bytes: u64,
     pub base_writes: u64,
     pub base_flushes: u64,
-    /// Sequential writes sent straight to the base (see bypass.rs).
+    /// Writes sent straight to the base (see bypass.rs).
     pub bypass_writes: u64,
     pub bypass_bytes: u64,
+    /// Of those, the ones that found the cache full.
+    pub bypass_full_writes: u64,
     pub gc_ksets: u64,
     pub gc_keys: u64,
     pub data_crc_errors: u64,
@@ -156,6 +159,7 @@ impl Counters {
         s.base_flushes = self.total(|c| &c.base_flushes);
         s.bypass_writes = self.total(|c| &c.bypass_writes);
         s.bypass_bytes = self.total(|c| &c.bypass_bytes);
+        s.bypass_full_writes = self.total(|c| &c.bypass_full_writes);
         s.gc_ksets = self.total(|c| &c.gc_ksets);
         s.gc_keys = self.total(|c| &c.gc_keys);
         s.data_crc_errors = self.total(|c| &c.data_crc_errors);

@@ -302,3 +302,49 @@ fn two_bypasses_over_the_same_bytes_do_not_run_at_once() {
     let c = cache.begin_bypass(1, 2 * IO, IO).expect("once it ended, the stream bypasses");
     cache.end_bypass(c, true);
 }
+
+/// Fills the cache with 4 KiB writes at distinct offsets until one is
+/// deferred; returns how many went in.
+fn fill_until_full(cache: &Cache) -> u64 {
+    let mut i = 0;
+    while cache.write_buf(0, i * 4096, &write_data(1000 + i, i * 8, 8)).unwrap() == WriteOutcome::Done {
+        i += 1;
+        assert!(i * 4096 < BASE, "the cache never filled");
+    }
+    i
+}
+
+#[test]
+fn a_full_cache_sends_writes_nothing_cached_overlaps_to_the_base() {
+    let (base, cache) = setup();
+    assert!(cache.bypass_when_full(BASE - IO, 4096).is_none(), "the cache has room: the write goes into it");
+    let n = fill_until_full(&cache);
+    assert!(cache.bypass_when_full(0, 4096).is_none(), "a cached block is overwritten in the cache, not around it");
+    assert!(cache.bypass_when_full((n - 1) * 4096, 8192).is_none(), "nor is a write that partly overlaps one");
+    // A block nothing caches goes to the base, however small.
+    let off = BASE - IO;
+    let b = cache.bypass_when_full(off, 4096).expect("the cache is full and nothing covers the block");
+    assert!(b.when_full);
+    base_write(&base, off, write_data(7, off / 512, 8));
+    cache.end_bypass(b, true);
+    let st = cache.stats();
+    assert_eq!((st.bypass_writes, st.bypass_full_writes), (1, 1));
+    check_reads(&cache, &base, &[(7, off, 4096), (1000, 0, 4096)]);
+    assert_eq!(cache.bypass_flush_target(), Some(1), "a FLUSH must flush the base for it");
+}
+
+#[test]
+fn a_full_cache_bypasses_nothing_while_an_earlier_epoch_is_dirty() {
+    let (base, cache) = setup();
+    cache.write_buf(0, BASE - 2 * IO, &write_data(1, (BASE - 2 * IO) / 512, 8)).unwrap();
+    // The write above is now in a closed epoch, not yet on the base.
+    cache.flush().unwrap();
+    fill_until_full(&cache);
+    assert!(
+        cache.bypass_when_full(BASE - IO, 4096).is_none(),
+        "the base may not get a write ahead of an earlier epoch"
+    );
+    drain(&cache, &base);
+    assert!(cache.under_pressure(), "still full: clean data waits for GC");
+    assert!(cache.bypass_when_full(BASE - IO, 4096).is_some(), "with the earlier epochs on the base, it may");
+}

@@ -836,7 +836,7 @@ pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     w.named_bool("clean", n.cache.is_clean());
     w.named_u64("flushes_waiting", n.flushes_waiting() as u64);
     w.named_u64("index_dram_bytes", n.cache.index_dram_bytes());
-    // Rates over the last second or so, and the time left at that rate.
+    // Rates over the last ten seconds or so, and the time left at that rate.
     let r = n.drain_rates();
     w.named_u64("base_writes_per_sec", r.base_writes_per_sec.round() as u64);
     w.named_u64("base_flushes_per_sec", r.base_flushes_per_sec.round() as u64);
@@ -871,6 +871,7 @@ pub fn write_stats(n: &PcacheNode, w: &mut Writer) {
         ("base_flushes", s.base_flushes),
         ("bypass_writes", s.bypass_writes),
         ("bypass_bytes", s.bypass_bytes),
+        ("bypass_full_writes", s.bypass_full_writes),
         ("gc_ksets", s.gc_ksets),
         ("gc_keys", s.gc_keys),
         ("data_crc_errors", s.data_crc_errors),

@@ -49,8 +49,10 @@ struct IoCtx {
     pending: u32,
     failed: bool,
     wait: sys::spdk_bdev_io_wait_entry,
-    /// A write on its way straight to the base (sequential bypass).
+    /// A write on its way straight to the base (bypass.rs).
     bypass: Option<Bypass>,
+    /// The base failed this write once as a bypass: it stays in the cache.
+    bypass_failed: bool,
     /// A FLUSH's base flush covers this many bypassed writes.
     flush_target: u64,
 }
@@ -179,6 +181,7 @@ unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys:
         failed: false,
         wait: Default::default(),
         bypass: None,
+        bypass_failed: false,
         flush_target: 0,
     });
     let ok = guard(false, || {
@@ -194,7 +197,9 @@ unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys:
             let (off, len) = byte_range(io);
             if let Some(b) = node.cache.begin_bypass((*chan).worker, off, len) {
                 write_staged(chan);
-                start_bypass(chan, io, b);
+                if !start_bypass(chan, io, b) {
+                    cache_write(chan, io);
+                }
                 return true;
             }
             (*chan).staged.push(io);
@@ -255,9 +260,9 @@ unsafe extern "C" fn reset_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut
 }
 
 /// Sends a write the engine let bypass the cache to the base, from the
-/// caller's buffers. If the base cannot take it, the write goes into the
-/// cache after all.
-unsafe fn start_bypass(chan: *mut Channel, io: *mut sys::spdk_bdev_io, b: Bypass) {
+/// caller's buffers. Returns false if the base could not take it: the caller
+/// puts it into the cache after all.
+unsafe fn start_bypass(chan: *mut Channel, io: *mut sys::spdk_bdev_io, b: Bypass) -> bool {
     let node = &*(*chan).node;
     let iovs = ffi::io_iovs(io);
     let rc = sys::spdk_bdev_writev(
@@ -272,9 +277,10 @@ unsafe fn start_bypass(chan: *mut Channel, io: *mut sys::spdk_bdev_io, b: Bypass
     );
     if rc == 0 {
         (*ffi::io_ctx::<IoCtx>(io)).bypass = Some(b);
+        true
     } else {
         node.cache.end_bypass(b, false);
-        cache_write(chan, io);
+        false
     }
 }
 
@@ -291,6 +297,7 @@ unsafe extern "C" fn bypass_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mu
         } else {
             // The base refused it: the cache keeps it, and writeback retries.
             log::warn!("{}: a bypassed write failed on the base; it goes into the cache", node.name());
+            (*ffi::io_ctx::<IoCtx>(io)).bypass_failed = true;
             cache_write(channel_of(io), io);
         }
         true
@@ -301,12 +308,28 @@ unsafe extern "C" fn bypass_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mu
 }
 
 /// Puts a write into the cache behind those already waiting for space (to
-/// keep their order).
+/// keep their order), or to the base if the cache is full (see defer).
 unsafe fn cache_write(chan: *mut Channel, io: *mut sys::spdk_bdev_io) {
     write_staged(chan);
     if !(*chan).deferred.is_empty() || !try_write(chan, io) {
-        (*chan).deferred.push_back(io);
+        defer(chan, io);
     }
+}
+
+/// Queues a write the cache deferred for lack of space, unless the cache
+/// lets it go to the base instead (bypass.rs: with the cache full, a write
+/// that no cached data overlaps is worth no wait).
+unsafe fn defer(chan: *mut Channel, io: *mut sys::spdk_bdev_io) {
+    let ctx = ffi::io_ctx::<IoCtx>(io);
+    if (*io).type_ as u32 == sys::SPDK_BDEV_IO_TYPE_WRITE && (*ctx).written == 0 && !(*ctx).bypass_failed {
+        let (off, len) = byte_range(io);
+        if let Some(b) = (*(*chan).node).cache.bypass_when_full(off, len) {
+            if start_bypass(chan, io, b) {
+                return;
+            }
+        }
+    }
+    (*chan).deferred.push_back(io);
 }
 
 /// Completes a FLUSH once the base has flushed the writes that bypassed the
@@ -422,7 +445,7 @@ unsafe fn write_staged(chan: *mut Channel) {
         if let Ok(WriteOutcome::Deferred { written }) = r {
             (*ffi::io_ctx::<IoCtx>(io)).written += written;
             (*chan).defer_epoch = epoch;
-            (*chan).deferred.push_back(io);
+            defer(chan, io);
         }
     }
     for (&io, r) in ios.iter().zip(&out) {

@@ -112,6 +112,38 @@ pub fn zero_all(cache: &Cache, base: &dyn BaseDevice, off: u64, len: u64) {
     }
 }
 
+/// Runs a base I/O and waits for its completion.
+pub fn wait_base(submit: impl FnOnce(pcache::base::Done)) -> pcache::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    submit(Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv().unwrap()
+}
+
+/// Writes as a host does: into the cache, or, when the cache defers the
+/// whole write for lack of space and lets it, straight to the base
+/// (`Cache::bypass_when_full`). Returns whether it went to the base.
+pub fn write_or_bypass(cache: &Cache, base: &dyn BaseDevice, worker: usize, off: u64, data: &[u8]) -> bool {
+    match cache.write_buf(worker, off, data).unwrap() {
+        pcache::WriteOutcome::Done => false,
+        pcache::WriteOutcome::Deferred { written: 0 } => match cache.bypass_when_full(off, data.len() as u64) {
+            Some(b) => {
+                let r = wait_base(|done| base.write(off, data.to_vec(), done));
+                cache.end_bypass(b, r.is_ok());
+                r.unwrap();
+                true
+            }
+            None => {
+                write_all(cache, base, worker, off, data);
+                false
+            }
+        },
+        pcache::WriteOutcome::Deferred { written } => {
+            write_all(cache, base, worker, off + written, &data[written as usize..]);
+            false
+        }
+    }
+}
+
 /// Writes, retrying deferred parts after running background work (a host's queue).
 pub fn write_all(cache: &Cache, base: &dyn BaseDevice, worker: usize, off: u64, data: &[u8]) {
     let mut done = 0usize;
@@ -144,6 +176,34 @@ pub fn write_batch_all(
     for ((off, data), r) in writes.iter().zip(&out) {
         if let Ok(pcache::WriteOutcome::Deferred { written }) = r {
             write_all(cache, base, worker, off + written, &data[*written as usize..]);
+        }
+    }
+    out
+}
+
+/// The same, but a deferred write goes to the base instead where the cache
+/// lets it, as the SPDK module does (see [`write_or_bypass`]).
+pub fn write_batch_or_bypass(
+    cache: &Cache,
+    base: &dyn BaseDevice,
+    worker: usize,
+    writes: &[(u64, Vec<u8>)],
+) -> Vec<pcache::Result<pcache::WriteOutcome>> {
+    let iovs: Vec<[std::io::IoSlice; 1]> = writes.iter().map(|(_, d)| [std::io::IoSlice::new(d)]).collect();
+    let reqs: Vec<pcache::WriteReq> =
+        writes.iter().zip(&iovs).map(|((off, _), iov)| pcache::WriteReq { offset: *off, data: iov }).collect();
+    let mut out = Vec::new();
+    cache.write_batch(worker, &reqs, &mut out);
+    assert_eq!(out.len(), writes.len(), "one result per request");
+    for ((off, data), r) in writes.iter().zip(&out) {
+        match r {
+            Ok(pcache::WriteOutcome::Deferred { written: 0 }) => {
+                write_or_bypass(cache, base, worker, *off, data);
+            }
+            Ok(pcache::WriteOutcome::Deferred { written }) => {
+                write_all(cache, base, worker, off + written, &data[*written as usize..]);
+            }
+            _ => {}
         }
     }
     out
