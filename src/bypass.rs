@@ -7,11 +7,12 @@
 //!   [`BYPASS_MIN_IO`] bytes may skip the cache ([`Cache::begin_bypass`]).
 //! - **Writes that find the cache full.** Writeback is what frees space, so
 //!   once the cache is full a cached write costs a base write anyway, plus
-//!   its trip through pmem, plus the wait. A write the cache deferred for
-//!   lack of space, that no cached data overlaps, goes to the base instead
-//!   ([`Cache::bypass_when_full`]; bcache bypasses a congested cache the same
-//!   way). Overwrites of cached blocks still wait, so a hot set keeps being
-//!   absorbed.
+//!   its trip through pmem and the writeback's own work. Full means writes
+//!   wait for space, or dirty data has reached the level where writeback
+//!   runs flat out (gc_percent - WB_FULL_MARGIN): a write that no cached
+//!   data overlaps then goes to the base instead ([`Cache::bypass_when_full`];
+//!   bcache bypasses a congested cache the same way). Overwrites of cached
+//!   blocks still go into the cache, so a hot set keeps being absorbed.
 //!
 //! With a [`Bypass`] in hand the host writes the caller's buffers to the base
 //! itself and then calls [`Cache::end_bypass`].
@@ -47,6 +48,12 @@ use crate::stats::Counters;
 /// Sequential run after which a stream's writes bypass the cache (bcache's
 /// sequential_cutoff; 0 turns bypass off).
 pub const DEFAULT_SEQ_CUTOFF: u64 = 1 << 20;
+/// Writeback that finds at least this share (percent) of a full cache's
+/// dirty bytes overwritten keeps new writes in the cache (see is_full).
+pub const ABSORBED_ENOUGH: u32 = 50;
+/// No batch planned yet: taken as absorbing enough (a hot set keeps its
+/// cache until writeback has shown otherwise).
+pub const ABSORBED_UNKNOWN: u32 = u32::MAX;
 /// Writes smaller than this never bypass: writeback merges them into runs of
 /// up to 1 MiB, which costs the base fewer I/Os than passing each through.
 pub const BYPASS_MIN_IO: u64 = 64 << 10;
@@ -116,15 +123,28 @@ impl Cache {
         self.register_bypass(off, len, false)
     }
 
-    /// Decides whether a write the cache just deferred for lack of space
-    /// (`WriteOutcome::Deferred { written: 0 }`) goes to the base instead
-    /// (see the module doc). None while the cache has room, or when cached
-    /// data overlaps the range: then the write waits for space as before.
+    /// Decides whether a write goes to the base because the cache is full
+    /// (see the module doc): hosts ask before a write goes into the cache,
+    /// and for a write the cache deferred (`WriteOutcome::Deferred { written:
+    /// 0 }`). None while the cache has room, or when cached data overlaps the
+    /// range: then the write goes into the cache, or waits for space.
     pub fn bypass_when_full(&self, off: u64, len: u64) -> Option<Bypass> {
-        if !self.under_pressure() || self.check_io(off, len).is_err() {
+        if !self.is_full() || self.check_io(off, len).is_err() {
             return None;
         }
         self.register_bypass(off, len, true)
+    }
+
+    /// Whether a write that no cached data overlaps is better sent to the
+    /// base: either writes wait for space, or writeback finds little
+    /// overwritten (below [`ABSORBED_ENOUGH`] percent of recent batches'
+    /// dirty bytes), so caching the write would cost a base write later all
+    /// the same; and in both cases the cache's space is used up to near the
+    /// GC threshold (gc_percent - WB_FULL_MARGIN: GC keeps it about there in
+    /// steady state), so a burst into a cache with room stays in it.
+    pub fn is_full(&self) -> bool {
+        (self.under_pressure() || self.absorbed_pct.load(Ordering::Relaxed) < ABSORBED_ENOUGH)
+            && self.used_percent() >= (self.gc_percent() as u32).saturating_sub(crate::writeback::WB_FULL_MARGIN)
     }
 
     /// Registers `[off, off+len)` as on its way to the base if the

@@ -200,6 +200,10 @@ pub struct Cache {
     pub(crate) counters: Counters,
     /// Set when a write could not get space; GC then runs whatever gc_percent says.
     pub(crate) pressure: AtomicBool,
+    /// Share of the dirty bytes of recent writeback batches that later keys
+    /// had overwritten, in percent (a moving average; see bypass.rs), or
+    /// ABSORBED_UNKNOWN before the first batch.
+    pub(crate) absorbed_pct: std::sync::atomic::AtomicU32,
     pub(crate) read_cache: bool,
     pub(crate) kset_interval: Duration,
     /// Time origin for `kset_due`.
@@ -336,6 +340,7 @@ impl Cache {
             gc: Mutex::new(()),
             counters,
             pressure: AtomicBool::new(false),
+            absorbed_pct: crate::bypass::ABSORBED_UNKNOWN.into(),
             read_cache: cfg.read_cache,
             kset_interval: cfg.kset_flush_interval,
             epoch: Instant::now(),

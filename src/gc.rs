@@ -67,6 +67,12 @@ impl Cache {
             Counters::add(&self.counters.local().gc_keys, k.keys.len() as u64);
             n += 1;
         }
+        if n > 0 {
+            // Space was freed: writes that still find none set it again.
+            // (Writes that bypass a full cache allocate nothing, so they
+            // would never clear it, and GC would empty the cache.)
+            self.pressure.store(false, Ordering::Relaxed);
+        }
         Ok(n)
     }
 }

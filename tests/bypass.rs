@@ -348,3 +348,50 @@ fn a_full_cache_bypasses_nothing_while_an_earlier_epoch_is_dirty() {
     assert!(cache.under_pressure(), "still full: clean data waits for GC");
     assert!(cache.bypass_when_full(BASE - IO, 4096).is_some(), "with the earlier epochs on the base, it may");
 }
+
+/// Writes 4 KiB blocks (block `i` at `i * 4096 % span`) until `pct` percent
+/// of the segments are in use, then lets the open ksets expire and writes
+/// back everything journalled, without a FLUSH (so overwrites are skipped).
+fn fill_then_write_back(cache: &Cache, base: &MemBase, span: u64, pct: u32) {
+    let mut i = 0;
+    while cache.used_percent() < pct {
+        let off = i * 4096 % span;
+        assert_eq!(cache.write_buf(0, off, &write_data(2000 + i, off / 512, 8)).unwrap(), WriteOutcome::Done);
+        i += 1;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    cache.flush_expired_ksets().unwrap();
+    while cache.writeback_step(base).unwrap() != WbProgress::Idle {}
+}
+
+#[test]
+fn a_full_cache_that_absorbs_little_sends_new_blocks_to_the_base() {
+    let (base, cache) = setup();
+    // Every block written once: writeback skips nothing.
+    fill_then_write_back(&cache, &base, BASE, 62);
+    assert!(!cache.under_pressure(), "no write waited for space");
+    assert!(cache.is_full(), "writeback absorbs nothing: new blocks are better sent to the base");
+    let b = cache.bypass_when_full(BASE - IO, 4096).expect("a block nothing caches goes to the base");
+    cache.end_bypass(b, true);
+    assert!(cache.bypass_when_full(0, 4096).is_none(), "a cached block is still overwritten in the cache");
+}
+
+#[test]
+fn a_full_cache_that_absorbs_overwrites_keeps_new_writes() {
+    let (base, cache) = setup();
+    // A hot set of 64 blocks overwritten over and over: writeback skips most.
+    fill_then_write_back(&cache, &base, 64 * 4096, 62);
+    assert!(!cache.is_full(), "writeback absorbs most overwrites: the cache keeps taking writes");
+    assert!(cache.bypass_when_full(BASE - IO, 4096).is_none());
+}
+
+#[test]
+fn gc_freeing_space_ends_the_pressure() {
+    let (base, cache) = setup();
+    fill_until_full(&cache);
+    assert!(cache.under_pressure());
+    drain(&cache, &base);
+    while cache.gc_step().unwrap() > 0 {}
+    assert!(!cache.under_pressure(), "GC freed segments: writes that bypass would otherwise keep the flag forever");
+    assert!(!cache.is_full());
+}

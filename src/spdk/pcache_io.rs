@@ -195,7 +195,10 @@ unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys:
         let t = (*io).type_ as u32;
         if t == sys::SPDK_BDEV_IO_TYPE_WRITE && (*chan).deferred.is_empty() {
             let (off, len) = byte_range(io);
-            if let Some(b) = node.cache.begin_bypass((*chan).worker, off, len) {
+            // A sequential stream, or a full cache (bypass.rs).
+            let bypass =
+                node.cache.begin_bypass((*chan).worker, off, len).or_else(|| node.cache.bypass_when_full(off, len));
+            if let Some(b) = bypass {
                 write_staged(chan);
                 if !start_bypass(chan, io, b) {
                     cache_write(chan, io);
