@@ -94,7 +94,7 @@ for t in (pre, secs):
 # Where the writes went, for the log (stderr): a few counters at the end.
 st = call("bdev_pcache_get_stats", {"name": "PC0"}).get("result", [{}])[0]
 keys = ("write_ops", "deferred_writes", "bypass_writes", "bypass_full_writes", "writeback_bytes",
-        "writeback_skipped_bytes", "base_writes", "dirty_bytes")
+        "writeback_skipped_bytes", "base_writes", "base_flushes", "dirty_bytes")
 print("    pcache stats: " + ", ".join(f"{k} {st.get(k)}" for k in keys), file=sys.stderr)
 call("spdk_kill_instance", {"sig_name": "SIGTERM"})
 PY
