@@ -17,6 +17,9 @@
 # write latency (BENCH_BASES="aio delay"). Cores: BENCH_MASKS="0x1 0x3".
 # Prints a markdown table of IOPS and the pcache / base ratio.
 #
+# BENCH_PC_PARAMS adds parameters to bdev_pcache_create (JSON members with a
+# leading comma, e.g. ',"writeback_batch_bytes":268435456').
+#
 # Environment: SPDK_DIR (else pkg-config spdk_bdev, else /opt/spdk),
 # SPDK_APP_ARGS (default "--no-huge -s 2048 -u").
 set -euo pipefail
@@ -124,7 +127,7 @@ for kind in "${bases[@]}"; do
       fi
       fresh_file "$dir/pc.img" "$base_mib"
       # The read case fills the cache with sequential writes: no bypass there.
-      pc_params=''; [[ $c == read ]] && pc_params=',"seq_cutoff_bytes":0'
+      pc_params=${BENCH_PC_PARAMS:-}; [[ $c == read ]] && pc_params+=',"seq_cutoff_bytes":0'
       config "$dir/pc.json" "$(base_lines "$kind" "$base_mib" "$dir/pc.img"),"\
 '{"method":"bdev_pmem_create","params":{"name":"Pmem0","path":"'$shm.cache'","size":'$((cache_mib * MiB))'}},'\
 '{"method":"bdev_pcache_create","params":{"name":"PC0","cache_bdev":"Pmem0","base_bdev":"Base0"'"$pc_params"'}}'

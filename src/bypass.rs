@@ -135,6 +135,13 @@ impl Cache {
         self.register_bypass(off, len, true)
     }
 
+    /// The share (percent) of recent writeback batches' dirty bytes that
+    /// later keys had overwritten; None before the first batch.
+    pub fn absorbed_percent(&self) -> Option<u32> {
+        let p = self.absorbed_pct.load(Ordering::Relaxed);
+        (p != ABSORBED_UNKNOWN).then_some(p)
+    }
+
     /// Whether a write that no cached data overlaps is better sent to the
     /// base: either writes wait for space, or writeback finds little
     /// overwritten (below [`ABSORBED_ENOUGH`] percent of recent batches'

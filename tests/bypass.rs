@@ -367,8 +367,10 @@ fn fill_then_write_back(cache: &Cache, base: &MemBase, span: u64, pct: u32) {
 #[test]
 fn a_full_cache_that_absorbs_little_sends_new_blocks_to_the_base() {
     let (base, cache) = setup();
+    assert_eq!(cache.absorbed_percent(), None, "no batch yet");
     // Every block written once: writeback skips nothing.
     fill_then_write_back(&cache, &base, BASE, 62);
+    assert_eq!(cache.absorbed_percent(), Some(0));
     assert!(!cache.under_pressure(), "no write waited for space");
     assert!(cache.is_full(), "writeback absorbs nothing: new blocks are better sent to the base");
     let b = cache.bypass_when_full(BASE - IO, 4096).expect("a block nothing caches goes to the base");
@@ -381,6 +383,7 @@ fn a_full_cache_that_absorbs_overwrites_keeps_new_writes() {
     let (base, cache) = setup();
     // A hot set of 64 blocks overwritten over and over: writeback skips most.
     fill_then_write_back(&cache, &base, 64 * 4096, 62);
+    assert!(cache.absorbed_percent().is_some_and(|p| p >= 50), "{:?}", cache.absorbed_percent());
     assert!(!cache.is_full(), "writeback absorbs most overwrites: the cache keeps taking writes");
     assert!(cache.bypass_when_full(BASE - IO, 4096).is_none());
 }

@@ -836,6 +836,12 @@ pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     w.named_bool("clean", n.cache.is_clean());
     w.named_u64("flushes_waiting", n.flushes_waiting() as u64);
     w.named_u64("index_dram_bytes", n.cache.index_dram_bytes());
+    // What decides whether new blocks bypass a full cache (bypass.rs).
+    w.named_bool("cache_full", n.cache.is_full());
+    match n.cache.absorbed_percent() {
+        Some(p) => w.named_u64("absorbed_percent", p as u64),
+        None => w.named_null("absorbed_percent"),
+    }
     // Rates over the last ten seconds or so, and the time left at that rate.
     let r = n.drain_rates();
     w.named_u64("base_writes_per_sec", r.base_writes_per_sec.round() as u64);

@@ -112,6 +112,8 @@ if start_app bp "$sock" "$log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x3 
   check "tiny cache: more was written ($through bytes, cached or around it) than the cache holds" \
     [ "$through" -gt $((10 << 24)) ]
   check "tiny cache: no flush is waiting (flushes_waiting 0)" [ "$(get flushes_waiting)" = 0 ]
+  check "tiny cache: get_stats says how much writeback found overwritten ($(get absorbed_percent) %)" \
+    [ "$(get absorbed_percent)" != None ]
   check "tiny cache: writes that found it full went to the base ($(get bypass_full_writes) writes)" \
     [ "$(get bypass_full_writes)" -gt 0 ]
   stop_app bp "$sock"
