@@ -135,6 +135,16 @@ impl Cache {
         self.register_bypass(off, len, true)
     }
 
+    /// Records a planned writeback batch: of its `dirty` bytes, `written`
+    /// go to the base, the rest were overwritten (see is_full).
+    pub(crate) fn note_absorbed(&self, dirty: u64, written: u64) {
+        let Some(pct) = (dirty.saturating_sub(written) * 100).checked_div(dirty) else { return };
+        let pct = pct as u32;
+        let old = self.absorbed_pct.load(Ordering::Relaxed);
+        let avg = if old == ABSORBED_UNKNOWN { pct } else { (old * 3 + pct) / 4 };
+        self.absorbed_pct.store(avg, Ordering::Relaxed);
+    }
+
     /// The share (percent) of recent writeback batches' dirty bytes that
     /// later keys had overwritten; None before the first batch.
     pub fn absorbed_percent(&self) -> Option<u32> {

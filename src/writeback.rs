@@ -315,12 +315,7 @@ impl Cache {
         }
         let written: u64 = batch.pieces.values().map(|p| p.len as u64).sum();
         Counters::add(&self.counters.local().writeback_skipped_bytes, batch.dirty.saturating_sub(written));
-        if let Some(pct) = (batch.dirty.saturating_sub(written) * 100).checked_div(batch.dirty) {
-            let pct = pct as u32;
-            let old = self.absorbed_pct.load(Ordering::Relaxed);
-            let avg = if old == crate::bypass::ABSORBED_UNKNOWN { pct } else { (old * 3 + pct) / 4 };
-            self.absorbed_pct.store(avg, Ordering::Relaxed);
-        }
+        self.note_absorbed(batch.dirty, written);
         let mut runs: Vec<Run> = Vec::new();
         for (&off, p) in &batch.pieces {
             let zero = p.src == Src::Zero;

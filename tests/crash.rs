@@ -45,11 +45,11 @@ struct Model {
     flushed: HashMap<u64, u64>,
     since: HashMap<u64, Vec<u64>>,
     /// What every sector held at each completed FLUSH, oldest first (the
-    /// state before the first is all zeros), and every write with the number
+    /// state before the first is all zeros), and for every write the number
     /// of FLUSHes completed before it was issued: what the base alone may
-    /// hold (see base_allowed).
+    /// hold (see base_consistent_at).
     at_flush: Vec<HashMap<u64, u64>>,
-    writes: Vec<(usize, u64)>,
+    epoch_of: HashMap<u64, usize>,
 }
 
 impl Model {
@@ -60,7 +60,7 @@ impl Model {
         for s in first..first + n {
             self.since.entry(s).or_default().push(id);
         }
-        self.writes.push((self.at_flush.len(), id));
+        self.epoch_of.insert(id, self.at_flush.len());
     }
     fn acked(&mut self, _id: u64) {}
     fn flushed(&mut self, last: &HashMap<u64, u64>) {
@@ -78,10 +78,11 @@ impl Model {
             (0..img.len() / 512).map(|s| who_wrote(&img[s * 512..(s + 1) * 512], s as u64)).collect();
         // A sector's pattern names the sector, so a write's id found there
         // means the write covered it.
-        let epoch_of: HashMap<u64, usize> = self.writes.iter().map(|&(m, id)| (id, m)).collect();
         (0..=self.at_flush.len()).rev().find(|&k| {
             let at = |s: u64| if k == 0 { 0 } else { self.at_flush[k - 1].get(&s).copied().unwrap_or(0) };
-            who.iter().enumerate().all(|(s, w)| w.is_some_and(|id| id == at(s as u64) || epoch_of.get(&id) == Some(&k)))
+            who.iter()
+                .enumerate()
+                .all(|(s, w)| w.is_some_and(|id| id == at(s as u64) || self.epoch_of.get(&id) == Some(&k)))
         })
     }
 }

@@ -167,18 +167,7 @@ pub fn write_batch_all(
     worker: usize,
     writes: &[(u64, Vec<u8>)],
 ) -> Vec<pcache::Result<pcache::WriteOutcome>> {
-    let iovs: Vec<[std::io::IoSlice; 1]> = writes.iter().map(|(_, d)| [std::io::IoSlice::new(d)]).collect();
-    let reqs: Vec<pcache::WriteReq> =
-        writes.iter().zip(&iovs).map(|((off, _), iov)| pcache::WriteReq { offset: *off, data: iov }).collect();
-    let mut out = Vec::new();
-    cache.write_batch(worker, &reqs, &mut out);
-    assert_eq!(out.len(), writes.len(), "one result per request");
-    for ((off, data), r) in writes.iter().zip(&out) {
-        if let Ok(pcache::WriteOutcome::Deferred { written }) = r {
-            write_all(cache, base, worker, off + written, &data[*written as usize..]);
-        }
-    }
-    out
+    write_batch_with(cache, base, worker, writes, false)
 }
 
 /// The same, but a deferred write goes to the base instead where the cache
@@ -189,6 +178,16 @@ pub fn write_batch_or_bypass(
     worker: usize,
     writes: &[(u64, Vec<u8>)],
 ) -> Vec<pcache::Result<pcache::WriteOutcome>> {
+    write_batch_with(cache, base, worker, writes, true)
+}
+
+fn write_batch_with(
+    cache: &Cache,
+    base: &dyn BaseDevice,
+    worker: usize,
+    writes: &[(u64, Vec<u8>)],
+    bypass: bool,
+) -> Vec<pcache::Result<pcache::WriteOutcome>> {
     let iovs: Vec<[std::io::IoSlice; 1]> = writes.iter().map(|(_, d)| [std::io::IoSlice::new(d)]).collect();
     let reqs: Vec<pcache::WriteReq> =
         writes.iter().zip(&iovs).map(|((off, _), iov)| pcache::WriteReq { offset: *off, data: iov }).collect();
@@ -197,7 +196,7 @@ pub fn write_batch_or_bypass(
     assert_eq!(out.len(), writes.len(), "one result per request");
     for ((off, data), r) in writes.iter().zip(&out) {
         match r {
-            Ok(pcache::WriteOutcome::Deferred { written: 0 }) => {
+            Ok(pcache::WriteOutcome::Deferred { written: 0 }) if bypass => {
                 write_or_bypass(cache, base, worker, *off, data);
             }
             Ok(pcache::WriteOutcome::Deferred { written }) => {
