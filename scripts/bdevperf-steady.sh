@@ -18,7 +18,9 @@
 # Prints a markdown table of IOPS and the pcache / base ratio.
 #
 # BENCH_PC_PARAMS adds parameters to bdev_pcache_create (JSON members with a
-# leading comma, e.g. ',"writeback_batch_bytes":268435456').
+# leading comma, e.g. ',"writeback_batch_bytes":268435456'). BENCH_TRACE=1
+# prints the cache's state (used segments, dirty bytes, base rates, bypasses)
+# every second of each timed pcache run, on stderr.
 #
 # Environment: SPDK_DIR (else pkg-config spdk_bdev, else /opt/spdk),
 # SPDK_APP_ARGS (default "--no-huge -s 2048 -u").
@@ -91,7 +93,18 @@ def call(method, params=None):
         buf += chunk
         try: return json.loads(buf)
         except ValueError: continue
+def trace():
+    # BENCH_TRACE=1: a line of the cache's state every second of the timed run.
+    keys = ("segs_used", "dirty_bytes", "cache_full", "absorbed_percent", "base_writes_per_sec",
+            "base_flushes_per_sec", "writeback_bytes_per_sec", "bypass_full_writes", "deferred_writes")
+    for _ in range(secs):
+        time.sleep(1)
+        st = call("bdev_pcache_get_stats", {"name": "PC0"}).get("result", [{}])[0]
+        print("    trace: " + ", ".join(f"{k} {st.get(k)}" for k in keys), file=sys.stderr)
 for t in (pre, secs):
+    if t == secs and os.environ.get("BENCH_TRACE"):
+        import threading
+        threading.Thread(target=trace, daemon=True).start()
     r = call("perform_tests", {"time_in_sec": t})
     if "error" in r: raise SystemExit(r["error"])
 # Where the writes went, for the log (stderr): a few counters at the end.
