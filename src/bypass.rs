@@ -43,7 +43,6 @@ use std::sync::Arc;
 use crate::base::BaseDevice;
 use crate::cache::{lock, Cache};
 use crate::index::Index;
-use crate::stats::Counters;
 
 /// Sequential run after which a stream's writes bypass the cache (bcache's
 /// sequential_cutoff; 0 turns bypass off).
@@ -209,10 +208,10 @@ impl Cache {
         }
         if ok {
             let c = self.counters.local();
-            Counters::add(&c.bypass_writes, 1);
-            Counters::add(&c.bypass_bytes, b.len);
+            c.add(|s| &s.bypass_writes, 1);
+            c.add(|s| &s.bypass_bytes, b.len);
             if b.when_full {
-                Counters::add(&c.bypass_full_writes, 1);
+                c.add(|s| &s.bypass_full_writes, 1);
             }
             self.bypassed.done.fetch_add(1, Ordering::AcqRel);
         }

@@ -317,7 +317,7 @@ impl Cache {
         let replayed = replay(&*media, &sb, &segs, &index, &tails)?;
         segs.finish_load();
         let counters = Counters::default();
-        Counters::add(&counters.local().dirty_bytes, replayed.report.dirty_bytes);
+        counters.local().add(|c| &c.dirty_bytes, replayed.report.dirty_bytes);
         let cache = Cache {
             log: Mutex::new(KeyLog::new(replayed.head, sb.nonce)),
             media,

@@ -13,7 +13,6 @@ use crate::cache::{lock, Cache};
 use crate::error::{Error, Result};
 use crate::index::Index;
 use crate::keylog::read_kset;
-use crate::stats::Counters;
 
 /// Ksets reclaimed per step at most, to keep a poller's step short.
 const KSETS_PER_STEP: usize = 64;
@@ -63,8 +62,8 @@ impl Cache {
             for seg in release {
                 self.release_seg(seg)?;
             }
-            Counters::add(&self.counters.local().gc_ksets, 1);
-            Counters::add(&self.counters.local().gc_keys, k.keys.len() as u64);
+            self.counters.local().add(|c| &c.gc_ksets, 1);
+            self.counters.local().add(|c| &c.gc_keys, k.keys.len() as u64);
             n += 1;
         }
         if n > 0 {

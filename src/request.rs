@@ -20,7 +20,7 @@ use crate::index::{extent_crc, Extent, Index, KsetTag, Subtree};
 use crate::iov;
 use crate::segment::Use;
 use crate::spinlock::SpinGuard;
-use crate::stats::{Counters, HeadCounters};
+use crate::stats::HeadCounters;
 
 /// Result of a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,14 +87,14 @@ impl Cache {
                 }
                 Err(e) => return Err(e),
             };
-            Counters::add(&self.counters.local().dirty_bytes, got as u64);
+            self.counters.local().add(|c| &c.dirty_bytes, got as u64);
             let key = self.data_key(off, seg, seg_off, got, data, done);
             let copied = iov::gather_to_media(&*self.media, self.geo.addr(seg, seg_off), data, done, got as u64);
             let mut slot = match copied.and_then(|_| self.settle_overlaps(slot, &key)) {
                 Ok(s) => s,
                 Err(e) => {
                     // The key never went in; its space stays unused.
-                    Counters::sub(&self.counters.local().dirty_bytes, got as u64);
+                    self.counters.local().sub(|c| &c.dirty_bytes, got as u64);
                     if let Error::NoSpace(_) = e {
                         self.pressure.store(true, Ordering::Relaxed);
                         return Ok(self.deferred(done));
@@ -156,7 +156,7 @@ impl Cache {
 
     /// A write that found no space after its first `written` bytes.
     pub(crate) fn deferred(&self, written: u64) -> WriteOutcome {
-        Counters::add(&self.counters.local().deferred_writes, 1);
+        self.counters.local().add(|c| &c.deferred_writes, 1);
         WriteOutcome::Deferred { written }
     }
 
@@ -219,7 +219,7 @@ impl Cache {
             return Ok(true);
         }
         if key.is_dirty() {
-            Counters::add(&self.counters.local().dirty_bytes, key.len as u64);
+            self.counters.local().add(|c| &c.dirty_bytes, key.len as u64);
         }
         self.commit_key(&mut slot, key);
         Ok(true)
@@ -317,7 +317,7 @@ impl Cache {
         ks.since = None;
         ks.epoch = ks.epoch.wrapping_add(1);
         self.kset_epochs[ks.id as usize].store(ks.epoch, Ordering::Release);
-        Counters::add(&self.counters.local().kset_flushes, 1);
+        self.counters.local().add(|c| &c.kset_flushes, 1);
         Ok(())
     }
 
@@ -329,7 +329,7 @@ impl Cache {
         // Ends the epoch: writeback keeps the base from holding later writes
         // without all of these.
         lock(&self.log).mark_flush(&*self.media, &self.segs)?;
-        Counters::add(&self.counters.local().flush_ops, 1);
+        self.counters.local().add(|c| &c.flush_ops, 1);
         Ok(())
     }
 
@@ -398,9 +398,9 @@ impl Cache {
             pos += chunk;
         }
         let c = self.counters.local();
-        Counters::add(&c.read_hit_bytes, hit_bytes);
-        Counters::add(&c.read_miss_bytes, total - hit_bytes);
-        Counters::add(if misses.is_empty() { &c.read_hit_ops } else { &c.read_miss_ops }, 1);
+        c.add(|s| &s.read_hit_bytes, hit_bytes);
+        c.add(|s| &s.read_miss_bytes, total - hit_bytes);
+        c.add(|s| if misses.is_empty() { &s.read_hit_ops } else { &s.read_miss_ops }, 1);
         Ok(misses)
     }
 
@@ -418,7 +418,7 @@ impl Cache {
             let mut whole = vec![0u8; e.len as usize];
             self.media.read(src, &mut whole)?;
             if data_crc(&[&whole]) != e.crc {
-                Counters::add(&self.counters.local().data_crc_errors, 1);
+                self.counters.local().add(|c| &c.data_crc_errors, 1);
                 return Err(Error::DataCrc { offset: off - skip as u64, len: e.len as u64 });
             }
             iov::scatter_from_slice(&whole[skip as usize..(skip + n) as usize], bufs, at);
@@ -455,7 +455,7 @@ impl Cache {
             Err(e) => return Err(e),
         };
         if inserted {
-            Counters::add(&self.counters.local().fill_bytes, got as u64);
+            self.counters.local().add(|c| &c.fill_bytes, got as u64);
         }
         Ok(inserted)
     }

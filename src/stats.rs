@@ -2,9 +2,13 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-/// Counter shards: every thread adds to its own shard, so workers on
-/// different cores never write to a shared cache line per I/O.
+/// Counter shards. Each of the first `SHARDS - 1` threads that count owns a
+/// shard and adds to it with a plain load and store: no locked instruction
+/// per I/O (a locked add costs a read hit about 4 % of its time, and after
+/// a write's flushing stores it waits for them). Later threads share the
+/// last shard and add atomically.
 const SHARDS: usize = 16;
+const SHARED: usize = SHARDS - 1;
 
 /// Counters, sharded by thread; a snapshot sums the shards.
 pub struct Counters {
@@ -20,7 +24,8 @@ impl Default for Counters {
 static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    static SHARD: usize = NEXT_SHARD.fetch_add(1, Relaxed) % SHARDS;
+    /// This thread's shard, the same in every `Counters`.
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Relaxed).min(SHARED);
 }
 
 /// One shard; aligned so that two shards never share a cache line (or the
@@ -56,22 +61,38 @@ pub struct CounterSet {
 impl Counters {
     /// The calling thread's shard, to add to.
     #[inline]
-    pub fn local(&self) -> &CounterSet {
-        &self.shards[SHARD.with(|s| *s)]
+    pub fn local(&self) -> Local<'_> {
+        let i = SHARD.with(|s| *s);
+        Local { set: &self.shards[i], owned: i != SHARED }
     }
 
     /// The sum of one counter over all shards.
     pub fn total(&self, f: impl Fn(&CounterSet) -> &AtomicU64) -> u64 {
         self.shards.iter().fold(0u64, |a, c| a.wrapping_add(f(c).load(Relaxed)))
     }
+}
+
+/// The calling thread's shard of a [`Counters`].
+pub struct Local<'a> {
+    set: &'a CounterSet,
+    /// Only this thread adds to the shard.
+    owned: bool,
+}
+
+impl Local<'_> {
+    #[inline]
+    pub fn add(&self, field: impl FnOnce(&CounterSet) -> &AtomicU64, v: u64) {
+        let c = field(self.set);
+        if self.owned {
+            c.store(c.load(Relaxed).wrapping_add(v), Relaxed);
+        } else {
+            c.fetch_add(v, Relaxed);
+        }
+    }
 
     #[inline]
-    pub fn add(c: &AtomicU64, v: u64) {
-        c.fetch_add(v, Relaxed);
-    }
-    #[inline]
-    pub fn sub(c: &AtomicU64, v: u64) {
-        c.fetch_sub(v, Relaxed);
+    pub fn sub(&self, field: impl FnOnce(&CounterSet) -> &AtomicU64, v: u64) {
+        self.add(field, v.wrapping_neg());
     }
 }
 
@@ -163,5 +184,34 @@ impl Counters {
         s.gc_ksets = self.total(|c| &c.gc_ksets);
         s.gc_keys = self.total(|c| &c.gc_keys);
         s.data_crc_errors = self.total(|c| &c.data_crc_errors);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More threads than shards, adding and subtracting at once: the shared
+    /// shard must not lose an update, nor an owned one see another thread.
+    #[test]
+    fn no_update_is_lost_with_more_threads_than_shards() {
+        let c = Counters::default();
+        let (threads, adds) = (3 * SHARDS, 20_000u64);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let c = &c;
+                s.spawn(move || {
+                    for _ in 0..adds {
+                        c.local().add(|s| &s.dirty_bytes, 3);
+                        c.local().sub(|s| &s.dirty_bytes, 1);
+                        if t % 2 == 0 {
+                            c.local().add(|s| &s.read_hit_ops, 1);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(c.total(|s| &s.dirty_bytes), threads as u64 * adds * 2);
+        assert_eq!(c.total(|s| &s.read_hit_ops), (threads as u64 / 2) * adds);
     }
 }

@@ -34,7 +34,6 @@ use crate::error::{Error, Result};
 use crate::format::{data_crc, KeyRecord, LogPos, KEY_FLAG_CRC};
 use crate::index::{Index, KsetTag};
 use crate::keylog::read_kset;
-use crate::stats::Counters;
 
 /// Bytes of writes in flight to the base at once.
 const WINDOW_BYTES: u64 = 16 << 20;
@@ -204,7 +203,7 @@ impl Cache {
                         return Ok(WbProgress::Busy);
                     }
                     // Start the batch's writes over; rewriting is idempotent.
-                    Counters::add(&self.counters.local().writeback_errors, 1);
+                    self.counters.local().add(|c| &c.writeback_errors, 1);
                     *st = WbState::Writing { batch, runs, next: 0, io: Arc::default() };
                     return Ok(WbProgress::Busy);
                 }
@@ -230,7 +229,7 @@ impl Cache {
                     return self.finish(batch).map(|()| WbProgress::Advanced);
                 }
                 let io = Arc::new(Inflight { pending: AtomicUsize::new(1), ..Inflight::default() });
-                Counters::add(&self.counters.local().base_flushes, 1);
+                self.counters.local().add(|c| &c.base_flushes, 1);
                 base.flush(completion(io.clone(), 0));
                 *st = WbState::Flushing { batch, runs, io };
                 Ok(WbProgress::Busy)
@@ -248,7 +247,7 @@ impl Cache {
                 }
                 if io.failed.load(Ordering::Acquire) {
                     // The device may have dropped what it held: write it all again.
-                    Counters::add(&self.counters.local().writeback_errors, 1);
+                    self.counters.local().add(|c| &c.writeback_errors, 1);
                     *st = WbState::Writing { batch, runs, next: 0, io: Arc::default() };
                     return Ok(WbProgress::Busy);
                 }
@@ -314,7 +313,7 @@ impl Cache {
             }
         }
         let written: u64 = batch.pieces.values().map(|p| p.len as u64).sum();
-        Counters::add(&self.counters.local().writeback_skipped_bytes, batch.dirty.saturating_sub(written));
+        self.counters.local().add(|c| &c.writeback_skipped_bytes, batch.dirty.saturating_sub(written));
         self.note_absorbed(batch.dirty, written);
         let mut runs: Vec<Run> = Vec::new();
         for (&off, p) in &batch.pieces {
@@ -385,7 +384,7 @@ impl Cache {
     fn submit_run(&self, base: &dyn BaseDevice, run: &Run, io: &Arc<Inflight>) -> Result<()> {
         io.pending.fetch_add(1, Ordering::AcqRel);
         io.bytes.fetch_add(run.len, Ordering::AcqRel);
-        Counters::add(&self.counters.local().base_writes, 1);
+        self.counters.local().add(|c| &c.base_writes, 1);
         if run.zero {
             base.write_zeroes(run.off, run.len, completion(io.clone(), run.len));
             return Ok(());
@@ -417,7 +416,7 @@ impl Cache {
         let mut whole = vec![0u8; key.len as usize];
         self.media.read(self.geo.addr(key.seg, key.seg_off), &mut whole)?;
         if data_crc(&[&whole]) != key.data_crc {
-            Counters::add(&self.counters.local().data_crc_errors, 1);
+            self.counters.local().add(|c| &c.data_crc_errors, 1);
             return Err(Error::DataCrc { offset: key.off, len: key.len as u64 });
         }
         dst.copy_from_slice(&whole[skip as usize..skip as usize + dst.len()]);
@@ -428,12 +427,12 @@ impl Cache {
     fn finish(&self, batch: Batch) -> Result<()> {
         lock(&self.tails).set_dirty(&*self.media, batch.end)?;
         let c = self.counters.local();
-        Counters::sub(&c.dirty_bytes, batch.dirty);
-        Counters::add(&c.writeback_bytes, batch.dirty);
-        Counters::add(&c.writeback_ksets, batch.ksets);
-        Counters::add(&c.writeback_batches, 1);
+        c.sub(|s| &s.dirty_bytes, batch.dirty);
+        c.add(|s| &s.writeback_bytes, batch.dirty);
+        c.add(|s| &s.writeback_ksets, batch.ksets);
+        c.add(|s| &s.writeback_batches, 1);
         if batch.epoch_end {
-            Counters::add(&c.writeback_epochs, 1);
+            c.add(|s| &s.writeback_epochs, 1);
         }
         Ok(())
     }
