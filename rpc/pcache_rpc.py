@@ -43,6 +43,9 @@ def bdev_pmem_create(args):
     }))
 
 
+MODES = ('writeback', 'writethrough', 'writearound', 'passthrough')
+
+
 def bdev_pmem_delete(args):
     _call(args, 'bdev_pmem_delete', {'name': args.name})
 
@@ -76,6 +79,7 @@ def bdev_pcache_set_options(args):
         'gc_percent': args.gc_percent,
         'writeback_batch_bytes': args.writeback_batch_bytes,
         'seq_cutoff_bytes': args.seq_cutoff_bytes,
+        'cache_mode': args.cache_mode,
     })
 
 
@@ -143,8 +147,9 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help='Name of the pmem bdev holding the cache (see bdev_pmem_create)')
     p.add_argument('-b', '--base-bdev', dest='base_bdev', required=True,
                    help='Name of the base bdev the cache writes back to')
-    p.add_argument('-m', '--cache-mode', dest='cache_mode', metavar='MODE',
-                   help='Cache mode; only writeback is supported. Default: writeback')
+    p.add_argument('-m', '--cache-mode', dest='cache_mode', metavar='MODE', choices=MODES,
+                   help="""Cache mode: writeback, writethrough, writearound or passthrough. Default: the
+                   mode the cache holds (writeback for a new one)""")
     p.add_argument('--data-crc', dest='data_crc', type=_bool, metavar='true|false',
                    help="""Keep a CRC of cached data and check it on reads from the cache. Only used
                    when a new cache is formatted; default: the module's""")
@@ -186,6 +191,9 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help='Cap of the dirty bytes writeback takes in one batch; 1 writes back one kset per batch')
     p.add_argument('-S', '--seq-cutoff-bytes', dest='seq_cutoff_bytes', type=int,
                    help='Sequential run after which writes of 64 KiB or more bypass the cache; 0 never bypasses')
+    p.add_argument('-m', '--cache-mode', dest='cache_mode', metavar='MODE', choices=MODES,
+                   help="""Switch the cache mode: writeback, writethrough, writearound or passthrough.
+                   Leaving writeback writes back everything dirty; new writes follow the new mode at once""")
     p.set_defaults(func=bdev_pcache_set_options)
 
     p = subparsers.add_parser('bdev_pcache_flush',

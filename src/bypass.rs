@@ -165,7 +165,7 @@ impl Cache {
 
     /// Registers `[off, off+len)` as on its way to the base if the
     /// guarantee allows it (see the module doc).
-    fn register_bypass(&self, off: u64, len: u64, when_full: bool) -> Option<Bypass> {
+    pub(crate) fn register_bypass(&self, off: u64, len: u64, when_full: bool) -> Option<Bypass> {
         if !self.earlier_epochs_on_base() {
             return None;
         }

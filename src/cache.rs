@@ -15,6 +15,7 @@ use crate::format::{
 };
 use crate::index::Index;
 use crate::keylog::KeyLog;
+use crate::mode::CacheMode;
 use crate::pmem::Media;
 use crate::replay::{replay, ReplayReport};
 use crate::replica::Replica;
@@ -88,6 +89,8 @@ pub struct Config {
     pub uuid: Option<Uuid>,
     /// Sequential run after which large writes bypass the cache (0: never; see bypass.rs).
     pub seq_cutoff: u64,
+    /// Cache mode (see mode.rs). None keeps what the device has (writeback on a new one).
+    pub cache_mode: Option<CacheMode>,
 }
 
 impl Config {
@@ -104,6 +107,7 @@ impl Config {
             writeback_batch_bytes: crate::writeback::DEFAULT_BATCH_BYTES,
             seq_cutoff: crate::bypass::DEFAULT_SEQ_CUTOFF,
             uuid: None,
+            cache_mode: None,
         }
     }
 }
@@ -186,6 +190,11 @@ pub struct Cache {
     pub(crate) tails: Mutex<Tails>,
     pub(crate) info: Mutex<Replica>,
     pub(crate) gc_percent: AtomicU8,
+    /// The cache mode (mode.rs), as stored in the cache-info record.
+    pub(crate) mode: AtomicU8,
+    /// After leaving writeback: the log sequence writeback must reach before
+    /// what was dirty then is all on the base (0: no such transition).
+    pub(crate) leaving_until: AtomicU64,
     pub(crate) heads: Vec<Padded<Head>>,
     pub(crate) wb: Mutex<WbState>,
     pub(crate) wb_batch_bytes: AtomicU64,
@@ -290,7 +299,8 @@ impl Cache {
         media.fence();
         SegmentTable::format(&*media, geo)?;
         let gc = cfg.gc_percent.unwrap_or(DEFAULT_GC_PERCENT);
-        Replica::init(&*media, CACHE_INFO_OFF, REC_CACHE_INFO, |r| CacheInfo { gc_percent: gc }.to_body(r))?;
+        let info = CacheInfo { gc_percent: gc, mode: cfg.cache_mode.unwrap_or_default() as u8 };
+        Replica::init(&*media, CACHE_INFO_OFF, REC_CACHE_INFO, |r| info.to_body(r))?;
         // The key log starts in segment 0.
         Tails::format(&*media, LogPos { seg: 0, off: 0, seq: 1 })?;
         media.write(SB_OFF, &sb.encode())?;
@@ -305,11 +315,13 @@ impl Cache {
         check_workers(&geo, cfg.workers)?;
         let (mut info_rep, info_rec, _) = Replica::load(&*media, CACHE_INFO_OFF, REC_CACHE_INFO, "cache info")?;
         let mut info = CacheInfo::from_body(&info_rec)?;
-        if let Some(gc) = cfg.gc_percent {
-            if gc != info.gc_percent {
-                info.gc_percent = gc;
-                info_rep.store(&*media, |r| info.to_body(r))?;
-            }
+        let wanted = CacheInfo {
+            gc_percent: cfg.gc_percent.unwrap_or(info.gc_percent),
+            mode: cfg.cache_mode.map_or(info.mode, |m| m as u8),
+        };
+        if wanted != info {
+            info = wanted;
+            info_rep.store(&*media, |r| info.to_body(r))?;
         }
         let segs = SegmentTable::load(&*media, geo, log_reserve(&geo, cfg.workers))?;
         let tails = Tails::load(&*media)?;
@@ -331,6 +343,8 @@ impl Cache {
             tails: Mutex::new(tails),
             info: Mutex::new(info_rep),
             gc_percent: AtomicU8::new(info.gc_percent),
+            mode: AtomicU8::new(info.mode),
+            leaving_until: AtomicU64::new(0),
             heads: (0..cfg.workers).map(|_| Padded(Head::default())).collect(),
             wb: Mutex::new(WbState::default()),
             wb_batch_bytes: AtomicU64::new(cfg.writeback_batch_bytes),
@@ -383,7 +397,8 @@ impl Cache {
         if pct > 90 {
             return Err(Error::InvalidArgument(format!("gc_percent {pct} is above 90")));
         }
-        lock(&self.info).store(&*self.media, |r| CacheInfo { gc_percent: pct }.to_body(r))?;
+        let rec = CacheInfo { gc_percent: pct, mode: self.cache_mode() as u8 };
+        lock(&self.info).store(&*self.media, |r| rec.to_body(r))?;
         self.gc_percent.store(pct, Ordering::Relaxed);
         Ok(())
     }
@@ -423,6 +438,11 @@ impl Cache {
         let c = &self.counters;
         let writes: u64 = self.heads.iter().map(|h| h.counters.write_ops.load(Ordering::Relaxed)).sum();
         writes + c.total(|s| &s.read_hit_ops) + c.total(|s| &s.read_miss_ops)
+    }
+
+    /// Writeback errors so far (failed base writes and flushes).
+    pub fn writeback_errors(&self) -> u64 {
+        self.counters.total(|c| &c.writeback_errors) + self.bypassed.flush_errors.load(Ordering::Relaxed)
     }
 
     /// True while writes wait for space (GC and writeback should hurry).

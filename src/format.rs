@@ -293,18 +293,26 @@ pub fn seq_newer(a: u32, b: u32) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheInfo {
     pub gc_percent: u8,
+    /// The cache mode (mode.rs: 0 writeback, 1 writethrough, 2 writearound,
+    /// 3 passthrough); 0 in images written before modes existed.
+    pub mode: u8,
 }
 
 impl CacheInfo {
     pub fn to_body(self, r: &mut Record) {
         r.body[0] = self.gc_percent;
+        r.body[1] = self.mode;
     }
     pub fn from_body(r: &Record) -> Result<Self> {
         let gc_percent = r.body[0];
         if gc_percent > 90 {
             return Err(Error::corrupt("cache info", format!("gc_percent {gc_percent} > 90")));
         }
-        Ok(CacheInfo { gc_percent })
+        let mode = r.body[1];
+        if crate::mode::CacheMode::from_u8(mode).is_none() {
+            return Err(Error::corrupt("cache info", format!("unknown cache mode {mode}")));
+        }
+        Ok(CacheInfo { gc_percent, mode })
     }
 }
 

@@ -91,6 +91,7 @@ pub struct Inspection {
     pub device_len: u64,
     pub sb: Superblock,
     pub gc_percent: Option<u8>,
+    pub cache_mode: Option<crate::CacheMode>,
     /// cache_info, key_tail, dirty_tail (segment metadata appears only in `problems`).
     pub records: Vec<RecordState>,
     pub key_tail: Option<LogPos>,
@@ -132,6 +133,7 @@ pub fn inspect(media: Arc<dyn Media>, opts: InspectOptions) -> Result<Inspection
         device_len: media.len(),
         sb: sb.clone(),
         gc_percent: None,
+        cache_mode: None,
         records: Vec::new(),
         key_tail: None,
         dirty_tail: None,
@@ -151,7 +153,10 @@ pub fn inspect(media: Arc<dyn Media>, opts: InspectOptions) -> Result<Inspection
     let info = record(&*media, &mut ins, "cache_info", CACHE_INFO_OFF, REC_CACHE_INFO)?;
     if let Some(r) = info {
         match CacheInfo::from_body(&r) {
-            Ok(ci) => ins.gc_percent = Some(ci.gc_percent),
+            Ok(ci) => {
+                ins.gc_percent = Some(ci.gc_percent);
+                ins.cache_mode = crate::CacheMode::from_u8(ci.mode);
+            }
             Err(e) => ins.problem(Severity::Fatal, "cache_info", e.to_string()),
         }
     }

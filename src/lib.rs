@@ -11,6 +11,7 @@
 //! - [`replay`]: rebuilding state at open
 //! - [`request`]: write, read, fill, flush; [`batch`]: batched writes; [`writeback`]; [`gc`]
 //! - [`bypass`]: large sequential writes straight to the base
+//! - [`mode`]: cache modes (writeback, writethrough, writearound, passthrough)
 //! - [`drain`]: writeback rates and the time left to drain
 //! - [`base`]: the base device interface; [`membase`]: a DRAM base device for tests; [`stats`]
 //! - [`inspect`]: a read-only walk of the on-media state, for the offline tools
@@ -31,6 +32,7 @@ pub mod inspect;
 pub mod iov;
 pub mod keylog;
 pub mod membase;
+pub mod mode;
 pub mod pmem;
 pub mod replay;
 pub mod replica;
@@ -50,6 +52,7 @@ pub use cache::{BaseIdentity, Cache, Config, Opened};
 pub use drain::{DrainMeter, DrainRates};
 pub use error::{Error, Result};
 pub use membase::{Faults, MemBase};
+pub use mode::CacheMode;
 pub use request::{Miss, WriteOutcome};
 pub use stats::Stats;
 pub use writeback::{Pacer, WbProgress};

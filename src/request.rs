@@ -431,7 +431,7 @@ impl Cache {
     /// Caches data just read from the base device for a miss, unless the range
     /// changed since the read. Returns whether anything was cached.
     pub fn fill(&self, worker: usize, miss: &Miss, data: &[u8]) -> Result<bool> {
-        if !self.read_cache || data.len() as u64 != miss.len {
+        if !self.read_cache || !self.cache_mode().caches_reads() || data.len() as u64 != miss.len {
             return Ok(false);
         }
         if self.index.lock(Index::subtree_of(miss.off)).version != miss.version {

@@ -150,9 +150,10 @@ impl Cache {
     /// wait then shrinks in proportion, to zero at gc_percent - WB_FULL_MARGIN,
     /// leaving GC written-back segments to reclaim before writes run out of
     /// room. No wait when the front end is idle, when writes wait for space or
-    /// when `flush_waits` (someone waits for everything to reach the base).
+    /// when `flush_waits` (someone waits for everything to reach the base),
+    /// nor in a mode where writes complete only once written back (mode.rs).
     pub fn writeback_pace(&self, front_busy: bool, flush_waits: bool) -> Option<Duration> {
-        if !front_busy || flush_waits || self.under_pressure() {
+        if !front_busy || flush_waits || self.under_pressure() || !self.cache_mode().completes_in_cache() {
             return None;
         }
         pace(self.dirty_percent(), self.gc_percent() as u32)

@@ -274,7 +274,13 @@ fn crafted_metadata_is_rejected() {
         (
             "gc_percent above 90",
             with_record(&im, CACHE_INFO_OFF, format::REC_CACHE_INFO, |r| {
-                format::CacheInfo { gc_percent: 95 }.to_body(r)
+                format::CacheInfo { gc_percent: 95, mode: 0 }.to_body(r)
+            }),
+        ),
+        (
+            "unknown cache mode",
+            with_record(&im, CACHE_INFO_OFF, format::REC_CACHE_INFO, |r| {
+                format::CacheInfo { gc_percent: 70, mode: 4 }.to_body(r)
             }),
         ),
         (
@@ -335,6 +341,7 @@ fn crafted_metadata_is_rejected() {
         ("two keys naming the same pmem bytes", "two keys name the same bytes"),
         ("two ksets' keys naming the same pmem bytes", "two keys name the same bytes"),
         ("gc_percent above 90", "gc_percent 95 > 90"),
+        ("unknown cache mode", "unknown cache mode 4"),
         ("key_tail sequence number at u64::MAX", "impossibly large"),
         ("segment generation at u64::MAX", "impossibly large"),
     ];

@@ -9,8 +9,12 @@
 //! - the value of the last write acknowledged before the last completed flush, or
 //! - the value of a write issued after that flush (unflushed writes may or may not survive),
 //!
-//! Large writes bypass the cache when it allows (bypass.rs); a flush then flushes the base too.
-//! and nothing else. Failures print the seed; PCACHE_CRASH_SEED=<n> reruns one.
+//! and nothing else. Large writes bypass the cache when it allows (bypass.rs); a flush then
+//! flushes the base too. Odd seeds switch the cache mode now and then (mode.rs): in writearound
+//! and passthrough, writes go around the cache where it allows; in every mode but writeback, a
+//! write completes only once written back, and from then on the base image a crash leaves must
+//! hold it or a later write in each of its sectors. Failures print the seed;
+//! PCACHE_CRASH_SEED=<n> reruns one.
 
 mod common;
 
@@ -19,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use pcache::pmem::{CrashSim, Media, MemMedia, SplitMix64};
-use pcache::BaseDevice;
+use pcache::{BaseDevice, CacheMode};
 
 const BASE_SECTORS: u64 = 512; // 256 KiB
 /// Every fourth seed writes over a base eight times larger, in writes of up
@@ -50,6 +54,11 @@ struct Model {
     /// hold (see base_consistent_at).
     at_flush: Vec<HashMap<u64, u64>>,
     epoch_of: HashMap<u64, usize>,
+    /// Each write's place in issue order.
+    order: HashMap<u64, u64>,
+    /// Per sector, the last write that completed only once written back
+    /// (mode.rs): the base must hold it or a later write there.
+    on_base: HashMap<u64, u64>,
 }
 
 impl Model {
@@ -61,8 +70,25 @@ impl Model {
             self.since.entry(s).or_default().push(id);
         }
         self.epoch_of.insert(id, self.at_flush.len());
+        let n = self.order.len() as u64;
+        self.order.insert(id, n);
     }
     fn acked(&mut self, _id: u64) {}
+    fn written_back(&mut self, id: u64, first: u64, n: u64) {
+        for s in first..first + n {
+            self.on_base.insert(s, id);
+        }
+    }
+
+    /// The first sector of the base `img` that holds neither a write that
+    /// completed once written back nor a later one.
+    fn base_lost_written_back(&self, img: &[u8]) -> Option<(u64, u64, Option<u64>)> {
+        self.on_base.iter().map(|(&s, &id)| (s, id)).find_map(|(s, id)| {
+            let who = who_wrote(&img[s as usize * 512..(s as usize + 1) * 512], s);
+            let later = who.is_some_and(|w| self.order.get(&w) >= self.order.get(&id));
+            (!later).then_some((s, id, who))
+        })
+    }
     fn flushed(&mut self, last: &HashMap<u64, u64>) {
         self.flushed = last.clone();
         self.since.clear();
@@ -91,6 +117,9 @@ static GC_KSETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 static WB_KSETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static BYPASSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static BYPASSED_FULL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static MODE_SWITCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static THROUGH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static AROUND: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 struct Capture {
     op: u64,
@@ -153,8 +182,25 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
                 let n = 1 + rng.next() % max_io.min(sectors - first);
                 let id = (seed << 20) | (op as u64 + 1);
                 model.lock().unwrap().writing(id, first, n);
-                // Straight to the base if the cache is full and allows it.
-                write_or_bypass(&cache, &*base, 0, first * 512, &write_data(id, first, n));
+                let data = write_data(id, first, n);
+                if let Some(b) = cache.begin_around(first * 512, n * 512) {
+                    // writearound, passthrough: past the cache where it allows.
+                    wait_base(|done| base.write(first * 512, data, done)).unwrap();
+                    cache.end_bypass(b, true);
+                    AROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    // Straight to the base if the cache is full and allows it.
+                    let bypassed = write_or_bypass(&cache, &*base, 0, first * 512, &data);
+                    if !bypassed && !cache.cache_mode().completes_in_cache() {
+                        // It completes once written back, as the SPDK module does it.
+                        let ticket = cache.through_ticket().unwrap();
+                        while !cache.written_back(ticket) {
+                            cache.background_step(&*base).unwrap();
+                        }
+                        model.lock().unwrap().written_back(id, first, n);
+                        THROUGH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 for s in first..first + n {
                     last.insert(s, id);
                 }
@@ -192,6 +238,11 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
                 }
                 model.lock().unwrap().flushed(&last);
             }
+            11 if seed % 2 == 1 && rng.next() % 2 == 0 => {
+                let mode = CacheMode::ALL[(rng.next() % 4) as usize];
+                cache.set_cache_mode(mode).unwrap();
+                MODE_SWITCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             _ => {
                 cache.background_step(&*base).unwrap();
             }
@@ -220,6 +271,9 @@ fn verify(seed: u64, c: &Capture) {
         "seed {seed} crash at media op {}: the base alone holds no state of some FLUSH plus later writes",
         c.op
     );
+    if let Some((s, id, who)) = c.model.base_lost_written_back(&c.base) {
+        panic!("seed {seed} crash at media op {}: base sector {s} holds {who:?}, not write {id:#x} that completed once written back, nor a later one", c.op);
+    }
     let cache = match pcache::Cache::open(media, &cfg) {
         Ok((c, _)) => c,
         Err(e) => panic!("seed {seed} crash at media op {}: reopen failed: {e}", c.op),
@@ -281,9 +335,15 @@ fn power_failure_at_random_media_operations() {
         (GC_KSETS.load(std::sync::atomic::Ordering::Relaxed), WB_KSETS.load(std::sync::atomic::Ordering::Relaxed));
     let bypassed = BYPASSED.load(std::sync::atomic::Ordering::Relaxed);
     let full = BYPASSED_FULL.load(std::sync::atomic::Ordering::Relaxed);
-    eprintln!(
-        "{points} crash points verified over {seeds} seeds ({wb} ksets written back, {gc} reclaimed, {bypassed} writes bypassed, {full} of them on a full cache)"
+    let (switches, through, around) = (
+        MODE_SWITCHES.load(std::sync::atomic::Ordering::Relaxed),
+        THROUGH.load(std::sync::atomic::Ordering::Relaxed),
+        AROUND.load(std::sync::atomic::Ordering::Relaxed),
     );
+    eprintln!(
+        "{points} crash points verified over {seeds} seeds ({wb} ksets written back, {gc} reclaimed, {bypassed} writes bypassed, {full} of them on a full cache; {switches} mode switches, {through} writes waited for writeback, {around} went around the cache)"
+    );
+    assert!(seeds < 10 || (switches > 0 && through > 0 && around > 0), "the workload must exercise the cache modes");
     assert!(points >= seeds as usize * POINTS_PER_SEED / 2);
     assert!(
         gc > 0 && wb > 0 && bypassed > full && full > 0,

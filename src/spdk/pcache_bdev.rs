@@ -39,6 +39,8 @@ pub struct CreateOpts {
     pub gc_percent: Option<u8>,
     pub writeback_batch_bytes: Option<u64>,
     pub seq_cutoff_bytes: Option<u64>,
+    /// None keeps the mode the device holds (writeback on a new one).
+    pub cache_mode: Option<crate::CacheMode>,
     /// The pcache bdev's UUID (recorded at format; must match after).
     pub uuid: Option<uuid::Uuid>,
     /// Segment size for a new format (None: the engine picks; must match after).
@@ -469,6 +471,7 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     cfg.seg_size = opts.seg_size;
     cfg.data_crc = data_crc;
     cfg.gc_percent = opts.gc_percent;
+    cfg.cache_mode = opts.cache_mode;
     cfg.force_format = opts.force_format;
     if let Some(b) = opts.writeback_batch_bytes {
         cfg.writeback_batch_bytes = b;
@@ -767,6 +770,7 @@ unsafe extern "C" fn config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
                     live.data_crc = Some(n.cache.data_crc());
                     live.writeback_batch_bytes = Some(n.cache.writeback_batch_bytes());
                     live.seq_cutoff_bytes = Some(n.cache.seq_cutoff());
+                    live.cache_mode = Some(n.cache.cache_mode());
                     live.uuid = Some(n.cache.uuid());
                     live.seg_size = Some(n.cache.superblock().seg_size as u64);
                     write_create(&mut w, &live);
@@ -783,7 +787,9 @@ fn write_create(w: &mut Writer, c: &CreateOpts) {
     w.named_str("method", "bdev_pcache_create");
     w.named_object_begin("params");
     c.write_names(w);
-    w.named_str("cache_mode", "writeback");
+    if let Some(m) = c.cache_mode {
+        w.named_str("cache_mode", m.as_str());
+    }
     if let Some(u) = c.uuid {
         w.named_str("uuid", &u.to_string());
     }
@@ -817,7 +823,9 @@ pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
         Some(u) => w.named_str("base_uuid", &u.to_string()),
         None => w.named_null("base_uuid"),
     }
-    w.named_str("cache_mode", "writeback");
+    w.named_str("cache_mode", n.cache.cache_mode().as_str());
+    // Leaving writeback: what was dirty then is still being written back.
+    w.named_bool("cache_mode_transition", n.cache.mode_transition());
     w.named_bool("data_crc", n.cache.data_crc());
     w.named_u64("gc_percent", s.gc_percent as u64);
     w.named_u64("writeback_batch_bytes", n.cache.writeback_batch_bytes());

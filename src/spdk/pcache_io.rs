@@ -37,6 +37,11 @@ pub struct Channel {
     deferred: VecDeque<*mut sys::spdk_bdev_io>,
     /// The cache's space epoch when the oldest deferral happened.
     defer_epoch: u64,
+    /// Writes in the cache waiting to be written back before they complete
+    /// (every mode but writeback: mode.rs), with their tickets, oldest first.
+    through: VecDeque<(*mut sys::spdk_bdev_io, u64)>,
+    /// Writeback errors counted when the oldest of them started waiting.
+    through_errors_at: u64,
     poller: *mut sys::spdk_poller,
 }
 
@@ -117,6 +122,8 @@ pub unsafe extern "C" fn ch_create(dev: *mut c_void, ctx: *mut c_void) -> c_int 
             stage_poller: std::ptr::null_mut(),
             deferred: VecDeque::new(),
             defer_epoch: 0,
+            through: VecDeque::new(),
+            through_errors_at: 0,
             poller: std::ptr::null_mut(),
         });
         (*ch).poller = sys::spdk_poller_register(Some(retry_deferred), ctx, RETRY_PERIOD_US);
@@ -139,6 +146,9 @@ pub unsafe extern "C" fn ch_destroy(_dev: *mut c_void, ctx: *mut c_void) {
             finish(io, false);
         }
         while let Some(io) = (*ch).deferred.pop_front() {
+            finish(io, false);
+        }
+        while let Some((io, _)) = (*ch).through.pop_front() {
             finish(io, false);
         }
         sys::spdk_put_io_channel((*ch).base_ch);
@@ -195,9 +205,13 @@ unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, io: *mut sys:
         let t = (*io).type_ as u32;
         if t == sys::SPDK_BDEV_IO_TYPE_WRITE && (*chan).deferred.is_empty() {
             let (off, len) = byte_range(io);
-            // A sequential stream, or a full cache (bypass.rs).
-            let bypass =
-                node.cache.begin_bypass((*chan).worker, off, len).or_else(|| node.cache.bypass_when_full(off, len));
+            // Writearound or passthrough (mode.rs), a sequential stream, or a
+            // full cache (bypass.rs).
+            let bypass = node
+                .cache
+                .begin_around(off, len)
+                .or_else(|| node.cache.begin_bypass((*chan).worker, off, len))
+                .or_else(|| node.cache.bypass_when_full(off, len));
             if let Some(b) = bypass {
                 write_staged(chan);
                 if !start_bypass(chan, io, b) {
@@ -380,7 +394,7 @@ unsafe fn try_write(chan: *mut Channel, io: *mut sys::spdk_bdev_io) -> bool {
     };
     match r {
         Ok(WriteOutcome::Done) => {
-            finish(io, true);
+            in_cache(chan, &[io]);
             true
         }
         Ok(WriteOutcome::Deferred { written }) => {
@@ -451,10 +465,12 @@ unsafe fn write_staged(chan: *mut Channel) {
             defer(chan, io);
         }
     }
+    let done: SmallVec<[*mut sys::spdk_bdev_io; STAGE_MAX]> =
+        ios.iter().zip(&out).filter(|(_, r)| matches!(r, Ok(WriteOutcome::Done))).map(|(&io, _)| io).collect();
+    in_cache(chan, &done);
     for (&io, r) in ios.iter().zip(&out) {
         match r {
-            Ok(WriteOutcome::Done) => finish(io, true),
-            Ok(WriteOutcome::Deferred { .. }) => {}
+            Ok(WriteOutcome::Done | WriteOutcome::Deferred { .. }) => {}
             Err(e) => {
                 let (off, len) = byte_range(io);
                 log::error!("{}: write at {off} of {len} bytes: {e}", node.name());
@@ -466,10 +482,72 @@ unsafe fn write_staged(chan: *mut Channel) {
     (*chan).spare = ios;
 }
 
-/// Resumes deferred writes once GC has freed space (the space epoch moved).
+/// Writes that are now in the cache: they complete, or in a mode where
+/// writes complete only once on the base (mode.rs), wait for writeback.
+unsafe fn in_cache(chan: *mut Channel, ios: &[*mut sys::spdk_bdev_io]) {
+    if ios.is_empty() {
+        return;
+    }
+    let node = &*(*chan).node;
+    if node.cache.cache_mode().completes_in_cache() {
+        for &io in ios {
+            finish(io, true);
+        }
+        return;
+    }
+    match node.cache.through_ticket() {
+        Ok(ticket) => {
+            if (*chan).through.is_empty() {
+                (*chan).through_errors_at = node.cache.writeback_errors();
+            }
+            (*chan).through.extend(ios.iter().map(|&io| (io, ticket)));
+        }
+        Err(e) => {
+            log::error!("{}: journalling writes for writeback: {e}", node.name());
+            for &io in ios {
+                finish(io, false);
+            }
+        }
+    }
+}
+
+/// Completes the writes waiting for writeback that it has put on the base;
+/// fails them all if writeback fails or the pcache is going away.
+unsafe fn complete_written_back(chan: *mut Channel) -> bool {
+    let node = &*(*chan).node;
+    if (*chan).through.is_empty() {
+        return false;
+    }
+    if node.removing.load(Ordering::Acquire) || node.cache.writeback_errors() > (*chan).through_errors_at {
+        log::error!("{}: writes wait to be written back, and writeback failed: they fail", node.name());
+        for (io, _) in std::mem::take(&mut (*chan).through) {
+            finish(io, false);
+        }
+        return true;
+    }
+    let mut any = false;
+    while let Some(&(io, ticket)) = (*chan).through.front() {
+        if !node.cache.written_back(ticket) {
+            break;
+        }
+        (*chan).through.pop_front();
+        finish(io, true);
+        any = true;
+    }
+    if any && !(*chan).through.is_empty() {
+        (*chan).through_errors_at = node.cache.writeback_errors();
+    }
+    any
+}
+
+/// Resumes deferred writes once GC has freed space (the space epoch moved),
+/// and completes writes that waited for writeback.
 unsafe extern "C" fn retry_deferred(arg: *mut c_void) -> c_int {
     guard(sys::SPDK_POLLER_IDLE as c_int, || {
         let chan = arg as *mut Channel;
+        if complete_written_back(chan) {
+            return sys::SPDK_POLLER_BUSY as c_int;
+        }
         if (*chan).deferred.is_empty() {
             return sys::SPDK_POLLER_IDLE as c_int;
         }

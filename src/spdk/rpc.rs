@@ -138,7 +138,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
         let name = p.req_str("name").map_err(bad)?;
         let cache_bdev = p.req_str("cache_bdev").map_err(bad)?;
         let base_bdev = p.req_str("base_bdev").map_err(bad)?;
-        let mode = p.opt_str("cache_mode").map_err(bad)?.unwrap_or_else(|| "writeback".into());
+        let mode = p.opt_str("cache_mode").map_err(bad)?;
         let data_crc = p.opt_bool("data_crc").map_err(bad)?;
         let gc_percent = p.opt_u64("gc_percent", 0, 90).map_err(bad)?.map(|v| v as u8);
         let writeback_batch_bytes = p.opt_u64("writeback_batch_bytes", 1, MAX_BATCH).map_err(bad)?;
@@ -160,9 +160,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
         if uuid.is_some_and(|u| u.is_nil()) {
             return Err(bad("bdev_pcache_create: parameter 'uuid' must not be the nil UUID".into()));
         }
-        if mode != "writeback" {
-            return Err(bad(format!("bdev_pcache_create: cache_mode '{mode}' is not supported (only 'writeback')")));
-        }
+        let cache_mode = parse_mode("bdev_pcache_create", mode)?;
         let opts = CreateOpts {
             name: name.clone(),
             cache_bdev,
@@ -171,6 +169,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
             gc_percent,
             writeback_batch_bytes,
             seq_cutoff_bytes,
+            cache_mode,
             uuid,
             seg_size,
             force_format,
@@ -187,6 +186,18 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
         req.respond(|w| w.str(&name));
         Ok(())
     })
+}
+
+/// The `cache_mode` parameter of `method`, if given.
+fn parse_mode(method: &str, mode: Option<String>) -> Result<Option<crate::CacheMode>, (i32, String)> {
+    mode.map(|m| {
+        m.parse().map_err(|_| {
+            bad(format!(
+                "{method}: parameter 'cache_mode' is '{m}'; use writeback, writethrough, writearound or passthrough"
+            ))
+        })
+    })
+    .transpose()
 }
 
 unsafe extern "C" fn pcache_delete(req: *mut sys::spdk_jsonrpc_request, raw: *const sys::spdk_json_val) {
@@ -235,8 +246,13 @@ unsafe extern "C" fn pcache_set_options(req: *mut sys::spdk_jsonrpc_request, raw
         let gc_percent = p.opt_u64("gc_percent", 0, 90).map_err(bad)?;
         let batch = p.opt_u64("writeback_batch_bytes", 1, MAX_BATCH).map_err(bad)?;
         let cutoff = p.opt_u64("seq_cutoff_bytes", 0, MAX_SEQ_CUTOFF).map_err(bad)?;
+        let mode = p.opt_str("cache_mode").map_err(bad)?;
         p.finish().map_err(bad)?;
+        let mode = parse_mode("bdev_pcache_set_options", mode)?;
         let r = pcache_bdev::with_node(&name, |n| {
+            if let Some(m) = mode {
+                n.cache.set_cache_mode(m).map_err(|e| (-libc::EIO, format!("{name}: {e}")))?;
+            }
             if let Some(b) = batch {
                 n.cache.set_writeback_batch_bytes(b);
             }

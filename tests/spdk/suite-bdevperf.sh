@@ -73,6 +73,72 @@ else
   fail "bypass: bdevperf did not start"
 fi
 
+# Cache modes (src/mode.rs): verify in each, with the stats read after the
+# run in the same app. writethrough: everything written is clean once the
+# run ends (writes complete only once written back). writearound and
+# passthrough: verify's writes go past the cache (its reads of them then
+# miss); passthrough caches no read misses.
+for m in writethrough writearound passthrough; do
+  rm -f "$SHM.pmem"
+  stack_config "$WORK/mode.json" $((256 << 20)) $((512 << 20)) ",\"cache_mode\":\"$m\",\"seq_cutoff_bytes\":0"
+  sock=$WORK/bdevperf-mode.sock
+  log=$WORK/bdevperf-$m.log
+  if start_app bpm "$sock" "$log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x3 -C -z --json "$WORK/mode.json" \
+      -q 32 -o 4096 -w verify -t 4; then
+    check "$m: perform_tests completes without errors" jsonrpc "$sock" perform_tests
+    check "$m: bdevperf totals show I/O and no failures ($(totals "$log"))" bdevperf_ok "$log"
+    stats=$(jsonrpc "$sock" bdev_pcache_get_stats '{"name":"PC0"}')
+    get() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[0]['$1'])" "$stats"; }
+    check "$m: get_stats shows the mode" [ "$(get cache_mode)" = "$m" ]
+    case $m in
+      writethrough)
+        check "$m: writes went into the cache ($(get write_ops) writes)" [ "$(get write_ops)" -gt 0 ]
+        check "$m: nothing is dirty after the run ($(get dirty_bytes) bytes)" [ "$(get dirty_bytes)" = 0 ]
+        check "$m: writes went around the cache only when it was full ($(get bypass_full_writes) writes)" \
+          [ "$(get bypass_writes)" = "$(get bypass_full_writes)" ] ;;
+      *)
+        check "$m: writes went around the cache ($(get bypass_writes) writes)" [ "$(get bypass_writes)" -gt 0 ]
+        check "$m: nothing is dirty after the run ($(get dirty_bytes) bytes)" [ "$(get dirty_bytes)" = 0 ] ;;
+    esac
+    if [ $m = passthrough ]; then
+      check "$m: no read miss was cached" [ "$(get fill_bytes)" = 0 ]
+    else
+      check "$m: read misses were cached ($(get fill_bytes) bytes)" [ "$(get fill_bytes)" -gt 0 ]
+    fi
+    stop_app bpm "$sock"
+    check "$m: bdevperf exits cleanly" [ $? -eq 0 ]
+  else
+    fail "$m: bdevperf did not start"
+  fi
+done
+
+# A switch under I/O: verify in writeback with data dirty, then writethrough
+# for the rest of the run; the dirty data is written back and verify passes.
+rm -f "$SHM.pmem"
+stack_config "$WORK/switch.json" $((256 << 20)) $((512 << 20)) ',"seq_cutoff_bytes":0'
+sock=$WORK/bdevperf-switch.sock
+log=$WORK/bdevperf-switch.log
+if start_app bpw "$sock" "$log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x3 -C -z --json "$WORK/switch.json" \
+    -q 32 -o 4096 -w verify -t 6; then
+  jsonrpc "$sock" perform_tests >"$WORK/switch-perform.out" 2>&1 &
+  perform=$!
+  sleep 2
+  dirty=$(q bdev_pcache_get_stats '{"name":"PC0"}' "r[0]['dirty_bytes']")
+  check "switch: dirty data before the switch (${dirty:-?} bytes)" [ "${dirty:-0}" -gt 0 ]
+  check "switch: set_options cache_mode writethrough under I/O" \
+    jsonrpc "$sock" bdev_pcache_set_options '{"name":"PC0","cache_mode":"writethrough"}'
+  wait $perform
+  check "switch: perform_tests completes without errors" [ $? -eq 0 ]
+  check "switch: bdevperf totals show I/O and no failures ($(totals "$log"))" bdevperf_ok "$log"
+  check "switch: the transition ended" \
+    [ "$(q bdev_pcache_get_stats '{"name":"PC0"}' "r[0]['cache_mode_transition']")" = False ]
+  check "switch: nothing is dirty" [ "$(q bdev_pcache_get_stats '{"name":"PC0"}' "r[0]['dirty_bytes']")" = 0 ]
+  stop_app bpw "$sock"
+  check "switch: bdevperf exits cleanly" [ $? -eq 0 ]
+else
+  fail "switch: bdevperf did not start"
+fi
+
 # The pmem bdev on its own, as a plain bdev.
 rm -f "$SHM.raw"
 cat >"$WORK/raw.json" <<JSON

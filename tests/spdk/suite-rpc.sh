@@ -113,6 +113,15 @@ saved_cutoff() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q 
 check "save_config keeps seq_cutoff_bytes" saved_cutoff
 rpc_err "set_options -S -1" "seq_cutoff_bytes" bdev_pcache_set_options PC0 -S -1
 ok "bdev_pcache_set_options PC0 -S 4194304" bdev_pcache_set_options PC0 -S 4194304
+check "get_stats: cache_mode writeback on a new cache" [ "$(stat PC0 cache_mode)" = writeback ]
+check "get_stats: no mode transition" [ "$(stat PC0 cache_mode_transition)" = False ]
+ok "bdev_pcache_set_options PC0 -m writearound" bdev_pcache_set_options PC0 -m writearound
+check "get_stats: cache_mode writearound" [ "$(stat PC0 cache_mode)" = writearound ]
+check "bdev_get_bdevs: cache_mode writearound" \
+  [ "$(bdev PC0 "b['driver_specific']['pcache']['cache_mode']")" = writearound ]
+saved_mode() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q '"cache_mode": "writearound"' <<<"$c"; }
+check "save_config writes cache_mode" saved_mode
+rpc_err "set_options -m bogus (refused by the plugin)" "cache.mode" bdev_pcache_set_options PC0 -m bogus
 ok "bdev_pcache_flush PC0 returns" bdev_pcache_flush PC0
 check "PC0 is clean after the flush" [ "$(stat PC0 clean)" = True ]
 check "get_stats: a clean cache drains in 0 s (drain_eta_secs)" [ "$(stat PC0 drain_eta_secs)" = 0 ]
@@ -128,6 +137,9 @@ check "the second create loaded the cache (log: PC0: loaded Pmem0 and replayed)"
 check "and did not format it again" [ "$(grep -c "PC0: formatted Pmem0" "$log")" = 1 ]
 check "the loaded PC0 is online" [ "$(stat PC0 state)" = online ]
 check "the loaded PC0 has the uuid recorded at format" [ "$(bdev PC0 "b['uuid']")" = "$pc0_uuid" ]
+check "the loaded PC0 kept its cache mode (writearound)" [ "$(stat PC0 cache_mode)" = writearound ]
+ok "bdev_pcache_set_options PC0 -m writeback" bdev_pcache_set_options PC0 -m writeback
+check "get_stats: cache_mode writeback again" [ "$(stat PC0 cache_mode)" = writeback ]
 ok "bdev_pcache_delete PC0 (second time)" bdev_pcache_delete PC0
 other=11111111-2222-4333-8444-555555555555
 rpc_err "loading Pmem0 with another uuid is refused, naming both" "$other.*$pc0_uuid" \
@@ -205,7 +217,11 @@ raw_err "set_options with an unknown parameter" "bogus" bdev_pcache_set_options 
 rpc_err "create with -g 91" "gc_percent" bdev_pcache_create X -c Pmem0 -b Base0 -g 91
 rpc_err "create with -g -1" "gc_percent" bdev_pcache_create X -c Pmem0 -b Base0 -g -1
 rpc_err "set_options -g 91" "gc_percent" bdev_pcache_set_options PC0 -g 91
-rpc_err "create with -m writethrough" "writethrough|cache_mode" bdev_pcache_create X -c Pmem0 -b Base0 -m writethrough
+raw_err "create with cache_mode \"writeforward\"" "cache_mode" bdev_pcache_create \
+  '{"name":"X","cache_bdev":"Pmem0","base_bdev":"Base0","cache_mode":"writeforward"}'
+raw_err "set_options with cache_mode 1" "cache_mode" bdev_pcache_set_options '{"name":"PC0","cache_mode":1}'
+raw_err "set_options with cache_mode \"WriteBack\"" "cache_mode" bdev_pcache_set_options '{"name":"PC0","cache_mode":"WriteBack"}'
+check "PC0 is still writeback after the refused switches" [ "$(stat PC0 cache_mode)" = writeback ]
 check "bdev_aio_create Base3 (spare)" aio "$WORK/base1.img" Base3
 check "bdev_malloc_create Malloc0" quiet spdk bdev_malloc_create -b Malloc0 32 4096
 rpc_err "cache_bdev that is an AIO bdev" "not a pmem bdev" bdev_pcache_create X -c Base3 -b Malloc0

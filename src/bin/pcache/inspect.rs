@@ -10,7 +10,7 @@ use crate::{one_device, parse_cmd, Fail};
 
 const HELP: &str = "usage: pcache inspect PMEM [--json]
 
-Shows the superblock, the options (data_crc, gc_percent, segment size), the
+Shows the superblock, the options (cache_mode, data_crc, gc_percent, segment size), the
 base identity (size, block size, id), segments total and used, key_head,
 dirty_tail, key_tail, the key-set count and the dirty bytes. Never writes to
 PMEM. Exit status: 0 report printed, 1 error (no readable superblock), 2 usage.
@@ -39,7 +39,8 @@ fn print_human(path: &Path, ins: &Inspection) {
     );
     println!("uuid         {}", pcache::cache::sb_uuid(sb));
     println!(
-        "options      data_crc {}, gc_percent {}, segment size {} ({})",
+        "options      cache_mode {}, data_crc {}, gc_percent {}, segment size {} ({})",
+        ins.cache_mode.map_or("unknown", |m| m.as_str()),
         if sb.data_crc() { "on" } else { "off" },
         ins.gc_percent.map_or("unknown".to_string(), |g| g.to_string()),
         sb.seg_size,
@@ -153,6 +154,7 @@ fn to_json(path: &Path, ins: &Inspection) -> J {
         (
             "options",
             J::Obj(vec![
+                ("cache_mode", ins.cache_mode.map_or(J::Null, |m| J::str(m.as_str().to_string()))),
                 ("data_crc", J::Bool(sb.data_crc())),
                 ("gc_percent", J::opt_num(ins.gc_percent.map(u64::from))),
                 ("seg_size", J::Num(sb.seg_size as u64)),
