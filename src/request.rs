@@ -428,6 +428,11 @@ impl Cache {
         }
     }
 
+    /// Counts a read miss the base device failed (hosts fail the read).
+    pub fn note_base_read_error(&self) {
+        self.counters.local().add(|c| &c.base_read_errors, 1);
+    }
+
     /// Caches data just read from the base device for a miss, unless the range
     /// changed since the read. Returns whether anything was cached.
     pub fn fill(&self, worker: usize, miss: &Miss, data: &[u8]) -> Result<bool> {

@@ -56,6 +56,7 @@ pub struct CounterSet {
     pub gc_ksets: AtomicU64,
     pub gc_keys: AtomicU64,
     pub data_crc_errors: AtomicU64,
+    pub base_read_errors: AtomicU64,
 }
 
 impl Counters {
@@ -151,6 +152,8 @@ pub struct Stats {
     pub gc_ksets: u64,
     pub gc_keys: u64,
     pub data_crc_errors: u64,
+    /// Read misses the base failed (the read failed; nothing was cached).
+    pub base_read_errors: u64,
     pub segs_total: u32,
     pub segs_used: u32,
     pub gc_percent: u8,
@@ -184,6 +187,7 @@ impl Counters {
         s.gc_ksets = self.total(|c| &c.gc_ksets);
         s.gc_keys = self.total(|c| &c.gc_keys);
         s.data_crc_errors = self.total(|c| &c.data_crc_errors);
+        s.base_read_errors = self.total(|c| &c.base_read_errors);
     }
 }
 

@@ -889,6 +889,7 @@ pub fn write_stats(n: &PcacheNode, w: &mut Writer) {
         ("gc_ksets", s.gc_ksets),
         ("gc_keys", s.gc_keys),
         ("data_crc_errors", s.data_crc_errors),
+        ("base_read_errors", s.base_read_errors),
     ] {
         w.named_u64(k, v);
     }

@@ -709,6 +709,7 @@ unsafe extern "C" fn miss_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut 
         (*ctx).pending -= 1;
         if !ok {
             (*ctx).failed = true;
+            node_of(io).cache.note_base_read_error();
         } else {
             // Read caching: keep what the base returned as a clean key.
             let node = node_of(io);

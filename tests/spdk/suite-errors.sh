@@ -60,4 +60,38 @@ check "PC0 is clean again" [ "$(sget clean)" = True ]
 stop_app bp "$sock"
 check "bdevperf exits cleanly" [ $? -eq 0 ]
 check "no panic or internal error in the log" no_crash "$log"
+
+# Read misses the base fails: over a base holding known data and a new cache,
+# bdevperf reads it all (misses, then hits on what was cached). The reads the
+# base fails fail (nothing else can serve them) and are counted; nothing
+# wrong is ever cached: afterwards the whole pcache bdev reads back (spdk_dd,
+# same config) equal to the base file.
+head -c $((64 << 20)) /dev/urandom >"$WORK/rbase.img"
+cp "$WORK/rbase.img" "$WORK/rbase.orig"
+rm -f "$SHM.rpmem"
+cat >"$WORK/reads.json" <<JSON
+{"subsystems":[{"subsystem":"bdev","config":[
+ {"method":"bdev_pmem_create","params":{"name":"Pmem0","path":"$SHM.rpmem","size":$((256 << 20))}},
+ {"method":"bdev_aio_create","params":{"name":"Base0","filename":"$WORK/rbase.img","block_size":4096}},
+ {"method":"bdev_error_create","params":{"base_name":"Base0"}},
+ {"method":"bdev_pcache_create","params":{"name":"PC0","cache_bdev":"Pmem0","base_bdev":"EE_Base0"}}
+]}]}
+JSON
+log=$WORK/reads.log
+start_app br "$sock" "$log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x1 -z --json "$WORK/reads.json" \
+  -q 32 -o 4096 -w randread -t 3 -f || { fail "bdevperf (reads) did not start"; finish; exit; }
+check "inject 200 read failures into the base" inject read failure -n 200
+res=$(jsonrpc "$sock" perform_tests 2>&1)
+failed=$(python3 -c "import json,sys; print(sum(j.get('io_failed', 0) for j in json.loads(sys.argv[1])['results']))" "$res" 2>/dev/null)
+check "reads the base failed failed ($failed of them)" [ "${failed:-0}" -gt 0 ]
+rerr=$(sget base_read_errors)
+check "get_stats counts them (base_read_errors $rerr)" [ "${rerr:-0}" -ge 200 ]
+check "the rest was read and cached ($(sget fill_bytes) bytes filled)" [ "$(sget fill_bytes)" -gt 0 ]
+stop_app br "$sock"
+check "bdevperf (reads) exits cleanly" [ $? -eq 0 ]
+env LD_PRELOAD="$MODULE" "$SPDK_DIR/bin/spdk_dd" "${APP_ARGS[@]}" --json "$WORK/reads.json" --ib PC0 \
+  --of "$WORK/rout.img" --bs 1048576 >"$WORK/dd.log" 2>&1
+check "spdk_dd reads the whole pcache bdev back" [ $? -eq 0 ]
+check "and it equals the base's data: nothing wrong was cached" cmp -s "$WORK/rout.img" "$WORK/rbase.orig"
+check "the base file was not changed" cmp -s "$WORK/rbase.img" "$WORK/rbase.orig"
 finish
