@@ -131,16 +131,48 @@ impl Default for Subtree {
 
 /// crc32c of an extent's bytes in pmem; !0 (which never matches) if unreadable,
 /// so a damaged extent fails its read cleanly.
-pub fn extent_crc(media: &dyn Media, geo: &Geometry, e: &Extent) -> u32 {
-    let mut buf = vec![0u8; e.len as usize];
-    match media.read(geo.addr(e.seg, e.seg_off), &mut buf) {
-        Ok(()) => crate::format::data_crc(&[&buf]),
-        Err(_) => !0,
+/// Derives the CRC of a piece of an extent (a trimmed or split part) from
+/// the extent's data on pmem, after checking that data against the
+/// extent's own CRC: a piece of damaged data gets a CRC no read of it will
+/// match, so cutting an extent never blesses damage. Keeps the last
+/// extent's data, since one insert cuts one extent into several pieces.
+pub struct PieceCrc<'a> {
+    media: &'a dyn Media,
+    geo: &'a Geometry,
+    /// The last whole extent read, whether its CRC held, and its data.
+    last: std::cell::RefCell<Option<(Extent, bool, Vec<u8>)>>,
+}
+
+impl<'a> PieceCrc<'a> {
+    pub fn new(media: &'a dyn Media, geo: &'a Geometry) -> Self {
+        PieceCrc { media, geo, last: Default::default() }
+    }
+
+    /// The CRC for `piece`, a part of `whole` (whose `crc` covers all of it).
+    pub fn crc(&self, whole: &Extent, piece: &Extent) -> u32 {
+        let mut last = self.last.borrow_mut();
+        let same = |w: &Extent| (w.seg, w.seg_off, w.len, w.crc) == (whole.seg, whole.seg_off, whole.len, whole.crc);
+        if !last.as_ref().is_some_and(|(w, ..)| same(w)) {
+            let mut buf = vec![0u8; whole.len as usize];
+            let ok = self.media.read(self.geo.addr(whole.seg, whole.seg_off), &mut buf).is_ok()
+                && crate::format::data_crc(&[&buf]) == whole.crc;
+            *last = Some((*whole, ok, buf));
+        }
+        let Some((_, ok, buf)) = last.as_ref() else { return !0 };
+        let at = piece.seg_off.saturating_sub(whole.seg_off) as usize;
+        let Some(bytes) = buf.get(at..at + piece.len as usize) else { return !0 };
+        let c = crate::format::data_crc(&[bytes]);
+        if *ok {
+            c
+        } else {
+            !c
+        }
     }
 }
 
-/// Recomputes the crc of a trimmed extent (reads pmem); None when CRCs are off.
-pub type Recrc<'a> = Option<&'a dyn Fn(&Extent) -> u32>;
+/// Gives a cut piece of an extent its CRC: called with the extent it comes
+/// from and the piece (see [`PieceCrc`]); None when CRCs are off.
+pub type Recrc<'a> = Option<&'a dyn Fn(&Extent, &Extent) -> u32>;
 
 /// Offset of `off` inside its subtree.
 fn rel(off: u64) -> u32 {
@@ -169,7 +201,7 @@ impl Subtree {
             let mut p = e;
             p.seg_off = e.seg_off + (at - from);
             p.len = piece_end - at;
-            fix_crc(&mut p, recrc);
+            fix_crc(&mut p, &e, recrc);
             self.insert_in_bucket(Entry { start: at, e: p }, recrc);
             at = piece_end;
         }
@@ -223,7 +255,7 @@ impl Subtree {
             let old = v[i - 1];
             let mut left = old;
             left.e.len = s - old.start;
-            fix_crc(&mut left.e, recrc);
+            fix_crc(&mut left.e, &old.e, recrc);
             v[i - 1] = left;
             if old.end() > end {
                 v.insert(i, tail_of(&old, end, recrc));
@@ -372,14 +404,15 @@ fn tail_of(old: &Entry, cut: u32, recrc: Recrc) -> Entry {
     right.start = cut;
     right.e.len = old.e.len - skip;
     right.e.seg_off = old.e.seg_off + skip;
-    fix_crc(&mut right.e, recrc);
+    fix_crc(&mut right.e, &old.e, recrc);
     right
 }
 
-fn fix_crc(e: &mut Extent, recrc: Recrc) {
+/// Gives `piece`, cut from `whole`, its own CRC.
+fn fix_crc(piece: &mut Extent, whole: &Extent, recrc: Recrc) {
     if let Some(f) = recrc {
-        if !e.is_zero() {
-            e.crc = f(e);
+        if !piece.is_zero() {
+            piece.crc = f(whole, piece);
         }
     }
 }
@@ -517,7 +550,7 @@ mod tests {
         let sectors = (SUBTREE_SIZE / SECT) as usize;
         // A fake crc that depends on exactly what an extent covers.
         let fake = |e: &Extent| e.seg.wrapping_mul(0x9e37_79b9) ^ e.seg_off.wrapping_mul(31) ^ e.len;
-        let recrc: &dyn Fn(&Extent) -> u32 = &fake;
+        let recrc: &dyn Fn(&Extent, &Extent) -> u32 = &|_, piece| fake(piece);
         let base = 3 * SUBTREE_SIZE;
         let mut t = Subtree::default();
         // sector -> (seg, seg_off of that sector)

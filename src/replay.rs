@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::{KeyRecord, LogPos, Superblock, KEY_FLAGS_KNOWN, KEY_FLAG_CRC, SECTOR, SUBTREE_SHIFT};
-use crate::index::{extent_crc, Extent, Index, KsetTag};
+use crate::index::{Extent, Index, KsetTag, PieceCrc};
 use crate::keylog::{check_pos, read_kset};
 use crate::pmem::Media;
 use crate::segment::SegmentTable;
@@ -145,7 +145,8 @@ pub fn replay(
     let mut report = ReplayReport { log_segments: chain.segs.len() as u32, ..Default::default() };
     let geo = segs.geo;
     let data_crc = sb.data_crc();
-    let recrc = |e: &Extent| extent_crc(media, &geo, e);
+    let pieces = PieceCrc::new(media, &geo);
+    let recrc = |whole: &Extent, piece: &Extent| pieces.crc(whole, piece);
     let mut last_epoch_end = 0;
     // Where each live key's data is, to find two keys naming the same bytes.
     let mut spans: Vec<Vec<(u32, u32)>> = vec![Vec::new(); geo.seg_count as usize];

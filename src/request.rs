@@ -16,7 +16,7 @@ use std::time::Instant;
 use crate::cache::{lock, Cache, DataHead, OpenKset};
 use crate::error::{Error, Result};
 use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC, KEY_FLAG_DIRTY, KEY_FLAG_ZERO, KSET_MAX_KEYS, SECTOR};
-use crate::index::{extent_crc, Extent, Index, KsetTag, Subtree};
+use crate::index::{Extent, Index, KsetTag, PieceCrc, Subtree};
 use crate::iov;
 use crate::segment::Use;
 use crate::spinlock::SpinGuard;
@@ -301,7 +301,8 @@ impl Cache {
     /// Enters the key in the index and the open kset of a prepared slot.
     fn commit_key(&self, slot: &mut KeySlot, key: KeyRecord) {
         let e = Extent::of_key(&key, KsetTag { id: slot.ks.id, epoch: slot.ks.epoch });
-        let recrc = |e: &Extent| extent_crc(&*self.media, &self.geo, e);
+        let pieces = PieceCrc::new(&*self.media, &self.geo);
+        let recrc = |whole: &Extent, piece: &Extent| pieces.crc(whole, piece);
         slot.t.insert(key.off, e, if self.data_crc() { Some(&recrc) } else { None });
         slot.ks.keys.push(key);
     }

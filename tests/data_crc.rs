@@ -63,3 +63,54 @@ fn a_damaged_block_stops_writeback_until_it_is_overwritten() {
     assert_eq!(&img[..4096], &a2[..]);
     assert_eq!(&img[128 * 512..128 * 512 + 4096], &b[..]);
 }
+
+/// Writes `data` at `off` into a new data-CRC cache on `media`, journals it,
+/// and damages one byte of it on the media.
+fn cache_with_damage(media: &Arc<MemMedia>, off: u64, data: &[u8]) -> pcache::Cache {
+    let base = base(1 << 20);
+    let mut cfg = config(1 << 20, 1);
+    cfg.data_crc = true;
+    let cache = open(media.clone() as Arc<dyn Media>, &cfg);
+    write_all(&cache, &base, 0, off, data);
+    cache.flush().unwrap();
+    let mut img = vec![0u8; media.len() as usize];
+    media.read(0, &mut img).unwrap();
+    let at = img.windows(64).position(|w| w == &data[..64]).expect("the data is on the media") as u64;
+    media.write(at + 100, &[img[at as usize + 100] ^ 0x40]).unwrap();
+    media.fence();
+    cache
+}
+
+fn read_fails(cache: &pcache::Cache, off: u64, len: usize) -> bool {
+    let mut buf = vec![0u8; len];
+    matches!(cache.read(off, &mut [IoSliceMut::new(&mut buf)]), Err(Error::DataCrc { .. }))
+}
+
+#[test]
+fn cutting_a_damaged_extent_keeps_its_reads_failing() {
+    // An overwrite of the undamaged second half trims the extent: the CRC
+    // of what is left must not be taken from the damaged bytes as they are.
+    let media = Arc::new(MemMedia::new(media_len(16)));
+    let a = write_data(1, 0, 16);
+    let cache = cache_with_damage(&media, 0, &a);
+    assert!(read_fails(&cache, 0, 4096));
+    let base = base(1 << 20);
+    write_all(&cache, &base, 0, 4096, &write_data(2, 8, 8));
+    assert!(read_fails(&cache, 0, 4096), "the damaged first half must still fail its CRC after the cut");
+    assert_eq!(read_through(&cache, &base, 0, 4096, 4096), write_data(2, 8, 8));
+}
+
+#[test]
+fn a_damaged_key_split_at_replay_still_fails_its_reads() {
+    // A key across a 64 KiB bucket boundary is split into two extents when
+    // replayed: neither piece may get a CRC computed from damaged data.
+    let media = Arc::new(MemMedia::new(media_len(16)));
+    let off = (64 << 10) - 8192;
+    let a = write_data(1, off / 512, 32);
+    drop(cache_with_damage(&media, off, &a));
+    let mut cfg = config(1 << 20, 1);
+    cfg.data_crc = true;
+    let cache = open(media as Arc<dyn Media>, &cfg);
+    assert!(read_fails(&cache, off, 4096), "the damaged piece");
+    assert!(read_fails(&cache, off + 8192, 4096), "the other piece of the damaged key");
+}

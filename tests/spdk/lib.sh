@@ -36,7 +36,7 @@ check() { # description, command...
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
   wait 2>/dev/null
-  rm -rf "$WORK" "$SHM"*
+  [ -n "${KEEP_WORK:-}" ] && echo "kept $WORK" || rm -rf "$WORK" "$SHM"*
 }
 trap cleanup EXIT
 
