@@ -437,7 +437,8 @@ impl Cache {
     pub fn io_ops(&self) -> u64 {
         let c = &self.counters;
         let writes: u64 = self.heads.iter().map(|h| h.counters.write_ops.load(Ordering::Relaxed)).sum();
-        writes + c.total(|s| &s.read_hit_ops) + c.total(|s| &s.read_miss_ops)
+        // Writes that went past the cache are the front end's work too.
+        writes + c.total(|s| &s.bypass_writes) + c.total(|s| &s.read_hit_ops) + c.total(|s| &s.read_miss_ops)
     }
 
     /// Writeback errors so far (failed base writes and flushes).

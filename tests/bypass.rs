@@ -83,6 +83,8 @@ fn a_stream_bypasses_once_it_runs_past_the_cutoff() {
     assert!(bypassed[first..].iter().all(|b| *b), "the rest bypass: {bypassed:?}");
     let st = cache.stats();
     assert_eq!((st.bypass_writes, st.bypass_bytes), (16 - first as u64, (16 - first as u64) * IO));
+    // Writes past the cache count as front-end work (writeback pacing sees it).
+    assert_eq!(cache.io_ops(), 16, "every write, cached or not, is a front-end operation");
     check_reads(&cache, &base, &writes);
     // A jump starts a new stream; small writes never bypass.
     assert!(!host_write(&cache, &base, 100, 4 << 20, IO));
