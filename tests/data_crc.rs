@@ -26,12 +26,7 @@ fn a_damaged_block_stops_writeback_until_it_is_overwritten() {
     write_all(&cache, &base, 0, 128 * 512, &b);
     cache.flush_expired_ksets().unwrap();
 
-    // Damage A's data on the media: find its bytes and flip one.
-    let mut img = vec![0u8; media.len() as usize];
-    media.read(0, &mut img).unwrap();
-    let at = img.windows(64).position(|w| w == &a[..64]).expect("A's data is on the media") as u64;
-    media.write(at + 100, &[img[at as usize + 100] ^ 0x40]).unwrap();
-    media.fence();
+    damage(&media, &a);
 
     // Reads of A fail; B reads fine.
     let mut buf = vec![0u8; 4096];
@@ -73,12 +68,17 @@ fn cache_with_damage(media: &Arc<MemMedia>, off: u64, data: &[u8]) -> pcache::Ca
     let cache = open(media.clone() as Arc<dyn Media>, &cfg);
     write_all(&cache, &base, 0, off, data);
     cache.flush().unwrap();
+    damage(media, data);
+    cache
+}
+
+/// Finds `data` on the media and flips one bit of it.
+fn damage(media: &MemMedia, data: &[u8]) {
     let mut img = vec![0u8; media.len() as usize];
     media.read(0, &mut img).unwrap();
     let at = img.windows(64).position(|w| w == &data[..64]).expect("the data is on the media") as u64;
     media.write(at + 100, &[img[at as usize + 100] ^ 0x40]).unwrap();
     media.fence();
-    cache
 }
 
 fn read_fails(cache: &pcache::Cache, off: u64, len: usize) -> bool {

@@ -1,0 +1,69 @@
+//! GC (src/gc.rs): when it runs, how much one step does, what it reports,
+//! and that freeing space ends the pressure that writes waiting for it set.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use pcache::pmem::{Media, MemMedia};
+use pcache::{Cache, MemBase, WriteOutcome};
+
+const BASE: u64 = 8 << 20;
+
+fn setup(segs: u64, gc: u8) -> (MemBase, Cache) {
+    let media = Arc::new(MemMedia::new(media_len(segs)));
+    let mut cfg = config(BASE, 1);
+    cfg.gc_percent = Some(gc);
+    (base(BASE as usize), open(media as Arc<dyn Media>, &cfg))
+}
+
+/// `n` ksets of one small write each, all written back.
+fn written_back_ksets(cache: &Cache, base: &MemBase, n: u64) {
+    for i in 0..n {
+        write_all(cache, base, 0, i * 4096 % BASE, &write_data(i + 1, i * 8 % (BASE / 512), 8));
+        cache.flush().unwrap();
+    }
+    cache.writeback_all(base).unwrap();
+}
+
+#[test]
+fn gc_waits_for_its_threshold() {
+    let (base, cache) = setup(64, 90);
+    written_back_ksets(&cache, &base, 20);
+    assert!(cache.used_percent() < 90);
+    assert_eq!(cache.gc_step().unwrap(), 0, "below gc_percent and without pressure GC keeps clean data");
+    assert_eq!(cache.stats().gc_ksets, 0);
+}
+
+#[test]
+fn a_step_reclaims_a_bounded_number_of_ksets_and_says_how_many() {
+    let (base, cache) = setup(64, 0);
+    written_back_ksets(&cache, &base, 300);
+    let before = cache.stats().gc_ksets;
+    let n = cache.gc_step().unwrap();
+    assert!(n > 0 && n <= 64, "one step reclaims at most 64 ksets ({n})");
+    assert_eq!(cache.stats().gc_ksets - before, n as u64, "the step reports what it reclaimed");
+}
+
+#[test]
+fn freeing_space_ends_the_pressure_of_waiting_writes() {
+    let (base, cache) = setup(12, 50);
+    // Fill the cache until a write is deferred for lack of space.
+    let mut i = 0;
+    loop {
+        let off = (i * 65536) % BASE;
+        match cache.write_buf(0, off, &write_data(i + 1, off / 512, 128)).unwrap() {
+            WriteOutcome::Done => i += 1,
+            WriteOutcome::Deferred { .. } => break,
+        }
+        assert!(i < 10_000, "the cache never filled");
+    }
+    assert!(cache.under_pressure(), "a deferred write sets the pressure flag");
+    assert_eq!(cache.gc_step().unwrap(), 0, "nothing is written back yet: nothing to reclaim");
+    assert!(cache.under_pressure(), "GC that freed nothing leaves the pressure on");
+    cache.flush().unwrap();
+    cache.writeback_all(&base).unwrap();
+    assert!(cache.gc_step().unwrap() > 0);
+    assert!(!cache.under_pressure(), "GC that freed space ends the pressure");
+}
