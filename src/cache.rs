@@ -394,8 +394,8 @@ impl Cache {
 
     /// Changes the GC threshold and persists it.
     pub fn set_gc_percent(&self, pct: u8) -> Result<()> {
-        if pct > 90 {
-            return Err(Error::InvalidArgument(format!("gc_percent {pct} is above 90")));
+        if pct > format::MAX_GC_PERCENT {
+            return Err(Error::InvalidArgument(format!("gc_percent {pct} is above {}", format::MAX_GC_PERCENT)));
         }
         let rec = CacheInfo { gc_percent: pct, mode: self.cache_mode() as u8 };
         lock(&self.info).store(&*self.media, |r| rec.to_body(r))?;
@@ -531,8 +531,8 @@ fn validate_config(cfg: &Config) -> Result<()> {
         }
     }
     if let Some(gc) = cfg.gc_percent {
-        if gc > 90 {
-            return Err(Error::InvalidArgument(format!("gc_percent {gc} is above 90")));
+        if gc > format::MAX_GC_PERCENT {
+            return Err(Error::InvalidArgument(format!("gc_percent {gc} is above {}", format::MAX_GC_PERCENT)));
         }
     }
     if cfg.workers == 0 || cfg.workers > MAX_WORKERS {

@@ -29,6 +29,9 @@ pub const DEFAULT_SEG_SIZE: u64 = 16 << 20;
 pub const MIN_SEG_SIZE: u64 = 64 << 10;
 pub const MAX_SEG_SIZE: u64 = 1 << 30;
 pub const MAX_SEGS: u64 = 1 << 20;
+/// Highest GC threshold (percent of segments in use) a cache may record: GC
+/// must start while there is room left for writes and the key log.
+pub const MAX_GC_PERCENT: u8 = 90;
 /// Fewest segments a cache may have (data heads, key log and its reserve need room).
 pub const MIN_SEGS: u64 = 8;
 /// Sequence numbers and generations count up by one per kset or reuse and
@@ -305,8 +308,8 @@ impl CacheInfo {
     }
     pub fn from_body(r: &Record) -> Result<Self> {
         let gc_percent = r.body[0];
-        if gc_percent > 90 {
-            return Err(Error::corrupt("cache info", format!("gc_percent {gc_percent} > 90")));
+        if gc_percent > MAX_GC_PERCENT {
+            return Err(Error::corrupt("cache info", format!("gc_percent {gc_percent} > {MAX_GC_PERCENT}")));
         }
         let mode = r.body[1];
         if crate::mode::CacheMode::from_u8(mode).is_none() {

@@ -36,7 +36,7 @@ const INVALID_PARAMS: i32 = sys::SPDK_JSONRPC_ERROR_INVALID_PARAMS;
 const MAX_BATCH: u64 = 1 << 40;
 /// Largest sequential cutoff (a stream must run this long before it bypasses).
 const MAX_SEQ_CUTOFF: u64 = 1 << 40;
-use crate::format::{MAX_SEG_SIZE, MIN_SEG_SIZE};
+use crate::format::{MAX_GC_PERCENT, MAX_SEG_SIZE, MIN_SEG_SIZE};
 
 /// The request a method's body answers: answering (or taking it to answer
 /// later) consumes this, and if the body returns an error instead, `handle`
@@ -140,7 +140,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
         let base_bdev = p.req_str("base_bdev").map_err(bad)?;
         let mode = p.opt_str("cache_mode").map_err(bad)?;
         let data_crc = p.opt_bool("data_crc").map_err(bad)?;
-        let gc_percent = p.opt_u64("gc_percent", 0, 90).map_err(bad)?.map(|v| v as u8);
+        let gc_percent = p.opt_u64("gc_percent", 0, MAX_GC_PERCENT as u64).map_err(bad)?.map(|v| v as u8);
         let writeback_batch_bytes = p.opt_u64("writeback_batch_bytes", 1, MAX_BATCH).map_err(bad)?;
         let seq_cutoff_bytes = p.opt_u64("seq_cutoff_bytes", 0, MAX_SEQ_CUTOFF).map_err(bad)?;
         let uuid = p.opt_str("uuid").map_err(bad)?;
@@ -243,7 +243,7 @@ unsafe extern "C" fn pcache_delete(req: *mut sys::spdk_jsonrpc_request, raw: *co
 unsafe extern "C" fn pcache_set_options(req: *mut sys::spdk_jsonrpc_request, raw: *const sys::spdk_json_val) {
     handle("bdev_pcache_set_options", req, raw, |mut p, req| {
         let name = p.req_str("name").map_err(bad)?;
-        let gc_percent = p.opt_u64("gc_percent", 0, 90).map_err(bad)?;
+        let gc_percent = p.opt_u64("gc_percent", 0, MAX_GC_PERCENT as u64).map_err(bad)?;
         let batch = p.opt_u64("writeback_batch_bytes", 1, MAX_BATCH).map_err(bad)?;
         let cutoff = p.opt_u64("seq_cutoff_bytes", 0, MAX_SEQ_CUTOFF).map_err(bad)?;
         let mode = p.opt_str("cache_mode").map_err(bad)?;

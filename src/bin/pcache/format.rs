@@ -40,8 +40,9 @@ pub fn main(raw: &[String]) -> Result<i32, Fail> {
     let usage = |e: String| Fail::usage(e, HELP);
     let seg_size = a.num("seg-size").map_err(usage)?;
     let gc = a.num("gc-percent").map_err(usage)?;
-    if gc.is_some_and(|g| g > 90) {
-        return Err(Fail::usage("--gc-percent must be between 0 and 90".to_string(), HELP));
+    if gc.is_some_and(|g| g > pcache::format::MAX_GC_PERCENT as u64) {
+        let max = pcache::format::MAX_GC_PERCENT;
+        return Err(Fail::usage(format!("--gc-percent must be between 0 and {max}"), HELP));
     }
     let block_arg = a.num("base-block-size").map_err(usage)?;
     let base = match (a.get("base"), a.num("base-size").map_err(usage)?) {
