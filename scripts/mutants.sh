@@ -33,7 +33,7 @@ tests=()
 for t in ${MUTANTS_TESTS:-}; do tests+=(--test "$t"); done
 cargo mutants "${args[@]}" --jobs 1 --timeout-multiplier 3 --cargo-arg=--release -- "${tests[@]}" || true
 out=mutants.out
-count() { [[ -f $out/$1.txt ]] && grep -c . "$out/$1.txt" || echo 0; }
+count() { if [[ -f $out/$1.txt ]]; then grep -c . "$out/$1.txt" || true; else echo 0; fi; }
 caught=$(count caught) missed=$(count missed) timeout=$(count timeout) unviable=$(count unviable)
 viable=$((caught + missed + timeout))
 echo
