@@ -196,6 +196,7 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
                         let ticket = cache.through_ticket().unwrap();
                         while !cache.written_back(ticket) {
                             cache.background_step(&*base).unwrap();
+                            std::thread::yield_now(); // the base completes on its own thread
                         }
                         model.lock().unwrap().written_back(id, first, n);
                         THROUGH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
