@@ -417,7 +417,7 @@ impl Cache {
     pub fn stats(&self) -> Stats {
         let mut s = Stats::default();
         self.counters.snapshot_into(&mut s);
-        s.writeback_errors += self.bypassed.flush_errors.load(Ordering::Relaxed);
+        s.writeback_errors = self.writeback_errors();
         for h in &self.heads {
             h.counters.add_into(&mut s);
         }
