@@ -17,6 +17,7 @@ use pcache::format::{
 use pcache::pmem::{CrashSim, Media, MemMedia, SplitMix64};
 use pcache::replay::ReplayReport;
 use pcache::{Cache, Opened, Stats, WbProgress};
+use serde_json::Value as Json;
 
 const BASE_SECTORS: u64 = 1024;
 const BASE_BYTES: u64 = BASE_SECTORS * 512;
@@ -177,191 +178,38 @@ fn assert_base_is_model(base: &[u8], model: &[u64], what: &str) {
     }
 }
 
-// --- a small JSON reader for the --json outputs --------------------------------
+// --- reading the --json outputs ---------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
+/// Dotted-path access to a report, failing the test with the path on a
+/// missing field or a wrong type.
+trait Report {
+    fn at(&self, path: &str) -> &Json;
+    fn u(&self, path: &str) -> u64;
+    fn s(&self, path: &str) -> &str;
+    fn arr(&self, path: &str) -> &[Json];
 }
 
-impl Json {
-    fn parse(s: &str) -> Result<Json, String> {
-        let b = s.as_bytes();
-        let mut i = 0;
-        let v = Self::value(b, &mut i)?;
-        Self::ws(b, &mut i);
-        if i != b.len() {
-            return Err(format!("trailing bytes at {i}"));
-        }
-        Ok(v)
-    }
-    fn ws(b: &[u8], i: &mut usize) {
-        while *i < b.len() && b" \t\r\n".contains(&b[*i]) {
-            *i += 1;
-        }
-    }
-    fn lit(b: &[u8], i: &mut usize, word: &str, v: Json) -> Result<Json, String> {
-        if b[*i..].starts_with(word.as_bytes()) {
-            *i += word.len();
-            Ok(v)
-        } else {
-            Err(format!("bad literal at {i}"))
-        }
-    }
-    fn value(b: &[u8], i: &mut usize) -> Result<Json, String> {
-        Self::ws(b, i);
-        match b.get(*i).ok_or("unexpected end")? {
-            b'n' => Self::lit(b, i, "null", Json::Null),
-            b't' => Self::lit(b, i, "true", Json::Bool(true)),
-            b'f' => Self::lit(b, i, "false", Json::Bool(false)),
-            b'"' => Self::string(b, i).map(Json::Str),
-            b'[' => {
-                *i += 1;
-                let mut v = Vec::new();
-                Self::ws(b, i);
-                if b.get(*i) == Some(&b']') {
-                    *i += 1;
-                    return Ok(Json::Arr(v));
-                }
-                loop {
-                    v.push(Self::value(b, i)?);
-                    Self::ws(b, i);
-                    match b.get(*i) {
-                        Some(b',') => *i += 1,
-                        Some(b']') => {
-                            *i += 1;
-                            return Ok(Json::Arr(v));
-                        }
-                        _ => return Err(format!("expected , or ] at {i}")),
-                    }
-                }
-            }
-            b'{' => {
-                *i += 1;
-                let mut v = Vec::new();
-                Self::ws(b, i);
-                if b.get(*i) == Some(&b'}') {
-                    *i += 1;
-                    return Ok(Json::Obj(v));
-                }
-                loop {
-                    Self::ws(b, i);
-                    let k = Self::string(b, i)?;
-                    Self::ws(b, i);
-                    if b.get(*i) != Some(&b':') {
-                        return Err(format!("expected : at {i}"));
-                    }
-                    *i += 1;
-                    v.push((k, Self::value(b, i)?));
-                    Self::ws(b, i);
-                    match b.get(*i) {
-                        Some(b',') => *i += 1,
-                        Some(b'}') => {
-                            *i += 1;
-                            return Ok(Json::Obj(v));
-                        }
-                        _ => return Err(format!("expected , or }} at {i}")),
-                    }
-                }
-            }
-            _ => {
-                let start = *i;
-                while *i < b.len() && (b[*i].is_ascii_digit() || b"+-.eE".contains(&b[*i])) {
-                    *i += 1;
-                }
-                std::str::from_utf8(&b[start..*i])
-                    .unwrap()
-                    .parse()
-                    .map(Json::Num)
-                    .map_err(|_| format!("bad number at {start}"))
-            }
-        }
-    }
-    fn string(b: &[u8], i: &mut usize) -> Result<String, String> {
-        if b.get(*i) != Some(&b'"') {
-            return Err(format!("expected string at {i}"));
-        }
-        *i += 1;
-        let mut out = Vec::new();
-        loop {
-            let c = *b.get(*i).ok_or("unterminated string")?;
-            *i += 1;
-            match c {
-                b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
-                b'\\' => {
-                    let e = *b.get(*i).ok_or("bad escape")?;
-                    *i += 1;
-                    let ch = match e {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'u' => {
-                            let h = std::str::from_utf8(b.get(*i..*i + 4).ok_or("short \\u")?).unwrap();
-                            *i += 4;
-                            char::from_u32(u32::from_str_radix(h, 16).map_err(|e| e.to_string())?).ok_or("bad \\u")?
-                        }
-                        _ => return Err(format!("bad escape at {i}")),
-                    };
-                    let mut tmp = [0u8; 4];
-                    out.extend_from_slice(ch.encode_utf8(&mut tmp).as_bytes());
-                }
-                c if c < 0x20 => return Err(format!("raw control character in string at {i}")),
-                c => out.push(c),
-            }
-        }
-    }
-    fn get(&self, path: &str) -> &Json {
-        let mut v = self;
-        for k in path.split('.') {
-            v = match v {
-                Json::Obj(f) => &f.iter().find(|(n, _)| n == k).unwrap_or_else(|| panic!("no field {k} in {path}")).1,
-                _ => panic!("{path}: {k} is not in an object"),
-            };
-        }
-        v
+impl Report for Json {
+    fn at(&self, path: &str) -> &Json {
+        let pointer = format!("/{}", path.replace('.', "/"));
+        self.pointer(&pointer).unwrap_or_else(|| panic!("no field {path} in {self}"))
     }
     fn u(&self, path: &str) -> u64 {
-        match self.get(path) {
-            Json::Num(n) => *n as u64,
-            v => panic!("{path} is {v:?}, not a number"),
-        }
+        let v = self.at(path);
+        v.as_u64().unwrap_or_else(|| panic!("{path} is {v}, not a number"))
     }
     fn s(&self, path: &str) -> &str {
-        match self.get(path) {
-            Json::Str(s) => s,
-            v => panic!("{path} is {v:?}, not a string"),
-        }
+        let v = self.at(path);
+        v.as_str().unwrap_or_else(|| panic!("{path} is {v}, not a string"))
     }
     fn arr(&self, path: &str) -> &[Json] {
-        match self.get(path) {
-            Json::Arr(a) => a,
-            v => panic!("{path} is {v:?}, not an array"),
-        }
+        let v = self.at(path);
+        v.as_array().map(Vec::as_slice).unwrap_or_else(|| panic!("{path} is {v}, not an array"))
     }
 }
 
 fn json_of(o: &Out) -> Json {
-    Json::parse(&o.stdout).unwrap_or_else(|e| panic!("output is not JSON: {e}\n{}", show(o)))
-}
-
-#[test]
-fn json_reader_reads_what_it_should() {
-    let j = Json::parse(r#"{"a": [1, 2.5, null, true], "b": {"c": "x\"\\\n\u00e9"}, "d": []}"#).unwrap();
-    assert_eq!(j.arr("a"), &[Json::Num(1.0), Json::Num(2.5), Json::Null, Json::Bool(true)]);
-    assert!(j.arr("d").is_empty());
-    assert_eq!(j.s("b.c"), "x\"\\\né");
-    assert!(Json::parse("{\"a\": 1,}").is_err());
-    assert!(Json::parse("\"raw\ncontrol\"").is_err());
+    serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("output is not JSON: {e}\n{}", show(o)))
 }
 
 // --- inspect -------------------------------------------------------------------
@@ -413,13 +261,13 @@ fn inspect_reports_a_dirty_image_as_the_engine_sees_it() {
     assert_eq!(j.u("base.size"), BASE_BYTES);
     assert_eq!(j.u("base.block_size"), 512);
     assert_eq!(j.s("base.id"), "test-base");
-    assert_eq!(j.get("base.uuid"), &Json::Null, "the test base has no uuid");
+    assert_eq!(j.at("base.uuid"), &Json::Null, "the test base has no uuid");
     assert_eq!(j.s("superblock.uuid"), c.uuid().to_string());
-    assert_eq!(j.get("options.data_crc"), &Json::Bool(false));
+    assert_eq!(j.at("options.data_crc"), &Json::Bool(false));
     assert_eq!(j.u("options.gc_percent"), 90);
     assert_eq!(j.u("options.seg_size"), SEG);
     assert_eq!(j.s("superblock.nonce"), format!("{:#018x}", im.nonce));
-    assert_eq!(j.get("usable"), &Json::Bool(true));
+    assert_eq!(j.at("usable"), &Json::Bool(true));
     assert!(j.arr("problems").is_empty());
     assert_eq!(j.arr("replicas").len(), 3);
     assert_eq!(read(&pmem), im.pmem, "inspect changed the device");
@@ -493,7 +341,7 @@ fn check_names_a_bad_replica_and_the_one_used() {
     let kt = &j.arr("replicas")[1];
     assert_eq!(kt.s("record"), "key_tail");
     assert_eq!(kt.s("used"), "A");
-    assert_eq!(kt.arr("slots")[1].get("valid"), &Json::Bool(false));
+    assert_eq!(kt.arr("slots")[1].at("valid"), &Json::Bool(false));
     assert_eq!(j.arr("problems").len(), 1);
 }
 
@@ -670,7 +518,7 @@ fn flush_writes_every_dirty_byte_back_and_leaves_the_cache_clean() {
     let j = json_of(&expect(&["inspect", "--json", &pmem], 0));
     assert_eq!(j.u("dirty_bytes"), 0);
     assert_eq!(j.u("dirty_ksets"), 0);
-    assert_eq!(j.get("dirty_tail"), j.get("key_head"), "dirty_tail is persisted at the head");
+    assert_eq!(j.at("dirty_tail"), j.at("key_head"), "dirty_tail is persisted at the head");
     expect(&["check", &pmem], 0);
 
     let (rep, _, cache) = engine_view(&read(&pmem), true).unwrap();
@@ -843,7 +691,7 @@ fn format_formats_a_blank_device_and_refuses_an_existing_one() {
     assert_eq!(j.u("base.size"), 1 << 20);
     assert_eq!(j.u("base.block_size"), 512);
     assert_eq!(j.s("base.id"), "nvme0n1");
-    assert_eq!(j.get("options.data_crc"), &Json::Bool(true));
+    assert_eq!(j.at("options.data_crc"), &Json::Bool(true));
     assert_eq!(j.u("options.gc_percent"), 50);
     assert_eq!(j.u("options.seg_size"), SEG);
     assert_eq!(j.u("segments.total"), SEGS);

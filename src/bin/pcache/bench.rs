@@ -12,45 +12,73 @@ use pcache::{BaseIdentity, Cache, Config, FileBase, Opened, WriteOutcome, WriteR
 use std::io::IoSlice;
 
 use crate::alloc_count::live_bytes;
-use crate::args::Args;
 
-const HELP: &str = "usage: pcache bench [options]
+/// The options of `pcache bench` (their help is in main.rs, on the command).
+#[derive(clap::Args)]
+#[command(after_help = "Run with PMEM_IS_PMEM_FORCE=1 when the pmem file is on /dev/shm.\n\
+                        Note: the engine completes pmem reads and writes synchronously, so for cache\n\
+                        hits the queue depth only bounds work in flight towards the base device.")]
+pub struct Args {
+    /// the workload
+    #[arg(short = 'w', value_enum, default_value_t = Workload::RandWrite)]
+    workload: Workload,
+    /// block size
+    #[arg(short = 'o', value_name = "SIZE", value_parser = crate::parse_size, default_value = "4K")]
+    bs: u64,
+    /// queue depth per worker (see the note below)
+    #[arg(short = 'q', value_name = "DEPTH", value_parser = crate::parse_size, default_value = "32")]
+    qd: u64,
+    /// randwrite: writes handed to the engine at once (Cache::write_batch), 1
+    /// to the queue depth; the default is the queue depth, which is how the
+    /// SPDK module stages writes under bdevperf
+    #[arg(long, value_name = "N", value_parser = crate::parse_size)]
+    batch: Option<u64>,
+    /// concurrent workers
+    #[arg(short = 'j', value_name = "WORKERS", default_value_t = 1)]
+    workers: usize,
+    /// duration of each measured phase, in seconds
+    #[arg(short = 't', value_name = "SECONDS", default_value_t = 5)]
+    secs: u64,
+    /// pmem file (recreated)
+    #[arg(long, value_name = "PATH", default_value = "/dev/shm/pcache-bench.pmem")]
+    pmem: PathBuf,
+    /// size of the pmem file [default: 8G; 2G with less than 16 GiB of memory
+    /// available]; a bigger cache measures write ingest over a longer time
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size)]
+    pmem_size: Option<u64>,
+    /// base file (recreated, sparse)
+    #[arg(long, value_name = "PATH", default_value = "/var/tmp/pcache-bench.base")]
+    base: PathBuf,
+    /// size of the base file
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size, default_value = "1G")]
+    base_size: u64,
+    /// keys journalled for the replay/DRAM phase
+    #[arg(long, value_name = "N", value_parser = crate::parse_size, default_value = "500000")]
+    replay_keys: u64,
+    /// keep and check data CRCs
+    #[arg(long)]
+    data_crc: bool,
+    /// keep the pmem and base files afterwards
+    #[arg(long)]
+    keep: bool,
+    /// keep writing after the cache reaches its GC threshold (then writeback
+    /// to the base file sets the pace)
+    #[arg(long)]
+    sustained: bool,
+    /// where background work (kset timer, writeback, GC) runs: inline = on
+    /// worker 0 between I/Os, one step every 32 operations, as an SPDK poller
+    /// on an I/O reactor; thread = on an extra thread of its own
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = Poller::Inline)]
+    poller: Poller,
+}
 
-Drives the cache engine over a pmem file and a base file like bdevperf drives
-a bdev, and measures in the same run a plain copy into the same pmem mapping.
-
-  -w WORKLOAD      randwrite | randread | rw | verify        (randwrite)
-  -o SIZE          block size                                 (4K)
-  -q DEPTH         queue depth per worker (see note)          (32)
-  -j WORKERS       concurrent workers                         (1)
-  --batch N        randwrite: writes handed to the engine at once
-                   (Cache::write_batch), 1 to the queue depth; the
-                   default is the queue depth, which is how the SPDK
-                   module stages writes under bdevperf        (= -q)
-  -t SECONDS       duration of each measured phase            (5)
-  --pmem PATH      pmem file (recreated)             (/dev/shm/pcache-bench.pmem)
-  --pmem-size SIZE   (8G; 2G with less than 16 GiB of memory available)
-                   a bigger cache measures write ingest over a longer time
-  --base PATH      base file (recreated, sparse)     (/var/tmp/pcache-bench.base)
-  --base-size SIZE                                            (1G)
-  --replay-keys N  keys journalled for the replay/DRAM phase  (500000)
-  --data-crc       keep and check data CRCs
-  --keep           keep the pmem and base files afterwards
-  --sustained      keep writing after the cache reaches its GC threshold
-                   (then writeback to the base file sets the pace)
-  --poller MODE    where background work (kset timer, writeback, GC) runs:
-                   inline = on worker 0 between I/Os, one step every 32
-                   operations, as an SPDK poller on an I/O reactor;
-                   thread = on an extra thread of its own          (inline)
-
-Run with PMEM_IS_PMEM_FORCE=1 when the pmem file is on /dev/shm.
-Note: the engine completes pmem reads and writes synchronously, so for cache
-hits the queue depth only bounds work in flight towards the base device.";
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 enum Workload {
+    #[value(name = "randwrite")]
     RandWrite,
+    #[value(name = "randread")]
     RandRead,
+    #[value(alias = "randrw")]
     Rw,
     Verify,
 }
@@ -73,65 +101,47 @@ struct Opts {
     poller: Poller,
 }
 
-fn parse(raw: &[String]) -> Result<Option<Opts>, String> {
-    let a = Args::parse(
-        raw,
-        &["w", "o", "q", "batch", "j", "t", "pmem", "pmem-size", "base", "base-size", "replay-keys", "poller"],
-        &["data-crc", "keep", "sustained", "help", "h"],
-    )?;
-    if a.flag("help") || a.flag("h") {
-        println!("{HELP}");
-        return Ok(None);
+impl Args {
+    /// The options with their defaults resolved, or why they do not make sense.
+    fn into_opts(self) -> Result<Opts, String> {
+        let o = Opts {
+            workload: self.workload,
+            bs: self.bs,
+            qd: self.qd,
+            batch: self.batch.unwrap_or(self.qd),
+            workers: self.workers,
+            secs: self.secs,
+            pmem: self.pmem,
+            pmem_size: self.pmem_size.unwrap_or_else(default_pmem_size),
+            base: self.base,
+            base_size: self.base_size,
+            replay_keys: self.replay_keys,
+            data_crc: self.data_crc,
+            keep: self.keep,
+            sustained: self.sustained,
+            poller: self.poller,
+        };
+        if o.bs == 0 || o.bs % 512 != 0 || o.bs > 4 << 20 {
+            return Err(format!("block size {} must be a multiple of 512 up to 4M", o.bs));
+        }
+        if o.workers == 0 || o.workers > 64 {
+            return Err("workers must be between 1 and 64".into());
+        }
+        if o.base_size < o.bs * o.workers as u64 * 16 {
+            return Err("base size is too small for this block size and worker count".into());
+        }
+        if o.batch == 0 || o.batch > o.qd {
+            return Err(format!("batch {} must be between 1 and the queue depth ({})", o.batch, o.qd));
+        }
+        if o.secs == 0 {
+            return Err("duration must be at least 1 second".into());
+        }
+        Ok(o)
     }
-    let workload = match a.str_or("w", "randwrite").as_str() {
-        "randwrite" => Workload::RandWrite,
-        "randread" => Workload::RandRead,
-        "rw" | "randrw" => Workload::Rw,
-        "verify" => Workload::Verify,
-        w => return Err(format!("unknown workload {w:?} (randwrite, randread, rw, verify)")),
-    };
-    let qd = a.num_or("q", 32)?;
-    let o = Opts {
-        workload,
-        bs: a.num_or("o", 4096)?,
-        qd,
-        batch: a.num_or("batch", qd)?,
-        workers: a.num_or("j", 1)? as usize,
-        secs: a.num_or("t", 5)?,
-        pmem: a.str_or("pmem", "/dev/shm/pcache-bench.pmem").into(),
-        pmem_size: a.num_or("pmem-size", default_pmem_size())?,
-        base: a.str_or("base", "/var/tmp/pcache-bench.base").into(),
-        base_size: a.num_or("base-size", 1 << 30)?,
-        replay_keys: a.num_or("replay-keys", 500_000)?,
-        data_crc: a.flag("data-crc"),
-        keep: a.flag("keep"),
-        sustained: a.flag("sustained"),
-        poller: match a.str_or("poller", "inline").as_str() {
-            "inline" => Poller::Inline,
-            "thread" => Poller::Thread,
-            p => return Err(format!("unknown poller mode {p:?} (inline, thread)")),
-        },
-    };
-    if o.bs == 0 || o.bs % 512 != 0 || o.bs > 4 << 20 {
-        return Err(format!("block size {} must be a multiple of 512 up to 4M", o.bs));
-    }
-    if o.workers == 0 || o.workers > 64 {
-        return Err("workers must be between 1 and 64".into());
-    }
-    if o.base_size < o.bs * o.workers as u64 * 16 {
-        return Err("base size is too small for this block size and worker count".into());
-    }
-    if o.batch == 0 || o.batch > o.qd {
-        return Err(format!("batch {} must be between 1 and the queue depth ({})", o.batch, o.qd));
-    }
-    if o.secs == 0 {
-        return Err("duration must be at least 1 second".into());
-    }
-    Ok(Some(o))
 }
 
-pub fn main(raw: &[String]) -> Result<(), String> {
-    let Some(o) = parse(raw)? else { return Ok(()) };
+pub fn main(a: Args) -> Result<(), String> {
+    let o = a.into_opts()?;
     let _ = std::fs::remove_file(&o.pmem);
     let media = Arc::new(PmemFile::create(&o.pmem, o.pmem_size).map_err(|e| e.to_string())?);
     if !media.is_pmem() {
@@ -419,7 +429,7 @@ fn default_pmem_size() -> u64 {
 const POLL_EVERY: u64 = 32;
 
 /// Where the background work (kset timer, writeback, GC) runs.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 enum Poller {
     /// On worker 0, one step every POLL_EVERY operations, the way an SPDK
     /// poller shares its reactor with I/O.

@@ -3,49 +3,60 @@
 
 use pcache::inspect::{inspect, InspectOptions, Severity};
 
-use crate::dev::open_ro;
-use crate::json::J;
-use crate::{one_device, parse_cmd, Fail};
+use std::path::PathBuf;
 
-const HELP: &str = "usage: pcache check PMEM [--json] [--no-data]
+use serde::Serialize;
 
-Validates the superblock, both replicas of every record (and which one is
-used), CRCs, the key-set chain, generations, bounds of every key and, when the
-cache keeps data CRCs, the data of every live key. Prints one line per problem
-with its location (byte offset, segment, kset seq). Never writes to PMEM.
+use crate::dev::{open_ro, to_json};
+use crate::inspect::{problems_json, ProblemJson};
+use crate::Fail;
 
-  --json      one JSON object: status, exit, problems[] (severity, location, detail)
-  --no-data   skip reading data to verify data CRCs
+/// The options of `pcache check` (their help is in main.rs, on the command).
+#[derive(clap::Args)]
+#[command(after_help = "Exit status: 0 clean; 1 problems found, but the cache can be loaded;\n\
+                        2 the cache cannot be loaded (or a usage error).")]
+pub struct Args {
+    /// the cache device (a pmem file or device)
+    #[arg(value_name = "PMEM")]
+    pmem: PathBuf,
+    /// one JSON object: status, exit, problems[] (severity, location, detail)
+    #[arg(long)]
+    json: bool,
+    /// skip reading data to verify data CRCs
+    #[arg(long)]
+    no_data: bool,
+}
 
-Exit status: 0 clean; 1 problems found, but the cache can be loaded;
-2 the cache cannot be loaded (or a usage error).";
+/// `check --json`. A device without a readable superblock reports only
+/// status, exit and problems.
+#[derive(Serialize)]
+struct Report {
+    status: &'static str,
+    exit: i32,
+    #[serde(flatten)]
+    counts: Option<Counts>,
+    problems: Vec<ProblemJson>,
+}
 
-pub fn main(raw: &[String]) -> Result<i32, Fail> {
-    let Some(a) = parse_cmd(raw, &[], &["json", "no-data"], HELP)? else { return Ok(0) };
-    let path = one_device(&a, "check", HELP)?;
-    let json = a.flag("json");
+#[derive(Serialize)]
+struct Counts {
+    ksets: u64,
+    keys: u64,
+    data_checked: u64,
+    dirty_bytes: u64,
+}
+
+pub fn main(a: Args) -> Result<i32, Fail> {
+    let path = a.pmem.as_path();
+    let json = a.json;
     let media = open_ro(path).map_err(|f| f.with_code(2))?;
-    let ins = match inspect(media, InspectOptions { verify_data: !a.flag("no-data") }) {
+    let ins = match inspect(media, InspectOptions { verify_data: !a.no_data }) {
         Ok(i) => i,
         Err(e) => {
             // No superblock to go by: nothing on the device can be loaded.
             if json {
-                print!(
-                    "{}",
-                    J::Obj(vec![
-                        ("status", J::str("unusable")),
-                        ("exit", J::Num(2)),
-                        (
-                            "problems",
-                            J::Arr(vec![J::Obj(vec![
-                                ("severity", J::str("fatal")),
-                                ("location", J::str("superblock at offset 0x0")),
-                                ("detail", J::str(e.to_string())),
-                            ])])
-                        ),
-                    ])
-                    .to_pretty()
-                );
+                let problems = vec![ProblemJson::fatal("superblock at offset 0x0", e.to_string())];
+                println!("{}", to_json(&Report { status: "unusable", exit: 2, counts: None, problems }));
             } else {
                 println!("fatal: superblock at offset 0x0: {e}");
                 println!("{}: cannot be loaded", path.display());
@@ -62,19 +73,9 @@ pub fn main(raw: &[String]) -> Result<i32, Fail> {
         ("clean", 0)
     };
     if json {
-        print!(
-            "{}",
-            J::Obj(vec![
-                ("status", J::str(status)),
-                ("exit", J::Num(code as u64)),
-                ("ksets", J::Num(ins.ksets)),
-                ("keys", J::Num(ins.keys)),
-                ("data_checked", J::Num(ins.data_checked)),
-                ("dirty_bytes", J::Num(ins.dirty_bytes)),
-                ("problems", crate::inspect::problems_json(&ins)),
-            ])
-            .to_pretty()
-        );
+        let counts =
+            Counts { ksets: ins.ksets, keys: ins.keys, data_checked: ins.data_checked, dirty_bytes: ins.dirty_bytes };
+        println!("{}", to_json(&Report { status, exit: code, counts: Some(counts), problems: problems_json(&ins) }));
         return Ok(code);
     }
     for p in &ins.problems {

@@ -82,10 +82,22 @@ pub fn pos(p: &LogPos) -> String {
     format!("segment {} offset {:#x} seq {}", p.seg, p.off, p.seq)
 }
 
-pub fn pos_json(p: Option<LogPos>) -> crate::json::J {
-    use crate::json::J;
-    match p {
-        None => J::Null,
-        Some(p) => J::Obj(vec![("seg", J::Num(p.seg as u64)), ("off", J::Num(p.off as u64)), ("seq", J::Num(p.seq))]),
+/// A log position in JSON reports.
+#[derive(serde::Serialize)]
+pub struct PosJson {
+    seg: u32,
+    off: u32,
+    seq: u64,
+}
+
+impl From<LogPos> for PosJson {
+    fn from(p: LogPos) -> PosJson {
+        PosJson { seg: p.seg, off: p.off, seq: p.seq }
     }
+}
+
+/// A report as pretty-printed JSON, fields in declaration order.
+pub fn to_json(report: &impl serde::Serialize) -> String {
+    // Serializing plain structs of numbers, strings and options cannot fail.
+    serde_json::to_string_pretty(report).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }

@@ -3,7 +3,7 @@
 //! leaves the cache clean (dirty_tail persisted at the key head).
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,30 +12,36 @@ use pcache::pmem::Media;
 use pcache::{BaseDevice, BaseIdentity, Cache, Config, FileBase, Opened, WbProgress};
 
 use crate::dev::{human, open_ro, open_rw, probe_base};
-use crate::{parse_cmd, Fail};
+use crate::Fail;
 
-const HELP: &str = "usage: pcache flush PMEM BASE [options]
+/// The options of `pcache flush` (their help is in main.rs, on the command).
+#[derive(clap::Args)]
+#[command(after_help = "Progress goes to stderr: a bar when stderr is a terminal, plain lines otherwise.\n\
+                        Exit status: 0 the cache is clean, 1 error, 2 usage.")]
+pub struct Args {
+    /// the cache device (a pmem file or device)
+    #[arg(value_name = "PMEM")]
+    pmem: PathBuf,
+    /// the base device or file the cache was formatted for
+    #[arg(value_name = "BASE")]
+    base: PathBuf,
+    /// also require the recorded base id to be ID
+    #[arg(long, value_name = "ID")]
+    base_id: Option<String>,
+    /// the block size of BASE (regular files)
+    #[arg(long, value_name = "N", value_parser = crate::parse_size)]
+    base_block_size: Option<u64>,
+    /// write even if BASE does not match
+    #[arg(long)]
+    force: bool,
+    /// no progress output on stderr
+    #[arg(long)]
+    quiet: bool,
+}
 
-Replays the cache on PMEM, writes every dirty byte back to BASE in log order
-and marks the cache clean. BASE must match the identity recorded at format:
-its size, and its block size (read from the system for a block device; for a
-regular file, given with --base-block-size if you want it checked).
-
-  --base-id ID           also require the recorded base id to be ID
-  --base-block-size N    the block size of BASE (regular files)
-  --force                write even if BASE does not match
-  --quiet                no progress output on stderr
-
-Progress goes to stderr: a bar when stderr is a terminal, plain lines otherwise.
-Exit status: 0 the cache is clean, 1 error, 2 usage.";
-
-pub fn main(raw: &[String]) -> Result<i32, Fail> {
-    let Some(a) = parse_cmd(raw, &["base-id", "base-block-size"], &["force", "quiet"], HELP)? else { return Ok(0) };
-    let [pmem, base] = a.positional.as_slice() else {
-        return Err(Fail::usage(format!("flush takes PMEM and BASE, got {} argument(s)", a.positional.len()), HELP));
-    };
-    let block_arg = a.num("base-block-size").map_err(|e| Fail::usage(e, HELP))?;
-    let (pmem, base_path) = (Path::new(pmem), Path::new(base));
+pub fn main(a: Args) -> Result<i32, Fail> {
+    let block_arg = a.base_block_size;
+    let (pmem, base_path) = (a.pmem.as_path(), a.base.as_path());
 
     // Identity first, from a read-only look: nothing is touched on a refusal.
     let sb = Cache::read_superblock(&*open_ro(pmem)?).map_err(|e| Fail::error(format!("{}: {e}", pmem.display())))?;
@@ -50,13 +56,13 @@ pub fn main(raw: &[String]) -> Result<i32, Fail> {
             diffs.push(format!("its block size is {b}, the cache was formatted for {}", sb.base_block_size));
         }
     }
-    if let Some(id) = a.get("base-id") {
-        if id != sb.base_id {
+    if let Some(id) = &a.base_id {
+        if *id != sb.base_id {
             diffs.push(format!("the cache was formatted for base id {:?}, not {id:?}", sb.base_id));
         }
     }
     if !diffs.is_empty() {
-        if !a.flag("force") {
+        if !a.force {
             return Err(Fail::error(format!(
                 "flush: {} does not match the cache on {}: {}; use --force to write to it anyway",
                 base_path.display(),
@@ -82,7 +88,7 @@ pub fn main(raw: &[String]) -> Result<i32, Fail> {
     let file = FileBase::open(base_path, sb.base_block_size).map_err(|e| Fail::error(format!("flush: {e}")))?;
     let base = Recording { inner: file, first_error: Arc::new(Mutex::new(None)) };
 
-    let mut progress = Progress::new(total, ksets, a.flag("quiet"));
+    let mut progress = Progress::new(total, ksets, a.quiet);
     progress.start(base_path);
     let mut busy = 0u64;
     loop {

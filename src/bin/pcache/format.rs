@@ -2,7 +2,7 @@
 //! a pcache (saying whether it holds dirty data) or anything else that is not
 //! blank, unless --force.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pcache::format::{META_BLOCK, SB_MAGIC};
@@ -11,74 +11,85 @@ use pcache::pmem::{Media, PmemFile};
 use pcache::{BaseIdentity, Cache, Config};
 
 use crate::dev::{human, open_ro, open_rw, probe_base};
-use crate::{one_device, parse_cmd, Fail};
+use crate::{parse_size, Fail};
 
-const HELP: &str = "usage: pcache format PMEM [options]
+/// The options of `pcache format` (their help is in main.rs, on the command).
+#[derive(clap::Args)]
+#[command(after_help = "Exit status: 0 formatted, 1 error or refusal, 2 usage.")]
+pub struct Args {
+    /// the cache device (a pmem file or device)
+    #[arg(value_name = "PMEM")]
+    pmem: PathBuf,
+    /// take the base size (and, for a block device, the block size) from FILE
+    #[arg(long, value_name = "FILE", conflicts_with = "base_size")]
+    base: Option<PathBuf>,
+    /// base size in bytes (K, M, G suffixes) if no --base
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    base_size: Option<u64>,
+    /// base block size [default: 512]
+    #[arg(long, value_name = "N", value_parser = parse_size)]
+    base_block_size: Option<u64>,
+    /// base id, up to 64 bytes (a bdev name, a UUID) [default: ""]
+    #[arg(long, value_name = "ID")]
+    base_id: Option<String>,
+    /// segment size, 64K to 1G [default: 16M, smaller on a device that would
+    /// hold fewer than 8 segments of 16M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    seg_size: Option<u64>,
+    /// keep a CRC of every key's data and check it on reads
+    #[arg(long)]
+    data_crc: bool,
+    /// start GC at N% of segments used, 0 to 90 [default: 70]
+    #[arg(long, value_name = "N", value_parser = gc_percent)]
+    gc_percent: Option<u8>,
+    /// create PMEM with SIZE bytes if it does not exist
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    size: Option<u64>,
+    /// format even if PMEM holds a pcache (its data is lost) or other data
+    #[arg(long)]
+    force: bool,
+}
 
-Formats PMEM as a cache for a base device. The base identity (size, block
-size, id) is recorded and checked whenever the cache is opened.
+fn gc_percent(s: &str) -> Result<u8, String> {
+    let max = pcache::format::MAX_GC_PERCENT;
+    s.parse::<u8>().ok().filter(|g| *g <= max).ok_or_else(|| format!("must be between 0 and {max}"))
+}
 
-  --base FILE            take the base size (and, for a block device, the
-                         block size) from FILE
-  --base-size SIZE       base size in bytes (K, M, G suffixes) if no --base
-  --base-block-size N    base block size                      (512)
-  --base-id ID           base id, up to 64 bytes (a bdev name, a UUID)  (\"\")
-  --seg-size SIZE        segment size, 64K to 1G  (16M, smaller on a device
-                         that would hold fewer than 8 segments of 16M)
-  --data-crc             keep a CRC of every key's data and check it on reads
-  --gc-percent N         start GC at N% of segments used, 0 to 90  (70)
-  --size SIZE            create PMEM with SIZE bytes if it does not exist
-  --force                format even if PMEM holds a pcache (its data is lost)
-                         or other data
-
-Exit status: 0 formatted, 1 error or refusal, 2 usage.";
-
-pub fn main(raw: &[String]) -> Result<i32, Fail> {
-    let takes_value = ["base", "base-size", "base-block-size", "base-id", "seg-size", "gc-percent", "size"];
-    let Some(a) = parse_cmd(raw, &takes_value, &["data-crc", "force"], HELP)? else { return Ok(0) };
-    let pmem = one_device(&a, "format", HELP)?;
-    let usage = |e: String| Fail::usage(e, HELP);
-    let seg_size = a.num("seg-size").map_err(usage)?;
-    let gc = a.num("gc-percent").map_err(usage)?;
-    if gc.is_some_and(|g| g > pcache::format::MAX_GC_PERCENT as u64) {
-        let max = pcache::format::MAX_GC_PERCENT;
-        return Err(Fail::usage(format!("--gc-percent must be between 0 and {max}"), HELP));
-    }
-    let block_arg = a.num("base-block-size").map_err(usage)?;
-    let base = match (a.get("base"), a.num("base-size").map_err(usage)?) {
-        (Some(_), Some(_)) => return Err(Fail::usage("give --base or --base-size, not both".to_string(), HELP)),
-        (None, None) => {
-            return Err(Fail::usage("the base size is needed: --base FILE or --base-size SIZE".to_string(), HELP))
-        }
+pub fn main(a: Args) -> Result<i32, Fail> {
+    let pmem = a.pmem.as_path();
+    let block_arg = a.base_block_size;
+    let base = match (&a.base, a.base_size) {
+        (Some(_), Some(_)) => return Err(Fail::usage("give --base or --base-size, not both", "format")),
+        (None, None) => return Err(Fail::usage("the base size is needed: --base FILE or --base-size SIZE", "format")),
         (Some(f), None) => {
-            let p = probe_base(Path::new(f))?;
+            let p = probe_base(f)?;
             if let (Some(dev), Some(arg)) = (p.block_size, block_arg) {
                 if dev as u64 != arg {
-                    return Err(Fail::error(format!("format: {f} has block size {dev}, not {arg}")));
+                    return Err(Fail::error(format!("format: {} has block size {dev}, not {arg}", f.display())));
                 }
             }
             (p.size, p.block_size.map(u64::from).or(block_arg).unwrap_or(512))
         }
         (None, Some(size)) => (size, block_arg.unwrap_or(512)),
     };
-    let id = a.get("base-id").unwrap_or("").to_string();
+    let id = a.base_id.clone().unwrap_or_default();
     let block_size =
-        u32::try_from(base.1).map_err(|_| Fail::usage(format!("base block size {} is too large", base.1), HELP))?;
+        u32::try_from(base.1).map_err(|_| Fail::usage(format!("base block size {} is too large", base.1), "format"))?;
     let mut cfg = Config::new(BaseIdentity::named(base.0, block_size, id));
-    cfg.seg_size = seg_size;
-    cfg.data_crc = a.flag("data-crc");
-    cfg.gc_percent = gc.map(|g| g as u8);
+    cfg.seg_size = a.seg_size;
+    cfg.data_crc = a.data_crc;
+    cfg.gc_percent = a.gc_percent;
     cfg.read_cache = false;
     // Existing contents are refused below unless --force.
     cfg.force_format = true;
 
     let media: Arc<PmemFile> = if !pmem.exists() {
-        let Some(size) = a.num("size").map_err(usage)? else {
+        let Some(size) = a.size else {
             return Err(Fail::error(format!("{}: does not exist (give --size to create it)", pmem.display())));
         };
         Arc::new(PmemFile::create(pmem, size).map_err(|e| Fail::error(format!("{}: {e}", pmem.display())))?)
     } else {
-        if !a.flag("force") {
+        if !a.force {
             refuse_existing(pmem)?;
         }
         open_rw(pmem)?

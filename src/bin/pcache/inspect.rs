@@ -1,29 +1,32 @@
 //! `pcache inspect PMEM`: what is on a cache device, without changing it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
 
 use pcache::inspect::{inspect, slot_name, InspectOptions, Inspection, Severity};
 
-use crate::dev::{human, open_ro, pos, pos_json};
-use crate::json::J;
-use crate::{one_device, parse_cmd, Fail};
+use crate::dev::{human, open_ro, pos, PosJson};
+use crate::Fail;
 
-const HELP: &str = "usage: pcache inspect PMEM [--json]
+/// The options of `pcache inspect` (their help is in main.rs, on the command).
+#[derive(clap::Args)]
+#[command(after_help = "Exit status: 0 report printed, 1 error (no readable superblock), 2 usage.")]
+pub struct Args {
+    /// the cache device (a pmem file or device)
+    #[arg(value_name = "PMEM")]
+    pmem: PathBuf,
+    /// one JSON object with stable field names (see README.md)
+    #[arg(long)]
+    json: bool,
+}
 
-Shows the superblock, the options (cache_mode, data_crc, gc_percent, segment size), the
-base identity (size, block size, id), segments total and used, key_head,
-dirty_tail, key_tail, the key-set count and the dirty bytes. Never writes to
-PMEM. Exit status: 0 report printed, 1 error (no readable superblock), 2 usage.
-
-  --json    one JSON object with stable field names (see README.md)";
-
-pub fn main(raw: &[String]) -> Result<i32, Fail> {
-    let Some(a) = parse_cmd(raw, &[], &["json"], HELP)? else { return Ok(0) };
-    let path = one_device(&a, "inspect", HELP)?;
+pub fn main(a: Args) -> Result<i32, Fail> {
+    let path = a.pmem.as_path();
     let media = open_ro(path)?;
     let ins = inspect(media, InspectOptions::default()).map_err(|e| Fail::error(format!("{}: {e}", path.display())))?;
-    if a.flag("json") {
-        print!("{}", to_json(path, &ins).to_pretty());
+    if a.json {
+        println!("{}", crate::dev::to_json(&Report::new(path, &ins)));
     } else {
         print_human(path, &ins);
     }
@@ -98,95 +101,160 @@ fn print_human(path: &Path, ins: &Inspection) {
     }
 }
 
-pub fn problems_json(ins: &Inspection) -> J {
-    J::Arr(
-        ins.problems
-            .iter()
-            .map(|p| {
-                J::Obj(vec![
-                    ("severity", J::str(if p.severity == Severity::Fatal { "fatal" } else { "damaged" })),
-                    ("location", J::str(p.location.clone())),
-                    ("detail", J::str(p.detail.clone())),
-                ])
-            })
-            .collect(),
-    )
+/// One problem, as `check --json` and `inspect --json` list it.
+#[derive(Serialize)]
+pub struct ProblemJson {
+    severity: &'static str,
+    location: String,
+    detail: String,
 }
 
-fn to_json(path: &Path, ins: &Inspection) -> J {
-    let sb = &ins.sb;
-    let records = ins
-        .records
+impl ProblemJson {
+    pub fn fatal(location: &str, detail: String) -> ProblemJson {
+        ProblemJson { severity: "fatal", location: location.to_string(), detail }
+    }
+}
+
+pub fn problems_json(ins: &Inspection) -> Vec<ProblemJson> {
+    ins.problems
         .iter()
-        .map(|r| {
-            let slots = r
-                .slots
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    J::Obj(vec![
-                        ("replica", J::str(slot_name(i).to_string())),
-                        ("offset", J::Num(s.offset)),
-                        ("valid", J::Bool(s.state.is_ok())),
-                        ("seq", s.state.as_ref().map_or(J::Null, |q| J::Num(*q as u64))),
-                        ("error", s.state.as_ref().err().map_or(J::Null, |e| J::str(e.clone()))),
-                    ])
-                })
-                .collect();
-            J::Obj(vec![
-                ("record", J::str(r.name.clone())),
-                ("used", r.used.map_or(J::Null, |u| J::str(slot_name(u).to_string()))),
-                ("slots", J::Arr(slots)),
-            ])
+        .map(|p| ProblemJson {
+            severity: if p.severity == Severity::Fatal { "fatal" } else { "damaged" },
+            location: p.location.clone(),
+            detail: p.detail.clone(),
         })
-        .collect();
-    J::Obj(vec![
-        ("device", J::Obj(vec![("path", J::str(path.to_string_lossy())), ("size", J::Num(ins.device_len))])),
-        (
-            "superblock",
-            J::Obj(vec![
-                ("version", J::Num(sb.version as u64)),
-                ("nonce", J::str(format!("{:#018x}", sb.nonce))),
-                ("cache_size", J::Num(sb.cache_size)),
-                ("uuid", J::str(pcache::cache::sb_uuid(sb).to_string())),
-            ]),
-        ),
-        (
-            "options",
-            J::Obj(vec![
-                ("cache_mode", ins.cache_mode.map_or(J::Null, |m| J::str(m.as_str().to_string()))),
-                ("data_crc", J::Bool(sb.data_crc())),
-                ("gc_percent", J::opt_num(ins.gc_percent.map(u64::from))),
-                ("seg_size", J::Num(sb.seg_size as u64)),
-            ]),
-        ),
-        (
-            "base",
-            J::Obj(vec![
-                ("size", J::Num(sb.base_size)),
-                ("block_size", J::Num(sb.base_block_size as u64)),
-                ("id", J::str(sb.base_id.clone())),
-                ("uuid", sb.base_uuid().map_or(J::Null, |u| J::str(u.to_string()))),
-            ]),
-        ),
-        (
-            "segments",
-            J::Obj(vec![
-                ("total", J::Num(sb.seg_count as u64)),
-                ("used", J::opt_num(ins.segs_used.map(u64::from))),
-                ("log", J::Num(ins.log_segments as u64)),
-            ]),
-        ),
-        ("key_head", pos_json(ins.key_head)),
-        ("dirty_tail", pos_json(ins.dirty_tail)),
-        ("key_tail", pos_json(ins.key_tail)),
-        ("ksets", J::Num(ins.ksets)),
-        ("dirty_ksets", J::Num(ins.dirty_ksets)),
-        ("keys", J::Num(ins.keys)),
-        ("stale_keys", J::Num(ins.stale_keys)),
-        ("dirty_bytes", J::Num(ins.dirty_bytes)),
-        ("replicas", J::Arr(records)),
-        ("usable", J::Bool(ins.usable())),
-        ("problems", problems_json(ins)),
-    ])
+        .collect()
+}
+
+/// `inspect --json`: the field names are stable (README.md).
+#[derive(Serialize)]
+struct Report {
+    device: DeviceJson,
+    superblock: SuperblockJson,
+    options: OptionsJson,
+    base: BaseJson,
+    segments: SegmentsJson,
+    key_head: Option<PosJson>,
+    dirty_tail: Option<PosJson>,
+    key_tail: Option<PosJson>,
+    ksets: u64,
+    dirty_ksets: u64,
+    keys: u64,
+    stale_keys: u64,
+    dirty_bytes: u64,
+    replicas: Vec<RecordJson>,
+    usable: bool,
+    problems: Vec<ProblemJson>,
+}
+
+#[derive(Serialize)]
+struct DeviceJson {
+    path: String,
+    size: u64,
+}
+
+#[derive(Serialize)]
+struct SuperblockJson {
+    version: u32,
+    nonce: String,
+    cache_size: u64,
+    uuid: String,
+}
+
+#[derive(Serialize)]
+struct OptionsJson {
+    cache_mode: Option<&'static str>,
+    data_crc: bool,
+    gc_percent: Option<u8>,
+    seg_size: u32,
+}
+
+#[derive(Serialize)]
+struct BaseJson {
+    size: u64,
+    block_size: u32,
+    id: String,
+    uuid: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SegmentsJson {
+    total: u32,
+    used: Option<u32>,
+    log: u32,
+}
+
+#[derive(Serialize)]
+struct RecordJson {
+    record: String,
+    used: Option<String>,
+    slots: Vec<SlotJson>,
+}
+
+#[derive(Serialize)]
+struct SlotJson {
+    replica: String,
+    offset: u64,
+    valid: bool,
+    seq: Option<u64>,
+    error: Option<String>,
+}
+
+impl Report {
+    fn new(path: &Path, ins: &Inspection) -> Report {
+        let sb = &ins.sb;
+        let replicas = ins
+            .records
+            .iter()
+            .map(|r| RecordJson {
+                record: r.name.clone(),
+                used: r.used.map(|u| slot_name(u).to_string()),
+                slots: r
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| SlotJson {
+                        replica: slot_name(i).to_string(),
+                        offset: s.offset,
+                        valid: s.state.is_ok(),
+                        seq: s.state.as_ref().ok().map(|q| *q as u64),
+                        error: s.state.as_ref().err().cloned(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Report {
+            device: DeviceJson { path: path.to_string_lossy().into_owned(), size: ins.device_len },
+            superblock: SuperblockJson {
+                version: sb.version as u32,
+                nonce: format!("{:#018x}", sb.nonce),
+                cache_size: sb.cache_size,
+                uuid: pcache::cache::sb_uuid(sb).to_string(),
+            },
+            options: OptionsJson {
+                cache_mode: ins.cache_mode.map(|m| m.as_str()),
+                data_crc: sb.data_crc(),
+                gc_percent: ins.gc_percent,
+                seg_size: sb.seg_size,
+            },
+            base: BaseJson {
+                size: sb.base_size,
+                block_size: sb.base_block_size,
+                id: sb.base_id.clone(),
+                uuid: sb.base_uuid().map(|u| u.to_string()),
+            },
+            segments: SegmentsJson { total: sb.seg_count, used: ins.segs_used, log: ins.log_segments },
+            key_head: ins.key_head.map(PosJson::from),
+            dirty_tail: ins.dirty_tail.map(PosJson::from),
+            key_tail: ins.key_tail.map(PosJson::from),
+            ksets: ins.ksets,
+            dirty_ksets: ins.dirty_ksets,
+            keys: ins.keys,
+            stale_keys: ins.stale_keys,
+            dirty_bytes: ins.dirty_bytes,
+            replicas,
+            usable: ins.usable(),
+            problems: problems_json(ins),
+        }
+    }
 }
