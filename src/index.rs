@@ -545,7 +545,8 @@ mod tests {
     /// with extents of every size (many crossing buckets) and CRC upkeep.
     #[test]
     fn matches_a_sector_model() {
-        use crate::pmem::SplitMix64;
+        use rand::rngs::SmallRng;
+        use rand::{RngCore, SeedableRng};
         const SECT: u64 = 512;
         let sectors = (SUBTREE_SIZE / SECT) as usize;
         // A fake crc that depends on exactly what an extent covers.
@@ -556,11 +557,11 @@ mod tests {
         // sector -> (seg, seg_off of that sector)
         let mut model: Vec<Option<(u32, u32)>> = vec![None; sectors];
         let mut keys: Vec<(u64, u32, u32, u32)> = Vec::new();
-        let mut rng = SplitMix64(7);
+        let mut rng = SmallRng::seed_from_u64(7);
         for step in 0..20_000u32 {
-            if rng.next() % 8 == 0 && !keys.is_empty() {
+            if rng.next_u64() % 8 == 0 && !keys.is_empty() {
                 // GC of an old key.
-                let (off, len, seg, seg_off) = keys.swap_remove((rng.next() % keys.len() as u64) as usize);
+                let (off, len, seg, seg_off) = keys.swap_remove((rng.next_u64() % keys.len() as u64) as usize);
                 t.remove_backed_by(off, len, seg, seg_off);
                 let first = ((off - base) / SECT) as usize;
                 for i in 0..(len as u64 / SECT) as usize {
@@ -569,15 +570,15 @@ mod tests {
                     }
                 }
             } else {
-                let n = match rng.next() % 4 {
-                    0 => 1 + rng.next() % 8,
+                let n = match rng.next_u64() % 4 {
+                    0 => 1 + rng.next_u64() % 8,
                     1 => 8,
-                    2 => 1 + rng.next() % 300,
-                    _ => 1 + rng.next() % 3000,
+                    2 => 1 + rng.next_u64() % 300,
+                    _ => 1 + rng.next_u64() % 3000,
                 } as usize;
                 let n = n.min(sectors);
-                let first = (rng.next() % (sectors - n + 1) as u64) as usize;
-                let (seg, seg_off) = (step, (rng.next() % 1000) as u32 * 512);
+                let first = (rng.next_u64() % (sectors - n + 1) as u64) as usize;
+                let (seg, seg_off) = (step, (rng.next_u64() % 1000) as u32 * 512);
                 let mut e = Extent {
                     len: (n as u64 * SECT) as u32,
                     seg,

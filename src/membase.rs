@@ -15,6 +15,8 @@
 //! those still in flight. (The engine starts no threads; this device, a
 //! stand-in for hardware, does.)
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -22,7 +24,6 @@ use std::time::Duration;
 
 use crate::base::{BaseDevice, Done, ReadDone};
 use crate::error::{Error, Result};
-use crate::pmem::SplitMix64;
 
 /// Injected failures (per mille of the I/Os of each kind).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -57,7 +58,7 @@ struct State {
     /// Submitted and not completed (device mode only).
     in_flight: VecDeque<Op>,
     faults: Faults,
-    rng: SplitMix64,
+    rng: SmallRng,
     stop: bool,
 }
 
@@ -116,7 +117,7 @@ impl MemBase {
                 completed: 0,
                 in_flight: VecDeque::new(),
                 faults: Faults::default(),
-                rng: SplitMix64(seed ^ 0x5eed_ba5e),
+                rng: SmallRng::seed_from_u64(seed ^ 0x5eed_ba5e),
                 stop: false,
             }),
             wake: Condvar::new(),
@@ -137,13 +138,13 @@ impl MemBase {
     pub fn crash_image(&self, seed: u64) -> Vec<u8> {
         let s = self.lock();
         let mut img = s.durable.clone();
-        let mut rng = SplitMix64(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
         let in_flight = s.in_flight.iter().filter_map(|op| match op {
             Op::Write { off, data, .. } => Some((*off, data)),
             _ => None,
         });
         for (off, data) in s.unflushed.iter().map(|(_, o, d)| (*o, d)).chain(in_flight) {
-            if rng.next() & 1 == 1 {
+            if rng.next_u64() & 1 == 1 {
                 img[off as usize..off as usize + data.len()].copy_from_slice(data);
             }
         }
@@ -198,8 +199,8 @@ impl Drop for MemBase {
 }
 
 /// Draws whether an I/O fails, per mille.
-fn draw(rng: &mut SplitMix64, per_mille: u32) -> bool {
-    per_mille > 0 && (rng.next() % 1000) < per_mille as u64
+fn draw(rng: &mut SmallRng, per_mille: u32) -> bool {
+    per_mille > 0 && (rng.next_u64() % 1000) < per_mille as u64
 }
 
 impl BaseDevice for MemBase {
@@ -214,7 +215,7 @@ impl BaseDevice for MemBase {
             let mut s = self.lock();
             let p = s.faults.write_fail_per_mille;
             let fail = draw(&mut s.rng, p);
-            (fail, fail && (!self.is_device() || s.rng.next() & 1 == 0))
+            (fail, fail && (!self.is_device() || s.rng.next_u64() & 1 == 0))
         };
         if at_once {
             return done(Err(Error::Io(format!("base write at {offset} failed (injected)"))));
@@ -226,7 +227,7 @@ impl BaseDevice for MemBase {
             let mut s = self.lock();
             let p = s.faults.flush_fail_per_mille;
             let fail = draw(&mut s.rng, p);
-            (s.completed, fail, fail && (!self.is_device() || s.rng.next() & 1 == 0))
+            (s.completed, fail, fail && (!self.is_device() || s.rng.next_u64() & 1 == 0))
         };
         if at_once {
             return done(Err(Error::Io("base flush failed (injected)".into())));
@@ -265,7 +266,7 @@ fn apply(s: &mut State, op: Op, block_size: u32) -> Completion {
                 // A write that fails late may have written any of its blocks.
                 let bs = block_size as usize;
                 for b in (0..data.len()).step_by(bs) {
-                    if s.rng.next() & 1 == 1 {
+                    if s.rng.next_u64() & 1 == 1 {
                         let n = bs.min(data.len() - b);
                         let at = off as usize + b;
                         s.visible[at..at + n].copy_from_slice(&data[b..b + n]);
@@ -317,12 +318,12 @@ fn complete_loop(shared: &Shared, block_size: u32) {
             return;
         }
         // Now and then let I/O pile up, so several are in flight at once.
-        if s.rng.next() % 8 == 0 && !s.stop {
+        if s.rng.next_u64() % 8 == 0 && !s.stop {
             drop(s);
             std::thread::sleep(Duration::from_micros(20));
             s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
         }
-        let i = (s.rng.next() % s.in_flight.len() as u64) as usize;
+        let i = (s.rng.next_u64() % s.in_flight.len() as u64) as usize;
         let op = s.in_flight.swap_remove_back(i).expect("index is in range");
         let c = apply(&mut s, op, block_size);
         drop(s);

@@ -25,8 +25,22 @@ impl Tails {
 
     pub fn load(media: &dyn Media) -> Result<Tails> {
         let (key_rep, k, _) = Replica::load(media, KEY_TAIL_OFF, REC_KEY_TAIL, "key_tail")?;
-        let (dirty_rep, d, _) = Replica::load(media, DIRTY_TAIL_OFF, REC_DIRTY_TAIL, "dirty_tail")?;
-        Ok(Tails { key: LogPos::from_body(&k), dirty: LogPos::from_body(&d), key_rep, dirty_rep })
+        let (dirty_rep, d, health) = Replica::load(media, DIRTY_TAIL_OFF, REC_DIRTY_TAIL, "dirty_tail")?;
+        let (key, mut dirty) = (LogPos::from_body(&k), LogPos::from_body(&d));
+        // With one dirty_tail replica lost, the survivor may be the value
+        // before the last update, and GC may since have moved key_tail past
+        // it. The lost value was at or past key_tail (GC never passes
+        // dirty_tail), so writeback from key_tail misses nothing: it only
+        // writes back again what already reached the base.
+        if health.valid.contains(&false) && dirty.seq < key.seq {
+            log::warn!(
+                "pcache: dirty_tail: the surviving replica (seq {}) is behind key_tail (seq {}); writeback restarts at key_tail",
+                dirty.seq,
+                key.seq
+            );
+            dirty = key;
+        }
+        Ok(Tails { key, dirty, key_rep, dirty_rep })
     }
 
     pub fn set_key(&mut self, media: &dyn Media, pos: LogPos) -> Result<()> {

@@ -5,10 +5,12 @@
 
 mod common;
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use std::sync::Arc;
 
 use common::*;
-use pcache::pmem::{Media, MemMedia, SplitMix64};
+use pcache::pmem::{Media, MemMedia};
 use pcache::{Error, MemBase, WriteOutcome};
 
 const BASE_SECTORS: u64 = 4096; // 2 MiB
@@ -53,7 +55,7 @@ fn overlapping_requests_of_a_batch_replay_in_order() {
     let base = base((BASE_SECTORS * 512) as usize);
     let cfg = config(BASE_SECTORS * 512, 2);
     let mut model = vec![0u64; BASE_SECTORS as usize];
-    let mut rng = SplitMix64(11);
+    let mut rng = SmallRng::seed_from_u64(11);
     let mut id = 0u64;
     {
         let cache = open(media.clone(), &cfg);
@@ -62,11 +64,11 @@ fn overlapping_requests_of_a_batch_replay_in_order() {
             // earlier one of the same batch; some are long and cross
             // segments (64 KiB in these tests).
             let mut writes = Vec::new();
-            for _ in 0..1 + rng.next() % 12 {
+            for _ in 0..1 + rng.next_u64() % 12 {
                 id += 1;
-                let long = rng.next() % 8 == 0;
-                let n = if long { 64 + rng.next() % 192 } else { 1 + rng.next() % 16 };
-                let first = (rng.next() % 6) * 8 + rng.next() % 8 + (round % 4) * 600;
+                let long = rng.next_u64() % 8 == 0;
+                let n = if long { 64 + rng.next_u64() % 192 } else { 1 + rng.next_u64() % 16 };
+                let first = (rng.next_u64() % 6) * 8 + rng.next_u64() % 8 + (round % 4) * 600;
                 writes.push((first * 512, write_data(id, first, n)));
                 model[first as usize..(first + n) as usize].fill(id);
             }

@@ -18,11 +18,13 @@
 
 mod common;
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use pcache::pmem::{CrashSim, Media, MemMedia, SplitMix64};
+use pcache::pmem::{CrashSim, Media, MemMedia};
 use pcache::{BaseDevice, CacheMode};
 
 const BASE_SECTORS: u64 = 512; // 256 KiB
@@ -156,16 +158,16 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
     let cache = open(media.clone() as Arc<dyn Media>, &cfg);
     // A crash before format completes leaves a device that is refused: not a case here.
     let formatted_at = media.ops();
-    let mut rng = SplitMix64(seed);
+    let mut rng = SmallRng::seed_from_u64(seed);
     let mut last: HashMap<u64, u64> = HashMap::new();
     for op in 0..OPS {
-        match rng.next() % 18 {
+        match rng.next_u64() % 18 {
             0..=2 => {
                 // A batch: 2 to 4 writes, possibly overlapping one another.
                 let mut writes = Vec::new();
-                for j in 0..2 + rng.next() % 3 {
-                    let first = rng.next() % sectors;
-                    let n = 1 + rng.next() % 16.min(sectors - first);
+                for j in 0..2 + rng.next_u64() % 3 {
+                    let first = rng.next_u64() % sectors;
+                    let n = 1 + rng.next_u64() % 16.min(sectors - first);
                     let id = (seed << 20) | (op as u64 + 1) << 2 | j | 1 << 19;
                     model.lock().unwrap().writing(id, first, n);
                     writes.push((first * 512, write_data(id, first, n)));
@@ -178,8 +180,8 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
                 }
             }
             3..=8 => {
-                let first = rng.next() % sectors;
-                let n = 1 + rng.next() % max_io.min(sectors - first);
+                let first = rng.next_u64() % sectors;
+                let n = 1 + rng.next_u64() % max_io.min(sectors - first);
                 let id = (seed << 20) | (op as u64 + 1);
                 model.lock().unwrap().writing(id, first, n);
                 let data = write_data(id, first, n);
@@ -209,8 +211,8 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
             }
             16..=17 => {
                 // A large write: straight to the base when the cache allows it.
-                let first = rng.next() % (sectors - 128);
-                let n = 128 + rng.next() % 128.min(sectors - first - 127);
+                let first = rng.next_u64() % (sectors - 128);
+                let n = 128 + rng.next_u64() % 128.min(sectors - first - 127);
                 let id = (seed << 20) | (op as u64 + 1) | 1 << 18;
                 model.lock().unwrap().writing(id, first, n);
                 let data = write_data(id, first, n);
@@ -229,7 +231,7 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
             }
             // Wide seeds flush a sixth as often: a bypass needs the epochs
             // before the open one written back.
-            9..=10 if sectors == BASE_SECTORS || rng.next() % 20 == 0 => {
+            9..=10 if sectors == BASE_SECTORS || rng.next_u64() % 20 == 0 => {
                 // A FLUSH, as a host serves it: the cache, then the base for
                 // writes that bypassed the cache.
                 cache.flush().unwrap();
@@ -239,8 +241,8 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
                 }
                 model.lock().unwrap().flushed(&last);
             }
-            11 if seed % 2 == 1 && rng.next() % 2 == 0 => {
-                let mode = CacheMode::ALL[(rng.next() % 4) as usize];
+            11 if seed % 2 == 1 && rng.next_u64() % 2 == 0 => {
+                let mode = CacheMode::ALL[(rng.next_u64() % 4) as usize];
                 cache.set_cache_mode(mode).unwrap();
                 MODE_SWITCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
@@ -307,8 +309,8 @@ fn verify(seed: u64, c: &Capture) {
 
 fn run_seed(seed: u64) -> usize {
     let (start, total, _) = workload(seed, Vec::new());
-    let mut rng = SplitMix64(!seed);
-    let points: Vec<u64> = (0..POINTS_PER_SEED).map(|_| start + rng.next() % (total - start).max(1)).collect();
+    let mut rng = SmallRng::seed_from_u64(!seed);
+    let points: Vec<u64> = (0..POINTS_PER_SEED).map(|_| start + rng.next_u64() % (total - start).max(1)).collect();
     // The base completes I/O on a thread of its own, so the second run's
     // media operations need not line up with the first's: each point is a
     // crash somewhere in the same workload, and points past its end do not fire.

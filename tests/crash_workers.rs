@@ -25,12 +25,14 @@
 
 mod common;
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use pcache::pmem::{CrashSim, Media, MemMedia, SplitMix64};
+use pcache::pmem::{CrashSim, Media, MemMedia};
 use pcache::Cache;
 
 const WORKERS: usize = 3;
@@ -154,12 +156,12 @@ fn cfg(data_crc: bool) -> pcache::Config {
 }
 
 fn worker(seed: u64, w: usize, cache: &Cache, base: &pcache::MemBase, sh: &Shared) {
-    let mut rng = SplitMix64(seed ^ (w as u64 + 1) << 40);
+    let mut rng = SmallRng::seed_from_u64(seed ^ (w as u64 + 1) << 40);
     for op in 0..OPS_PER_WORKER {
-        let first = rng.next() % SECTORS;
-        let n = 1 + rng.next() % 16.min(SECTORS - first);
+        let first = rng.next_u64() % SECTORS;
+        let n = 1 + rng.next_u64() % 16.min(SECTORS - first);
         let id = |j: u64| (seed << 32) | (w as u64) << 24 | (op as u64) << 8 | j | 1 << 60;
-        match rng.next() % 10 {
+        match rng.next_u64() % 10 {
             0..=3 => {
                 let i = sh.issue(id(0), first, n, false);
                 write_all(cache, base, w, first * 512, &write_data(id(0), first, n));
@@ -168,9 +170,9 @@ fn worker(seed: u64, w: usize, cache: &Cache, base: &pcache::MemBase, sh: &Share
             4 => {
                 let mut writes = Vec::new();
                 let mut idx = Vec::new();
-                for j in 0..2 + rng.next() % 3 {
-                    let f = rng.next() % SECTORS;
-                    let k = 1 + rng.next() % 8.min(SECTORS - f);
+                for j in 0..2 + rng.next_u64() % 3 {
+                    let f = rng.next_u64() % SECTORS;
+                    let k = 1 + rng.next_u64() % 8.min(SECTORS - f);
                     idx.push(sh.issue(id(j + 1), f, k, false));
                     writes.push((f * 512, write_data(id(j + 1), f, k)));
                 }
@@ -305,7 +307,7 @@ fn second_crash(seed: u64, c: &Capture, data_crc: bool) {
         cache.writeback_all(&pbase).unwrap();
         probe.ops()
     };
-    let point = SplitMix64(seed ^ c.op).next() % total.max(1);
+    let point = SmallRng::seed_from_u64(seed ^ c.op).next_u64() % total.max(1);
     let got = Arc::new(Mutex::new(None));
     {
         let (got, base) = (got.clone(), base.clone());
@@ -335,8 +337,8 @@ fn second_crash(seed: u64, c: &Capture, data_crc: bool) {
 
 fn run_seed(seed: u64) -> usize {
     let (start, total, _) = workload(seed, Vec::new());
-    let mut rng = SplitMix64(!seed);
-    let points: Vec<u64> = (0..POINTS_PER_SEED).map(|_| start + rng.next() % (total - start).max(1)).collect();
+    let mut rng = SmallRng::seed_from_u64(!seed);
+    let points: Vec<u64> = (0..POINTS_PER_SEED).map(|_| start + rng.next_u64() % (total - start).max(1)).collect();
     let (_, _, caps) = workload(seed, points);
     let data_crc = seed % 2 == 1;
     for (i, c) in caps.iter().enumerate() {

@@ -5,6 +5,8 @@
 
 mod common;
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use std::sync::Arc;
 
 use common::*;
@@ -75,19 +77,19 @@ fn workers_overwriting_each_other_in_turn_replay_to_the_last_write() {
     let cache = open(media.clone(), &cfg);
     // Three workers take turns over overlapping ranges; each also writes
     // elsewhere so that the ksets fill, and so journal, at different times.
-    let mut rng = pcache::pmem::SplitMix64(9);
+    let mut rng = SmallRng::seed_from_u64(9);
     let mut last = vec![0u64; (SUBTREE_SIZE / 512) as usize];
     for id in 1..=3000u64 {
-        let w = (rng.next() % 3) as usize;
-        let first = rng.next() % 64;
-        let n = 1 + rng.next() % 16;
+        let w = (rng.next_u64() % 3) as usize;
+        let first = rng.next_u64() % 64;
+        let n = 1 + rng.next_u64() % 16;
         write(&cache, w, id, SUBTREE_SIZE + first * 512, n * 512);
         for s in first..first + n {
             last[s as usize] = id;
         }
-        let spare = rng.next() % 4;
+        let spare = rng.next_u64() % 4;
         for j in 0..spare * w as u64 {
-            write(&cache, w, 100_000 + id * 100 + j, 2 * SUBTREE_SIZE + (rng.next() % 1000) * 4096, 4096);
+            write(&cache, w, 100_000 + id * 100 + j, 2 * SUBTREE_SIZE + (rng.next_u64() % 1000) * 4096, 4096);
         }
     }
     cache.flush().unwrap();
@@ -113,12 +115,12 @@ fn concurrent_workers_overwriting_a_shared_range_replay_to_the_last_write() {
         .map(|w| {
             let (cache, base, last) = (cache.clone(), base.clone(), last.clone());
             std::thread::spawn(move || {
-                let mut rng = pcache::pmem::SplitMix64(w + 77);
+                let mut rng = SmallRng::seed_from_u64(w + 77);
                 for op in 0..1500u64 {
                     let id = (w + 1) << 32 | op;
-                    if rng.next() % 3 == 0 {
-                        let first = rng.next() % 56;
-                        let n = 1 + rng.next() % 8;
+                    if rng.next_u64() % 3 == 0 {
+                        let first = rng.next_u64() % 56;
+                        let n = 1 + rng.next_u64() % 8;
                         let mut l = last.lock().unwrap();
                         write_all(
                             &cache,
@@ -131,7 +133,7 @@ fn concurrent_workers_overwriting_a_shared_range_replay_to_the_last_write() {
                             l[s as usize] = id;
                         }
                     } else {
-                        let blk = 2 * SUBTREE_SIZE / 4096 + w * 300 + rng.next() % 300;
+                        let blk = 2 * SUBTREE_SIZE / 4096 + w * 300 + rng.next_u64() % 300;
                         write_all(&cache, &*base, w as usize, blk * 4096, &write_data(id, blk * 8, 8));
                     }
                 }

@@ -4,13 +4,15 @@
 
 mod common;
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use common::*;
-use pcache::pmem::{Media, MemMedia, SplitMix64};
+use pcache::pmem::{Media, MemMedia};
 use pcache::BaseDevice;
 
 const WORKERS: usize = 3;
@@ -63,27 +65,28 @@ fn run(seed: u64, data_crc: bool) {
             .map(|w| {
                 let (cache, base, model) = (cache.clone(), base.clone(), model.clone());
                 std::thread::spawn(move || {
-                    let mut rng = SplitMix64(seed ^ ((round as u64) << 32) ^ (w as u64) << 48);
+                    let mut rng = SmallRng::seed_from_u64(seed ^ ((round as u64) << 32) ^ (w as u64) << 48);
                     for op in 0..OPS {
                         // Worker w owns sectors with (sector / 8) % WORKERS == w: interleaved
                         // 4 KiB stripes, so workers share subtrees, ksets and segments.
-                        let stripe = (rng.next() % (BASE_SECTORS / 8 / WORKERS as u64)) * WORKERS as u64 + w as u64;
-                        let first = stripe * 8 + rng.next() % 8;
-                        let n = 1 + rng.next() % (8 - first % 8);
-                        match rng.next() % 12 {
+                        let stripe = (rng.next_u64() % (BASE_SECTORS / 8 / WORKERS as u64)) * WORKERS as u64 + w as u64;
+                        let first = stripe * 8 + rng.next_u64() % 8;
+                        let n = 1 + rng.next_u64() % (8 - first % 8);
+                        match rng.next_u64() % 12 {
                             10..=11 => {
                                 // A batch of writes over this worker's stripes, some
                                 // overlapping each other: the later one must win.
-                                let k = 1 + rng.next() % 6;
+                                let k = 1 + rng.next_u64() % 6;
                                 let mut writes = Vec::new();
                                 let mut ids = Vec::new();
                                 for j in 0..k {
-                                    let stripe =
-                                        (rng.next() % (BASE_SECTORS / 8 / WORKERS as u64)) * WORKERS as u64 + w as u64;
-                                    let (f, n) = if j > 0 && rng.next() % 3 == 0 {
+                                    let stripe = (rng.next_u64() % (BASE_SECTORS / 8 / WORKERS as u64))
+                                        * WORKERS as u64
+                                        + w as u64;
+                                    let (f, n) = if j > 0 && rng.next_u64() % 3 == 0 {
                                         (first, n)
                                     } else {
-                                        (stripe * 8 + rng.next() % 4, 1 + rng.next() % 4)
+                                        (stripe * 8 + rng.next_u64() % 4, 1 + rng.next_u64() % 4)
                                     };
                                     let id = (seed << 40)
                                         | ((round as u64) << 32)
@@ -215,17 +218,17 @@ fn workers_overwriting_the_same_sectors_keep_the_newest_data() {
             .map(|w| {
                 let (cache, base, clock, history) = (cache.clone(), base.clone(), clock.clone(), history.clone());
                 std::thread::spawn(move || {
-                    let mut rng = SplitMix64(seed << 8 | w as u64);
+                    let mut rng = SmallRng::seed_from_u64(seed << 8 | w as u64);
                     for op in 0..2500u64 {
                         // Mostly small writes to the hot sectors; one in 16 is
                         // 64 KiB anywhere on the base, which may go straight
                         // to the base past the cache.
-                        let large = rng.next() % 16 == 0;
+                        let large = rng.next_u64() % 16 == 0;
                         let (first, n) = if large {
-                            (rng.next() % (BASE_SECTORS - 128), 128)
+                            (rng.next_u64() % (BASE_SECTORS - 128), 128)
                         } else {
-                            let first = rng.next() % HOT;
-                            (first, 1 + rng.next() % 8.min(HOT - first))
+                            let first = rng.next_u64() % HOT;
+                            (first, 1 + rng.next_u64() % 8.min(HOT - first))
                         };
                         let id = seed << 40 | (w as u64) << 32 | (op + 1);
                         let data = write_data(id, first, n);
@@ -243,7 +246,7 @@ fn workers_overwriting_the_same_sectors_keep_the_newest_data() {
                         let mut h = history.lock().unwrap();
                         h.extend((first..first + n).map(|s| (s, id, started, acked)));
                         drop(h);
-                        if rng.next() % 64 == 0 {
+                        if rng.next_u64() % 64 == 0 {
                             cache.flush().unwrap();
                         }
                     }

@@ -4,12 +4,14 @@
 
 mod common;
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use pcache::pmem::{Media, MemMedia, SplitMix64};
+use pcache::pmem::{Media, MemMedia};
 use pcache::WriteOutcome;
 
 const BASE_SECTORS: u64 = 8192; // 4 MiB
@@ -48,15 +50,15 @@ fn sustained_writes_through_a_tiny_cache() {
         .map(|w| {
             let (cache, space) = (cache.clone(), space.clone());
             std::thread::spawn(move || {
-                let mut rng = SplitMix64(w as u64 + 1);
+                let mut rng = SmallRng::seed_from_u64(w as u64 + 1);
                 let mut last = vec![0u64; BASE_SECTORS as usize];
                 let mut id = ((w as u64) + 1) << 40;
                 let mut bytes = 0u64;
                 while Instant::now() < deadline {
                     // Worker w owns the sectors of its half of the device.
                     let half = BASE_SECTORS / WORKERS as u64;
-                    let n = 1 + rng.next() % 64;
-                    let first = w as u64 * half + rng.next() % (half - n);
+                    let n = 1 + rng.next_u64() % 64;
+                    let first = w as u64 * half + rng.next_u64() % (half - n);
                     id += 1;
                     let data = write_data(id, first, n);
                     let mut done = 0usize;
@@ -78,7 +80,7 @@ fn sustained_writes_through_a_tiny_cache() {
                         last[s as usize] = id;
                     }
                     bytes += n * 512;
-                    if rng.next() % 20 == 0 {
+                    if rng.next_u64() % 20 == 0 {
                         cache.flush().unwrap();
                     }
                 }

@@ -4,6 +4,8 @@
 
 mod common;
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +16,7 @@ use pcache::format::{
     self, encode_kset, KeyRecord, KsetHeader, LogPos, CACHE_INFO_OFF, DIRTY_TAIL_OFF, KEY_FLAG_DIRTY, KEY_TAIL_OFF,
     SEG_START,
 };
-use pcache::pmem::{CrashSim, Media, MemMedia, SplitMix64};
+use pcache::pmem::{CrashSim, Media, MemMedia};
 use pcache::replay::ReplayReport;
 use pcache::{Cache, Opened, Stats, WbProgress};
 use serde_json::Value as Json;
@@ -113,10 +115,10 @@ fn build(data_crc: bool, clean: bool) -> Image {
     cfg.data_crc = data_crc;
     let cache = open(media.clone() as Arc<dyn Media>, &cfg);
     let mut model = vec![0u64; BASE_SECTORS as usize];
-    let mut rng = SplitMix64(99);
+    let mut rng = SmallRng::seed_from_u64(99);
     for i in 1..=300u64 {
-        let first = rng.next() % BASE_SECTORS;
-        let n = 1 + rng.next() % 8.min(BASE_SECTORS - first);
+        let first = rng.next_u64() % BASE_SECTORS;
+        let n = 1 + rng.next_u64() % 8.min(BASE_SECTORS - first);
         if i % 25 == 0 {
             // Some WRITE_ZEROES too: zero keys go through every tool.
             zero_all(&cache, &base, first * 512, n * 512);
@@ -441,8 +443,8 @@ fn check_refuses_what_is_not_a_loadable_pcache() {
     let blank = dir.file("blank", &vec![0u8; media_len(SEGS)]);
     let o = expect(&["check", &blank], 2);
     assert!(o.stdout.contains("blank"), "{}", show(&o));
-    let mut rng = SplitMix64(3);
-    let garbage: Vec<u8> = (0..media_len(SEGS)).map(|_| rng.next() as u8).collect();
+    let mut rng = SmallRng::seed_from_u64(3);
+    let garbage: Vec<u8> = (0..media_len(SEGS)).map(|_| rng.next_u64() as u8).collect();
     let g = dir.file("garbage", &garbage);
     let o = expect(&["check", &g], 2);
     assert!(o.stdout.contains("not a pcache"), "{}", show(&o));
@@ -465,14 +467,14 @@ fn check_refuses_what_is_not_a_loadable_pcache() {
 fn check_verdict_agrees_with_the_engine_on_random_damage() {
     let im = build(true, false);
     let dir = Dir::new("check-random");
-    let mut rng = SplitMix64(2024);
+    let mut rng = SmallRng::seed_from_u64(2024);
     let meta_end = (SEG_START + format::SEG_PAYLOAD_OFF + im.head.off as u64 + 256) as usize;
     let (mut usable, mut unusable) = (0, 0);
     for i in 0..400 {
         let mut b = im.pmem.clone();
-        for _ in 0..1 + rng.next() % 4 {
-            let at = (rng.next() % meta_end as u64) as usize;
-            b[at] ^= 1 << (rng.next() % 8);
+        for _ in 0..1 + rng.next_u64() % 4 {
+            let at = (rng.next_u64() % meta_end as u64) as usize;
+            b[at] ^= 1 << (rng.next_u64() % 8);
         }
         let engine = engine_view(&b, true).map(|(rep, ..)| rep);
         let media = Arc::new(MemMedia::from_image(b.clone()));
@@ -603,12 +605,12 @@ fn flush_after_a_power_failure_writes_back_what_the_cache_held() {
         cfg.gc_percent = Some(90);
         cfg.kset_flush_interval = std::time::Duration::from_secs(3600);
         let cache = open(media.clone() as Arc<dyn Media>, &cfg);
-        let mut rng = SplitMix64(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
         let mut m = CrashModel::default();
         let mut last: HashMap<u64, u64> = HashMap::new();
-        let write = |cache: &Cache, m: &mut CrashModel, last: &mut HashMap<u64, u64>, i: u64, rng: &mut SplitMix64| {
-            let first = rng.next() % BASE_SECTORS;
-            let n = 1 + rng.next() % 8.min(BASE_SECTORS - first);
+        let write = |cache: &Cache, m: &mut CrashModel, last: &mut HashMap<u64, u64>, i: u64, rng: &mut SmallRng| {
+            let first = rng.next_u64() % BASE_SECTORS;
+            let n = 1 + rng.next_u64() % 8.min(BASE_SECTORS - first);
             let id = (seed << 20) | i;
             write_all(cache, &base, 0, first * 512, &write_data(id, first, n));
             for s in first..first + n {
@@ -629,7 +631,7 @@ fn flush_after_a_power_failure_writes_back_what_the_cache_held() {
         cache.flush().unwrap();
         m.flushed = last.clone();
         m.since.clear();
-        for i in 161..=160 + 20 + rng.next() % 280 {
+        for i in 161..=160 + 20 + rng.next_u64() % 280 {
             write(&cache, &mut m, &mut last, i, &mut rng);
         }
         let pmem_img = media.crash(seed);
@@ -725,8 +727,8 @@ fn format_formats_a_blank_device_and_refuses_an_existing_one() {
     assert_ne!(j.s("superblock.nonce"), format!("{:#018x}", im.nonce));
 
     // Something that is not a pcache.
-    let mut rng = SplitMix64(8);
-    let g: Vec<u8> = (0..media_len(SEGS)).map(|_| rng.next() as u8).collect();
+    let mut rng = SmallRng::seed_from_u64(8);
+    let g: Vec<u8> = (0..media_len(SEGS)).map(|_| rng.next_u64() as u8).collect();
     let garbage = dir.file("garbage", &g);
     let o = expect(&["format", &garbage, "--base-size", "512K", "--seg-size", "64K"], 1);
     assert!(o.stderr.contains("not a pcache"), "{}", show(&o));

@@ -8,11 +8,13 @@
 
 mod common;
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::*;
-use pcache::pmem::{Media, MemMedia, SplitMix64};
+use pcache::pmem::{Media, MemMedia};
 use pcache::WbProgress;
 
 const BASE_SECTORS: u64 = 1024;
@@ -37,16 +39,16 @@ fn base_holds_a_prefix_of_flush_epochs_at_every_step() {
         let mut cfg = config(BASE_SECTORS * 512, 1);
         cfg.gc_percent = Some(90);
         let cache = open(media, &cfg);
-        let mut rng = SplitMix64(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
         // states[k]: sector -> id after epoch k; writes[k]: ids written in epoch k.
         let mut states = vec![HashMap::new()];
         let mut writes = vec![HashMap::new()];
         for epoch in 1..=12u64 {
             let mut state: HashMap<u64, u64> = states.last().unwrap().clone();
             let mut w: HashMap<u64, Vec<u64>> = HashMap::new();
-            for i in 0..(5 + rng.next() % 60) {
-                let first = rng.next() % BASE_SECTORS;
-                let n = 1 + rng.next() % 8.min(BASE_SECTORS - first);
+            for i in 0..(5 + rng.next_u64() % 60) {
+                let first = rng.next_u64() % BASE_SECTORS;
+                let n = 1 + rng.next_u64() % 8.min(BASE_SECTORS - first);
                 let id = (seed << 32) | (epoch << 16) | (i + 1);
                 write_all(&cache, &base, 0, first * 512, &write_data(id, first, n));
                 for s in first..first + n {

@@ -6,6 +6,8 @@
 //! returns the durable image plus an arbitrary, seeded subset of the lines that
 //! were stored but never fenced — what real pmem may hold after a power cut.
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -87,9 +89,9 @@ impl CrashSim {
         let mut lines: Vec<u64> = s.pending.values().flatten().copied().collect();
         lines.sort_unstable();
         lines.dedup();
-        let mut rng = SplitMix64(seed);
+        let mut rng = SmallRng::seed_from_u64(seed);
         for line in lines {
-            if rng.next() & 1 == 1 {
+            if rng.next_u64() & 1 == 1 {
                 let a = (line * CACHE_LINE) as usize;
                 let b = (a + CACHE_LINE as usize).min(image.len());
                 image[a..b].copy_from_slice(&s.visible[a..b]);
@@ -148,20 +150,5 @@ impl Media for CrashSim {
                 durable[a..b].copy_from_slice(&visible[a..b]);
             }
         }
-    }
-}
-
-/// A small deterministic generator, so a failing crash seed reproduces exactly.
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    // A generator's next value; not an iterator (it never ends).
-    #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 }

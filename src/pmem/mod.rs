@@ -18,7 +18,7 @@ mod file;
 mod mem;
 mod readonly;
 
-pub use crashsim::{CrashSim, SplitMix64};
+pub use crashsim::CrashSim;
 pub use file::PmemFile;
 pub use mem::MemMedia;
 pub use readonly::{ReadOnly, ReadOnlyFile};

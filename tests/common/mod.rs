@@ -1,11 +1,13 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use std::io::IoSliceMut;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pcache::pmem::{Media, SplitMix64};
+use pcache::pmem::Media;
 use pcache::{BaseDevice, BaseIdentity, Cache, Config, MemBase};
 
 pub const SEG: u64 = 64 << 10;
@@ -74,10 +76,10 @@ pub fn read_through(cache: &Cache, base: &dyn BaseDevice, worker: usize, off: u6
 
 /// A sector's worth of bytes that names the write that produced it.
 pub fn pattern(write_id: u64, sector: u64) -> Vec<u8> {
-    let mut rng = SplitMix64(write_id.wrapping_mul(0x1000_0000_01B3) ^ sector);
+    let mut rng = SmallRng::seed_from_u64(write_id.wrapping_mul(0x1000_0000_01B3) ^ sector);
     let mut v = Vec::with_capacity(SECTOR);
     while v.len() < SECTOR {
-        v.extend_from_slice(&rng.next().to_le_bytes());
+        v.extend_from_slice(&rng.next_u64().to_le_bytes());
     }
     v[..8].copy_from_slice(&write_id.to_le_bytes());
     v[8..16].copy_from_slice(&sector.to_le_bytes());

@@ -2,12 +2,14 @@
 //! pmem file and a base file, and measures side by side in the same run the
 //! ceiling of this machine: a plain copy into (or out of) the same pmem mapping.
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use pcache::pmem::{Media, PmemFile, SplitMix64};
+use pcache::pmem::{Media, PmemFile};
 use pcache::{BaseIdentity, Cache, Config, FileBase, Opened, WriteOutcome, WriteReq};
 use std::io::IoSlice;
 
@@ -310,11 +312,11 @@ fn thread_cpu() -> f64 {
 fn ceiling_loop(media: &PmemFile, stop: &AtomicBool, w: usize, bs: u64, blocks: u64, write: bool) -> (u64, f64) {
     let cpu0 = thread_cpu();
     let mut buf = vec![0x5au8; bs as usize];
-    let mut rng = SplitMix64(w as u64 * 1000 + 1);
+    let mut rng = SmallRng::seed_from_u64(w as u64 * 1000 + 1);
     let mut ops = 0u64;
     let mut lat = Hist::new();
     while !stop.load(Ordering::Relaxed) {
-        let off = (rng.next() % blocks) * bs;
+        let off = (rng.next_u64() % blocks) * bs;
         let t = Instant::now();
         if write {
             media.write(off, &buf).expect("in range");
@@ -648,7 +650,7 @@ fn worker_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), St
     let cpu0 = thread_cpu();
     let WorkerParams { w, bs, blocks, workload, nw, until_full, polls, .. } = p;
     let cache = &*sh.cache;
-    let mut rng = SplitMix64(w as u64 * 1000 + 1);
+    let mut rng = SmallRng::seed_from_u64(w as u64 * 1000 + 1);
     let mut lat = Hist::new();
     let mut wbuf = vec![0u8; bs as usize];
     let mut rbuf = vec![0u8; bs as usize];
@@ -665,14 +667,14 @@ fn worker_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), St
         let is_write = match workload {
             Workload::RandWrite => true,
             Workload::RandRead => false,
-            Workload::Rw => rng.next() & 1 == 0,
-            Workload::Verify => written.is_empty() || rng.next() & 1 == 0,
+            Workload::Rw => rng.next_u64() & 1 == 0,
+            Workload::Verify => written.is_empty() || rng.next_u64() & 1 == 0,
         };
         // verify: worker w owns blocks with index % workers == w.
         let blk = if workload == Workload::Verify {
-            (rng.next() % (blocks / nw)) * nw + w as u64
+            (rng.next_u64() % (blocks / nw)) * nw + w as u64
         } else {
-            rng.next() % blocks
+            rng.next_u64() % blocks
         };
         let t = Instant::now();
         if is_write {
@@ -685,7 +687,7 @@ fn worker_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), St
                 written.push(blk);
             }
         } else if workload == Workload::Verify {
-            let vblk = written[(rng.next() % written.len() as u64) as usize];
+            let vblk = written[(rng.next_u64() % written.len() as u64) as usize];
             read_block(cache, &sh.base.file, w, vblk * bs, &mut rbuf)?;
             // The newest write to that block is what must come back.
             fill_pattern(&mut wbuf, w as u64, newest[&vblk], vblk);
@@ -708,7 +710,7 @@ fn worker_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), St
 fn batch_write_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), String> {
     let cpu0 = thread_cpu();
     let WorkerParams { w, bs, blocks, batch, until_full, polls, .. } = p;
-    let mut rng = SplitMix64(w as u64 * 1000 + 1);
+    let mut rng = SmallRng::seed_from_u64(w as u64 * 1000 + 1);
     let mut lat = Hist::new();
     let wbuf = vec![0u8; bs as usize];
     let iov = [IoSlice::new(&wbuf)];
@@ -721,7 +723,7 @@ fn batch_write_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64
             sh.poll();
         }
         for o in offs.iter_mut() {
-            *o = (rng.next() % blocks) * bs;
+            *o = (rng.next_u64() % blocks) * bs;
         }
         let t = Instant::now();
         reqs.clear();
@@ -746,9 +748,9 @@ fn batch_write_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64
 }
 
 fn fill_pattern(buf: &mut [u8], w: u64, seq: u64, blk: u64) {
-    let mut rng = SplitMix64(w << 48 ^ seq << 8 ^ blk);
+    let mut rng = SmallRng::seed_from_u64(w << 48 ^ seq << 8 ^ blk);
     for c in buf.chunks_mut(8) {
-        let v = rng.next().to_le_bytes();
+        let v = rng.next_u64().to_le_bytes();
         c.copy_from_slice(&v[..c.len()]);
     }
 }
@@ -807,11 +809,11 @@ fn replay_phase(o: &Opts, media: Arc<PmemFile>) -> Result<(), String> {
     cfg.workers = 1;
     let (cache, _) = Cache::open(media.clone() as Arc<dyn Media>, &cfg).map_err(|e| e.to_string())?;
     let blocks = o.base_size / 4096;
-    let mut rng = SplitMix64(4242);
+    let mut rng = SmallRng::seed_from_u64(4242);
     let buf = vec![0x3cu8; 4096];
     let mut n = 0;
     while n < o.replay_keys {
-        match cache.write_buf(0, (rng.next() % blocks) * 4096, &buf).map_err(|e| e.to_string())? {
+        match cache.write_buf(0, (rng.next_u64() % blocks) * 4096, &buf).map_err(|e| e.to_string())? {
             WriteOutcome::Done => n += 1,
             WriteOutcome::Deferred { .. } => break,
         }
