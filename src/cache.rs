@@ -475,6 +475,8 @@ impl Cache {
     }
 
     /// Orderly shutdown: journals every open kset and releases the data heads.
+    /// The host lets the base finish writeback's writes in flight first: a
+    /// cache opened later must not see an old write land over its own.
     pub fn close(self) -> Result<()> {
         self.flush()?;
         for h in &self.heads {
