@@ -214,7 +214,7 @@ fn run(o: &Opts, media: Arc<PmemFile>, base: Arc<FileBase>) -> Result<(), String
         r.lat.pct(50.0) / 1e3,
         r.lat.pct(99.0) / 1e3,
         r.lat.pct(99.9) / 1e3,
-        r.lat.max as f64 / 1e3
+        r.lat.max() as f64 / 1e3
     );
     println!(
         "          measured over {:.2} s{}",
@@ -346,57 +346,28 @@ fn prefill(cache: &Cache, o: &Opts) -> Result<(), String> {
     cache.flush().map_err(|e| e.to_string())
 }
 
-/// Log-linear latency histogram in nanoseconds.
+/// Latency in nanoseconds, to 3 significant digits (HdrHistogram).
 #[derive(Clone)]
-struct Hist {
-    b: Vec<u64>,
-    n: u64,
-    max: u64,
-}
+struct Hist(hdrhistogram::Histogram<u64>);
 
 impl Hist {
     fn new() -> Self {
-        Hist { b: vec![0; 64 * 16], n: 0, max: 0 }
-    }
-    fn bucket(v: u64) -> usize {
-        if v < 16 {
-            return v as usize;
-        }
-        let e = 63 - v.leading_zeros() as usize; // >= 4
-        let m = ((v >> (e - 4)) & 15) as usize;
-        (e - 3) * 16 + m
-    }
-    fn lower(i: usize) -> f64 {
-        if i < 16 {
-            return i as f64;
-        }
-        let e = i / 16 + 3;
-        let m = i % 16;
-        ((16 + m) as f64) * (1u64 << (e - 4)) as f64
+        // An auto-resizing histogram cannot fail to be created.
+        Hist(hdrhistogram::Histogram::new(3).expect("3 significant digits is a valid precision"))
     }
     fn add(&mut self, v: u64) {
-        let i = Self::bucket(v).min(self.b.len() - 1);
-        self.b[i] += 1;
-        self.n += 1;
-        self.max = self.max.max(v);
+        // Auto-resizing: only a value past i64::MAX / 2 ns could fail.
+        let _ = self.0.record(v);
     }
     fn merge(&mut self, o: &Hist) {
-        for (a, b) in self.b.iter_mut().zip(&o.b) {
-            *a += b;
-        }
-        self.n += o.n;
-        self.max = self.max.max(o.max);
+        // Both auto-resize, so adding one to the other cannot run out of range.
+        let _ = self.0.add(&o.0);
     }
     fn pct(&self, p: f64) -> f64 {
-        let want = ((self.n as f64) * p / 100.0).ceil() as u64;
-        let mut seen = 0;
-        for (i, c) in self.b.iter().enumerate() {
-            seen += c;
-            if seen >= want.max(1) {
-                return Self::lower(i);
-            }
-        }
-        self.max as f64
+        self.0.value_at_quantile(p / 100.0) as f64
+    }
+    fn max(&self) -> u64 {
+        self.0.max()
     }
 }
 
