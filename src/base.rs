@@ -55,10 +55,10 @@ impl FileBase {
             .read(true)
             .write(true)
             .open(path)
-            .map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| Error::os(format!("cannot open {}", path.display()), e))?;
         use std::io::{Seek, SeekFrom};
         let size =
-            (&file).seek(SeekFrom::End(0)).map_err(|e| Error::Io(format!("cannot size {}: {e}", path.display())))?;
+            (&file).seek(SeekFrom::End(0)).map_err(|e| Error::os(format!("cannot size {}", path.display()), e))?;
         Ok(FileBase { file, size, block_size })
     }
 }
@@ -72,14 +72,14 @@ impl BaseDevice for FileBase {
     }
     fn write(&self, offset: u64, data: Vec<u8>, done: Done) {
         use std::os::unix::fs::FileExt;
-        done(self.file.write_all_at(&data, offset).map_err(|e| Error::Io(format!("base write at {offset}: {e}"))));
+        done(self.file.write_all_at(&data, offset).map_err(|e| Error::os(format!("base write at {offset}"), e)));
     }
     fn flush(&self, done: Done) {
-        done(self.file.sync_data().map_err(|e| Error::Io(format!("base flush: {e}"))));
+        done(self.file.sync_data().map_err(|e| Error::os("base flush", e)));
     }
     fn read(&self, offset: u64, mut buf: Vec<u8>, done: ReadDone) {
         use std::os::unix::fs::FileExt;
-        let r = self.file.read_exact_at(&mut buf, offset).map_err(|e| Error::Io(format!("base read at {offset}: {e}")));
+        let r = self.file.read_exact_at(&mut buf, offset).map_err(|e| Error::os(format!("base read at {offset}"), e));
         done(buf, r);
     }
 }

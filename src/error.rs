@@ -20,6 +20,13 @@ pub enum Error {
     /// Mapping or base-device I/O failed.
     #[error("I/O error: {0}")]
     Io(String),
+    /// A system call failed; the operating system's error is kept as the source.
+    #[error("I/O error: {context}: {source}")]
+    Os {
+        context: String,
+        #[source]
+        source: OsError,
+    },
     /// A data CRC did not match: the cached data is damaged.
     #[error("data CRC mismatch in cached data at offset {offset} (+{len} bytes)")]
     DataCrc { offset: u64, len: u64 },
@@ -31,7 +38,59 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// `context` (what was being done) failed with the system's error `e`.
+    pub fn os(context: impl Into<String>, e: std::io::Error) -> Self {
+        Error::Os { context: context.into(), source: OsError(std::sync::Arc::new(e)) }
+    }
+
     pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::Corrupt { what: what.into(), detail: detail.into() }
+    }
+}
+
+/// An operating-system error kept as an error's source. Shared, so that
+/// [`Error`] stays `Clone`; equal when the kind and errno are.
+#[derive(Debug, Clone)]
+pub struct OsError(std::sync::Arc<std::io::Error>);
+
+impl OsError {
+    /// The system's error.
+    pub fn io(&self) -> &std::io::Error {
+        &self.0
+    }
+}
+
+impl PartialEq for OsError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.raw_os_error() == other.0.raw_os_error()
+    }
+}
+
+impl Eq for OsError {}
+
+impl std::fmt::Display for OsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for OsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_system_error_is_kept_as_the_source() {
+        let e = Error::os("cannot open /x", std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert!(e.to_string().starts_with("I/O error: cannot open /x: No such file"), "{e}");
+        let src = std::error::Error::source(&e).expect("the OS error is the source");
+        let os = src.downcast_ref::<OsError>().expect("an OsError");
+        assert_eq!(os.io().raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(e.clone(), e, "errors stay comparable and cloneable");
     }
 }

@@ -28,10 +28,10 @@ pub struct ReadOnlyFile {
 
 impl ReadOnlyFile {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
+        let file = std::fs::File::open(path).map_err(|e| Error::os(format!("cannot open {}", path.display()), e))?;
         use std::io::{Seek, SeekFrom};
         let len =
-            (&file).seek(SeekFrom::End(0)).map_err(|e| Error::Io(format!("cannot size {}: {e}", path.display())))?;
+            (&file).seek(SeekFrom::End(0)).map_err(|e| Error::os(format!("cannot size {}", path.display()), e))?;
         Ok(ReadOnlyFile { file, len })
     }
 }
@@ -45,7 +45,7 @@ impl Media for ReadOnlyFile {
         check_range(self.len, off, buf.len())?;
         self.file
             .read_exact_at(buf, off)
-            .map_err(|e| Error::Io(format!("read of {} bytes at offset {off}: {e}", buf.len())))
+            .map_err(|e| Error::os(format!("read of {} bytes at offset {off}", buf.len()), e))
     }
 
     fn write(&self, off: u64, data: &[u8]) -> Result<()> {
