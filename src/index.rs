@@ -368,16 +368,13 @@ impl Subtree {
             + self.bypass.capacity() * std::mem::size_of::<(u64, u64)>()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Every extent in address order, as (absolute start, extent), for a
     /// subtree starting at `base`.
+    #[cfg(test)]
     pub fn extents(&self, base: u64) -> Vec<(u64, Extent)> {
         (0..BUCKETS).flat_map(|b| self.bucket(b).iter().map(move |x| (base + x.start as u64, x.e))).collect()
     }
@@ -455,10 +452,6 @@ impl Index {
     pub fn lock(&self, i: usize) -> SpinGuard<'_, Subtree> {
         assert!(i < self.count, "subtree {i} is past the base ({} subtrees)", self.count);
         self.chunk(i)[i % CHUNK].lock()
-    }
-
-    pub fn count(&self) -> usize {
-        self.count
     }
 
     /// The subtrees allocated so far, each locked in turn.

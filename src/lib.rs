@@ -17,42 +17,66 @@
 //! - [`inspect`]: a read-only walk of the on-media state, for the offline tools
 //! - `spdk` (feature `spdk`): the SPDK bdev module built into libpcache.so
 
+/// Declares inner modules: private, or public with the `internals` feature
+/// (tests, fuzzing), so that what no host uses shows up as dead code.
+macro_rules! inner {
+    ($($(#[$attr:meta])* $name:ident;)*) => {$(
+        $(#[$attr])*
+        #[cfg(feature = "internals")]
+        pub mod $name;
+        $(#[$attr])*
+        #[cfg(not(feature = "internals"))]
+        mod $name;
+    )*};
+}
+
+// The surface hosts use: the base device interface, errors, the on-media
+// format and pmem access (the offline tools read both), and inspect.
 pub mod base;
-pub mod batch;
-pub mod bypass;
-pub mod cache;
-pub mod drain;
 pub mod error;
 pub mod format;
-#[doc(hidden)]
-pub mod fuzzing;
-pub mod gc;
-pub mod index;
 pub mod inspect;
-pub mod iov;
-pub mod keylog;
-pub mod membase;
-pub mod mode;
 pub mod pmem;
-pub mod replay;
-pub mod replica;
-pub mod request;
-pub mod segment;
 #[cfg(feature = "spdk")]
 pub mod spdk;
-pub mod spinlock;
-pub mod stats;
-pub mod tails;
-pub mod writeback;
+
+// Only for tests and the fuzz harness.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod fuzzing;
+#[cfg(feature = "internals")]
+pub mod membase;
+
+inner! {
+    batch;
+    bypass;
+    cache;
+    drain;
+    gc;
+    index;
+    iov;
+    keylog;
+    mode;
+    replay;
+    replica;
+    request;
+    segment;
+    spinlock;
+    stats;
+    tails;
+    writeback;
+}
 
 pub use base::{BaseDevice, FileBase};
 pub use batch::WriteReq;
 pub use bypass::Bypass;
-pub use cache::{BaseIdentity, Cache, Config, Opened};
+pub use cache::{sb_uuid, BaseIdentity, Cache, Config, Opened};
 pub use drain::{DrainMeter, DrainRates};
 pub use error::{Error, Result};
+#[cfg(feature = "internals")]
 pub use membase::{Faults, MemBase};
 pub use mode::CacheMode;
+pub use replay::ReplayReport;
 pub use request::{Miss, WriteOutcome};
 pub use stats::Stats;
 pub use writeback::{Pacer, WbProgress};

@@ -130,10 +130,6 @@ impl SegmentTable {
         Some(seg)
     }
 
-    /// Takes another reference on a segment the caller already holds one on.
-    pub fn get(&self, seg: u32) {
-        self.get_n(seg, 1);
-    }
 
     /// Takes `n` more references on a segment the caller already holds one on.
     /// A data head takes, when it starts a segment, one for every key the

@@ -146,10 +146,6 @@ impl Media for PmemFile {
             unsafe { pmem_drain() };
         }
     }
-
-    fn is_persistent(&self) -> bool {
-        true
-    }
 }
 
 impl Drop for PmemFile {

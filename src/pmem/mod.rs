@@ -60,11 +60,6 @@ pub trait Media: Send + Sync {
         }
         Ok(())
     }
-
-    /// True when this media keeps data across process restarts.
-    fn is_persistent(&self) -> bool {
-        false
-    }
 }
 
 /// Checks that `[off, off+len)` lies inside a media of `cap` bytes.

@@ -57,10 +57,6 @@ impl Media for ReadOnlyFile {
     }
 
     fn fence(&self) {}
-
-    fn is_persistent(&self) -> bool {
-        true
-    }
 }
 
 /// Any media, with every store refused.
@@ -84,10 +80,6 @@ impl Media for ReadOnly {
     }
 
     fn fence(&self) {}
-
-    fn is_persistent(&self) -> bool {
-        self.0.is_persistent()
-    }
 }
 
 #[cfg(test)]

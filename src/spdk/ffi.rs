@@ -125,11 +125,6 @@ pub unsafe fn complete(io: *mut sys::spdk_bdev_io, ok: bool) {
     sys::spdk_bdev_io_complete(io, status)
 }
 
-/// The `ctx` argument SPDK hands back to callbacks.
-pub fn as_ctx<T>(p: *const T) -> *mut c_void {
-    p as *mut c_void
-}
-
 /// True when a READ arrived without buffers; the module then asks the bdev
 /// layer for them with spdk_bdev_io_get_buf.
 ///

@@ -105,11 +105,6 @@ impl Params {
         }
     }
 
-    /// Builds params from an already decoded object (tests, deferred creates).
-    pub fn from_fields(method: &'static str, fields: Vec<(String, Value)>) -> Params {
-        Params { method, fields: fields.into_iter().map(|(k, v)| (k, v, false)).collect() }
-    }
-
     fn take(&mut self, name: &str) -> ParamResult<Option<Value>> {
         let mut found = None;
         for f in self.fields.iter_mut().filter(|f| f.0 == name) {
@@ -180,10 +175,6 @@ impl Writer {
     /// `w` is a live writer for the duration of the `Writer`'s use.
     pub unsafe fn new(w: *mut sys::spdk_json_write_ctx) -> Writer {
         Writer(w)
-    }
-
-    pub fn raw(&self) -> *mut sys::spdk_json_write_ctx {
-        self.0
     }
 
     pub fn object_begin(&mut self) {

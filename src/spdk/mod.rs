@@ -21,16 +21,16 @@
 //! - [`pollers`]: writeback, GC and key-set flushing
 //! - [`rpc`]: the JSON-RPC methods
 
-pub mod base_io;
-pub mod claim;
-pub mod ffi;
-pub mod json;
-pub mod log;
-pub mod pcache_bdev;
-pub mod pcache_io;
-pub mod pmem_bdev;
-pub mod pollers;
-pub mod rpc;
+mod base_io;
+mod claim;
+mod ffi;
+mod json;
+mod log;
+mod pcache_bdev;
+mod pcache_io;
+mod pmem_bdev;
+mod pollers;
+mod rpc;
 
 /// Registers everything with SPDK when the library is loaded. SPDK's own
 /// modules do the same from C constructors (SPDK_BDEV_MODULE_REGISTER,

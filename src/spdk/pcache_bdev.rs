@@ -93,10 +93,6 @@ impl PcacheNode {
         BgGuard(self.bg.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub fn block_size(&self) -> u32 {
-        self.bdev.blocklen
-    }
-
     /// Writeback rates (zero once the background state is gone).
     pub fn drain_rates(&self) -> crate::DrainRates {
         self.bg.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.drain.rates()).unwrap_or_default()
@@ -229,8 +225,8 @@ pub enum Created {
     Now,
     /// Waiting for these bdevs to appear.
     Waiting(Vec<String>),
-    /// Its base is claimed by another module; the reason, logged as an error.
-    Blocked(String),
+    /// Its base is claimed by another module (logged as an error, with what to do).
+    Blocked,
 }
 
 /// Creates a pcache now, or records it to be created when its bdevs appear.
@@ -252,7 +248,8 @@ pub fn create(opts: CreateOpts) -> Result<Created, String> {
         }
         if let Err(e) = claim::hold(b, role, claimer(), bdev_removed) {
             if role == "base_bdev" && taken_by_another_module(b) && base_may_be_stale(&opts) {
-                return Ok(Created::Blocked(block(&opts, e)));
+                block(&opts, e);
+                return Ok(Created::Blocked);
             }
             forget_config(&opts.name);
             return Err(e);

@@ -181,7 +181,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
             }
             // Logged with what to do; bdev_pcache_get_stats shows it. Not an
             // error, so an application starting from a config still starts.
-            Created::Blocked(_) => {}
+            Created::Blocked => {}
         }
         req.respond(|w| w.str(&name));
         Ok(())

@@ -40,7 +40,7 @@ fn print_human(path: &Path, ins: &Inspection) {
         "superblock   version {}, nonce {:#018x}, formatted on a device of {} bytes",
         sb.version, sb.nonce, sb.cache_size
     );
-    println!("uuid         {}", pcache::cache::sb_uuid(sb));
+    println!("uuid         {}", pcache::sb_uuid(sb));
     println!(
         "options      cache_mode {}, data_crc {}, gc_percent {}, segment size {} ({})",
         ins.cache_mode.map_or("unknown", |m| m.as_str()),
@@ -229,7 +229,7 @@ impl Report {
                 version: sb.version as u32,
                 nonce: format!("{:#018x}", sb.nonce),
                 cache_size: sb.cache_size,
-                uuid: pcache::cache::sb_uuid(sb).to_string(),
+                uuid: pcache::sb_uuid(sb).to_string(),
             },
             options: OptionsJson {
                 cache_mode: ins.cache_mode.map(|m| m.as_str()),
