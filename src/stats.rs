@@ -28,35 +28,96 @@ thread_local! {
     static SHARD: usize = NEXT_SHARD.fetch_add(1, Relaxed).min(SHARED);
 }
 
-/// One shard; aligned so that two shards never share a cache line (or the
-/// adjacent line the prefetcher pairs with it).
-#[derive(Default)]
-#[repr(align(128))]
-pub struct CounterSet {
-    pub read_hit_ops: AtomicU64,
-    pub read_miss_ops: AtomicU64,
-    pub read_hit_bytes: AtomicU64,
-    pub read_miss_bytes: AtomicU64,
-    pub deferred_writes: AtomicU64,
-    pub fill_bytes: AtomicU64,
-    pub dirty_bytes: AtomicU64,
-    pub kset_flushes: AtomicU64,
-    pub flush_ops: AtomicU64,
-    pub writeback_ksets: AtomicU64,
-    pub writeback_bytes: AtomicU64,
-    pub writeback_errors: AtomicU64,
-    pub writeback_batches: AtomicU64,
-    pub writeback_epochs: AtomicU64,
-    pub writeback_skipped_bytes: AtomicU64,
-    pub base_writes: AtomicU64,
-    pub base_flushes: AtomicU64,
-    pub bypass_writes: AtomicU64,
-    pub bypass_bytes: AtomicU64,
-    pub bypass_full_writes: AtomicU64,
-    pub gc_ksets: AtomicU64,
-    pub gc_keys: AtomicU64,
-    pub data_crc_errors: AtomicU64,
-    pub base_read_errors: AtomicU64,
+/// Declares the engine's sharded counters once: the shard ([`CounterSet`]),
+/// their fields in [`Stats`], the snapshot that sums them, and the list of
+/// event counters hosts report ([`Stats::events`]).
+macro_rules! counters {
+    (
+        gauges { $($(#[$gdoc:meta])* $gauge:ident,)* }
+        events { $($(#[$edoc:meta])* $event:ident,)* }
+    ) => {
+        /// One shard; aligned so that two shards never share a cache line (or
+        /// the adjacent line the prefetcher pairs with it).
+        #[derive(Default)]
+        #[repr(align(128))]
+        pub struct CounterSet {
+            $(pub $gauge: AtomicU64,)*
+            $(pub $event: AtomicU64,)*
+        }
+
+        /// A point-in-time view of the cache.
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        pub struct Stats {
+            /// Writes completed and their bytes (counted per data head).
+            pub write_ops: u64,
+            pub write_bytes: u64,
+            $($(#[$gdoc])* pub $gauge: u64,)*
+            $($(#[$edoc])* pub $event: u64,)*
+            pub segs_total: u32,
+            pub segs_used: u32,
+            pub gc_percent: u8,
+            pub key_head: (u32, u32, u64),
+            pub key_tail: (u32, u32, u64),
+            pub dirty_tail: (u32, u32, u64),
+        }
+
+        impl Counters {
+            pub fn snapshot_into(&self, s: &mut Stats) {
+                $(s.$gauge = self.total(|c| &c.$gauge);)*
+                $(s.$event = self.total(|c| &c.$event);)*
+            }
+        }
+
+        impl Stats {
+            /// Every event counter by name, in a fixed order: what hosts
+            /// report (bdev_pcache_get_stats). Levels such as dirty_bytes and
+            /// the log positions are reported with the cache's state instead.
+            pub fn events(&self) -> Vec<(&'static str, u64)> {
+                vec![
+                    ("write_ops", self.write_ops),
+                    ("write_bytes", self.write_bytes),
+                    $((stringify!($event), self.$event),)*
+                ]
+            }
+        }
+    };
+}
+
+counters! {
+    gauges {
+        /// Bytes written into the cache and not yet written back.
+        dirty_bytes,
+    }
+    events {
+        read_hit_ops,
+        read_miss_ops,
+        read_hit_bytes,
+        read_miss_bytes,
+        deferred_writes,
+        fill_bytes,
+        kset_flushes,
+        flush_ops,
+        writeback_ksets,
+        writeback_bytes,
+        writeback_errors,
+        /// Batches written back, and how many of them ended an epoch.
+        writeback_batches,
+        writeback_epochs,
+        /// Dirty bytes never written because a later key overwrote them.
+        writeback_skipped_bytes,
+        base_writes,
+        base_flushes,
+        /// Writes sent straight to the base (see bypass.rs).
+        bypass_writes,
+        bypass_bytes,
+        /// Of those, the ones that found the cache full.
+        bypass_full_writes,
+        gc_ksets,
+        gc_keys,
+        data_crc_errors,
+        /// Read misses the base failed (the read failed; nothing was cached).
+        base_read_errors,
+    }
 }
 
 impl Counters {
@@ -117,77 +178,6 @@ impl HeadCounters {
     pub fn add_into(&self, s: &mut Stats) {
         s.write_ops = s.write_ops.wrapping_add(self.write_ops.load(Relaxed));
         s.write_bytes = s.write_bytes.wrapping_add(self.write_bytes.load(Relaxed));
-    }
-}
-
-/// A point-in-time view of the cache.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
-    pub read_hit_ops: u64,
-    pub read_miss_ops: u64,
-    pub read_hit_bytes: u64,
-    pub read_miss_bytes: u64,
-    pub write_ops: u64,
-    pub write_bytes: u64,
-    pub deferred_writes: u64,
-    pub fill_bytes: u64,
-    pub dirty_bytes: u64,
-    pub kset_flushes: u64,
-    pub flush_ops: u64,
-    pub writeback_ksets: u64,
-    pub writeback_bytes: u64,
-    pub writeback_errors: u64,
-    /// Batches written back, and how many of them ended an epoch.
-    pub writeback_batches: u64,
-    pub writeback_epochs: u64,
-    /// Dirty bytes never written because a later key overwrote them.
-    pub writeback_skipped_bytes: u64,
-    pub base_writes: u64,
-    pub base_flushes: u64,
-    /// Writes sent straight to the base (see bypass.rs).
-    pub bypass_writes: u64,
-    pub bypass_bytes: u64,
-    /// Of those, the ones that found the cache full.
-    pub bypass_full_writes: u64,
-    pub gc_ksets: u64,
-    pub gc_keys: u64,
-    pub data_crc_errors: u64,
-    /// Read misses the base failed (the read failed; nothing was cached).
-    pub base_read_errors: u64,
-    pub segs_total: u32,
-    pub segs_used: u32,
-    pub gc_percent: u8,
-    pub key_head: (u32, u32, u64),
-    pub key_tail: (u32, u32, u64),
-    pub dirty_tail: (u32, u32, u64),
-}
-
-impl Counters {
-    pub fn snapshot_into(&self, s: &mut Stats) {
-        s.read_hit_ops = self.total(|c| &c.read_hit_ops);
-        s.read_miss_ops = self.total(|c| &c.read_miss_ops);
-        s.read_hit_bytes = self.total(|c| &c.read_hit_bytes);
-        s.read_miss_bytes = self.total(|c| &c.read_miss_bytes);
-        s.deferred_writes = self.total(|c| &c.deferred_writes);
-        s.fill_bytes = self.total(|c| &c.fill_bytes);
-        s.dirty_bytes = self.total(|c| &c.dirty_bytes);
-        s.kset_flushes = self.total(|c| &c.kset_flushes);
-        s.flush_ops = self.total(|c| &c.flush_ops);
-        s.writeback_ksets = self.total(|c| &c.writeback_ksets);
-        s.writeback_bytes = self.total(|c| &c.writeback_bytes);
-        s.writeback_errors = self.total(|c| &c.writeback_errors);
-        s.writeback_batches = self.total(|c| &c.writeback_batches);
-        s.writeback_epochs = self.total(|c| &c.writeback_epochs);
-        s.writeback_skipped_bytes = self.total(|c| &c.writeback_skipped_bytes);
-        s.base_writes = self.total(|c| &c.base_writes);
-        s.base_flushes = self.total(|c| &c.base_flushes);
-        s.bypass_writes = self.total(|c| &c.bypass_writes);
-        s.bypass_bytes = self.total(|c| &c.bypass_bytes);
-        s.bypass_full_writes = self.total(|c| &c.bypass_full_writes);
-        s.gc_ksets = self.total(|c| &c.gc_ksets);
-        s.gc_keys = self.total(|c| &c.gc_keys);
-        s.data_crc_errors = self.total(|c| &c.data_crc_errors);
-        s.base_read_errors = self.total(|c| &c.base_read_errors);
     }
 }
 

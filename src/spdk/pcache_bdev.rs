@@ -861,33 +861,7 @@ pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
 pub fn write_stats(n: &PcacheNode, w: &mut Writer) {
     let s = n.cache.stats();
     write_info(n, &s, w);
-    for (k, v) in [
-        ("read_hit_ops", s.read_hit_ops),
-        ("read_miss_ops", s.read_miss_ops),
-        ("read_hit_bytes", s.read_hit_bytes),
-        ("read_miss_bytes", s.read_miss_bytes),
-        ("write_ops", s.write_ops),
-        ("write_bytes", s.write_bytes),
-        ("deferred_writes", s.deferred_writes),
-        ("fill_bytes", s.fill_bytes),
-        ("kset_flushes", s.kset_flushes),
-        ("flush_ops", s.flush_ops),
-        ("writeback_ksets", s.writeback_ksets),
-        ("writeback_bytes", s.writeback_bytes),
-        ("writeback_errors", s.writeback_errors),
-        ("writeback_batches", s.writeback_batches),
-        ("writeback_epochs", s.writeback_epochs),
-        ("writeback_skipped_bytes", s.writeback_skipped_bytes),
-        ("base_writes", s.base_writes),
-        ("base_flushes", s.base_flushes),
-        ("bypass_writes", s.bypass_writes),
-        ("bypass_bytes", s.bypass_bytes),
-        ("bypass_full_writes", s.bypass_full_writes),
-        ("gc_ksets", s.gc_ksets),
-        ("gc_keys", s.gc_keys),
-        ("data_crc_errors", s.data_crc_errors),
-        ("base_read_errors", s.base_read_errors),
-    ] {
+    for (k, v) in s.events() {
         w.named_u64(k, v);
     }
 }
