@@ -19,13 +19,13 @@ target/release/pcache bench -w verify -j 2 -t 3 "$@"
 
 # Where SPDK is installed, the module is measured too: bdevperf against
 # malloc, raw pmem, passthru and pcache, side by side.
-for d in "${SPDK_DIR:-}" "$(pkg-config --variable=prefix spdk_bdev 2>/dev/null || true)" /opt/spdk; do
-  if [ -n "$d" ] && [ -x "$d/bin/bdevperf" ]; then
-    echo
-    echo "=== SPDK: bdevperf through the pcache module ($d)"
-    SPDK_DIR=$d scripts/bdevperf-bench.sh
-    exit
-  fi
-done
+source scripts/find-spdk.sh
+d=$(find_spdk || true)
+if [ -n "$d" ] && [ -x "$d/bin/bdevperf" ]; then
+  echo
+  echo "=== SPDK: bdevperf through the pcache module ($d)"
+  SPDK_DIR=$d scripts/bdevperf-bench.sh
+  exit
+fi
 echo
-echo "SPDK not installed (looked at \$SPDK_DIR, pkg-config spdk_bdev, /opt/spdk): bdevperf benchmark skipped"
+echo "SPDK with bdevperf not installed (looked at $SPDK_LOOKED): bdevperf benchmark skipped"

@@ -7,12 +7,10 @@ need=()
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v cc >/dev/null || need+=(gcc)
 # Where SPDK is installed, the module is built too: bindgen needs libclang.
-for d in "${SPDK_DIR:-}" "$(pkg-config --variable=prefix spdk_bdev 2>/dev/null || true)" /opt/spdk; do
-  if [ -n "$d" ] && [ -f "$d/include/spdk/bdev_module.h" ]; then
-    ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need+=(libclang-dev)
-    break
-  fi
-done
+source "$(dirname "$0")/find-spdk.sh"
+if find_spdk >/dev/null; then
+  ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need+=(libclang-dev)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
   SUDO=""

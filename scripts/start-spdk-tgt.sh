@@ -15,8 +15,8 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
-spdk=${SPDK_DIR:-$(pkg-config --variable=prefix spdk_bdev 2>/dev/null || true)}
-spdk=${spdk:-/opt/spdk}
+source "$repo/scripts/find-spdk.sh"
+spdk=$(find_spdk) || spdk=${SPDK_DIR:-/opt/spdk}   # maybe a source tree (build/bin)
 app=${SPDK_APP:-spdk_tgt}
 bin=$spdk/bin/$app
 [[ -x $bin ]] || bin=$spdk/build/bin/$app   # an SPDK source tree

@@ -58,12 +58,10 @@ else
 fi
 
 # SPDK integration suites need an installed SPDK and the SPDK module.
-spdk_dir=""
-for d in "${SPDK_DIR:-}" "$(pkg-config --variable=prefix spdk_bdev 2>/dev/null)" /opt/spdk; do
-  if [ -n "$d" ] && [ -f "$d/include/spdk/bdev_module.h" ]; then spdk_dir=$d; break; fi
-done
+source scripts/find-spdk.sh
+spdk_dir=$(find_spdk || true)
 if [ -z "$spdk_dir" ]; then
-  skipped+=("SPDK integration: SPDK not installed (looked at \$SPDK_DIR, pkg-config spdk_bdev, /opt/spdk)")
+  skipped+=("SPDK integration: SPDK not installed (looked at $SPDK_LOOKED)")
 elif [ ! -x tests/spdk/run.sh ]; then
   skipped+=("SPDK integration: SPDK found at $spdk_dir, but this tree has no SPDK module suites yet")
 else

@@ -4,7 +4,8 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-SPDK_DIR=${SPDK_DIR:-/opt/spdk}
+source "$ROOT/scripts/find-spdk.sh"
+SPDK_DIR=$(find_spdk) || SPDK_DIR=${SPDK_DIR:-/opt/spdk}
 MODULE=$ROOT/target/release/libpcache.so
 # Core locks are off so a suite never fails because another SPDK app holds a
 # core; tracing is off so that apps the suites kill leave no trace buffer in

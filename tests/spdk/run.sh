@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs the SPDK integration suites against the installed SPDK (SPDK_DIR, or
-# /opt/spdk) with the pcache module preloaded into its stock apps. Each suite
+# Runs the SPDK integration suites against the installed SPDK (found by
+# scripts/find-spdk.sh: SPDK_DIR, pkg-config, /opt/spdk) with the pcache module preloaded into its stock apps. Each suite
 # prints a "test result:" line; this exits non-zero if any suite failed.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-SPDK_DIR=${SPDK_DIR:-/opt/spdk}
+source scripts/find-spdk.sh
+SPDK_DIR=$(find_spdk) || { echo "SPDK not found (looked at $SPDK_LOOKED)" >&2; exit 1; }
 export SPDK_DIR
 
 echo "building the SPDK module (scripts/build-module.sh)"
