@@ -324,9 +324,9 @@ impl Cache {
             info_rep.store(&*media, |r| info.to_body(r))?;
         }
         let segs = SegmentTable::load(&*media, geo, log_reserve(&geo, cfg.workers))?;
-        let tails = Tails::load(&*media)?;
+        let mut tails = Tails::load(&*media)?;
         let index = Index::new(sb.base_size);
-        let replayed = replay(&*media, &sb, &segs, &index, &tails)?;
+        let replayed = replay(&*media, &sb, &segs, &index, &mut tails)?;
         segs.finish_load();
         let counters = Counters::default();
         counters.local().add(|c| &c.dirty_bytes, replayed.report.dirty_bytes);

@@ -308,6 +308,63 @@ fn kset_loc(geo: &crate::segment::Geometry, pos: LogPos) -> String {
     )
 }
 
+/// The kset chain as replay walks it: from `key` to the first position
+/// without a valid kset, with the index of the kset at `dirty`.
+struct Chain {
+    ksets: Vec<(LogPos, LoggedKset)>,
+    segs: Vec<u32>,
+    head: LogPos,
+    dirty_at: usize,
+}
+
+/// Walks the chain from `key`; on a problem, its location and what it is.
+fn chain(
+    media: &dyn Media,
+    segs: &SegmentTable,
+    sb: &Superblock,
+    key: LogPos,
+    dirty: LogPos,
+) -> std::result::Result<Chain, (String, String)> {
+    let geo = segs.geo;
+    let mut visited = vec![false; geo.seg_count as usize];
+    let mut chain_segs = vec![key.seg];
+    visited[key.seg as usize] = true;
+    let mut ksets: Vec<(LogPos, LoggedKset)> = Vec::new();
+    let mut dirty_at = None;
+    let mut pos = key;
+    loop {
+        if pos == dirty {
+            dirty_at = Some(ksets.len());
+        }
+        let k = match read_kset(media, segs, sb.nonce, pos) {
+            Ok(Some(k)) => k,
+            Ok(None) => break,
+            Err(e) => return Err((kset_loc(&geo, pos), e.to_string())),
+        };
+        if k.hdr.is_last() {
+            let next = k.next.seg;
+            if visited[next as usize] {
+                return Err((kset_loc(&geo, pos), format!("chain loops back to segment {next}")));
+            }
+            visited[next as usize] = true;
+            chain_segs.push(next);
+        }
+        let next = k.next;
+        ksets.push((pos, k));
+        pos = next;
+    }
+    let Some(dirty_at) = dirty_at else {
+        return Err((
+            "dirty_tail".to_string(),
+            format!(
+                "segment {} offset {:#x} seq {} is not on the key log (key_tail seq {}, head seq {})",
+                dirty.seg, dirty.off, dirty.seq, key.seq, pos.seq
+            ),
+        ));
+    };
+    Ok(Chain { ksets, segs: chain_segs, head: pos, dirty_at })
+}
+
 /// The key-set chain and every key, as replay walks them.
 fn walk(media: &Arc<dyn Media>, sb: &Superblock, ins: &mut Inspection, opts: InspectOptions) -> Result<()> {
     let geo = geometry(sb);
@@ -318,7 +375,7 @@ fn walk(media: &Arc<dyn Media>, sb: &Superblock, ins: &mut Inspection, opts: Ins
             return Ok(());
         }
     };
-    let tails = match Tails::load(&**media) {
+    let mut tails = match Tails::load(&**media) {
         Ok(t) => t,
         Err(e) => {
             ins.problem(Severity::Fatal, "tails", e.to_string());
@@ -346,52 +403,32 @@ fn walk(media: &Arc<dyn Media>, sb: &Superblock, ins: &mut Inspection, opts: Ins
         return Ok(());
     }
 
-    // The chain, from key_tail to the first position without a valid kset.
-    let mut visited = vec![false; geo.seg_count as usize];
-    let mut chain_segs = vec![tails.key.seg];
-    visited[tails.key.seg as usize] = true;
-    let mut ksets: Vec<(LogPos, LoggedKset)> = Vec::new();
-    let mut dirty_at = None;
-    let mut pos = tails.key;
-    loop {
-        if pos == tails.dirty {
-            dirty_at = Some(ksets.len());
+    let mut walked = chain(&**media, &segs, sb, tails.key, tails.dirty);
+    if walked.is_err() && tails.key_degraded && tails.key != tails.dirty {
+        // As replay does (Tails::start_at_dirty).
+        if let Err((loc, why)) = &walked {
+            ins.problem(
+                Severity::Damaged,
+                "key_tail",
+                format!(
+                    "the log from its surviving replica does not lead to dirty_tail ({loc}: {why}); \
+                     it is read from dirty_tail, and the clean data cached before it is dropped"
+                ),
+            );
         }
-        let k = match read_kset(&**media, &segs, sb.nonce, pos) {
-            Ok(Some(k)) => k,
-            Ok(None) => break,
-            Err(e) => {
-                ins.problem(Severity::Fatal, kset_loc(&geo, pos), e.to_string());
-                return Ok(());
-            }
-        };
-        if k.hdr.is_last() {
-            let next = k.next.seg;
-            if visited[next as usize] {
-                ins.problem(Severity::Fatal, kset_loc(&geo, pos), format!("chain loops back to segment {next}"));
-                return Ok(());
-            }
-            visited[next as usize] = true;
-            chain_segs.push(next);
-        }
-        let next = k.next;
-        ksets.push((pos, k));
-        pos = next;
+        tails.start_at_dirty();
+        walked = chain(&**media, &segs, sb, tails.key, tails.dirty);
     }
+    let Chain { ksets, segs: chain_segs, head: pos, dirty_at } = match walked {
+        Ok(c) => c,
+        Err((loc, why)) => {
+            ins.problem(Severity::Fatal, loc, why);
+            return Ok(());
+        }
+    };
     ins.key_head = Some(pos);
     ins.ksets = ksets.len() as u64;
     ins.log_segments = chain_segs.len() as u32;
-    let Some(dirty_at) = dirty_at else {
-        ins.problem(
-            Severity::Fatal,
-            "dirty_tail",
-            format!(
-                "segment {} offset {:#x} seq {} is not on the key log (key_tail seq {}, head seq {})",
-                tails.dirty.seg, tails.dirty.off, tails.dirty.seq, tails.key.seq, pos.seq
-            ),
-        );
-        return Ok(());
-    };
     ins.dirty_ksets = (ksets.len() - dirty_at) as u64;
 
     // Every key, checked as replay checks it.

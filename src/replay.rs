@@ -134,9 +134,19 @@ pub fn replay(
     sb: &Superblock,
     segs: &SegmentTable,
     index: &Index,
-    tails: &Tails,
+    tails: &mut Tails,
 ) -> Result<Replayed> {
-    let chain = walk_chain(media, sb, segs, tails)?;
+    let chain = match walk_chain(media, sb, segs, tails) {
+        Err(e) if tails.key_degraded && tails.key != tails.dirty => {
+            log::warn!(
+                "pcache: key_tail: the log from its surviving replica does not lead to dirty_tail ({e}); \
+                 the log is read from dirty_tail, and the clean data cached before it is dropped"
+            );
+            tails.start_at_dirty();
+            walk_chain(media, sb, segs, tails)?
+        }
+        r => r?,
+    };
     let mut is_log = vec![false; segs.geo.seg_count as usize];
     for &s in &chain.segs {
         is_log[s as usize] = true;

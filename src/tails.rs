@@ -12,6 +12,10 @@ use crate::replica::Replica;
 pub struct Tails {
     pub key: LogPos,
     pub dirty: LogPos,
+    /// One key_tail replica was unreadable at load, so `key` may be the value
+    /// before the last GC step, and the ksets there may since have been
+    /// overwritten (see [`Tails::start_at_dirty`]).
+    pub key_degraded: bool,
     key_rep: Replica,
     dirty_rep: Replica,
 }
@@ -20,11 +24,11 @@ impl Tails {
     pub fn format(media: &dyn Media, start: LogPos) -> Result<Tails> {
         let key_rep = Replica::init(media, KEY_TAIL_OFF, REC_KEY_TAIL, |r| start.to_body(r))?;
         let dirty_rep = Replica::init(media, DIRTY_TAIL_OFF, REC_DIRTY_TAIL, |r| start.to_body(r))?;
-        Ok(Tails { key: start, dirty: start, key_rep, dirty_rep })
+        Ok(Tails { key: start, dirty: start, key_degraded: false, key_rep, dirty_rep })
     }
 
     pub fn load(media: &dyn Media) -> Result<Tails> {
-        let (key_rep, k, _) = Replica::load(media, KEY_TAIL_OFF, REC_KEY_TAIL, "key_tail")?;
+        let (key_rep, k, key_health) = Replica::load(media, KEY_TAIL_OFF, REC_KEY_TAIL, "key_tail")?;
         let (dirty_rep, d, health) = Replica::load(media, DIRTY_TAIL_OFF, REC_DIRTY_TAIL, "dirty_tail")?;
         let (key, mut dirty) = (LogPos::from_body(&k), LogPos::from_body(&d));
         // With one dirty_tail replica lost, the survivor may be the value
@@ -40,7 +44,15 @@ impl Tails {
             );
             dirty = key;
         }
-        Ok(Tails { key, dirty, key_rep, dirty_rep })
+        Ok(Tails { key, dirty, key_degraded: key_health.valid.contains(&false), key_rep, dirty_rep })
+    }
+
+    /// When the log from a degraded key_tail does not lead to dirty_tail (GC
+    /// had moved key_tail on and its segments were reused), the live log
+    /// starts at dirty_tail instead: everything before it is written back,
+    /// so only clean cached data is dropped. Persisted by the next GC step.
+    pub fn start_at_dirty(&mut self) {
+        self.key = self.dirty;
     }
 
     pub fn set_key(&mut self, media: &dyn Media, pos: LogPos) -> Result<()> {

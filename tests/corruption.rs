@@ -137,6 +137,48 @@ fn a_lost_dirty_tail_replica_with_its_survivor_behind_key_tail_is_survived() {
     }
 }
 
+/// GC moved key_tail on twice, and the segment the older value points into
+/// was reused (for data: its kset is gone); then the newest key_tail replica
+/// is damaged. The log from the survivor does not lead to dirty_tail: the
+/// cache still loads, from dirty_tail, and serves every sector exactly (what
+/// it drops before dirty_tail is on the base).
+#[test]
+fn a_lost_key_tail_replica_whose_survivor_points_into_a_reused_segment_is_survived() {
+    let im = build();
+    let (key_new, key_old) = replicas(&im.bytes, KEY_TAIL_OFF, REC_KEY_TAIL);
+    assert!(key_old.seq < key_new.seq, "build() moves key_tail at least twice");
+    let mut b = im.bytes.clone();
+    let kset_at = (pcache::format::SEG_START + key_old.seg as u64 * SEG + format::SEG_PAYLOAD_OFF) as usize
+        + key_old.off as usize;
+    // Still the old kset (a dead one, behind key_tail)? Then its bytes are
+    // taken by something else now (its header is enough: the kset after it
+    // may be live); otherwise they were reused already.
+    if u64::from_le_bytes(b[kset_at + 8..kset_at + 16].try_into().unwrap()) == key_old.seq {
+        b[kset_at..kset_at + format::KSET_HDR_SIZE].fill(0x5a);
+    }
+    for &off in &KEY_TAIL_OFF {
+        let at = off as usize;
+        let rec = Record::decode(&im.bytes[at..at + REC_SIZE], REC_KEY_TAIL).unwrap();
+        if LogPos::from_body(&rec) == key_new {
+            b[at + 9] ^= 0x04;
+        }
+    }
+    let c = open_no_panic(&b, "newest key_tail replica flipped, old key_tail's kset overwritten")
+        .expect("loads from dirty_tail");
+    assert_exact(&c, &im, "key_tail fallback");
+    let (dirty, _) = replicas(&im.bytes, DIRTY_TAIL_OFF, REC_DIRTY_TAIL);
+    assert_eq!(c.stats().key_tail.2, dirty.seq, "the live log starts at dirty_tail");
+    // pcache check agrees: damaged, loadable, and says why.
+    let media: Arc<dyn Media> = Arc::new(MemMedia::from_image(b.clone()));
+    let ins = pcache::inspect::inspect(media, pcache::inspect::InspectOptions::default()).unwrap();
+    assert!(ins.usable(), "inspect calls it loadable: {:?}", ins.problems);
+    assert!(
+        ins.problems.iter().any(|p| p.location == "key_tail" && p.detail.contains("does not lead to dirty_tail")),
+        "{:?}",
+        ins.problems
+    );
+}
+
 #[test]
 fn one_bad_replica_of_each_record_is_survived() {
     let im = build();
