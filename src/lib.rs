@@ -17,19 +17,6 @@
 //! - [`inspect`]: a read-only walk of the on-media state, for the offline tools
 //! - `spdk` (feature `spdk`): the SPDK bdev module built into libpcache.so
 
-/// Declares inner modules: private, or public with the `internals` feature
-/// (tests, fuzzing), so that what no host uses shows up as dead code.
-macro_rules! inner {
-    ($($(#[$attr:meta])* $name:ident;)*) => {$(
-        $(#[$attr])*
-        #[cfg(feature = "internals")]
-        pub mod $name;
-        $(#[$attr])*
-        #[cfg(not(feature = "internals"))]
-        mod $name;
-    )*};
-}
-
 // The surface hosts use: the base device interface, errors, the on-media
 // format and pmem access (the offline tools read both), and inspect.
 pub mod base;
@@ -47,25 +34,54 @@ pub mod fuzzing;
 #[cfg(feature = "internals")]
 pub mod membase;
 
-inner! {
-    batch;
-    bypass;
-    cache;
-    drain;
-    gc;
-    index;
-    iov;
-    keylog;
-    mode;
-    replay;
-    replica;
-    request;
-    segment;
-    spinlock;
-    stats;
-    tails;
-    writeback;
+// The inner modules are private, so that what no host uses shows up as dead
+// code; the `internals` feature (tests, fuzzing) declares them public
+// instead. The public declarations come from a macro so that tools which
+// follow `mod` items (cargo-mutants) see each file once.
+macro_rules! public_with_internals {
+    ($($name:ident),*) => {$(
+        #[cfg(feature = "internals")]
+        pub mod $name;
+    )*};
 }
+public_with_internals!(
+    batch, bypass, cache, drain, gc, index, iov, keylog, mode, replay, replica, request, segment, spinlock, stats,
+    tails, writeback
+);
+#[cfg(not(feature = "internals"))]
+mod batch;
+#[cfg(not(feature = "internals"))]
+mod bypass;
+#[cfg(not(feature = "internals"))]
+mod cache;
+#[cfg(not(feature = "internals"))]
+mod drain;
+#[cfg(not(feature = "internals"))]
+mod gc;
+#[cfg(not(feature = "internals"))]
+mod index;
+#[cfg(not(feature = "internals"))]
+mod iov;
+#[cfg(not(feature = "internals"))]
+mod keylog;
+#[cfg(not(feature = "internals"))]
+mod mode;
+#[cfg(not(feature = "internals"))]
+mod replay;
+#[cfg(not(feature = "internals"))]
+mod replica;
+#[cfg(not(feature = "internals"))]
+mod request;
+#[cfg(not(feature = "internals"))]
+mod segment;
+#[cfg(not(feature = "internals"))]
+mod spinlock;
+#[cfg(not(feature = "internals"))]
+mod stats;
+#[cfg(not(feature = "internals"))]
+mod tails;
+#[cfg(not(feature = "internals"))]
+mod writeback;
 
 pub use base::{BaseDevice, FileBase};
 pub use batch::WriteReq;

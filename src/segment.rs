@@ -130,7 +130,6 @@ impl SegmentTable {
         Some(seg)
     }
 
-
     /// Takes `n` more references on a segment the caller already holds one on.
     /// A data head takes, when it starts a segment, one for every key the
     /// segment could hold, so that a write does not touch the (shared) count.
