@@ -2,7 +2,8 @@
 //!
 //! [`inspect`] reads everything replay reads — superblock, both replicas of
 //! every record, the key-set chain, every key — and, when asked, the data of
-//! every live key to verify its CRC. It never stores to the device (the engine
+//! every live key to verify its CRC. The chain and the keys are walked by the
+//! walk replay itself uses (`replay::visit_log`), with a visitor of its own. It never stores to the device (the engine
 //! load it ends with runs over [`ReadOnly`] media, which refuses stores).
 //!
 //! Every finding is a [`Problem`] with its location. A [`Severity::Damaged`]
@@ -11,21 +12,18 @@
 //! refuse to load the device. The verdict is cross-checked against a real
 //! engine load, so "loadable" here means exactly what `Cache::open` does.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::Arc;
 
 use crate::cache::{geometry, BaseIdentity, Cache, Config, Opened};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::{
-    self, get_u16, get_u32, seq_newer, CacheInfo, LogPos, Record, Superblock, CACHE_INFO_OFF, DIRTY_TAIL_OFF,
-    FORMAT_VERSION, KEY_SIZE, KEY_TAIL_OFF, KSET_HDR_SIZE, REC_CACHE_INFO, REC_DIRTY_TAIL, REC_KEY_TAIL, REC_SEG_META,
-    REC_SIZE,
+    self, get_u16, get_u32, seq_newer, CacheInfo, KeyRecord, LogPos, Record, Superblock, CACHE_INFO_OFF,
+    DIRTY_TAIL_OFF, FORMAT_VERSION, KEY_TAIL_OFF, REC_CACHE_INFO, REC_DIRTY_TAIL, REC_KEY_TAIL, REC_SEG_META, REC_SIZE,
 };
-use crate::keylog::{check_pos, read_kset, LoggedKset};
 use crate::pmem::{Media, ReadOnly};
-use crate::replay::check_key;
-use crate::segment::SegmentTable;
+use crate::replay::{visit_log, Chain, KeyAt, LogVisitor};
+use crate::segment::{Geometry, SegmentTable};
 use crate::tails::Tails;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -298,74 +296,8 @@ fn record(media: &dyn Media, ins: &mut Inspection, name: &str, offs: [u64; 2], k
     Ok(rec)
 }
 
-fn kset_loc(geo: &crate::segment::Geometry, pos: LogPos) -> String {
-    format!(
-        "kset seq {} at segment {} offset {:#x} (byte offset {:#x})",
-        pos.seq,
-        pos.seg,
-        pos.off,
-        geo.addr(pos.seg, pos.off)
-    )
-}
-
-/// The kset chain as replay walks it: from `key` to the first position
-/// without a valid kset, with the index of the kset at `dirty`.
-struct Chain {
-    ksets: Vec<(LogPos, LoggedKset)>,
-    segs: Vec<u32>,
-    head: LogPos,
-    dirty_at: usize,
-}
-
-/// Walks the chain from `key`; on a problem, its location and what it is.
-fn chain(
-    media: &dyn Media,
-    segs: &SegmentTable,
-    sb: &Superblock,
-    key: LogPos,
-    dirty: LogPos,
-) -> std::result::Result<Chain, (String, String)> {
-    let geo = segs.geo;
-    let mut visited = vec![false; geo.seg_count as usize];
-    let mut chain_segs = vec![key.seg];
-    visited[key.seg as usize] = true;
-    let mut ksets: Vec<(LogPos, LoggedKset)> = Vec::new();
-    let mut dirty_at = None;
-    let mut pos = key;
-    loop {
-        if pos == dirty {
-            dirty_at = Some(ksets.len());
-        }
-        let k = match read_kset(media, segs, sb.nonce, pos) {
-            Ok(Some(k)) => k,
-            Ok(None) => break,
-            Err(e) => return Err((kset_loc(&geo, pos), e.to_string())),
-        };
-        if k.hdr.is_last() {
-            let next = k.next.seg;
-            if visited[next as usize] {
-                return Err((kset_loc(&geo, pos), format!("chain loops back to segment {next}")));
-            }
-            visited[next as usize] = true;
-            chain_segs.push(next);
-        }
-        let next = k.next;
-        ksets.push((pos, k));
-        pos = next;
-    }
-    let Some(dirty_at) = dirty_at else {
-        return Err((
-            "dirty_tail".to_string(),
-            format!(
-                "segment {} offset {:#x} seq {} is not on the key log (key_tail seq {}, head seq {})",
-                dirty.seg, dirty.off, dirty.seq, key.seq, pos.seq
-            ),
-        ));
-    };
-    Ok(Chain { ksets, segs: chain_segs, head: pos, dirty_at })
-}
-
-/// The key-set chain and every key, as replay walks them.
+/// The key-set chain and every key: the walk replay does ([`visit_log`]),
+/// counting, and checking data CRCs when asked.
 fn walk(media: &Arc<dyn Media>, sb: &Superblock, ins: &mut Inspection, opts: InspectOptions) -> Result<()> {
     let geo = geometry(sb);
     let segs = match SegmentTable::load(&**media, geo, 0) {
@@ -382,108 +314,77 @@ fn walk(media: &Arc<dyn Media>, sb: &Superblock, ins: &mut Inspection, opts: Ins
             return Ok(());
         }
     };
-    for (name, pos) in [("key_tail", tails.key), ("dirty_tail", tails.dirty)] {
-        if let Err(e) = check_pos(geo.payload(), geo.seg_count, pos, name) {
-            ins.problem(
-                Severity::Fatal,
-                format!("{name} (segment {} offset {:#x} seq {})", pos.seg, pos.off, pos.seq),
-                e.to_string(),
-            );
+    let mut v = Walk { media: &**media, geo, opts, ins, buf: Vec::new() };
+    match visit_log(&**media, sb, &segs, &mut tails, &mut v) {
+        Ok(_) => Ok(()),
+        Err(Error::Corrupt { what, detail }) => {
+            ins.problem(Severity::Fatal, what, detail);
+            Ok(())
         }
+        Err(e) => Err(e),
     }
-    if !ins.usable() {
-        return Ok(());
-    }
-    if tails.dirty.seq < tails.key.seq {
-        ins.problem(
-            Severity::Fatal,
-            "dirty_tail",
-            format!("seq {} is behind key_tail seq {}", tails.dirty.seq, tails.key.seq),
+}
+
+/// inspect's visitor of the log walk.
+struct Walk<'a> {
+    media: &'a dyn Media,
+    geo: Geometry,
+    opts: InspectOptions,
+    ins: &'a mut Inspection,
+    buf: Vec<u8>,
+}
+
+impl LogVisitor for Walk<'_> {
+    fn restarted_at_dirty(&mut self, why: &Error) {
+        self.ins.problem(
+            Severity::Damaged,
+            "key_tail",
+            format!(
+                "the log from its surviving replica does not lead to dirty_tail ({why}); \
+                 it is read from dirty_tail, and the clean data cached before it is dropped"
+            ),
         );
-        return Ok(());
     }
 
-    let mut walked = chain(&**media, &segs, sb, tails.key, tails.dirty);
-    if walked.is_err() && tails.key_degraded && tails.key != tails.dirty {
-        // As replay does (Tails::start_at_dirty).
-        if let Err((loc, why)) = &walked {
-            ins.problem(
-                Severity::Damaged,
-                "key_tail",
-                format!(
-                    "the log from its surviving replica does not lead to dirty_tail ({loc}: {why}); \
-                     it is read from dirty_tail, and the clean data cached before it is dropped"
-                ),
-            );
-        }
-        tails.start_at_dirty();
-        walked = chain(&**media, &segs, sb, tails.key, tails.dirty);
+    fn chain(&mut self, chain: &Chain) {
+        self.ins.key_head = Some(chain.head);
+        self.ins.ksets = chain.ksets.len() as u64;
+        self.ins.log_segments = chain.segs.len() as u32;
+        self.ins.dirty_ksets = (chain.ksets.len() - chain.dirty_at) as u64;
     }
-    let Chain { ksets, segs: chain_segs, head: pos, dirty_at } = match walked {
-        Ok(c) => c,
-        Err((loc, why)) => {
-            ins.problem(Severity::Fatal, loc, why);
+
+    fn key(&mut self, at: KeyAt, key: &KeyRecord, live: bool, dirty: bool) -> Result<()> {
+        self.ins.keys += 1;
+        if !live {
+            self.ins.stale_keys += 1;
             return Ok(());
         }
-    };
-    ins.key_head = Some(pos);
-    ins.ksets = ksets.len() as u64;
-    ins.log_segments = chain_segs.len() as u32;
-    ins.dirty_ksets = (ksets.len() - dirty_at) as u64;
-
-    // Every key, checked as replay checks it.
-    let mut is_log = vec![false; geo.seg_count as usize];
-    for &s in &chain_segs {
-        is_log[s as usize] = true;
-    }
-    let mut data_segs = BTreeSet::new();
-    let mut buf = Vec::new();
-    for (i, (kpos, k)) in ksets.iter().enumerate() {
-        for (j, key) in k.keys.iter().enumerate() {
-            ins.keys += 1;
-            let key_off = geo.addr(kpos.seg, kpos.off) + (KSET_HDR_SIZE + j * KEY_SIZE) as u64;
-            let loc = || format!("key {j} of kset seq {} (byte offset {:#x})", kpos.seq, key_off);
-            match check_key(key, sb, &segs, &is_log) {
-                Err(e) => {
-                    ins.problem(Severity::Fatal, loc(), e.to_string());
-                    return Ok(());
-                }
-                Ok(false) => {
-                    ins.stale_keys += 1;
-                    continue;
-                }
-                Ok(true) => {}
-            }
-            if !key.is_zero() {
-                data_segs.insert(key.seg);
-            }
-            if key.is_dirty() && i >= dirty_at {
-                ins.dirty_bytes += key.len as u64;
-            }
-            if opts.verify_data && key.flags & format::KEY_FLAG_CRC != 0 && !key.is_zero() {
-                buf.resize(key.len as usize, 0);
-                let at = geo.addr(key.seg, key.seg_off);
-                media.read(at, &mut buf)?;
-                ins.data_checked += 1;
-                let got = format::data_crc(&[&buf]);
-                if got != key.data_crc {
-                    ins.problem(
-                        Severity::Damaged,
-                        loc(),
-                        format!(
-                            "data for base offset {} (+{} bytes) at segment {} offset {:#x} (byte offset {at:#x}) fails its CRC \
-                             (recorded {:#010x}, computed {got:#010x}){}",
-                            key.off,
-                            key.len,
-                            key.seg,
-                            key.seg_off,
-                            key.data_crc,
-                            if key.is_dirty() && i >= dirty_at { "; the data is dirty" } else { "" }
-                        ),
-                    );
-                }
+        if key.is_dirty() && dirty {
+            self.ins.dirty_bytes += key.len as u64;
+        }
+        if self.opts.verify_data && key.flags & format::KEY_FLAG_CRC != 0 && !key.is_zero() {
+            self.buf.resize(key.len as usize, 0);
+            let addr = self.geo.addr(key.seg, key.seg_off);
+            self.media.read(addr, &mut self.buf)?;
+            self.ins.data_checked += 1;
+            let got = format::data_crc(&[&self.buf]);
+            if got != key.data_crc {
+                self.ins.problem(
+                    Severity::Damaged,
+                    at.location(),
+                    format!(
+                        "data for base offset {} (+{} bytes) at segment {} offset {:#x} (byte offset {addr:#x}) fails its CRC \
+                         (recorded {:#010x}, computed {got:#010x}){}",
+                        key.off,
+                        key.len,
+                        key.seg,
+                        key.seg_off,
+                        key.data_crc,
+                        if key.is_dirty() && dirty { "; the data is dirty" } else { "" }
+                    ),
+                );
             }
         }
+        Ok(())
     }
-    Ok(())
 }
