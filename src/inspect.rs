@@ -18,11 +18,12 @@ use std::sync::Arc;
 use crate::cache::{geometry, BaseIdentity, Cache, Config, Opened};
 use crate::error::{Error, Result};
 use crate::format::{
-    self, get_u16, get_u32, seq_newer, CacheInfo, KeyRecord, LogPos, Record, Superblock, CACHE_INFO_OFF,
-    DIRTY_TAIL_OFF, FORMAT_VERSION, KEY_TAIL_OFF, REC_CACHE_INFO, REC_DIRTY_TAIL, REC_KEY_TAIL, REC_SEG_META, REC_SIZE,
+    self, CacheInfo, KeyRecord, LogPos, Record, Superblock, CACHE_INFO_OFF, DIRTY_TAIL_OFF, KEY_TAIL_OFF,
+    REC_CACHE_INFO, REC_DIRTY_TAIL, REC_KEY_TAIL, REC_SEG_META,
 };
 use crate::pmem::{Media, ReadOnly};
 use crate::replay::{visit_log, Chain, KeyAt, LogVisitor};
+use crate::replica::ReplicaHealth;
 use crate::segment::{Geometry, SegmentTable};
 use crate::tails::Tails;
 
@@ -219,41 +220,12 @@ pub fn inspect(media: Arc<dyn Media>, opts: InspectOptions) -> Result<Inspection
 }
 
 /// Why a slot does not hold a valid record of `kind`, or the record.
-fn decode_slot(b: &[u8], kind: u32) -> std::result::Result<Record, String> {
-    if let Some(r) = Record::decode(b, kind) {
-        return Ok(r);
-    }
-    if b.iter().all(|&x| x == 0) {
-        return Err("is blank".into());
-    }
-    if get_u32(b, 0) != format::crc(&b[4..REC_SIZE]) {
-        return Err("is corrupt (CRC mismatch)".into());
-    }
-    if get_u32(b, 4) != kind {
-        return Err(format!("holds a record of another kind ({:#010x})", get_u32(b, 4)));
-    }
-    Err(format!("has format version {}, expected {FORMAT_VERSION}", get_u16(b, 12)))
-}
-
 fn read_slots(media: &dyn Media, name: &str, offs: [u64; 2], kind: u32) -> Result<(RecordState, [Option<Record>; 2])> {
-    let mut recs = [None, None];
-    let mut slots = Vec::with_capacity(2);
-    for (i, off) in offs.iter().enumerate() {
-        let mut b = [0u8; REC_SIZE];
-        media.read(*off, &mut b)?;
-        let state = decode_slot(&b, kind);
-        recs[i] = state.as_ref().ok().copied();
-        slots.push(Slot { offset: *off, state: state.map(|r| r.seq) });
-    }
-    // The same choice as Replica::load: the newest valid replica.
-    let used = match (&recs[0], &recs[1]) {
-        (Some(a), Some(b)) => Some(usize::from(seq_newer(b.seq, a.seq))),
-        (Some(_), None) => Some(0),
-        (None, Some(_)) => Some(1),
-        (None, None) => None,
-    };
-    let [a, b]: [Slot; 2] = slots.try_into().expect("two slots");
-    Ok((RecordState { name: name.to_string(), slots: [a, b], used }, recs))
+    // The reading and the choice Replica::load makes.
+    let h = ReplicaHealth::read(media, offs, kind)?;
+    let slot = |i: usize| Slot { offset: offs[i], state: h.slots[i].as_ref().map(|r| r.seq).map_err(|e| e.clone()) };
+    let recs = [h.slots[0].as_ref().ok().copied(), h.slots[1].as_ref().ok().copied()];
+    Ok((RecordState { name: name.to_string(), slots: [slot(0), slot(1)], used: h.used }, recs))
 }
 
 fn report_slots(ins: &mut Inspection, st: &RecordState) {

@@ -6,7 +6,7 @@
 //! makes it current, so a torn write can destroy at most the copy being written.
 
 use crate::error::{Error, Result};
-use crate::format::{seq_newer, Record, REC_SIZE};
+use crate::format::{get_u16, get_u32, seq_newer, Record, FORMAT_VERSION, REC_SIZE};
 use crate::pmem::Media;
 
 /// Where a replicated record lives and which slot holds its newest copy.
@@ -18,29 +18,60 @@ pub struct Replica {
     seq: u32,
 }
 
-/// What loading found, for `check` and diagnostics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What reading both slots of a record found: each slot's record, or why
+/// it holds none; and which slot loading uses (the newest valid one).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaHealth {
-    pub valid: [bool; 2],
+    pub slots: [std::result::Result<Record, String>; 2],
+    pub used: Option<usize>,
+}
+
+impl ReplicaHealth {
+    /// Reads both slots of the record at `offs`. Fails only if the media does.
+    pub fn read(media: &dyn Media, offs: [u64; 2], kind: u32) -> Result<ReplicaHealth> {
+        let slot = |off: u64| -> Result<std::result::Result<Record, String>> {
+            let mut b = [0u8; REC_SIZE];
+            media.read(off, &mut b)?;
+            Ok(Record::decode(&b, kind).ok_or_else(|| why_invalid(&b, kind)))
+        };
+        let slots = [slot(offs[0])?, slot(offs[1])?];
+        let used = match (&slots[0], &slots[1]) {
+            (Ok(a), Ok(b)) => Some(usize::from(seq_newer(b.seq, a.seq))),
+            (Ok(_), Err(_)) => Some(0),
+            (Err(_), Ok(_)) => Some(1),
+            (Err(_), Err(_)) => None,
+        };
+        Ok(ReplicaHealth { slots, used })
+    }
+
+    /// One slot holds no valid record.
+    pub fn degraded(&self) -> bool {
+        self.slots.iter().any(|s| s.is_err())
+    }
+}
+
+/// Why a slot's bytes are not a valid record of `kind`.
+fn why_invalid(b: &[u8], kind: u32) -> String {
+    if b.iter().all(|&x| x == 0) {
+        return "is blank".into();
+    }
+    if get_u32(b, 0) != crate::format::crc(&b[4..REC_SIZE]) {
+        return "is corrupt (CRC mismatch)".into();
+    }
+    if get_u32(b, 4) != kind {
+        return format!("holds a record of another kind ({:#010x})", get_u32(b, 4));
+    }
+    format!("has format version {}, expected {FORMAT_VERSION}", get_u16(b, 12))
 }
 
 impl Replica {
     /// Reads both slots and returns the newest valid record.
     pub fn load(media: &dyn Media, offs: [u64; 2], kind: u32, what: &str) -> Result<(Replica, Record, ReplicaHealth)> {
-        let mut recs = [None, None];
-        for (i, off) in offs.iter().enumerate() {
-            let mut b = [0u8; REC_SIZE];
-            media.read(*off, &mut b)?;
-            recs[i] = Record::decode(&b, kind);
-        }
-        let health = ReplicaHealth { valid: [recs[0].is_some(), recs[1].is_some()] };
-        let cur = match (&recs[0], &recs[1]) {
-            (Some(a), Some(b)) => usize::from(seq_newer(b.seq, a.seq)),
-            (Some(_), None) => 0,
-            (None, Some(_)) => 1,
-            (None, None) => return Err(Error::corrupt(what, "both replicas are invalid")),
+        let health = ReplicaHealth::read(media, offs, kind)?;
+        let Some(cur) = health.used else {
+            return Err(Error::corrupt(what, "both replicas are invalid"));
         };
-        let rec = recs[cur].expect("chosen replica is valid");
+        let rec = health.slots[cur].clone().expect("the used replica is valid");
         Ok((Replica { offs, kind, cur, seq: rec.seq }, rec, health))
     }
 
@@ -88,7 +119,8 @@ mod tests {
         m.write(newest + 20, &[0xff]).unwrap();
         let (_, rec, h) = Replica::load(&m, offs, REC_KEY_TAIL, "t").unwrap();
         assert_eq!(rec.body[0], 1);
-        assert_eq!(h.valid.iter().filter(|v| **v).count(), 1);
+        assert_eq!(h.slots.iter().filter(|v| v.is_ok()).count(), 1);
+        assert_eq!(h.slots[r.cur].as_ref().unwrap_err(), "is corrupt (CRC mismatch)");
         r.store(&m, |r| r.body[0] = 3).unwrap();
         let (_, rec, _) = Replica::load(&m, offs, REC_KEY_TAIL, "t").unwrap();
         assert_eq!(rec.body[0], 3);

@@ -36,7 +36,7 @@ impl Tails {
         // it. The lost value was at or past key_tail (GC never passes
         // dirty_tail), so writeback from key_tail misses nothing: it only
         // writes back again what already reached the base.
-        if health.valid.contains(&false) && dirty.seq < key.seq {
+        if health.degraded() && dirty.seq < key.seq {
             log::warn!(
                 "pcache: dirty_tail: the surviving replica (seq {}) is behind key_tail (seq {}); writeback restarts at key_tail",
                 dirty.seq,
@@ -44,7 +44,7 @@ impl Tails {
             );
             dirty = key;
         }
-        Ok(Tails { key, dirty, key_degraded: key_health.valid.contains(&false), key_rep, dirty_rep })
+        Ok(Tails { key, dirty, key_degraded: key_health.degraded(), key_rep, dirty_rep })
     }
 
     /// When the log from a degraded key_tail does not lead to dirty_tail (GC
