@@ -56,6 +56,45 @@ impl BaseIdentity {
         }
     }
 
+    /// How this device differs from the base `sb` was formatted for; empty
+    /// when it is that base. The one identity check: `Cache::open` refuses a
+    /// device with differences, `pcache flush` names them.
+    pub fn differences(&self, sb: &Superblock) -> Vec<String> {
+        let mut diffs = Vec::new();
+        let recorded = Uuid::from_bytes(sb.base_uuid);
+        match self.uuid.filter(|u| !u.is_nil() && !recorded.is_nil()) {
+            Some(u) if u == recorded => {
+                if sb.base_id != self.id {
+                    log::info!(
+                        "base {:?} is the device formatted as {:?} (same uuid {u}): renamed",
+                        self.id,
+                        sb.base_id
+                    );
+                }
+            }
+            Some(u) if self.uuid_is_stable || sb.base_id != self.id => diffs.push(format!(
+                "the cache was formatted for {:?} with uuid {recorded}, not {:?} with uuid {u}",
+                sb.base_id, self.id
+            )),
+            // Same name, a uuid that may be made up at every start: the name decides.
+            _ => {
+                if sb.base_id != self.id {
+                    diffs.push(format!("the cache was formatted for base id {:?}, not {:?}", sb.base_id, self.id));
+                }
+            }
+        }
+        if sb.base_size != self.size {
+            diffs.push(format!("its size is {} bytes, the cache was formatted for {}", self.size, sb.base_size));
+        }
+        if sb.base_block_size != self.block_size {
+            diffs.push(format!(
+                "its block size is {}, the cache was formatted for {}",
+                self.block_size, sb.base_block_size
+            ));
+        }
+        diffs
+    }
+
     /// A device known by name only.
     pub fn named(size: u64, block_size: u32, id: impl Into<String>) -> Self {
         BaseIdentity { size, block_size, id: id.into(), uuid: None, uuid_is_stable: false }
@@ -590,30 +629,7 @@ fn check_identity(sb: &Superblock, cfg: &Config) -> Result<()> {
             diffs.push(format!("uuid {u} was asked for, the device holds the cache {have}"));
         }
     }
-    let recorded = Uuid::from_bytes(sb.base_uuid);
-    match b.uuid.filter(|u| !u.is_nil() && !recorded.is_nil()) {
-        Some(u) if u == recorded => {
-            if sb.base_id != b.id {
-                log::info!("base {:?} is the device formatted as {:?} (same uuid {u}): renamed", b.id, sb.base_id);
-            }
-        }
-        Some(u) if b.uuid_is_stable || sb.base_id != b.id => diffs.push(format!(
-            "base is {:?} with uuid {u}, the cache was formatted for {:?} with uuid {recorded}",
-            b.id, sb.base_id
-        )),
-        // Same name, a uuid that may be made up at every start: the name decides.
-        _ => {
-            if sb.base_id != b.id {
-                diffs.push(format!("base id is {:?}, device records {:?}", b.id, sb.base_id));
-            }
-        }
-    }
-    if sb.base_size != b.size {
-        diffs.push(format!("base size is {}, device records {}", b.size, sb.base_size));
-    }
-    if sb.base_block_size != b.block_size {
-        diffs.push(format!("base block size is {}, device records {}", b.block_size, sb.base_block_size));
-    }
+    diffs.extend(b.differences(sb).into_iter().map(|d| format!("base: {d}")));
     if sb.data_crc() != cfg.data_crc {
         diffs.push(format!("data_crc requested {}, device has {}", cfg.data_crc, sb.data_crc()));
     }

@@ -46,21 +46,11 @@ pub fn main(a: Args) -> Result<i32, Fail> {
     // Identity first, from a read-only look: nothing is touched on a refusal.
     let sb = Cache::read_superblock(&*open_ro(pmem)?).map_err(|e| Fail::error(format!("{}: {e}", pmem.display())))?;
     let probe = probe_base(base_path)?;
-    let mut diffs = Vec::new();
-    if probe.size != sb.base_size {
-        diffs.push(format!("its size is {} bytes, the cache was formatted for {}", probe.size, sb.base_size));
-    }
-    let block = probe.block_size.or(block_arg.map(|b| b as u32));
-    if let Some(b) = block {
-        if b != sb.base_block_size {
-            diffs.push(format!("its block size is {b}, the cache was formatted for {}", sb.base_block_size));
-        }
-    }
-    if let Some(id) = &a.base_id {
-        if *id != sb.base_id {
-            diffs.push(format!("the cache was formatted for base id {:?}, not {id:?}", sb.base_id));
-        }
-    }
+    // What is not known of BASE is taken as recorded: a regular file's block
+    // size unless --base-block-size gives it, the id unless --base-id does.
+    let block = probe.block_size.or(block_arg.map(|b| b as u32)).unwrap_or(sb.base_block_size);
+    let id = a.base_id.clone().unwrap_or_else(|| sb.base_id.clone());
+    let diffs = BaseIdentity::named(probe.size, block, id).differences(&sb);
     if !diffs.is_empty() {
         if !a.force {
             return Err(Fail::error(format!(
