@@ -73,8 +73,8 @@ impl BaseIdentity {
                 }
             }
             Some(u) if self.uuid_is_stable || sb.base_id != self.id => diffs.push(format!(
-                "the cache was formatted for {:?} with uuid {recorded}, not {:?} with uuid {u}",
-                sb.base_id, self.id
+                "it is {:?} with uuid {u}, the cache was formatted for {:?} with uuid {recorded}",
+                self.id, sb.base_id
             )),
             // Same name, a uuid that may be made up at every start: the name decides.
             _ => {
