@@ -15,7 +15,7 @@ pub fn total_len_mut(iov: &[IoSliceMut]) -> u64 {
 
 /// Maps bytes `[at, at+len)` of a list of buffers onto its pieces: calls
 /// `f(buffer, range in that buffer, offset of the piece in the copy)`.
-fn for_each_piece<B>(
+pub(crate) fn for_each_piece<B>(
     bufs: impl Iterator<Item = B>,
     len_of: impl Fn(&B) -> usize,
     mut at: u64,

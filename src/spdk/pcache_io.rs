@@ -622,27 +622,24 @@ unsafe fn data_slices<'a>(io: *mut sys::spdk_bdev_io, at: u64, len: u64) -> impl
         .map(|v| IoSlice::new(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) }))
 }
 
-/// The part `[at, at+len)` of an iovec list.
-fn sub_iovecs(iovs: &[libc::iovec], mut at: u64, mut len: u64) -> Iovecs {
+/// The part `[at, at+len)` of an iovec list (cut as iov.rs cuts slices).
+fn sub_iovecs(iovs: &[libc::iovec], at: u64, len: u64) -> Iovecs {
     let mut out = Iovecs::new();
-    for v in iovs {
-        if len == 0 {
-            break;
-        }
-        let l = v.iov_len as u64;
-        if at >= l {
-            at -= l;
-            continue;
-        }
-        let n = (l - at).min(len);
-        out.push(libc::iovec {
-            // SAFETY: stays inside the caller's buffer (at + n <= iov_len).
-            iov_base: unsafe { (v.iov_base as *mut u8).add(at as usize) } as *mut c_void,
-            iov_len: n as usize,
-        });
-        len -= n;
-        at = 0;
-    }
+    let cut = crate::iov::for_each_piece(
+        iovs.iter(),
+        |v| v.iov_len,
+        at,
+        len,
+        |v, r, _| {
+            out.push(libc::iovec {
+                // SAFETY: `r` lies inside this buffer (r.end <= iov_len).
+                iov_base: unsafe { (v.iov_base as *mut u8).add(r.start) } as *mut c_void,
+                iov_len: r.len(),
+            });
+            Ok(())
+        },
+    );
+    debug_assert!(cut.is_ok(), "pushing a piece cannot fail");
     out
 }
 
