@@ -11,7 +11,6 @@
 //! after another: a later request over the same bytes wins.
 
 use std::io::IoSlice;
-use std::sync::atomic::Ordering;
 
 use crate::cache::{Cache, DataHead};
 use crate::error::{Error, Result};
@@ -103,7 +102,7 @@ impl Cache {
                 match self.insert_key(s.key, None, worker % self.ksets.len()) {
                     Ok(_) => true,
                     Err(Error::NoSpace(_)) => {
-                        self.pressure.store(true, Ordering::Relaxed);
+                        self.segs.note_short();
                         log_room = false;
                         false
                     }

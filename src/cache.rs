@@ -3,7 +3,7 @@
 //! The request paths (request.rs), writeback (writeback.rs) and GC (gc.rs) are
 //! `impl Cache` blocks over the state defined here.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -246,8 +246,6 @@ pub struct Cache {
     /// Held by the one GC pass that may run at a time.
     pub(crate) gc: Mutex<()>,
     pub(crate) counters: Counters,
-    /// Set when a write could not get space; GC then runs whatever gc_percent says.
-    pub(crate) pressure: AtomicBool,
     /// Share of the dirty bytes of recent writeback batches that later keys
     /// had overwritten, in percent (a moving average; see bypass.rs), or
     /// ABSORBED_UNKNOWN before the first batch.
@@ -392,7 +390,6 @@ impl Cache {
             replayed_open_epoch: replayed.last_epoch_end + 1..replayed.head.seq,
             gc: Mutex::new(()),
             counters,
-            pressure: AtomicBool::new(false),
             absorbed_pct: crate::bypass::ABSORBED_UNKNOWN.into(),
             read_cache: cfg.read_cache,
             kset_interval: cfg.kset_flush_interval,
@@ -487,7 +484,7 @@ impl Cache {
 
     /// True while writes wait for space (GC and writeback should hurry).
     pub fn under_pressure(&self) -> bool {
-        self.pressure.load(Ordering::Relaxed)
+        self.segs.is_short()
     }
 
     /// Share of segments in use, in percent.

@@ -19,8 +19,7 @@ const KSETS_PER_STEP: usize = 64;
 
 impl Cache {
     fn gc_wanted(&self) -> bool {
-        self.pressure.load(Ordering::Relaxed)
-            || self.segs.used_percent() >= self.gc_percent.load(Ordering::Relaxed) as u32
+        self.segs.is_short() || self.segs.used_percent() >= self.gc_percent.load(Ordering::Relaxed) as u32
     }
 
     /// Holds off GC passes while the guard lives, as a running pass does (tests).
@@ -70,7 +69,7 @@ impl Cache {
             // Space was freed: writes that still find none set it again.
             // (Writes that bypass a full cache allocate nothing, so they
             // would never clear it, and GC would empty the cache.)
-            self.pressure.store(false, Ordering::Relaxed);
+            self.segs.note_relieved();
         }
         Ok(n)
     }

@@ -82,7 +82,7 @@ impl Cache {
             let slot = match self.key_slot(off, got, kset) {
                 Ok(s) => s,
                 Err(Error::NoSpace(_)) => {
-                    self.pressure.store(true, Ordering::Relaxed);
+                    self.segs.note_short();
                     return Ok(self.deferred(done));
                 }
                 Err(e) => return Err(e),
@@ -96,7 +96,7 @@ impl Cache {
                     // The key never went in; its space stays unused.
                     self.counters.local().sub(|c| &c.dirty_bytes, got as u64);
                     if let Error::NoSpace(_) = e {
-                        self.pressure.store(true, Ordering::Relaxed);
+                        self.segs.note_short();
                         return Ok(self.deferred(done));
                     }
                     return Err(e);
@@ -144,7 +144,7 @@ impl Cache {
             match self.insert_key(key, None, kset) {
                 Ok(_) => {}
                 Err(Error::NoSpace(_)) => {
-                    self.pressure.store(true, Ordering::Relaxed);
+                    self.segs.note_short();
                     return Ok(self.deferred(done));
                 }
                 Err(e) => return Err(e),
@@ -182,7 +182,7 @@ impl Cache {
             }
             match self.segs.alloc(Use::Data) {
                 Some(seg) => {
-                    self.pressure.store(false, Ordering::Relaxed);
+                    self.segs.note_relieved();
                     // One reference for every key this segment can hold (each
                     // takes at least a sector): see DataHead::spare_refs.
                     let keys = self.geo.payload() / SECTOR as u32;
@@ -192,7 +192,7 @@ impl Cache {
                     head.spare_refs = keys;
                 }
                 None => {
-                    self.pressure.store(true, Ordering::Relaxed);
+                    self.segs.note_short();
                     return Ok(None);
                 }
             }
@@ -337,7 +337,7 @@ impl Cache {
     /// Journals open ksets older than the flush interval (or all of them when
     /// writes wait for space). Returns how many were sealed.
     pub fn flush_expired_ksets(&self) -> Result<usize> {
-        let all = self.pressure.load(Ordering::Relaxed);
+        let all = self.segs.is_short();
         if !all {
             // Nothing falls due yet: no need to look at the ksets.
             let due = self.kset_due.load(Ordering::Acquire);

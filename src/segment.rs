@@ -9,7 +9,7 @@
 //! still name the old generation are stale and are rejected.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
@@ -61,6 +61,9 @@ pub struct SegmentTable {
     reserve: u32,
     /// Bumped whenever a segment is freed; lets hosts wake deferred writes.
     space_epoch: AtomicU64,
+    /// Writes are waiting for space: set by whoever found none, cleared
+    /// once a data segment could be had again or GC freed some.
+    short: AtomicBool,
     notifier: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
@@ -99,6 +102,7 @@ impl SegmentTable {
             shared: Mutex::new(Shared { free: VecDeque::new(), meta }),
             reserve,
             space_epoch: AtomicU64::new(0),
+            short: AtomicBool::new(false),
             notifier: Mutex::new(None),
         })
     }
@@ -186,6 +190,21 @@ impl SegmentTable {
         if let Some(n) = self.notifier.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             n();
         }
+    }
+
+    /// A write found no space (no data segment, or no room in the key log).
+    pub fn note_short(&self) {
+        self.short.store(true, Ordering::Relaxed);
+    }
+
+    /// Space was had or freed again.
+    pub fn note_relieved(&self) {
+        self.short.store(false, Ordering::Relaxed);
+    }
+
+    /// True while writes wait for space (GC and writeback should hurry).
+    pub fn is_short(&self) -> bool {
+        self.short.load(Ordering::Relaxed)
     }
 
     pub fn space_epoch(&self) -> u64 {
