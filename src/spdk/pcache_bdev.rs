@@ -24,7 +24,7 @@ use super::ffi::{cstring, guard, str_of, Ptr};
 use super::json::Writer;
 use super::pcache_io;
 use super::pmem_bdev::{self, errno_str};
-use super::pollers::Background;
+use super::pollers::{Background, FlushDone};
 use crate::cache::{BaseIdentity, Cache, Config, Opened};
 use crate::pmem::{Media, PmemFile};
 
@@ -342,6 +342,43 @@ pub fn delete(name: &str, done: Box<dyn FnOnce(i32)>) {
     }
     // SAFETY: module() is pcache's registered bdev module.
     unsafe { super::ffi::unregister_bdev(name, module(), done) };
+}
+
+/// Calls the waiter `make_done` gives once every byte of `name` that is
+/// dirty now is on its base, flushed, or with the error that stopped it.
+/// None (and `make_done` not called) when there is no such pcache.
+pub fn flush(name: &str, make_done: impl FnOnce() -> FlushDone) -> Option<()> {
+    let ended = with_node(name, |n| n.bg().add_flush_waiter(make_done(), &n.cache, name))?;
+    ended.tell();
+    Some(())
+}
+
+/// Options a live pcache takes (bdev_pcache_set_options); None leaves one as is.
+#[derive(Debug, Default)]
+pub struct LiveOptions {
+    pub cache_mode: Option<crate::CacheMode>,
+    pub writeback_batch_bytes: Option<u64>,
+    pub seq_cutoff_bytes: Option<u64>,
+    pub gc_percent: Option<u8>,
+}
+
+/// Applies `o` to the pcache `name`; None when there is no such pcache.
+pub fn set_options(name: &str, o: LiveOptions) -> Option<Result<(), String>> {
+    with_node(name, |n| {
+        if let Some(m) = o.cache_mode {
+            n.cache.set_cache_mode(m).map_err(|e| format!("{name}: {e}"))?;
+        }
+        if let Some(b) = o.writeback_batch_bytes {
+            n.cache.set_writeback_batch_bytes(b);
+        }
+        if let Some(c) = o.seq_cutoff_bytes {
+            n.cache.set_seq_cutoff(c);
+        }
+        match o.gc_percent {
+            Some(g) => n.cache.set_gc_percent(g).map_err(|e| format!("{name}: {e}")),
+            None => Ok(()),
+        }
+    })
 }
 
 /// Runs `f` on the live pcache `name`.

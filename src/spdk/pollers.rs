@@ -9,7 +9,6 @@ use spdk_sys as sys;
 
 use super::base_io::SpdkBase;
 use super::ffi::guard;
-use super::json::Request;
 use super::pcache_bdev::PcacheNode;
 use crate::{DrainMeter, Pacer, WbProgress};
 
@@ -31,14 +30,6 @@ impl Ended {
             done(r);
         }
     }
-}
-
-/// A flush waiter answering a JSON-RPC request.
-pub fn answer(req: Request) -> FlushDone {
-    Box::new(move |r| match r {
-        Ok(()) => req.respond_bool(true),
-        Err(e) => req.respond_error(sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, &e),
-    })
 }
 
 /// The pollers of one pcache and what they share.

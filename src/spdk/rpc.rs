@@ -11,6 +11,7 @@ use super::ffi::guard;
 use super::json::{Params, Request};
 use super::pcache_bdev::{self, CreateOpts, Created, State};
 use super::pmem_bdev;
+use super::pollers::FlushDone;
 
 type Handler = unsafe extern "C" fn(*mut sys::spdk_jsonrpc_request, *const sys::spdk_json_val);
 
@@ -224,7 +225,7 @@ unsafe extern "C" fn pcache_delete(req: *mut sys::spdk_jsonrpc_request, raw: *co
         }
         // Write everything back first; delete only once that succeeded.
         let nm = name.clone();
-        let then_delete: super::pollers::FlushDone = Box::new(move |r| match r {
+        let then_delete: FlushDone = Box::new(move |r| match r {
             Ok(()) => pcache_bdev::delete(&nm.clone(), Box::new(move |rc| answer_rc(req, rc, &nm))),
             Err(e) => {
                 if let Some(req) = req {
@@ -233,9 +234,7 @@ unsafe extern "C" fn pcache_delete(req: *mut sys::spdk_jsonrpc_request, raw: *co
             }
         });
         // Online: checked above, on this thread, and nothing ran since.
-        if let Some(ended) = pcache_bdev::with_node(&name, |n| n.bg().add_flush_waiter(then_delete, &n.cache, &name)) {
-            ended.tell();
-        }
+        let _ = pcache_bdev::flush(&name, || then_delete);
         Ok(())
     })
 }
@@ -249,25 +248,23 @@ unsafe extern "C" fn pcache_set_options(req: *mut sys::spdk_jsonrpc_request, raw
         let mode = p.opt_str("cache_mode").map_err(bad)?;
         p.finish().map_err(bad)?;
         let mode = parse_mode("bdev_pcache_set_options", mode)?;
-        let r = pcache_bdev::with_node(&name, |n| {
-            if let Some(m) = mode {
-                n.cache.set_cache_mode(m).map_err(|e| (-libc::EIO, format!("{name}: {e}")))?;
-            }
-            if let Some(b) = batch {
-                n.cache.set_writeback_batch_bytes(b);
-            }
-            if let Some(c) = cutoff {
-                n.cache.set_seq_cutoff(c);
-            }
-            match gc_percent {
-                Some(g) => n.cache.set_gc_percent(g as u8).map_err(|e| (-libc::EIO, format!("{name}: {e}"))),
-                None => Ok(()),
-            }
-        })
-        .ok_or_else(|| no_such("pcache", &name))?;
-        r?;
+        let opts = pcache_bdev::LiveOptions {
+            cache_mode: mode,
+            writeback_batch_bytes: batch,
+            seq_cutoff_bytes: cutoff,
+            gc_percent: gc_percent.map(|g| g as u8),
+        };
+        pcache_bdev::set_options(&name, opts).ok_or_else(|| no_such("pcache", &name))?.map_err(|e| (-libc::EIO, e))?;
         req.respond_bool(true);
         Ok(())
+    })
+}
+
+/// A flush waiter answering a JSON-RPC request.
+fn answer(req: Request) -> FlushDone {
+    Box::new(move |r| match r {
+        Ok(()) => req.respond_bool(true),
+        Err(e) => req.respond_error(sys::SPDK_JSONRPC_ERROR_INTERNAL_ERROR, &e),
     })
 }
 
@@ -275,12 +272,11 @@ unsafe extern "C" fn pcache_flush(req: *mut sys::spdk_jsonrpc_request, raw: *con
     handle("bdev_pcache_flush", req, raw, |mut p, req| {
         let name = p.req_str("name").map_err(bad)?;
         p.finish().map_err(bad)?;
-        // Answered by the writeback poller once every dirty byte is on the base.
-        pcache_bdev::with_node(&name, |n| {
-            if let Some(req) = req.take() {
-                let ended = n.bg().add_flush_waiter(super::pollers::answer(req), &n.cache, &name);
-                ended.tell();
-            }
+        // Answered once every dirty byte is on the base. The request is taken
+        // only for a pcache that exists: otherwise the error answers it.
+        pcache_bdev::flush(&name, || match req.take() {
+            Some(req) => answer(req),
+            None => Box::new(|_| {}),
         })
         .ok_or_else(|| no_such("pcache", &name))
     })
