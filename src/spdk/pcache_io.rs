@@ -165,7 +165,14 @@ unsafe fn channel_of(io: *mut sys::spdk_bdev_io) -> *mut Channel {
     ffi::channel_ctx::<Channel>(sys::spdk_bdev_io_get_io_channel(io))
 }
 
-unsafe fn node_of(io: *mut sys::spdk_bdev_io) -> &'static PcacheNode {
+/// The pcache node an I/O was submitted to.
+///
+/// # Safety
+/// `io` is an I/O of a pcache bdev that has not completed. The node is freed
+/// only after its bdev is unregistered, which waits for every I/O and
+/// channel, so the node outlives the I/O; the caller keeps the reference no
+/// longer than it handles `io` (the lifetime is the caller's, not `'static`).
+unsafe fn node_of<'a>(io: *mut sys::spdk_bdev_io) -> &'a PcacheNode {
     &*((*(*io).bdev).ctxt as *const PcacheNode)
 }
 
