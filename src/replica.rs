@@ -103,7 +103,7 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::REC_KEY_TAIL;
+    use crate::format::{REC_DIRTY_TAIL, REC_KEY_TAIL};
     use crate::pmem::MemMedia;
 
     #[test]
@@ -124,5 +124,22 @@ mod tests {
         r.store(&m, |r| r.body[0] = 3).unwrap();
         let (_, rec, _) = Replica::load(&m, offs, REC_KEY_TAIL, "t").unwrap();
         assert_eq!(rec.body[0], 3);
+    }
+
+    /// Each invalid slot says why: what `pcache check` prints for it.
+    #[test]
+    fn an_invalid_slot_says_why() {
+        let m = MemMedia::new(16384);
+        let offs = [4096, 8192];
+        let h = ReplicaHealth::read(&m, offs, REC_KEY_TAIL).unwrap();
+        assert_eq!(h.used, None);
+        assert_eq!(h.slots, [Err("is blank".to_string()), Err("is blank".to_string())]);
+        Replica::init(&m, offs, REC_KEY_TAIL, |r| r.body[0] = 1).unwrap();
+        let h = ReplicaHealth::read(&m, offs, REC_DIRTY_TAIL).unwrap();
+        assert!(h.slots[0].as_ref().unwrap_err().starts_with("holds a record of another kind"), "{h:?}");
+        m.write(offs[0] + 20, &[0xff]).unwrap();
+        let h = ReplicaHealth::read(&m, offs, REC_KEY_TAIL).unwrap();
+        assert_eq!(h.slots[0].as_ref().unwrap_err(), "is corrupt (CRC mismatch)");
+        assert_eq!(h.used, Some(1));
     }
 }
