@@ -4,18 +4,18 @@
 //! - **Sequential streams.** They are rarely read back soon, and writing
 //!   them back costs the base the same bytes again, so once a worker's
 //!   stream has run for `seq_cutoff` bytes, its writes of at least
-//!   [`BYPASS_MIN_IO`] bytes may skip the cache ([`Cache::begin_bypass`]).
+//!   [`BYPASS_MIN_IO`] bytes may skip the cache ([`crate::Cache::begin_bypass`]).
 //! - **Writes that find the cache full.** Writeback is what frees space, so
 //!   once the cache is full a cached write costs a base write anyway, plus
 //!   its trip through pmem and the writeback's own work. Full means writes
 //!   wait for space, or dirty data has reached the level where writeback
 //!   runs flat out (gc_percent - WB_FULL_MARGIN): a write that no cached
-//!   data overlaps then goes to the base instead ([`Cache::bypass_when_full`];
+//!   data overlaps then goes to the base instead ([`crate::Cache::bypass_when_full`];
 //!   bcache bypasses a congested cache the same way). Overwrites of cached
 //!   blocks still go into the cache, so a hot set keeps being absorbed.
 //!
 //! With a [`Bypass`] in hand the host writes the caller's buffers to the base
-//! itself and then calls [`Cache::end_bypass`].
+//! itself and then calls [`crate::Cache::end_bypass`].
 //!
 //! What keeps this correct:
 //! - **The base's guarantee** (doc/format.md, "Epochs"): a write may reach the
@@ -34,15 +34,19 @@
 //!   ends), and a read fill that started before the bypass ended is dropped
 //!   (the subtree version moves at both ends).
 //! - **Durability.** A bypassed write is on the base, not in pmem, so a FLUSH
-//!   must also flush the base: [`Cache::bypass_flush_target`] says whether one
-//!   is needed and [`Cache::bypass_flushed`] records it.
+//!   must also flush the base: [`crate::Cache::bypass_flush_target`] says
+//!   whether one is needed and [`crate::Cache::bypass_flushed`] records it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::base::BaseDevice;
-use crate::cache::{lock, Cache};
+use crate::gc::Gc;
 use crate::index::Index;
+use crate::journal::Journal;
+use crate::shared::Shared;
+use crate::spinlock::{Padded, SpinLock};
+use crate::writeback::WB_FULL_MARGIN;
 
 /// Sequential run after which a stream's writes bypass the cache (bcache's
 /// sequential_cutoff; 0 turns bypass off).
@@ -50,16 +54,13 @@ pub const DEFAULT_SEQ_CUTOFF: u64 = 1 << 20;
 /// Writeback that finds at least this share (percent) of a full cache's
 /// dirty bytes overwritten keeps new writes in the cache (see is_full).
 pub const ABSORBED_ENOUGH: u32 = 50;
-/// No batch planned yet: taken as absorbing enough (a hot set keeps its
-/// cache until writeback has shown otherwise).
-pub const ABSORBED_UNKNOWN: u32 = u32::MAX;
 /// Writes smaller than this never bypass: writeback merges them into runs of
 /// up to 1 MiB, which costs the base fewer I/Os than passing each through.
 pub const BYPASS_MIN_IO: u64 = 64 << 10;
 
 /// Where a worker's current sequential stream stands.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Stream {
+struct Stream {
     /// Base offset the next write of the stream starts at.
     next: u64,
     /// Bytes written back to back so far.
@@ -77,17 +78,17 @@ impl Stream {
 
 /// Bypassed writes completed, and how many of them a completed base flush covers.
 #[derive(Debug, Default)]
-pub(crate) struct Bypassed {
+struct Bypassed {
     done: AtomicU64,
     flushed: AtomicU64,
-    /// A base flush for them is in flight (see Cache::flush_bypassed).
+    /// A base flush for them is in flight (see Bypasses::flush).
     flushing: AtomicBool,
     /// Such flushes that failed (reported as writeback errors).
-    pub(crate) flush_errors: AtomicU64,
+    flush_errors: AtomicU64,
 }
 
 /// A write on its way to the base past the cache. Hand it back to
-/// [`Cache::end_bypass`] once the base write completes or fails.
+/// [`crate::Cache::end_bypass`] once the base write completes or fails.
 #[must_use = "a bypass holds its range until end_bypass"]
 #[derive(Debug)]
 pub struct Bypass {
@@ -97,7 +98,23 @@ pub struct Bypass {
     pub when_full: bool,
 }
 
-impl Cache {
+/// The bypass state: the cutoff, each worker's stream, and the bypassed
+/// writes a FLUSH must have the base flush.
+pub(crate) struct Bypasses {
+    seq_cutoff: AtomicU64,
+    streams: Vec<Padded<SpinLock<Stream>>>,
+    done: Arc<Bypassed>,
+}
+
+impl Bypasses {
+    pub fn new(workers: usize, seq_cutoff: u64) -> Self {
+        Bypasses {
+            seq_cutoff: AtomicU64::new(seq_cutoff),
+            streams: (0..workers).map(|_| Padded::default()).collect(),
+            done: Arc::default(),
+        }
+    }
+
     /// The sequential cutoff in force (bytes; 0: bypass is off).
     pub fn seq_cutoff(&self) -> u64 {
         self.seq_cutoff.load(Ordering::Relaxed)
@@ -107,76 +124,39 @@ impl Cache {
         self.seq_cutoff.store(bytes, Ordering::Relaxed);
     }
 
-    /// Decides whether `worker`'s write of `len` bytes at `off` goes straight
-    /// to the base (see the module doc). Every write of the worker should be
-    /// shown here, so that its streams are seen.
-    pub fn begin_bypass(&self, worker: usize, off: u64, len: u64) -> Option<Bypass> {
+    /// Notes `worker`'s write of `len` bytes at `off` in its stream; true if
+    /// it may bypass as part of a sequential stream (see the module doc).
+    pub fn is_sequential(&self, worker: usize, off: u64, len: u64) -> bool {
         let cutoff = self.seq_cutoff();
-        if cutoff == 0 || self.check_io(off, len).is_err() {
-            return None;
+        if cutoff == 0 {
+            return false;
         }
-        let run = self.heads[worker % self.heads.len()].data.lock().stream.note(off, len);
-        if len < BYPASS_MIN_IO || run <= cutoff {
-            return None;
-        }
-        self.register_bypass(off, len, false)
-    }
-
-    /// Decides whether a write goes to the base because the cache is full
-    /// (see the module doc): hosts ask before a write goes into the cache,
-    /// and for a write the cache deferred (`WriteOutcome::Deferred { written:
-    /// 0 }`). None while the cache has room, or when cached data overlaps the
-    /// range: then the write goes into the cache, or waits for space.
-    pub fn bypass_when_full(&self, off: u64, len: u64) -> Option<Bypass> {
-        if !self.is_full() || self.check_io(off, len).is_err() {
-            return None;
-        }
-        self.register_bypass(off, len, true)
-    }
-
-    /// Records a planned writeback batch: of its `dirty` bytes, `written`
-    /// go to the base, the rest were overwritten (see is_full).
-    pub(crate) fn note_absorbed(&self, dirty: u64, written: u64) {
-        let Some(pct) = (dirty.saturating_sub(written) * 100).checked_div(dirty) else { return };
-        let pct = pct as u32;
-        let old = self.absorbed_pct.load(Ordering::Relaxed);
-        let avg = if old == ABSORBED_UNKNOWN { pct } else { (old * 3 + pct) / 4 };
-        self.absorbed_pct.store(avg, Ordering::Relaxed);
-    }
-
-    /// The share (percent) of recent writeback batches' dirty bytes that
-    /// later keys had overwritten; None before the first batch.
-    pub fn absorbed_percent(&self) -> Option<u32> {
-        let p = self.absorbed_pct.load(Ordering::Relaxed);
-        (p != ABSORBED_UNKNOWN).then_some(p)
-    }
-
-    /// Whether a write that no cached data overlaps is better sent to the
-    /// base: either writes wait for space, or writeback finds little
-    /// overwritten (below [`ABSORBED_ENOUGH`] percent of recent batches'
-    /// dirty bytes), so caching the write would cost a base write later all
-    /// the same; and in both cases the cache's space is used up to near the
-    /// GC threshold (gc_percent - WB_FULL_MARGIN: GC keeps it about there in
-    /// steady state), so a burst into a cache with room stays in it.
-    pub fn is_full(&self) -> bool {
-        (self.under_pressure() || self.absorbed_pct.load(Ordering::Relaxed) < ABSORBED_ENOUGH)
-            && self.used_percent() >= (self.gc_percent() as u32).saturating_sub(crate::writeback::WB_FULL_MARGIN)
+        let run = self.streams[worker % self.streams.len()].lock().note(off, len);
+        len >= BYPASS_MIN_IO && run > cutoff
     }
 
     /// Registers `[off, off+len)` as on its way to the base if the
     /// guarantee allows it (see the module doc).
-    pub(crate) fn register_bypass(&self, off: u64, len: u64, when_full: bool) -> Option<Bypass> {
-        if !self.earlier_epochs_on_base() {
+    pub fn register(
+        &self,
+        s: &Shared,
+        journal: &Journal,
+        gc: &Gc,
+        off: u64,
+        len: u64,
+        when_full: bool,
+    ) -> Option<Bypass> {
+        if !earlier_epochs_on_base(journal) {
             return None;
         }
         // GC drops a kset's keys from the index before it persists key_tail
         // past the kset: in between, replay would bring them back over what
         // this write puts on the base. No bypass while a GC pass runs.
-        let Ok(_gc) = self.gc.try_lock() else { return None };
+        let _gc = gc.try_hold()?;
         // Register the range in every subtree it touches, all locked at once
         // (in ascending order, as everywhere), if none holds a key over it.
         let (first, last) = (Index::subtree_of(off), Index::subtree_of(off + len - 1));
-        let mut locked: Vec<_> = (first..=last).map(|i| self.index.lock(i)).collect();
+        let mut locked: Vec<_> = (first..=last).map(|i| s.index.lock(i)).collect();
         let mut at = off;
         for t in &locked {
             // A walk stays inside its subtree.
@@ -197,59 +177,53 @@ impl Cache {
 
     /// Ends a bypass: its range is open to cached writes again, and fills
     /// that read the base meanwhile are dropped. Wakes writes that waited.
-    pub fn end_bypass(&self, b: Bypass, ok: bool) {
+    pub fn end(&self, s: &Shared, b: Bypass, ok: bool) {
         let (first, last) = (Index::subtree_of(b.off), Index::subtree_of(b.off + b.len - 1));
         for i in first..=last {
-            let mut t = self.index.lock(i);
+            let mut t = s.index.lock(i);
             if let Some(p) = t.bypass.iter().position(|&r| r == (b.off, b.off + b.len)) {
                 t.bypass.swap_remove(p);
             }
             t.version += 1;
         }
         if ok {
-            let c = self.counters.local();
+            let c = s.counters.local();
             c.add(|s| &s.bypass_writes, 1);
             c.add(|s| &s.bypass_bytes, b.len);
             if b.when_full {
                 c.add(|s| &s.bypass_full_writes, 1);
             }
-            self.bypassed.done.fetch_add(1, Ordering::AcqRel);
+            self.done.done.fetch_add(1, Ordering::AcqRel);
         }
-        self.segs.wake();
+        s.segs.wake();
     }
 
-    /// Whether the base may take a write ahead of the cache's dirty data:
-    /// every epoch before the open one is written back.
-    fn earlier_epochs_on_base(&self) -> bool {
-        let dirty = lock(&self.tails).dirty.seq;
-        dirty > lock(&self.log).last_mark() && dirty >= self.replayed_open_epoch.end
-    }
-
-    /// Bypassed writes completed and not yet covered by a base flush: a
-    /// FLUSH of the cache must flush the base too, then call
-    /// [`Cache::bypass_flushed`] with the value returned. None: no need.
-    pub fn bypass_flush_target(&self) -> Option<u64> {
-        let done = self.bypassed.done.load(Ordering::Acquire);
-        (done > self.bypassed.flushed.load(Ordering::Acquire)).then_some(done)
+    /// Bypassed writes completed and not yet covered by a base flush (see
+    /// [`crate::Cache::bypass_flush_target`]).
+    pub fn flush_target(&self) -> Option<u64> {
+        let done = self.done.done.load(Ordering::Acquire);
+        (done > self.done.flushed.load(Ordering::Acquire)).then_some(done)
     }
 
     /// Records a completed base flush submitted after `target` bypassed
     /// writes had completed.
-    pub fn bypass_flushed(&self, target: u64) {
-        self.bypassed.flushed.fetch_max(target, Ordering::AcqRel);
+    pub fn flushed(&self, target: u64) {
+        self.done.flushed.fetch_max(target, Ordering::AcqRel);
+    }
+
+    /// Base flushes for bypassed writes that failed.
+    pub fn flush_errors(&self) -> u64 {
+        self.done.flush_errors.load(Ordering::Relaxed)
     }
 
     /// Flushes the base for the bypassed writes completed so far, unless a
-    /// flush for them is in flight. For hosts answering a flush request on
-    /// the thread that drives writeback. Returns whether the caller must
-    /// wait (a flush is needed or in flight); a failed flush counts as a
-    /// writeback error.
-    pub fn flush_bypassed(&self, base: &dyn BaseDevice) -> bool {
-        let Some(target) = self.bypass_flush_target() else { return false };
-        if self.bypassed.flushing.swap(true, Ordering::AcqRel) {
+    /// flush for them is in flight (see [`crate::Cache::flush_bypassed`]).
+    pub fn flush(&self, base: &dyn BaseDevice) -> bool {
+        let Some(target) = self.flush_target() else { return false };
+        if self.done.flushing.swap(true, Ordering::AcqRel) {
             return true;
         }
-        let state = Arc::clone(&self.bypassed);
+        let state = Arc::clone(&self.done);
         base.flush(Box::new(move |r| {
             match r {
                 Ok(()) => {
@@ -264,6 +238,27 @@ impl Cache {
         }));
         true
     }
+}
+
+/// Whether a write that no cached data overlaps is better sent to the base:
+/// either writes wait for space, or writeback finds little overwritten
+/// (below [`ABSORBED_ENOUGH`] percent of recent batches' dirty bytes, per
+/// `absorbed`; None before the first batch counts as enough: a hot set keeps
+/// its cache until writeback has shown otherwise), so caching the write would
+/// cost a base write later all the same; and in both cases the cache's space
+/// is used up to near the GC threshold (gc_percent - WB_FULL_MARGIN: GC keeps
+/// it about there in steady state), so a burst into a cache with room stays
+/// in it.
+pub(crate) fn is_full(s: &Shared, absorbed: Option<u32>, gc_percent: u8) -> bool {
+    (s.segs.is_short() || absorbed.is_some_and(|p| p < ABSORBED_ENOUGH))
+        && s.segs.used_percent() >= (gc_percent as u32).saturating_sub(WB_FULL_MARGIN)
+}
+
+/// Whether the base may take a write ahead of the cache's dirty data: every
+/// epoch before the open one is written back.
+fn earlier_epochs_on_base(journal: &Journal) -> bool {
+    let dirty = journal.tails().dirty.seq;
+    dirty > journal.last_mark() && dirty >= journal.replayed_open_epoch().end
 }
 
 #[cfg(test)]

@@ -1,164 +1,45 @@
-//! The cache: opening (format or load + replay), options, and shared state.
+//! The cache: its parts, how it opens, and everything a host calls.
 //!
-//! The request paths (request.rs), writeback (writeback.rs) and GC (gc.rs) are
-//! `impl Cache` blocks over the state defined here.
+//! `Cache` composes components that each own their state — the journal
+//! (open ksets, key log, tails: journal.rs), the data heads (heads.rs),
+//! writeback (writeback.rs), GC (gc.rs), bypass (bypass.rs) and the
+//! cache-info settings (settings.rs) — over the parts they share (shared.rs).
+//! The I/O paths (request.rs, batch.rs) run over a [`Front`] view of them.
+//! This file is where the components meet: every method a host calls is
+//! here, and decides which components take part.
 
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::io::{IoSlice, IoSliceMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use uuid::Uuid;
+
+use crate::base::BaseDevice;
+use crate::batch::{self, WriteReq};
+use crate::bypass::{self, Bypass, Bypasses};
+use crate::config::{check_identity, check_workers, kset_count, log_reserve, sb_uuid, validate_config, Config};
 use crate::error::{Error, Result};
 use crate::format::{
-    self, CacheInfo, KeyRecord, LogPos, Superblock, CACHE_INFO_OFF, FORMAT_VERSION, KSET_MAX_SIZE, MAX_SEGS,
-    MAX_SEG_SIZE, META_BLOCK, MIN_SEGS, MIN_SEG_SIZE, REC_CACHE_INFO, SB_FLAG_DATA_CRC, SB_OFF, SB_SIZE, SECTOR,
-    SEG_START,
+    CacheInfo, LogPos, Superblock, CACHE_INFO_OFF, FORMAT_VERSION, MAX_SEGS, META_BLOCK, MIN_SEGS, REC_CACHE_INFO,
+    SB_FLAG_DATA_CRC, SB_OFF, SB_SIZE, SEG_START,
 };
+use crate::gc::Gc;
+use crate::heads::DataHeads;
 use crate::index::Index;
+use crate::journal::Journal;
 use crate::keylog::KeyLog;
 use crate::mode::CacheMode;
 use crate::pmem::Media;
 use crate::replay::{replay, ReplayReport};
 use crate::replica::Replica;
+use crate::request::{Front, Miss, WriteOutcome};
 use crate::segment::{Geometry, SegmentTable};
-use crate::spinlock::SpinLock;
-use crate::stats::{Counters, HeadCounters, Stats};
+use crate::settings::Settings;
+use crate::shared::Shared;
+use crate::stats::{Counters, Stats};
 use crate::tails::Tails;
-use crate::writeback::WbState;
-use uuid::Uuid;
-
-/// Who the cache is in front of; recorded at format and checked at every open.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BaseIdentity {
-    pub size: u64,
-    pub block_size: u32,
-    /// Caller-chosen name (a bdev name or UUID, a path); at most 64 bytes.
-    pub id: String,
-    /// The device's UUID, if it has one. When both it and the one recorded
-    /// at format are known and equal, a different `id` is accepted (the
-    /// device was renamed).
-    pub uuid: Option<Uuid>,
-    /// The UUID is the device's own and lasts (an NVMe namespace's, say),
-    /// not one made up at every start: a different one means a different
-    /// device even under the same `id`.
-    pub uuid_is_stable: bool,
-}
-
-impl BaseIdentity {
-    /// The identity a superblock records (what the tools open a cache with).
-    pub fn recorded(sb: &Superblock) -> Self {
-        let uuid = sb.base_uuid();
-        BaseIdentity {
-            size: sb.base_size,
-            block_size: sb.base_block_size,
-            id: sb.base_id.clone(),
-            uuid,
-            uuid_is_stable: false,
-        }
-    }
-
-    /// How this device differs from the base `sb` was formatted for; empty
-    /// when it is that base. The one identity check: `Cache::open` refuses a
-    /// device with differences, `pcache flush` names them.
-    pub fn differences(&self, sb: &Superblock) -> Vec<String> {
-        let mut diffs = Vec::new();
-        let recorded = Uuid::from_bytes(sb.base_uuid);
-        match self.uuid.filter(|u| !u.is_nil() && !recorded.is_nil()) {
-            Some(u) if u == recorded => {
-                if sb.base_id != self.id {
-                    log::info!(
-                        "base {:?} is the device formatted as {:?} (same uuid {u}): renamed",
-                        self.id,
-                        sb.base_id
-                    );
-                }
-            }
-            Some(u) if self.uuid_is_stable || sb.base_id != self.id => diffs.push(format!(
-                "it is {:?} with uuid {u}, the cache was formatted for {:?} with uuid {recorded}",
-                self.id, sb.base_id
-            )),
-            // Same name, a uuid that may be made up at every start: the name decides.
-            _ => {
-                if sb.base_id != self.id {
-                    diffs.push(format!("the cache was formatted for base id {:?}, not {:?}", sb.base_id, self.id));
-                }
-            }
-        }
-        if sb.base_size != self.size {
-            diffs.push(format!("its size is {} bytes, the cache was formatted for {}", self.size, sb.base_size));
-        }
-        if sb.base_block_size != self.block_size {
-            diffs.push(format!(
-                "its block size is {}, the cache was formatted for {}",
-                self.block_size, sb.base_block_size
-            ));
-        }
-        diffs
-    }
-
-    /// A device known by name only.
-    pub fn named(size: u64, block_size: u32, id: impl Into<String>) -> Self {
-        BaseIdentity { size, block_size, id: id.into(), uuid: None, uuid_is_stable: false }
-    }
-}
-
-/// How to open a cache device.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub base: BaseIdentity,
-    /// Keep a crc32c of every key's data and check it on every read hit.
-    pub data_crc: bool,
-    /// Start GC when this percentage of segments is in use (0–90). None keeps
-    /// what the device has (70 on a new one).
-    pub gc_percent: Option<u8>,
-    /// Segment size for a new format; None picks one (see [`auto_seg_size`]).
-    /// On open, if given, it must be the size recorded.
-    pub seg_size: Option<u64>,
-    /// How many workers will call the engine (one data head each).
-    pub workers: usize,
-    /// Format even if the device holds a pcache (dirty data is lost).
-    pub force_format: bool,
-    /// Insert read misses into the cache as clean keys.
-    pub read_cache: bool,
-    /// An open kset reaches media at the latest this long after its first key.
-    pub kset_flush_interval: Duration,
-    /// Cap of the dirty bytes writeback takes in one batch (see writeback.rs).
-    pub writeback_batch_bytes: u64,
-    /// The cache's identity: recorded at format (a new random one if None);
-    /// on open, if given, it must be the one recorded.
-    pub uuid: Option<Uuid>,
-    /// Sequential run after which large writes bypass the cache (0: never; see bypass.rs).
-    pub seq_cutoff: u64,
-    /// Cache mode (see mode.rs). None keeps what the device has (writeback on a new one).
-    pub cache_mode: Option<CacheMode>,
-}
-
-impl Config {
-    pub fn new(base: BaseIdentity) -> Self {
-        Config {
-            base,
-            data_crc: false,
-            gc_percent: None,
-            seg_size: None,
-            workers: 1,
-            force_format: false,
-            read_cache: true,
-            kset_flush_interval: Duration::from_secs(1),
-            writeback_batch_bytes: crate::writeback::DEFAULT_BATCH_BYTES,
-            seq_cutoff: crate::bypass::DEFAULT_SEQ_CUTOFF,
-            uuid: None,
-            cache_mode: None,
-        }
-    }
-}
-
-pub const DEFAULT_GC_PERCENT: u8 = 70;
-/// Open ksets: one per worker, at least this many. A write's key goes into
-/// its worker's kset, so workers do not share one; a key overlapping a key
-/// still open in another kset first has that kset journalled (see
-/// request.rs), so overlapping writes replay in the order they completed.
-pub const MIN_KSETS: usize = 16;
-/// Kset ids are a byte in the index (index::KsetTag).
-pub const MAX_WORKERS: usize = 254;
+use crate::writeback::{self, Pacer, WbProgress, Writeback};
 
 /// What open() did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,114 +48,36 @@ pub enum Opened {
     Loaded(ReplayReport),
 }
 
-/// A worker's current place to put data.
-#[derive(Default)]
-pub struct DataHead {
-    pub seg: Option<u32>,
-    pub off: u32,
-    /// References taken on `seg` in advance for keys not yet written into it;
-    /// returned with the head's own when the head leaves the segment.
-    pub spare_refs: u32,
-    /// A batch's copied pieces (kept to reuse the allocation; see batch.rs).
-    pub(crate) staged: Vec<crate::batch::Staged>,
-    /// The worker's current sequential stream (see bypass.rs).
-    pub(crate) stream: crate::bypass::Stream,
+/// What a host poller tick did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tick {
+    pub ksets_sealed: usize,
+    pub writeback_advanced: bool,
+    pub writeback_busy: bool,
+    pub gc_ksets: usize,
 }
 
-/// A data head and the counters of the writes through it (on one cache
-/// line, which its worker owns).
-#[derive(Default)]
-pub struct Head {
-    pub data: SpinLock<DataHead>,
-    pub counters: HeadCounters,
-}
-
-/// Keys not yet journalled.
-#[derive(Default)]
-pub struct OpenKset {
-    /// Position in Cache::ksets.
-    pub id: u8,
-    /// Bumped each time this kset is journalled (mirrored in Cache::kset_epochs).
-    pub epoch: u16,
-    pub keys: Vec<KeyRecord>,
-    pub since: Option<Instant>,
-}
-
-/// Keeps a value on cache lines of its own (and off the neighbouring line the
-/// prefetcher pairs with it), so that workers locking different ones do not
-/// move a shared line between cores.
-#[repr(align(128))]
-#[derive(Default)]
-pub struct Padded<T>(pub T);
-
-impl<T> std::ops::Deref for Padded<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        &self.0
+impl Tick {
+    pub fn did_work(&self) -> bool {
+        self.ksets_sealed > 0 || self.writeback_advanced || self.gc_ksets > 0
     }
 }
 
 pub struct Cache {
-    pub(crate) media: Arc<dyn Media>,
-    pub(crate) sb: Superblock,
-    pub(crate) geo: Geometry,
-    pub(crate) segs: SegmentTable,
-    pub(crate) index: Index,
-    pub(crate) ksets: Vec<Padded<SpinLock<OpenKset>>>,
-    /// Each kset's epoch, readable without its lock (apart from the locks,
-    /// which its worker takes on every write, so that other workers checking
-    /// an epoch do not pull that line away).
-    pub(crate) kset_epochs: Vec<AtomicU16>,
-    pub(crate) log: Mutex<KeyLog>,
-    pub(crate) tails: Mutex<Tails>,
-    pub(crate) info: Mutex<Replica>,
-    pub(crate) gc_percent: AtomicU8,
-    /// The cache mode (mode.rs), as stored in the cache-info record.
-    pub(crate) mode: AtomicU8,
+    s: Shared,
+    journal: Journal,
+    heads: DataHeads,
+    wb: Writeback,
+    gc: Gc,
+    bypass: Bypasses,
+    settings: Settings,
     /// After leaving writeback: the log sequence writeback must reach before
     /// what was dirty then is all on the base (0: no such transition).
-    pub(crate) leaving_until: AtomicU64,
-    pub(crate) heads: Vec<Padded<Head>>,
-    pub(crate) wb: Mutex<WbState>,
-    pub(crate) wb_batch_bytes: AtomicU64,
-    pub(crate) seq_cutoff: AtomicU64,
-    /// Bypassed writes completed, and how many of them a base flush covers.
-    pub(crate) bypassed: Arc<crate::bypass::Bypassed>,
-    /// The epoch that was open when the log was replayed: ksets with seq in
-    /// this range (see writeback.rs).
-    pub(crate) replayed_open_epoch: std::ops::Range<u64>,
-    /// Held by the one GC pass that may run at a time.
-    pub(crate) gc: Mutex<()>,
-    pub(crate) counters: Counters,
-    /// Share of the dirty bytes of recent writeback batches that later keys
-    /// had overwritten, in percent (a moving average; see bypass.rs), or
-    /// ABSORBED_UNKNOWN before the first batch.
-    pub(crate) absorbed_pct: std::sync::atomic::AtomicU32,
-    pub(crate) read_cache: bool,
-    pub(crate) kset_interval: Duration,
-    /// Time origin for `kset_due`.
-    pub(crate) epoch: Instant,
-    /// Nanoseconds after `epoch` when the oldest open kset falls due (u64::MAX:
-    /// none is open), so that the kset timer need not lock every kset per tick.
-    /// Never later than the truth; it may be earlier (a kset sealed since).
-    pub(crate) kset_due: AtomicU64,
+    leaving_until: AtomicU64,
+    read_cache: bool,
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// How many open ksets a cache with `workers` workers has.
-fn kset_count(workers: usize) -> usize {
-    workers.max(MIN_KSETS)
-}
-
-/// Free segments kept back so that sealing every open kset always finds log room.
-fn log_reserve(geo: &Geometry, workers: usize) -> u32 {
-    let need = (kset_count(workers) + 2) * KSET_MAX_SIZE;
-    (need as u32).div_ceil(geo.payload() - KSET_MAX_SIZE as u32) + 1
-}
-
+// Opening.
 impl Cache {
     /// Opens the cache on `media`: formats a blank device, loads and replays a
     /// pcache, refuses anything else unless `cfg.force_format`.
@@ -306,7 +109,7 @@ impl Cache {
     }
 
     fn format(media: Arc<dyn Media>, cfg: &Config) -> Result<Cache> {
-        let seg_size = cfg.seg_size.unwrap_or_else(|| auto_seg_size(media.len(), cfg.workers));
+        let seg_size = cfg.seg_size.unwrap_or_else(|| crate::config::auto_seg_size(media.len(), cfg.workers));
         let seg_count = ((media.len() - SEG_START) / seg_size).min(MAX_SEGS);
         if seg_count < MIN_SEGS {
             return Err(Error::InvalidArgument(format!(
@@ -328,14 +131,14 @@ impl Cache {
             uuid: *cfg.uuid.unwrap_or_else(Uuid::new_v4).as_bytes(),
             base_uuid: *cfg.base.uuid.unwrap_or(Uuid::nil()).as_bytes(),
         };
-        let geo = geometry(&sb);
+        let geo = Geometry::of(&sb);
         check_workers(&geo, cfg.workers)?;
         // Invalidate the old superblock first: a crash mid-format leaves a
         // device that is refused, never a mix of two formats.
         media.zero(SB_OFF, META_BLOCK)?;
         media.fence();
         SegmentTable::format(&*media, geo)?;
-        let gc = cfg.gc_percent.unwrap_or(DEFAULT_GC_PERCENT);
+        let gc = cfg.gc_percent.unwrap_or(crate::config::DEFAULT_GC_PERCENT);
         let info = CacheInfo { gc_percent: gc, mode: cfg.cache_mode.unwrap_or_default() as u8 };
         Replica::init(&*media, CACHE_INFO_OFF, REC_CACHE_INFO, |r| info.to_body(r))?;
         // The key log starts in segment 0.
@@ -348,7 +151,7 @@ impl Cache {
     }
 
     fn load(media: Arc<dyn Media>, sb: Superblock, cfg: &Config) -> Result<(Cache, ReplayReport)> {
-        let geo = geometry(&sb);
+        let geo = Geometry::of(&sb);
         check_workers(&geo, cfg.workers)?;
         let (mut info_rep, info_rec, _) = Replica::load(&*media, CACHE_INFO_OFF, REC_CACHE_INFO, "cache info")?;
         let mut info = CacheInfo::from_body(&info_rec)?;
@@ -367,147 +170,25 @@ impl Cache {
         segs.finish_load();
         let counters = Counters::default();
         counters.local().add(|c| &c.dirty_bytes, replayed.report.dirty_bytes);
+        let journal = Journal::new(
+            kset_count(cfg.workers),
+            KeyLog::new(replayed.head, sb.nonce),
+            tails,
+            replayed.last_epoch_end + 1..replayed.head.seq,
+            cfg.kset_flush_interval,
+        );
         let cache = Cache {
-            log: Mutex::new(KeyLog::new(replayed.head, sb.nonce)),
-            media,
-            geo,
-            segs,
-            index,
-            ksets: (0..kset_count(cfg.workers))
-                .map(|id| Padded(SpinLock::new(OpenKset { id: id as u8, ..OpenKset::default() })))
-                .collect(),
-            kset_epochs: (0..kset_count(cfg.workers)).map(|_| AtomicU16::new(0)).collect(),
-            tails: Mutex::new(tails),
-            info: Mutex::new(info_rep),
-            gc_percent: AtomicU8::new(info.gc_percent),
-            mode: AtomicU8::new(info.mode),
+            s: Shared { media, sb, geo, segs, index, counters },
+            journal,
+            heads: DataHeads::new(cfg.workers),
+            wb: Writeback::new(cfg.writeback_batch_bytes),
+            gc: Gc::default(),
+            bypass: Bypasses::new(cfg.workers, cfg.seq_cutoff),
+            settings: Settings::new(info_rep, info),
             leaving_until: AtomicU64::new(0),
-            heads: (0..cfg.workers).map(|_| Padded(Head::default())).collect(),
-            wb: Mutex::new(WbState::default()),
-            wb_batch_bytes: AtomicU64::new(cfg.writeback_batch_bytes),
-            seq_cutoff: AtomicU64::new(cfg.seq_cutoff),
-            bypassed: Arc::default(),
-            replayed_open_epoch: replayed.last_epoch_end + 1..replayed.head.seq,
-            gc: Mutex::new(()),
-            counters,
-            absorbed_pct: crate::bypass::ABSORBED_UNKNOWN.into(),
             read_cache: cfg.read_cache,
-            kset_interval: cfg.kset_flush_interval,
-            epoch: Instant::now(),
-            kset_due: AtomicU64::new(u64::MAX),
-            sb,
         };
-        // What was journalled before this open is an epoch of its own: writes
-        // from now on must not reach the base ahead of it. The mark goes in
-        // with the first kset appended (a read-only open appends none).
-        if lock(&cache.tails).dirty.seq < replayed.head.seq {
-            lock(&cache.log).mark_before_next_append();
-        }
         Ok((cache, replayed.report))
-    }
-
-    pub fn superblock(&self) -> &Superblock {
-        &self.sb
-    }
-
-    /// The cache's identity (see [`sb_uuid`]).
-    pub fn uuid(&self) -> Uuid {
-        sb_uuid(&self.sb)
-    }
-
-    pub fn data_crc(&self) -> bool {
-        self.sb.data_crc()
-    }
-
-    pub fn workers(&self) -> usize {
-        self.heads.len()
-    }
-
-    /// The GC threshold in force (percent of segments in use).
-    pub fn gc_percent(&self) -> u8 {
-        self.gc_percent.load(Ordering::Relaxed)
-    }
-
-    /// Changes the GC threshold and persists it.
-    pub fn set_gc_percent(&self, pct: u8) -> Result<()> {
-        if pct > format::MAX_GC_PERCENT {
-            return Err(Error::InvalidArgument(format!("gc_percent {pct} is above {}", format::MAX_GC_PERCENT)));
-        }
-        let rec = CacheInfo { gc_percent: pct, mode: self.cache_mode() as u8 };
-        lock(&self.info).store(&*self.media, |r| rec.to_body(r))?;
-        self.gc_percent.store(pct, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Called whenever segments are freed, from whatever thread freed them;
-    /// hosts use it to resume writes that were deferred for lack of space.
-    pub fn set_space_notifier(&self, f: Option<Box<dyn Fn() + Send + Sync>>) {
-        self.segs.set_notifier(f);
-    }
-
-    /// Changes each time segments are freed.
-    pub fn space_epoch(&self) -> u64 {
-        self.segs.space_epoch()
-    }
-
-    pub fn stats(&self) -> Stats {
-        let mut s = Stats::default();
-        self.counters.snapshot_into(&mut s);
-        s.writeback_errors = self.writeback_errors();
-        for h in &self.heads {
-            h.counters.add_into(&mut s);
-        }
-        s.segs_total = self.geo.seg_count;
-        s.segs_used = self.segs.used_count();
-        s.gc_percent = self.gc_percent.load(Ordering::Relaxed);
-        let head = lock(&self.log).head;
-        let t = lock(&self.tails);
-        s.key_head = (head.seg, head.off, head.seq);
-        s.key_tail = (t.key.seg, t.key.off, t.key.seq);
-        s.dirty_tail = (t.dirty.seg, t.dirty.off, t.dirty.seq);
-        s
-    }
-
-    /// Reads and writes served so far (cheap: no locks), so a host can tell
-    /// whether the front end is busy when it paces background work.
-    pub fn io_ops(&self) -> u64 {
-        let c = &self.counters;
-        let writes: u64 = self.heads.iter().map(|h| h.counters.write_ops.load(Ordering::Relaxed)).sum();
-        // Writes that went past the cache are the front end's work too.
-        writes + c.total(|s| &s.bypass_writes) + c.total(|s| &s.read_hit_ops) + c.total(|s| &s.read_miss_ops)
-    }
-
-    /// Writeback errors so far (failed base writes and flushes).
-    pub fn writeback_errors(&self) -> u64 {
-        self.counters.total(|c| &c.writeback_errors) + self.bypassed.flush_errors.load(Ordering::Relaxed)
-    }
-
-    /// True while writes wait for space (GC and writeback should hurry).
-    pub fn under_pressure(&self) -> bool {
-        self.segs.is_short()
-    }
-
-    /// Share of segments in use, in percent.
-    pub fn used_percent(&self) -> u32 {
-        self.segs.used_percent()
-    }
-
-    /// Extents in the DRAM index.
-    pub fn index_extents(&self) -> usize {
-        self.index.extents()
-    }
-
-    /// DRAM the index holds (it grows with what is cached, not the base's size).
-    pub fn index_dram_bytes(&self) -> u64 {
-        self.index.dram_bytes()
-    }
-
-    /// True when nothing is dirty: every journalled key has been written back
-    /// and no open kset holds a dirty key.
-    pub fn is_clean(&self) -> bool {
-        let head = lock(&self.log).head;
-        let dirty_in_open = self.ksets.iter().any(|k| k.lock().keys.iter().any(|k| k.is_dirty()));
-        lock(&self.tails).dirty.seq == head.seq && !dirty_in_open
     }
 
     /// Orderly shutdown: journals every open kset and releases the data heads.
@@ -515,140 +196,410 @@ impl Cache {
     /// cache opened later must not see an old write land over its own.
     pub fn close(self) -> Result<()> {
         self.flush()?;
-        for h in &self.heads {
-            let mut h = h.data.lock();
-            if let Some(seg) = h.seg.take() {
-                self.segs.put_n(&*self.media, seg, 1 + std::mem::take(&mut h.spare_refs))?;
+        self.heads.release_all(&self.s)
+    }
+}
+
+// What the cache is.
+impl Cache {
+    pub fn superblock(&self) -> &Superblock {
+        &self.s.sb
+    }
+
+    /// The cache's identity (see [`sb_uuid`]).
+    pub fn uuid(&self) -> Uuid {
+        sb_uuid(&self.s.sb)
+    }
+
+    pub fn data_crc(&self) -> bool {
+        self.s.data_crc()
+    }
+
+    pub fn workers(&self) -> usize {
+        self.heads.count()
+    }
+}
+
+// The I/O paths (request.rs, batch.rs).
+impl Cache {
+    fn front(&self) -> Front<'_> {
+        Front { s: &self.s, journal: &self.journal, heads: &self.heads }
+    }
+
+    /// Writes `data` at base offset `offset` into the cache (dirty).
+    pub fn write(&self, worker: usize, offset: u64, data: &[IoSlice]) -> Result<WriteOutcome> {
+        self.front().write(worker, offset, data)
+    }
+
+    /// Convenience for a single contiguous buffer.
+    pub fn write_buf(&self, worker: usize, offset: u64, data: &[u8]) -> Result<WriteOutcome> {
+        self.write(worker, offset, &[IoSlice::new(data)])
+    }
+
+    /// Writes every request of `reqs` into the cache (dirty), as if by
+    /// [`Cache::write`] one after another, and puts one result per request in
+    /// `out` (cleared first). Once one request defers for lack of space, the
+    /// ones after it defer too, whole: the caller resubmits them when space
+    /// is freed, as it does a single deferred write.
+    pub fn write_batch(&self, worker: usize, reqs: &[WriteReq], out: &mut Vec<Result<WriteOutcome>>) {
+        batch::write_batch(&self.front(), worker, reqs, out)
+    }
+
+    /// Makes `[offset, offset+len)` read as zeros (WRITE_ZEROES and UNMAP):
+    /// journals zero keys that writeback turns into write_zeroes on the base.
+    /// Takes no data space.
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<WriteOutcome> {
+        self.front().write_zeroes(offset, len)
+    }
+
+    /// Reads `[offset, offset+len(bufs))`: cached bytes are copied into `bufs`;
+    /// the ranges returned are not cached and must be read from the base device.
+    pub fn read(&self, offset: u64, bufs: &mut [IoSliceMut]) -> Result<Vec<Miss>> {
+        self.front().read(offset, bufs)
+    }
+
+    /// Caches data just read from the base device for a miss, unless the range
+    /// changed since the read (or read caching is off). Returns whether
+    /// anything was cached.
+    pub fn fill(&self, worker: usize, miss: &Miss, data: &[u8]) -> Result<bool> {
+        if !self.read_cache || !self.cache_mode().caches_reads() {
+            return Ok(false);
+        }
+        self.front().fill(worker, miss, data)
+    }
+
+    /// Counts a read miss the base device failed (hosts fail the read).
+    pub fn note_base_read_error(&self) {
+        self.s.counters.local().add(|c| &c.base_read_errors, 1);
+    }
+
+    /// Makes every write completed so far durable (FLUSH, and FUA after a write).
+    pub fn flush(&self) -> Result<()> {
+        self.front().flush()
+    }
+
+    /// Journals open ksets older than the flush interval (or all of them when
+    /// writes wait for space). Returns how many were sealed.
+    pub fn flush_expired_ksets(&self) -> Result<usize> {
+        self.journal.seal_expired(&self.s, self.s.segs.is_short())
+    }
+}
+
+// Background work: the kset timer, writeback and GC, as a host's pollers run them.
+impl Cache {
+    /// One round of background work: kset timer, writeback, GC.
+    pub fn background_step(&self, base: &dyn BaseDevice) -> Result<Tick> {
+        self.round(base, true)
+    }
+
+    /// The same round with writeback paced as a host paces it for a front end
+    /// that is busy or not (see [`Cache::writeback_pace`]).
+    pub fn background_step_paced(&self, base: &dyn BaseDevice, pacer: &mut Pacer, front_busy: bool) -> Result<Tick> {
+        let write_back = pacer.ready(self.writeback_pace(front_busy, false));
+        self.round(base, write_back)
+    }
+
+    fn round(&self, base: &dyn BaseDevice, write_back: bool) -> Result<Tick> {
+        let ksets_sealed = self.flush_expired_ksets()?;
+        let wb = if write_back { self.writeback_step(base)? } else { WbProgress::Idle };
+        let gc_ksets = self.gc_step()?;
+        Ok(Tick {
+            ksets_sealed,
+            writeback_advanced: wb == WbProgress::Advanced,
+            writeback_busy: wb == WbProgress::Busy,
+            gc_ksets,
+        })
+    }
+
+    /// Advances writeback by one step; never blocks.
+    pub fn writeback_step(&self, base: &dyn BaseDevice) -> Result<WbProgress> {
+        self.wb.step(&self.s, &self.journal, base)
+    }
+
+    /// Journals open ksets, then drives writeback until every dirty byte is on
+    /// the base device. For tools and tests, with a base that completes inline
+    /// or on other threads.
+    pub fn writeback_all(&self, base: &dyn BaseDevice) -> Result<()> {
+        self.flush()?;
+        let mut idle_spins = 0u32;
+        loop {
+            match self.writeback_step(base)? {
+                WbProgress::Idle => return Ok(()),
+                WbProgress::Advanced => idle_spins = 0,
+                WbProgress::Busy => {
+                    idle_spins += 1;
+                    if idle_spins > 1000 {
+                        std::thread::yield_now();
+                    }
+                    if self.s.counters.total(|c| &c.writeback_errors) > 0 && idle_spins > 1_000_000 {
+                        return Err(Error::Io("writeback keeps failing".into()));
+                    }
+                }
             }
         }
+    }
+
+    /// How long a host should leave between writeback steps while its front
+    /// end is busy; None: no wait (step whenever the poller runs).
+    ///
+    /// Dirty data left in the cache is what absorbs overwrites: the longer a
+    /// key waits, the likelier a later key makes writing it unnecessary, and
+    /// every base write costs the host CPU time the front end could use. So
+    /// under a busy front end writeback trickles, one step per TRICKLE, until
+    /// dirty data fills gc_percent - WB_EASY_MARGIN percent of the cache; the
+    /// wait then shrinks in proportion, to zero at gc_percent - WB_FULL_MARGIN,
+    /// leaving GC written-back segments to reclaim before writes run out of
+    /// room (writeback.rs). No wait when the front end is idle, when writes
+    /// wait for space or when `flush_waits` (someone waits for everything to
+    /// reach the base), nor in a mode where writes complete only once written
+    /// back (mode.rs).
+    pub fn writeback_pace(&self, front_busy: bool, flush_waits: bool) -> Option<Duration> {
+        if !front_busy || flush_waits || self.under_pressure() || !self.cache_mode().completes_in_cache() {
+            return None;
+        }
+        writeback::pace(self.dirty_percent(), self.gc_percent() as u32)
+    }
+
+    /// Dirty bytes as a percentage of the cache's data capacity.
+    pub fn dirty_percent(&self) -> u32 {
+        writeback::dirty_percent(&self.s)
+    }
+
+    /// The cap of a writeback batch's dirty bytes. Any cap no larger than one
+    /// kset's data makes every kset a batch of its own.
+    pub fn writeback_batch_bytes(&self) -> u64 {
+        self.wb.batch_bytes()
+    }
+
+    pub fn set_writeback_batch_bytes(&self, bytes: u64) {
+        self.wb.set_batch_bytes(bytes);
+    }
+
+    /// Reclaims up to a bounded number of ksets. Returns how many.
+    pub fn gc_step(&self) -> Result<usize> {
+        self.gc.step(&self.s, &self.journal, self.gc_percent())
+    }
+
+    /// Holds off GC passes while the guard lives, as a running pass does (tests).
+    #[doc(hidden)]
+    pub fn gc_pass_for_tests(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.gc.hold()
+    }
+
+    /// The GC threshold in force (percent of segments in use).
+    pub fn gc_percent(&self) -> u8 {
+        self.settings.gc_percent()
+    }
+
+    /// Changes the GC threshold and persists it.
+    pub fn set_gc_percent(&self, pct: u8) -> Result<()> {
+        self.settings.set_gc_percent(&*self.s.media, pct)
+    }
+}
+
+// Bypass (bypass.rs).
+impl Cache {
+    /// The sequential cutoff in force (bytes; 0: bypass is off).
+    pub fn seq_cutoff(&self) -> u64 {
+        self.bypass.seq_cutoff()
+    }
+
+    pub fn set_seq_cutoff(&self, bytes: u64) {
+        self.bypass.set_seq_cutoff(bytes);
+    }
+
+    /// Decides whether `worker`'s write of `len` bytes at `off` goes straight
+    /// to the base as part of a sequential stream (see bypass.rs). Every
+    /// write of the worker should be shown here, so that its streams are seen.
+    pub fn begin_bypass(&self, worker: usize, off: u64, len: u64) -> Option<Bypass> {
+        if self.bypass.seq_cutoff() == 0 || self.s.check_io(off, len).is_err() {
+            return None;
+        }
+        if !self.bypass.is_sequential(worker, off, len) {
+            return None;
+        }
+        self.bypass.register(&self.s, &self.journal, &self.gc, off, len, false)
+    }
+
+    /// Decides whether a write goes to the base because the cache is full
+    /// (see bypass.rs): hosts ask before a write goes into the cache, and for
+    /// a write the cache deferred (`WriteOutcome::Deferred { written: 0 }`).
+    /// None while the cache has room, or when cached data overlaps the
+    /// range: then the write goes into the cache, or waits for space.
+    pub fn bypass_when_full(&self, off: u64, len: u64) -> Option<Bypass> {
+        if !self.is_full() || self.s.check_io(off, len).is_err() {
+            return None;
+        }
+        self.bypass.register(&self.s, &self.journal, &self.gc, off, len, true)
+    }
+
+    /// Whether a write that no cached data overlaps is better sent to the
+    /// base (see [`bypass::is_full`]).
+    pub fn is_full(&self) -> bool {
+        bypass::is_full(&self.s, self.wb.absorbed_percent(), self.gc_percent())
+    }
+
+    /// The share (percent) of recent writeback batches' dirty bytes that
+    /// later keys had overwritten; None before the first batch.
+    pub fn absorbed_percent(&self) -> Option<u32> {
+        self.wb.absorbed_percent()
+    }
+
+    /// Ends a bypass: its range is open to cached writes again, and fills
+    /// that read the base meanwhile are dropped. Wakes writes that waited.
+    pub fn end_bypass(&self, b: Bypass, ok: bool) {
+        self.bypass.end(&self.s, b, ok)
+    }
+
+    /// Bypassed writes completed and not yet covered by a base flush: a
+    /// FLUSH of the cache must flush the base too, then call
+    /// [`Cache::bypass_flushed`] with the value returned. None: no need.
+    pub fn bypass_flush_target(&self) -> Option<u64> {
+        self.bypass.flush_target()
+    }
+
+    /// Records a completed base flush submitted after `target` bypassed
+    /// writes had completed.
+    pub fn bypass_flushed(&self, target: u64) {
+        self.bypass.flushed(target)
+    }
+
+    /// Flushes the base for the bypassed writes completed so far, unless a
+    /// flush for them is in flight. For hosts answering a flush request on
+    /// the thread that drives writeback. Returns whether the caller must
+    /// wait (a flush is needed or in flight); a failed flush counts as a
+    /// writeback error.
+    pub fn flush_bypassed(&self, base: &dyn BaseDevice) -> bool {
+        self.bypass.flush(base)
+    }
+}
+
+// Cache modes (mode.rs).
+impl Cache {
+    pub fn cache_mode(&self) -> CacheMode {
+        self.settings.mode()
+    }
+
+    /// Switches the mode of a live cache and persists it. Leaving writeback
+    /// journals what is open and writes back everything dirty up to there.
+    pub fn set_cache_mode(&self, mode: CacheMode) -> Result<()> {
+        let old = self.settings.set_mode(&*self.s.media, mode)?;
+        if old == mode {
+            return Ok(());
+        }
+        if mode == CacheMode::Writeback {
+            self.leaving_until.store(0, Ordering::Relaxed);
+        } else if old == CacheMode::Writeback {
+            let until = self.journal.seal_all(&self.s)?;
+            self.leaving_until.store(until, Ordering::Relaxed);
+        }
+        log::info!("cache mode {old} -> {mode}");
         Ok(())
     }
 
-    /// Nanoseconds from `epoch` to `t` (saturating below u64::MAX).
-    pub(crate) fn nanos(&self, t: Instant) -> u64 {
-        let d = t.saturating_duration_since(self.epoch);
-        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1).min(u64::MAX - 1)
+    /// True while what was dirty when the cache left writeback is still
+    /// being written back.
+    pub fn mode_transition(&self) -> bool {
+        let until = self.leaving_until.load(Ordering::Relaxed);
+        until != 0 && self.journal.tails().dirty.seq < until
     }
 
-    /// When a kset opened at `since` falls due, in nanoseconds after `epoch`.
-    pub(crate) fn due_nanos(&self, since: Instant) -> u64 {
-        match since.checked_add(self.kset_interval) {
-            Some(t) => self.nanos(t),
-            None => u64::MAX - 1,
+    /// In writearound and passthrough: registers a write of `[off, off+len)`
+    /// to go straight to the base, if the guarantee allows it (see bypass.rs);
+    /// None: it goes into the cache and completes once written back.
+    pub fn begin_around(&self, off: u64, len: u64) -> Option<Bypass> {
+        if !self.cache_mode().writes_around() || self.s.check_io(off, len).is_err() {
+            return None;
         }
+        self.bypass.register(&self.s, &self.journal, &self.gc, off, len, false)
     }
 
-    pub(crate) fn release_seg(&self, seg: u32) -> Result<()> {
-        self.segs.put(&*self.media, seg)
+    /// For a write that has just gone into the cache and must not complete
+    /// before it is on the base (every mode but writeback): journals the open
+    /// ksets and returns the ticket to pass to [`Cache::written_back`].
+    pub fn through_ticket(&self) -> Result<u64> {
+        self.journal.seal_all(&self.s)
+    }
+
+    /// Whether writeback has put on the base, and flushed there, everything
+    /// journalled before `ticket` was taken.
+    pub fn written_back(&self, ticket: u64) -> bool {
+        self.journal.tails().dirty.seq >= ticket
     }
 }
 
-pub(crate) fn geometry(sb: &Superblock) -> Geometry {
-    Geometry { seg_start: sb.seg_start, seg_size: sb.seg_size as u64, seg_count: sb.seg_count }
-}
+// State, for hosts' pacing and stats.
+impl Cache {
+    /// Called whenever segments are freed, from whatever thread freed them;
+    /// hosts use it to resume writes that were deferred for lack of space.
+    pub fn set_space_notifier(&self, f: Option<Box<dyn Fn() + Send + Sync>>) {
+        self.s.segs.set_notifier(f);
+    }
 
-fn validate_config(cfg: &Config) -> Result<()> {
-    let b = &cfg.base;
-    if b.block_size == 0 || b.block_size as u64 % SECTOR != 0 || !b.block_size.is_power_of_two() {
-        return Err(Error::InvalidArgument(format!(
-            "base block size {} is not a power-of-two multiple of 512",
-            b.block_size
-        )));
+    /// Changes each time segments are freed.
+    pub fn space_epoch(&self) -> u64 {
+        self.s.segs.space_epoch()
     }
-    if b.size == 0 || b.size % b.block_size as u64 != 0 {
-        return Err(Error::InvalidArgument(format!("base size {} is not a multiple of its block size", b.size)));
-    }
-    if b.id.len() > format::BASE_ID_LEN {
-        return Err(Error::InvalidArgument(format!("base id is longer than {} bytes", format::BASE_ID_LEN)));
-    }
-    if let Some(s) = cfg.seg_size {
-        if !(MIN_SEG_SIZE..=MAX_SEG_SIZE).contains(&s) || s % META_BLOCK != 0 {
-            return Err(Error::InvalidArgument(format!(
-                "segment size {s} must be a multiple of 4096 between {MIN_SEG_SIZE} and {MAX_SEG_SIZE}"
-            )));
-        }
-    }
-    if let Some(gc) = cfg.gc_percent {
-        if gc > format::MAX_GC_PERCENT {
-            return Err(Error::InvalidArgument(format!("gc_percent {gc} is above {}", format::MAX_GC_PERCENT)));
-        }
-    }
-    if cfg.workers == 0 || cfg.workers > MAX_WORKERS {
-        return Err(Error::InvalidArgument(format!(
-            "{} workers: between 1 and {MAX_WORKERS} are supported",
-            cfg.workers
-        )));
-    }
-    Ok(())
-}
 
-/// The segment size a new format gets unless one is asked for: the default
-/// (16 MiB), halved down to the minimum (64 KiB) until the device holds
-/// enough segments for `workers` (at least MIN_SEGS). Small pmem devices
-/// thus format without choosing a size.
-pub fn auto_seg_size(len: u64, workers: usize) -> u64 {
-    let mut s = format::DEFAULT_SEG_SIZE;
-    while s > MIN_SEG_SIZE {
-        let seg_count = (len.saturating_sub(SEG_START) / s).min(MAX_SEGS);
-        let geo = Geometry { seg_start: SEG_START, seg_size: s, seg_count: seg_count as u32 };
-        if seg_count >= MIN_SEGS && check_workers(&geo, workers).is_ok() {
-            break;
-        }
-        s /= 2;
+    pub fn stats(&self) -> Stats {
+        let mut st = Stats::default();
+        self.s.counters.snapshot_into(&mut st);
+        st.writeback_errors = self.writeback_errors();
+        self.heads.add_into(&mut st);
+        st.segs_total = self.s.geo.seg_count;
+        st.segs_used = self.s.segs.used_count();
+        st.gc_percent = self.gc_percent();
+        let head = self.journal.head();
+        let t = self.journal.tails();
+        st.key_head = (head.seg, head.off, head.seq);
+        st.key_tail = (t.key.seg, t.key.off, t.key.seq);
+        st.dirty_tail = (t.dirty.seg, t.dirty.off, t.dirty.seq);
+        st
     }
-    s
-}
 
-fn check_workers(geo: &Geometry, workers: usize) -> Result<()> {
-    // Every worker may pin a half-filled segment; the log needs its reserve and
-    // one segment of its own; GC needs at least one more to make progress.
-    let need = workers as u64 + log_reserve(geo, workers) as u64 + 2;
-    if (geo.seg_count as u64) < need {
-        return Err(Error::InvalidArgument(format!(
-            "{} segments are too few for {workers} workers (need {need})",
-            geo.seg_count
-        )));
+    /// Reads and writes served so far (cheap: no locks), so a host can tell
+    /// whether the front end is busy when it paces background work.
+    pub fn io_ops(&self) -> u64 {
+        let c = &self.s.counters;
+        // Writes that went past the cache are the front end's work too.
+        self.heads.write_ops()
+            + c.total(|s| &s.bypass_writes)
+            + c.total(|s| &s.read_hit_ops)
+            + c.total(|s| &s.read_miss_ops)
     }
-    Ok(())
-}
 
-fn check_identity(sb: &Superblock, cfg: &Config) -> Result<()> {
-    let b = &cfg.base;
-    let mut diffs = Vec::new();
-    if let Some(s) = cfg.seg_size {
-        if s != sb.seg_size as u64 {
-            diffs.push(format!("segment size {s} was asked for, the cache was formatted with {}", sb.seg_size));
-        }
+    /// Writeback errors so far (failed base writes and flushes).
+    pub fn writeback_errors(&self) -> u64 {
+        self.s.counters.total(|c| &c.writeback_errors) + self.bypass.flush_errors()
     }
-    if let Some(u) = cfg.uuid {
-        let have = sb_uuid(sb);
-        if u != have {
-            diffs.push(format!("uuid {u} was asked for, the device holds the cache {have}"));
-        }
-    }
-    diffs.extend(b.differences(sb).into_iter().map(|d| format!("base: {d}")));
-    if sb.data_crc() != cfg.data_crc {
-        diffs.push(format!("data_crc requested {}, device has {}", cfg.data_crc, sb.data_crc()));
-    }
-    if diffs.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Mismatch(format!("{} (use force_format to discard the cache)", diffs.join("; "))))
-    }
-}
 
-/// A cache's identity: the one recorded at format, or for an image formatted
-/// before identities were recorded, one derived from its nonce, so that it
-/// stays the same across opens without rewriting the superblock.
-pub fn sb_uuid(sb: &Superblock) -> Uuid {
-    let u = Uuid::from_bytes(sb.uuid);
-    if !u.is_nil() {
-        return u;
+    /// True while writes wait for space (GC and writeback should hurry).
+    pub fn under_pressure(&self) -> bool {
+        self.s.segs.is_short()
     }
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&sb.nonce.to_le_bytes());
-    b[8..].copy_from_slice(&(!sb.nonce).to_le_bytes());
-    uuid::Builder::from_custom_bytes(b).into_uuid()
+
+    /// Share of segments in use, in percent.
+    pub fn used_percent(&self) -> u32 {
+        self.s.segs.used_percent()
+    }
+
+    /// Extents in the DRAM index.
+    pub fn index_extents(&self) -> usize {
+        self.s.index.extents()
+    }
+
+    /// DRAM the index holds (it grows with what is cached, not the base's size).
+    pub fn index_dram_bytes(&self) -> u64 {
+        self.s.index.dram_bytes()
+    }
+
+    /// True when nothing is dirty: every journalled key has been written back
+    /// and no open kset holds a dirty key.
+    pub fn is_clean(&self) -> bool {
+        let head = self.journal.head();
+        let dirty_in_open = self.journal.holds_dirty();
+        self.journal.tails().dirty.seq == head.seq && !dirty_in_open
+    }
 }
 
 fn new_nonce() -> u64 {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use once_cell::sync::Lazy;
 
-use crate::cache::{BaseIdentity, Cache, Config};
+use crate::cache::Cache;
+use crate::config::{BaseIdentity, Config};
 use crate::format::{SEG_PAYLOAD_OFF, SEG_START};
 use crate::membase::MemBase;
 use crate::pmem::{Media, MemMedia};

@@ -15,7 +15,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::cache::{geometry, BaseIdentity, Cache, Config, Opened};
+use crate::cache::{Cache, Opened};
+use crate::config::{BaseIdentity, Config};
 use crate::error::{Error, Result};
 use crate::format::{
     self, CacheInfo, KeyRecord, LogPos, Record, Superblock, CACHE_INFO_OFF, DIRTY_TAIL_OFF, KEY_TAIL_OFF,
@@ -162,7 +163,7 @@ pub fn inspect(media: Arc<dyn Media>, opts: InspectOptions) -> Result<Inspection
     ins.key_tail = record(&*media, &mut ins, "key_tail", KEY_TAIL_OFF, REC_KEY_TAIL)?.map(|r| LogPos::from_body(&r));
     ins.dirty_tail =
         record(&*media, &mut ins, "dirty_tail", DIRTY_TAIL_OFF, REC_DIRTY_TAIL)?.map(|r| LogPos::from_body(&r));
-    let geo = geometry(&sb);
+    let geo = Geometry::of(&sb);
     for seg in 0..geo.seg_count {
         let name = format!("segment {seg} metadata");
         let offs = geo.meta_offs(seg);
@@ -271,7 +272,7 @@ fn record(media: &dyn Media, ins: &mut Inspection, name: &str, offs: [u64; 2], k
 /// The key-set chain and every key: the walk replay does ([`visit_log`]),
 /// counting, and checking data CRCs when asked.
 fn walk(media: &Arc<dyn Media>, sb: &Superblock, ins: &mut Inspection, opts: InspectOptions) -> Result<()> {
-    let geo = geometry(sb);
+    let geo = Geometry::of(sb);
     let segs = match SegmentTable::load(&**media, geo, 0) {
         Ok(s) => s,
         Err(e) => {

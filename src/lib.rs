@@ -9,6 +9,10 @@
 //! - [`segment`]: space allocation and reclaim; [`index`]: the sharded DRAM index
 //! - [`keylog`]: the key log of ksets; [`tails`]: key_tail and dirty_tail
 //! - [`replay`]: rebuilding state at open
+//! - [`cache`]: the `Cache` composed of the components below, and every call a host makes;
+//!   [`config`]: how it opens; [`shared`]: the parts every component reads
+//! - [`journal`]: open ksets, the key log and its tails; [`heads`]: per-worker data heads;
+//!   [`settings`]: the persisted GC threshold and cache mode
 //! - [`request`]: write, read, fill, flush; [`batch`]: batched writes; [`writeback`]; [`gc`]
 //! - [`bypass`]: large sequential writes straight to the base
 //! - [`mode`]: cache modes (writeback, writethrough, writearound, passthrough)
@@ -45,8 +49,8 @@ macro_rules! public_with_internals {
     )*};
 }
 public_with_internals!(
-    batch, bypass, cache, drain, gc, index, iov, keylog, mode, replay, replica, request, segment, spinlock, stats,
-    tails, writeback
+    batch, bypass, cache, config, drain, gc, heads, index, iov, journal, keylog, mode, replay, replica, request,
+    segment, settings, shared, spinlock, stats, tails, writeback
 );
 #[cfg(not(feature = "internals"))]
 mod batch;
@@ -55,13 +59,19 @@ mod bypass;
 #[cfg(not(feature = "internals"))]
 mod cache;
 #[cfg(not(feature = "internals"))]
+mod config;
+#[cfg(not(feature = "internals"))]
 mod drain;
 #[cfg(not(feature = "internals"))]
 mod gc;
 #[cfg(not(feature = "internals"))]
+mod heads;
+#[cfg(not(feature = "internals"))]
 mod index;
 #[cfg(not(feature = "internals"))]
 mod iov;
+#[cfg(not(feature = "internals"))]
+mod journal;
 #[cfg(not(feature = "internals"))]
 mod keylog;
 #[cfg(not(feature = "internals"))]
@@ -75,6 +85,10 @@ mod request;
 #[cfg(not(feature = "internals"))]
 mod segment;
 #[cfg(not(feature = "internals"))]
+mod settings;
+#[cfg(not(feature = "internals"))]
+mod shared;
+#[cfg(not(feature = "internals"))]
 mod spinlock;
 #[cfg(not(feature = "internals"))]
 mod stats;
@@ -86,7 +100,8 @@ mod writeback;
 pub use base::{BaseDevice, FileBase};
 pub use batch::WriteReq;
 pub use bypass::Bypass;
-pub use cache::{sb_uuid, BaseIdentity, Cache, Config, Opened};
+pub use cache::{Cache, Opened, Tick};
+pub use config::{sb_uuid, BaseIdentity, Config};
 pub use drain::{DrainMeter, DrainRates};
 pub use error::{Error, Result};
 #[cfg(feature = "internals")]
@@ -96,44 +111,3 @@ pub use replay::ReplayReport;
 pub use request::{Miss, WriteOutcome};
 pub use stats::Stats;
 pub use writeback::{Pacer, WbProgress};
-
-/// What a host poller tick did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tick {
-    pub ksets_sealed: usize,
-    pub writeback_advanced: bool,
-    pub writeback_busy: bool,
-    pub gc_ksets: usize,
-}
-
-impl Tick {
-    pub fn did_work(&self) -> bool {
-        self.ksets_sealed > 0 || self.writeback_advanced || self.gc_ksets > 0
-    }
-}
-
-impl Cache {
-    /// One round of background work: kset timer, writeback, GC.
-    pub fn background_step(&self, base: &dyn BaseDevice) -> Result<Tick> {
-        self.round(base, true)
-    }
-
-    /// The same round with writeback paced as a host paces it for a front end
-    /// that is busy or not (see [`Cache::writeback_pace`]).
-    pub fn background_step_paced(&self, base: &dyn BaseDevice, pacer: &mut Pacer, front_busy: bool) -> Result<Tick> {
-        let write_back = pacer.ready(self, front_busy, false);
-        self.round(base, write_back)
-    }
-
-    fn round(&self, base: &dyn BaseDevice, write_back: bool) -> Result<Tick> {
-        let ksets_sealed = self.flush_expired_ksets()?;
-        let wb = if write_back { self.writeback_step(base)? } else { WbProgress::Idle };
-        let gc_ksets = self.gc_step()?;
-        Ok(Tick {
-            ksets_sealed,
-            writeback_advanced: wb == WbProgress::Advanced,
-            writeback_busy: wb == WbProgress::Busy,
-            gc_ksets,
-        })
-    }
-}

@@ -4,11 +4,12 @@
 //!   writeback puts it on the base later, paced to absorb overwrites.
 //! - **writethrough**: a write goes into the cache and completes only once
 //!   writeback has put it on the base and flushed the base
-//!   ([`Cache::through_ticket`], [`Cache::written_back`]); what is cached is
-//!   then clean. Reads are cached.
+//!   ([`crate::Cache::through_ticket`], [`crate::Cache::written_back`]);
+//!   what is cached is then clean. Reads are cached.
 //! - **writearound**: a write goes straight to the base, past the cache, when
-//!   the guarantee allows it ([`Cache::begin_around`]: no cached data over its
-//!   range, every earlier epoch on the base, no GC pass; see bypass.rs), so
+//!   the guarantee allows it ([`crate::Cache::begin_around`]: no cached data
+//!   over its range, every earlier epoch on the base, no GC pass; see
+//!   bypass.rs), so
 //!   writes do not take cache space. Otherwise (it overwrites cached data, or
 //!   dirty data of an earlier epoch is still being written back) it updates
 //!   the cache as in writethrough and completes once written back: the
@@ -19,18 +20,14 @@
 //!
 //! In every mode but writeback, writeback runs unpaced, so what is dirty
 //! leaves the cache as fast as the base takes it. Leaving writeback writes
-//! back everything that was dirty ([`Cache::mode_transition`] says while),
-//! and new writes follow the new mode at once. The mode is kept in the
+//! back everything that was dirty ([`crate::Cache::mode_transition`] says
+//! while), and new writes follow the new mode at once. The mode is kept in the
 //! cache-info record (doc/format.md), so it survives a restart.
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::Ordering;
 
-use crate::bypass::Bypass;
-use crate::cache::{lock, Cache};
 use crate::error::{Error, Result};
-use crate::format::CacheInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(u8)]
@@ -90,73 +87,6 @@ impl FromStr for CacheMode {
                 "cache_mode '{s}' is not one of writeback, writethrough, writearound, passthrough"
             ))
         })
-    }
-}
-
-impl Cache {
-    pub fn cache_mode(&self) -> CacheMode {
-        CacheMode::from_u8(self.mode.load(Ordering::Relaxed)).unwrap_or_default()
-    }
-
-    /// Switches the mode of a live cache and persists it. Leaving writeback
-    /// journals what is open and writes back everything dirty up to there.
-    pub fn set_cache_mode(&self, mode: CacheMode) -> Result<()> {
-        let mut info = lock(&self.info);
-        let old = self.cache_mode();
-        if old == mode {
-            return Ok(());
-        }
-        let rec = CacheInfo { gc_percent: self.gc_percent(), mode: mode as u8 };
-        info.store(&*self.media, |r| rec.to_body(r))?;
-        self.mode.store(mode as u8, Ordering::Relaxed);
-        drop(info);
-        if mode == CacheMode::Writeback {
-            self.leaving_until.store(0, Ordering::Relaxed);
-        } else if old == CacheMode::Writeback {
-            let until = self.journal_open()?;
-            self.leaving_until.store(until, Ordering::Relaxed);
-        }
-        log::info!("cache mode {old} -> {mode}");
-        Ok(())
-    }
-
-    /// True while what was dirty when the cache left writeback is still
-    /// being written back.
-    pub fn mode_transition(&self) -> bool {
-        let until = self.leaving_until.load(Ordering::Relaxed);
-        until != 0 && lock(&self.tails).dirty.seq < until
-    }
-
-    /// In writearound and passthrough: registers a write of `[off, off+len)`
-    /// to go straight to the base, if the guarantee allows it (see bypass.rs);
-    /// None: it goes into the cache and completes once written back.
-    pub fn begin_around(&self, off: u64, len: u64) -> Option<Bypass> {
-        if !self.cache_mode().writes_around() || self.check_io(off, len).is_err() {
-            return None;
-        }
-        self.register_bypass(off, len, false)
-    }
-
-    /// For a write that has just gone into the cache and must not complete
-    /// before it is on the base (every mode but writeback): journals the open
-    /// ksets and returns the ticket to pass to [`Cache::written_back`].
-    pub fn through_ticket(&self) -> Result<u64> {
-        self.journal_open()
-    }
-
-    /// Whether writeback has put on the base, and flushed there, everything
-    /// journalled before `ticket` was taken.
-    pub fn written_back(&self, ticket: u64) -> bool {
-        lock(&self.tails).dirty.seq >= ticket
-    }
-
-    /// Journals every open kset (no FLUSH mark: this ends no epoch) and
-    /// returns the log head's sequence after them.
-    fn journal_open(&self) -> Result<u64> {
-        for k in &self.ksets {
-            self.seal(&mut k.lock())?;
-        }
-        Ok(lock(&self.log).head.seq)
     }
 }
 

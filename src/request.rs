@@ -10,15 +10,14 @@
 //! keeps GC from reclaiming the segment mid-copy.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
-use crate::cache::{lock, Cache, DataHead, OpenKset};
 use crate::error::{Error, Result};
-use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC, KEY_FLAG_DIRTY, KEY_FLAG_ZERO, KSET_MAX_KEYS, SECTOR};
+use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC, KEY_FLAG_DIRTY, KEY_FLAG_ZERO};
+use crate::heads::DataHeads;
 use crate::index::{Extent, Index, KsetTag, PieceCrc, Subtree};
 use crate::iov;
-use crate::segment::Use;
+use crate::journal::{Journal, OpenKset};
+use crate::shared::Shared;
 use crate::spinlock::SpinGuard;
 use crate::stats::HeadCounters;
 
@@ -28,7 +27,7 @@ pub enum WriteOutcome {
     /// All bytes are in the cache.
     Done,
     /// The cache is full: the first `written` bytes are in; resubmit the rest
-    /// once space is freed (see [`Cache::set_space_notifier`]).
+    /// once space is freed (see [`crate::Cache::set_space_notifier`]).
     Deferred { written: u64 },
 }
 
@@ -39,7 +38,7 @@ struct KeySlot<'a> {
 }
 
 /// A range a read did not find in the cache. Read it from the base device,
-/// then optionally hand it to [`Cache::fill`].
+/// then optionally hand it to [`crate::Cache::fill`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Miss {
     /// Absolute base-device offset.
@@ -50,60 +49,56 @@ pub struct Miss {
     version: u64,
 }
 
-impl Cache {
-    pub(crate) fn check_io(&self, offset: u64, len: u64) -> Result<()> {
-        if offset % SECTOR != 0 || len % SECTOR != 0 {
-            return Err(Error::InvalidArgument(format!("I/O at {offset} of {len} bytes is not 512-byte aligned")));
-        }
-        match offset.checked_add(len) {
-            Some(end) if end <= self.sb.base_size => Ok(()),
-            _ => Err(Error::InvalidArgument(format!(
-                "I/O at {offset} of {len} bytes goes beyond the base device ({} bytes)",
-                self.sb.base_size
-            ))),
-        }
-    }
+/// What the I/O paths touch: the shared parts, the journal and the data
+/// heads. `Cache` hands one out per request.
+#[derive(Clone, Copy)]
+pub(crate) struct Front<'a> {
+    pub s: &'a Shared,
+    pub journal: &'a Journal,
+    pub heads: &'a DataHeads,
+}
 
+impl<'a> Front<'a> {
     /// Writes `data` at base offset `offset` into the cache (dirty).
     pub fn write(&self, worker: usize, offset: u64, data: &[IoSlice]) -> Result<WriteOutcome> {
         let total = iov::total_len(data);
-        self.check_io(offset, total)?;
-        let h = &self.heads[worker % self.heads.len()];
+        self.s.check_io(offset, total)?;
+        let h = self.heads.of(worker);
         let mut head = h.data.lock();
         let mut done = 0u64;
         while done < total {
             let off = offset + done;
             let want = Index::piece_len(off, total - done) as u32;
-            let Some((seg, seg_off, got)) = self.alloc_data(&mut head, want)? else {
+            let Some((seg, seg_off, got)) = DataHeads::alloc(self.s, &mut head, want)? else {
                 return Ok(self.deferred(done));
             };
             // Lock and prepare first, copy second: see prepare_slot.
-            let kset = worker % self.ksets.len();
+            let kset = worker % self.journal.kset_count();
             let slot = match self.key_slot(off, got, kset) {
                 Ok(s) => s,
                 Err(Error::NoSpace(_)) => {
-                    self.segs.note_short();
+                    self.s.segs.note_short();
                     return Ok(self.deferred(done));
                 }
                 Err(e) => return Err(e),
             };
-            self.counters.local().add(|c| &c.dirty_bytes, got as u64);
+            self.s.counters.local().add(|c| &c.dirty_bytes, got as u64);
             let key = self.data_key(off, seg, seg_off, got, data, done);
-            let copied = iov::gather_to_media(&*self.media, self.geo.addr(seg, seg_off), data, done, got as u64);
+            let copied = iov::gather_to_media(&*self.s.media, self.s.geo.addr(seg, seg_off), data, done, got as u64);
             let mut slot = match copied.and_then(|_| self.settle_overlaps(slot, &key)) {
                 Ok(s) => s,
                 Err(e) => {
                     // The key never went in; its space stays unused.
-                    self.counters.local().sub(|c| &c.dirty_bytes, got as u64);
+                    self.s.counters.local().sub(|c| &c.dirty_bytes, got as u64);
                     if let Error::NoSpace(_) = e {
-                        self.segs.note_short();
+                        self.s.segs.note_short();
                         return Ok(self.deferred(done));
                     }
                     return Err(e);
                 }
             };
             self.commit_key(&mut slot, key);
-            self.media.fence();
+            self.s.media.fence();
             drop(slot);
             head.spare_refs -= 1;
             done += got as u64;
@@ -116,16 +111,16 @@ impl Cache {
     /// The key of a dirty piece: `len` bytes from byte `at` of `data`, stored
     /// at `seg`/`seg_off`, for base offset `off`.
     pub(crate) fn data_key(&self, off: u64, seg: u32, seg_off: u32, len: u32, data: &[IoSlice], at: u64) -> KeyRecord {
-        let crc = if self.data_crc() { iov::crc_of(data, at, len as u64) } else { 0 };
-        let flags = if self.data_crc() { KEY_FLAG_DIRTY | KEY_FLAG_CRC } else { KEY_FLAG_DIRTY };
-        KeyRecord { off, len, flags, seg, seg_off, gen: self.segs.gen(seg), data_crc: crc }
+        let crc = if self.s.data_crc() { iov::crc_of(data, at, len as u64) } else { 0 };
+        let flags = if self.s.data_crc() { KEY_FLAG_DIRTY | KEY_FLAG_CRC } else { KEY_FLAG_DIRTY };
+        KeyRecord { off, len, flags, seg, seg_off, gen: self.s.segs.gen(seg), data_crc: crc }
     }
 
     /// Makes `[offset, offset+len)` read as zeros (WRITE_ZEROES and UNMAP):
     /// journals zero keys, one per subtree piece, that writeback turns into
     /// write_zeroes on the base. Takes no data space.
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<WriteOutcome> {
-        self.check_io(offset, len)?;
+        self.s.check_io(offset, len)?;
         let mut done = 0u64;
         while done < len {
             let off = offset + done;
@@ -140,11 +135,11 @@ impl Cache {
                 data_crc: 0,
             };
             // No worker here: any kset will do (see settle_overlaps).
-            let kset = Index::subtree_of(off) % self.ksets.len();
+            let kset = Index::subtree_of(off) % self.journal.kset_count();
             match self.insert_key(key, None, kset) {
                 Ok(_) => {}
                 Err(Error::NoSpace(_)) => {
-                    self.segs.note_short();
+                    self.s.segs.note_short();
                     return Ok(self.deferred(done));
                 }
                 Err(e) => return Err(e),
@@ -156,47 +151,8 @@ impl Cache {
 
     /// A write that found no space after its first `written` bytes.
     pub(crate) fn deferred(&self, written: u64) -> WriteOutcome {
-        self.counters.local().add(|c| &c.deferred_writes, 1);
+        self.s.counters.local().add(|c| &c.deferred_writes, 1);
         WriteOutcome::Deferred { written }
-    }
-
-    /// Convenience for a single contiguous buffer.
-    pub fn write_buf(&self, worker: usize, offset: u64, data: &[u8]) -> Result<WriteOutcome> {
-        self.write(worker, offset, &[IoSlice::new(data)])
-    }
-
-    /// Takes up to `want` bytes from the worker's data head (never crossing a
-    /// segment). None when no segment can be had: the caller defers.
-    pub(crate) fn alloc_data(&self, head: &mut DataHead, want: u32) -> Result<Option<(u32, u32, u32)>> {
-        loop {
-            if let Some(seg) = head.seg {
-                let room = self.geo.payload() - head.off;
-                if room >= SECTOR as u32 {
-                    let got = want.min(room);
-                    let at = head.off;
-                    head.off += got;
-                    return Ok(Some((seg, at, got)));
-                }
-                head.seg = None;
-                self.segs.put_n(&*self.media, seg, 1 + std::mem::take(&mut head.spare_refs))?;
-            }
-            match self.segs.alloc(Use::Data) {
-                Some(seg) => {
-                    self.segs.note_relieved();
-                    // One reference for every key this segment can hold (each
-                    // takes at least a sector): see DataHead::spare_refs.
-                    let keys = self.geo.payload() / SECTOR as u32;
-                    self.segs.get_n(seg, keys);
-                    head.seg = Some(seg);
-                    head.off = 0;
-                    head.spare_refs = keys;
-                }
-                None => {
-                    self.segs.note_short();
-                    return Ok(None);
-                }
-            }
-        }
     }
 
     /// Enters a key whose data is durable (a fill, a zero key, a batched
@@ -204,14 +160,14 @@ impl Cache {
     /// only if the subtree has not changed since (read fills). Returns whether
     /// the key went in.
     pub(crate) fn insert_key(&self, key: KeyRecord, expect_version: Option<u64>, kset: usize) -> Result<bool> {
-        let t = self.index.lock(Index::subtree_of(key.off));
+        let t = self.s.index.lock(Index::subtree_of(key.off));
         if expect_version.is_some_and(|v| v != t.version) {
             return Ok(false);
         }
         if t.bypassing(key.off, key.off + key.len as u64) {
             return Err(bypass_busy());
         }
-        let slot = self.prepare_slot(t, self.ksets[kset].lock())?;
+        let slot = self.prepare_slot(t, self.journal.kset(kset))?;
         let mut slot = self.settle_overlaps(slot, &key)?;
         if key.is_zero() && covered_by_open_zero_key(&slot.ks.keys, &key) {
             // The newest key over this range, not yet journalled, already
@@ -219,7 +175,7 @@ impl Cache {
             return Ok(true);
         }
         if key.is_dirty() {
-            self.counters.local().add(|c| &c.dirty_bytes, key.len as u64);
+            self.s.counters.local().add(|c| &c.dirty_bytes, key.len as u64);
         }
         self.commit_key(&mut slot, key);
         Ok(true)
@@ -227,12 +183,12 @@ impl Cache {
 
     /// Locks the subtree of a key at `off` and open kset `kset`, and prepares
     /// the kset (see prepare_slot). The caller counts the key's dirty bytes.
-    fn key_slot(&self, off: u64, len: u32, kset: usize) -> Result<KeySlot<'_>> {
-        let t = self.index.lock(Index::subtree_of(off));
+    fn key_slot(&self, off: u64, len: u32, kset: usize) -> Result<KeySlot<'a>> {
+        let t = self.s.index.lock(Index::subtree_of(off));
         if t.bypassing(off, off + len as u64) {
             return Err(bypass_busy());
         }
-        self.prepare_slot(t, self.ksets[kset].lock())
+        self.prepare_slot(t, self.journal.kset(kset))
     }
 
     /// Makes the slot's kset the only open kset holding keys over `key`'s
@@ -247,7 +203,7 @@ impl Cache {
     /// let go while others are sealed (kset locks are taken one at a time) and
     /// prepared again. A write calls this after its data copy, when the
     /// subtree's lines it reads are wanted anyway (see prepare_slot).
-    fn settle_overlaps<'a>(&'a self, slot: KeySlot<'a>, key: &KeyRecord) -> Result<KeySlot<'a>> {
+    fn settle_overlaps(&self, slot: KeySlot<'a>, key: &KeyRecord) -> Result<KeySlot<'a>> {
         let mine = slot.ks.id;
         let mut open: Vec<KsetTag> = Vec::new();
         slot.t.walk(
@@ -255,11 +211,7 @@ impl Cache {
             key.off + key.len as u64,
             |_, e, _, _| {
                 let k = e.kset();
-                if k != KsetTag::NONE
-                    && k.id != mine
-                    && self.kset_epochs[k.id as usize].load(Ordering::Acquire) == k.epoch
-                    && !open.contains(&k)
-                {
+                if k.id != mine && self.journal.is_open(k) && !open.contains(&k) {
                     open.push(k);
                 }
             },
@@ -271,116 +223,54 @@ impl Cache {
         let KeySlot { t, ks } = slot;
         drop(ks);
         for k in open {
-            let mut other = self.ksets[k.id as usize].lock();
+            let mut other = self.journal.kset(k.id as usize);
             // Journalled meanwhile if the epoch moved on.
             if other.epoch == k.epoch {
-                self.seal(&mut other)?;
+                self.journal.seal(self.s, &mut other)?;
             }
         }
-        self.prepare_slot(t, self.ksets[mine as usize].lock())
+        self.prepare_slot(t, self.journal.kset(mine as usize))
     }
 
     /// Everything a key's insertion needs that takes an atomic instruction —
-    /// sealing a full kset, starting the kset timer — so that
-    /// [`Cache::commit_key`] is plain stores. A write runs this before its
-    /// data copy, and looks at the index after it: measured side by side,
+    /// sealing a full kset, starting the kset timer (Journal::prepare) — so
+    /// that [`Front::commit_key`] is plain stores. A write runs this before
+    /// its data copy, and looks at the index after it: measured side by side,
     /// taking the index's cache misses before the copy, or the atomics after
     /// it, both cost more than this order.
-    fn prepare_slot<'a>(&self, t: SpinGuard<'a, Subtree>, mut ks: SpinGuard<'a, OpenKset>) -> Result<KeySlot<'a>> {
-        if ks.keys.len() >= KSET_MAX_KEYS {
-            self.seal(&mut ks)?;
-        }
-        if ks.since.is_none() {
-            let now = Instant::now();
-            ks.since = Some(now);
-            self.kset_due.fetch_min(self.due_nanos(now), Ordering::AcqRel);
-        }
+    fn prepare_slot(&self, t: SpinGuard<'a, Subtree>, mut ks: SpinGuard<'a, OpenKset>) -> Result<KeySlot<'a>> {
+        self.journal.prepare(self.s, &mut ks)?;
         Ok(KeySlot { t, ks })
     }
 
     /// Enters the key in the index and the open kset of a prepared slot.
     fn commit_key(&self, slot: &mut KeySlot, key: KeyRecord) {
         let e = Extent::of_key(&key, KsetTag { id: slot.ks.id, epoch: slot.ks.epoch });
-        let pieces = PieceCrc::new(&*self.media, &self.geo);
+        let pieces = PieceCrc::new(&*self.s.media, &self.s.geo);
         let recrc = |whole: &Extent, piece: &Extent| pieces.crc(whole, piece);
-        slot.t.insert(key.off, e, if self.data_crc() { Some(&recrc) } else { None });
+        slot.t.insert(key.off, e, if self.s.data_crc() { Some(&recrc) } else { None });
         slot.ks.keys.push(key);
-    }
-
-    /// Journals an open kset.
-    pub(crate) fn seal(&self, ks: &mut OpenKset) -> Result<()> {
-        if ks.keys.is_empty() {
-            ks.since = None;
-            return Ok(());
-        }
-        lock(&self.log).append(&*self.media, &self.segs, &ks.keys)?;
-        ks.keys.clear();
-        ks.since = None;
-        ks.epoch = ks.epoch.wrapping_add(1);
-        self.kset_epochs[ks.id as usize].store(ks.epoch, Ordering::Release);
-        self.counters.local().add(|c| &c.kset_flushes, 1);
-        Ok(())
     }
 
     /// Makes every write completed so far durable (FLUSH, and FUA after a write).
     pub fn flush(&self) -> Result<()> {
-        for k in &self.ksets {
-            self.seal(&mut k.lock())?;
-        }
-        // Ends the epoch: writeback keeps the base from holding later writes
-        // without all of these.
-        lock(&self.log).mark_flush(&*self.media, &self.segs)?;
-        self.counters.local().add(|c| &c.flush_ops, 1);
+        self.journal.flush(self.s)?;
+        self.s.counters.local().add(|c| &c.flush_ops, 1);
         Ok(())
-    }
-
-    /// Journals open ksets older than the flush interval (or all of them when
-    /// writes wait for space). Returns how many were sealed.
-    pub fn flush_expired_ksets(&self) -> Result<usize> {
-        let all = self.segs.is_short();
-        if !all {
-            // Nothing falls due yet: no need to look at the ksets.
-            let due = self.kset_due.load(Ordering::Acquire);
-            if due == u64::MAX || self.nanos(Instant::now()) < due {
-                return Ok(0);
-            }
-        }
-        // Reset first: a kset opened from now on lowers it again itself, and
-        // every kset still open is looked at below and lowers it too.
-        self.kset_due.store(u64::MAX, Ordering::SeqCst);
-        let mut n = 0;
-        for k in &self.ksets {
-            let mut ks = k.lock();
-            let due = match ks.since {
-                Some(t) => all || t.elapsed() >= self.kset_interval,
-                None => false,
-            };
-            if due {
-                if let Err(e) = self.seal(&mut ks) {
-                    // Look again at the next tick.
-                    self.kset_due.store(0, Ordering::SeqCst);
-                    return Err(e);
-                }
-                n += 1;
-            } else if let Some(t) = ks.since {
-                self.kset_due.fetch_min(self.due_nanos(t), Ordering::AcqRel);
-            }
-        }
-        Ok(n)
     }
 
     /// Reads `[offset, offset+len(bufs))`: cached bytes are copied into `bufs`;
     /// the ranges returned are not cached and must be read from the base device.
     pub fn read(&self, offset: u64, bufs: &mut [IoSliceMut]) -> Result<Vec<Miss>> {
         let total = iov::total_len_mut(bufs);
-        self.check_io(offset, total)?;
+        self.s.check_io(offset, total)?;
         let mut misses = Vec::new();
         let mut pos = 0u64;
         let mut hit_bytes = 0u64;
         while pos < total {
             let off = offset + pos;
             let chunk = Index::piece_len(off, total - pos);
-            let t = self.index.lock(Index::subtree_of(off));
+            let t = self.s.index.lock(Index::subtree_of(off));
             let version = t.version;
             let mut result = Ok(());
             t.walk(
@@ -398,7 +288,7 @@ impl Cache {
             result?;
             pos += chunk;
         }
-        let c = self.counters.local();
+        let c = self.s.counters.local();
         c.add(|s| &s.read_hit_bytes, hit_bytes);
         c.add(|s| &s.read_miss_bytes, total - hit_bytes);
         c.add(|s| if misses.is_empty() { &s.read_hit_ops } else { &s.read_miss_ops }, 1);
@@ -410,47 +300,42 @@ impl Cache {
             iov::zero(bufs, at, n as u64);
             return Ok(());
         }
-        if e.gen != self.segs.gen(e.seg) as u32 {
+        if e.gen != self.s.segs.gen(e.seg) as u32 {
             // Unreachable by construction; never return data from a reused segment.
             return Err(Error::corrupt("index", format!("stale extent at offset {off}")));
         }
-        let src = self.geo.addr(e.seg, e.seg_off);
-        if self.data_crc() {
+        let src = self.s.geo.addr(e.seg, e.seg_off);
+        if self.s.data_crc() {
             let mut whole = vec![0u8; e.len as usize];
-            self.media.read(src, &mut whole)?;
+            self.s.media.read(src, &mut whole)?;
             if data_crc(&[&whole]) != e.crc {
-                self.counters.local().add(|c| &c.data_crc_errors, 1);
+                self.s.counters.local().add(|c| &c.data_crc_errors, 1);
                 return Err(Error::DataCrc { offset: off - skip as u64, len: e.len as u64 });
             }
             iov::scatter_from_slice(&whole[skip as usize..(skip + n) as usize], bufs, at);
             Ok(())
         } else {
-            iov::scatter_from_media(&*self.media, src + skip as u64, bufs, at, n as u64)
+            iov::scatter_from_media(&*self.s.media, src + skip as u64, bufs, at, n as u64)
         }
-    }
-
-    /// Counts a read miss the base device failed (hosts fail the read).
-    pub fn note_base_read_error(&self) {
-        self.counters.local().add(|c| &c.base_read_errors, 1);
     }
 
     /// Caches data just read from the base device for a miss, unless the range
     /// changed since the read. Returns whether anything was cached.
     pub fn fill(&self, worker: usize, miss: &Miss, data: &[u8]) -> Result<bool> {
-        if !self.read_cache || !self.cache_mode().caches_reads() || data.len() as u64 != miss.len {
+        if data.len() as u64 != miss.len {
             return Ok(false);
         }
-        if self.index.lock(Index::subtree_of(miss.off)).version != miss.version {
+        if self.s.index.lock(Index::subtree_of(miss.off)).version != miss.version {
             return Ok(false);
         }
-        let mut head = self.heads[worker % self.heads.len()].data.lock();
-        let Some((seg, seg_off, got)) = self.alloc_data(&mut head, miss.len as u32)? else { return Ok(false) };
+        let mut head = self.heads.of(worker).data.lock();
+        let Some((seg, seg_off, got)) = DataHeads::alloc(self.s, &mut head, miss.len as u32)? else { return Ok(false) };
         let piece = &data[..got as usize];
-        self.media.write(self.geo.addr(seg, seg_off), piece)?;
-        self.media.fence();
-        let (flags, crc) = if self.data_crc() { (KEY_FLAG_CRC, data_crc(&[piece])) } else { (0, 0) };
-        let key = KeyRecord { off: miss.off, len: got, flags, seg, seg_off, gen: self.segs.gen(seg), data_crc: crc };
-        let inserted = match self.insert_key(key, Some(miss.version), worker % self.ksets.len()) {
+        self.s.media.write(self.s.geo.addr(seg, seg_off), piece)?;
+        self.s.media.fence();
+        let (flags, crc) = if self.s.data_crc() { (KEY_FLAG_CRC, data_crc(&[piece])) } else { (0, 0) };
+        let key = KeyRecord { off: miss.off, len: got, flags, seg, seg_off, gen: self.s.segs.gen(seg), data_crc: crc };
+        let inserted = match self.insert_key(key, Some(miss.version), worker % self.journal.kset_count()) {
             Ok(v) => {
                 if v {
                     head.spare_refs -= 1;
@@ -461,7 +346,7 @@ impl Cache {
             Err(e) => return Err(e),
         };
         if inserted {
-            self.counters.local().add(|c| &c.fill_bytes, got as u64);
+            self.s.counters.local().add(|c| &c.fill_bytes, got as u64);
         }
         Ok(inserted)
     }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::format::{self, REC_SEG_META, SEG_META_OFF, SEG_PAYLOAD_OFF};
+use crate::format::{self, Superblock, REC_SEG_META, SEG_META_OFF, SEG_PAYLOAD_OFF};
 use crate::pmem::Media;
 use crate::replica::Replica;
 
@@ -27,6 +27,10 @@ pub struct Geometry {
 
 impl Geometry {
     /// Bytes of payload (data or ksets) in one segment.
+    /// The layout a superblock records.
+    pub fn of(sb: &Superblock) -> Geometry {
+        Geometry { seg_start: sb.seg_start, seg_size: sb.seg_size as u64, seg_count: sb.seg_count }
+    }
     pub fn payload(&self) -> u32 {
         (self.seg_size - SEG_PAYLOAD_OFF) as u32
     }

@@ -39,3 +39,17 @@ impl spin::RelaxStrategy for Backoff {
         }
     }
 }
+
+/// Keeps a value on cache lines of its own (and off the neighbouring line the
+/// prefetcher pairs with it), so that workers locking different ones do not
+/// move a shared line between cores.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct Padded<T>(pub T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}

@@ -20,20 +20,21 @@
 //!   advanced dirty_tail persisted. A failed write or flush starts the
 //!   batch's writes over (rewriting is idempotent); nothing is dropped.
 //!
-//! The host calls [`Cache::writeback_step`] from a poller; completions may
-//! arrive on any thread and only update counters.
+//! The host calls [`crate::Cache::writeback_step`] from a poller; completions
+//! may arrive on any thread and only update counters.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::base::BaseDevice;
-use crate::cache::{lock, Cache};
 use crate::error::{Error, Result};
 use crate::format::{data_crc, KeyRecord, LogPos, KEY_FLAG_CRC};
 use crate::index::{Index, KsetTag};
+use crate::journal::Journal;
 use crate::keylog::read_kset;
+use crate::shared::{lock, Shared};
 
 /// Bytes of writes in flight to the base at once.
 const WINDOW_BYTES: u64 = 16 << 20;
@@ -55,9 +56,11 @@ pub const DEFAULT_BATCH_BYTES: u64 = 32 << 20;
 pub const WB_FULL_MARGIN: u32 = 10;
 pub const WB_EASY_MARGIN: u32 = 20;
 pub const TRICKLE: Duration = Duration::from_millis(100);
+/// No batch planned yet (see [`Writeback::absorbed_percent`]).
+const ABSORBED_UNKNOWN: u32 = u32::MAX;
 
 #[derive(Default)]
-pub(crate) struct Inflight {
+struct Inflight {
     pending: AtomicUsize,
     bytes: AtomicU64,
     failed: AtomicBool,
@@ -65,7 +68,7 @@ pub(crate) struct Inflight {
 
 /// Where a piece of a batch's data comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Src {
+enum Src {
     /// Zeros (a zero key).
     Zero,
     /// `key`'s data from byte `skip` of it on.
@@ -74,14 +77,14 @@ pub(crate) enum Src {
 
 /// A piece of the base to write: `len` bytes from `src`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Piece {
+struct Piece {
     len: u32,
     src: Src,
 }
 
 /// Ksets taken from the log for one round of writeback.
 #[derive(Default)]
-pub(crate) struct Batch {
+struct Batch {
     /// Where the batch starts (dirty_tail) and the position after its last kset.
     start: LogPos,
     end: LogPos,
@@ -97,7 +100,7 @@ pub(crate) struct Batch {
 }
 
 /// Consecutive pieces merged into one base write.
-pub(crate) struct Run {
+struct Run {
     off: u64,
     len: u64,
     zero: bool,
@@ -105,7 +108,7 @@ pub(crate) struct Run {
 }
 
 #[derive(Default)]
-pub(crate) enum WbState {
+enum WbState {
     #[default]
     Idle,
     Collecting(Batch),
@@ -138,62 +141,78 @@ pub enum WbProgress {
     Advanced,
 }
 
-impl Cache {
-    /// How long a host should leave between writeback steps while its front
-    /// end is busy; None: no wait (step whenever the poller runs).
-    ///
-    /// Dirty data left in the cache is what absorbs overwrites: the longer a
-    /// key waits, the likelier a later key makes writing it unnecessary, and
-    /// every base write costs the host CPU time the front end could use. So
-    /// under a busy front end writeback trickles, one step per TRICKLE, until
-    /// dirty data fills gc_percent - WB_EASY_MARGIN percent of the cache; the
-    /// wait then shrinks in proportion, to zero at gc_percent - WB_FULL_MARGIN,
-    /// leaving GC written-back segments to reclaim before writes run out of
-    /// room. No wait when the front end is idle, when writes wait for space or
-    /// when `flush_waits` (someone waits for everything to reach the base),
-    /// nor in a mode where writes complete only once written back (mode.rs).
-    pub fn writeback_pace(&self, front_busy: bool, flush_waits: bool) -> Option<Duration> {
-        if !front_busy || flush_waits || self.under_pressure() || !self.cache_mode().completes_in_cache() {
-            return None;
-        }
-        pace(self.dirty_percent(), self.gc_percent() as u32)
-    }
+/// Writeback's state: the batch in progress, the cap of the next one, and
+/// how much of recent batches later keys had overwritten.
+pub(crate) struct Writeback {
+    state: Mutex<WbState>,
+    batch_bytes: AtomicU64,
+    /// Share of the dirty bytes of recent batches that later keys had
+    /// overwritten, in percent (a moving average), or ABSORBED_UNKNOWN
+    /// before the first batch.
+    absorbed_pct: AtomicU32,
+}
 
-    /// Dirty bytes as a percentage of the cache's data capacity.
-    pub fn dirty_percent(&self) -> u32 {
-        let cap = self.geo.seg_count as u64 * self.geo.payload() as u64;
-        (self.counters.total(|c| &c.dirty_bytes).min(cap) * 100 / cap.max(1)) as u32
+/// Dirty bytes as a percentage of the cache's data capacity.
+pub(crate) fn dirty_percent(s: &Shared) -> u32 {
+    let cap = s.geo.seg_count as u64 * s.geo.payload() as u64;
+    (s.counters.total(|c| &c.dirty_bytes).min(cap) * 100 / cap.max(1)) as u32
+}
+
+impl Writeback {
+    pub fn new(batch_bytes: u64) -> Self {
+        Writeback {
+            state: Mutex::default(),
+            batch_bytes: AtomicU64::new(batch_bytes),
+            absorbed_pct: AtomicU32::new(ABSORBED_UNKNOWN),
+        }
     }
 
     /// The cap of a batch's dirty bytes. Any cap no larger than one kset's
     /// data makes every kset a batch of its own.
-    pub fn writeback_batch_bytes(&self) -> u64 {
-        self.wb_batch_bytes.load(Ordering::Relaxed)
+    pub fn batch_bytes(&self) -> u64 {
+        self.batch_bytes.load(Ordering::Relaxed)
     }
 
-    pub fn set_writeback_batch_bytes(&self, bytes: u64) {
-        self.wb_batch_bytes.store(bytes, Ordering::Relaxed);
+    pub fn set_batch_bytes(&self, bytes: u64) {
+        self.batch_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The share (percent) of recent batches' dirty bytes that later keys
+    /// had overwritten; None before the first batch.
+    pub fn absorbed_percent(&self) -> Option<u32> {
+        let p = self.absorbed_pct.load(Ordering::Relaxed);
+        (p != ABSORBED_UNKNOWN).then_some(p)
+    }
+
+    /// Records a planned batch: of its `dirty` bytes, `written` go to the
+    /// base, the rest were overwritten.
+    fn note_absorbed(&self, dirty: u64, written: u64) {
+        let Some(pct) = (dirty.saturating_sub(written) * 100).checked_div(dirty) else { return };
+        let pct = pct as u32;
+        let old = self.absorbed_pct.load(Ordering::Relaxed);
+        let avg = if old == ABSORBED_UNKNOWN { pct } else { (old * 3 + pct) / 4 };
+        self.absorbed_pct.store(avg, Ordering::Relaxed);
     }
 
     /// Advances writeback by one step; never blocks.
-    pub fn writeback_step(&self, base: &dyn BaseDevice) -> Result<WbProgress> {
-        let mut st = lock(&self.wb);
+    pub fn step(&self, s: &Shared, journal: &Journal, base: &dyn BaseDevice) -> Result<WbProgress> {
+        let mut st = lock(&self.state);
         match std::mem::take(&mut *st) {
             WbState::Idle => {
-                let pos = lock(&self.tails).dirty;
-                if pos.seq >= lock(&self.log).head.seq {
+                let pos = journal.tails().dirty;
+                if pos.seq >= journal.head().seq {
                     return Ok(WbProgress::Idle);
                 }
                 *st = WbState::Collecting(Batch { start: pos, end: pos, ..Batch::default() });
                 Ok(WbProgress::Busy)
             }
             WbState::Collecting(mut batch) => {
-                self.collect(&mut batch)?;
+                self.collect(s, journal, &mut batch)?;
                 if !batch.done_reading {
                     *st = WbState::Collecting(batch);
                     return Ok(WbProgress::Busy);
                 }
-                let runs = self.plan(&mut batch);
+                let runs = self.plan(s, journal, &mut batch);
                 *st = WbState::Writing { batch, runs, next: 0, io: Arc::default() };
                 Ok(WbProgress::Busy)
             }
@@ -204,7 +223,7 @@ impl Cache {
                         return Ok(WbProgress::Busy);
                     }
                     // Start the batch's writes over; rewriting is idempotent.
-                    self.counters.local().add(|c| &c.writeback_errors, 1);
+                    s.counters.local().add(|c| &c.writeback_errors, 1);
                     *st = WbState::Writing { batch, runs, next: 0, io: Arc::default() };
                     return Ok(WbProgress::Busy);
                 }
@@ -214,7 +233,7 @@ impl Cache {
                     && next - first < STEP_RUNS
                     && io.bytes.load(Ordering::Acquire) < WINDOW_BYTES
                 {
-                    if let Err(e) = self.submit_run(base, &runs[next], &io) {
+                    if let Err(e) = submit_run(s, base, &runs[next], &io) {
                         *st = WbState::Abandoning(io);
                         return Err(e);
                     }
@@ -227,10 +246,10 @@ impl Cache {
                 }
                 if runs.is_empty() {
                     // Nothing reached the base: nothing to make durable.
-                    return self.finish(batch).map(|()| WbProgress::Advanced);
+                    return finish(s, journal, batch).map(|()| WbProgress::Advanced);
                 }
                 let io = Arc::new(Inflight { pending: AtomicUsize::new(1), ..Inflight::default() });
-                self.counters.local().add(|c| &c.base_flushes, 1);
+                s.counters.local().add(|c| &c.base_flushes, 1);
                 base.flush(completion(io.clone(), 0));
                 *st = WbState::Flushing { batch, runs, io };
                 Ok(WbProgress::Busy)
@@ -248,27 +267,27 @@ impl Cache {
                 }
                 if io.failed.load(Ordering::Acquire) {
                     // The device may have dropped what it held: write it all again.
-                    self.counters.local().add(|c| &c.writeback_errors, 1);
+                    s.counters.local().add(|c| &c.writeback_errors, 1);
                     *st = WbState::Writing { batch, runs, next: 0, io: Arc::default() };
                     return Ok(WbProgress::Busy);
                 }
-                self.finish(batch).map(|()| WbProgress::Advanced)
+                finish(s, journal, batch).map(|()| WbProgress::Advanced)
             }
         }
     }
 
     /// Reads up to KSETS_PER_STEP more ksets into `batch`, up to the end of an
     /// epoch, the cap, or the log head.
-    fn collect(&self, batch: &mut Batch) -> Result<()> {
-        let head = lock(&self.log).head;
-        let cap = self.writeback_batch_bytes();
+    fn collect(&self, s: &Shared, journal: &Journal, batch: &mut Batch) -> Result<()> {
+        let head = journal.head();
+        let cap = self.batch_bytes();
         for _ in 0..KSETS_PER_STEP {
             let pos = batch.end;
             if pos.seq >= head.seq {
                 batch.done_reading = true;
                 return Ok(());
             }
-            let k = read_kset(&*self.media, &self.segs, self.sb.nonce, pos)?
+            let k = read_kset(&*s.media, &s.segs, s.sb.nonce, pos)?
                 .ok_or_else(|| Error::corrupt("key log", format!("no kset at seq {} for writeback", pos.seq)))?;
             if k.hdr.ends_epoch() && !k.hdr.is_flush() && batch.ksets > 0 {
                 // A kset from before epochs were marked is a batch of its own.
@@ -276,7 +295,7 @@ impl Cache {
                 return Ok(());
             }
             for key in k.keys {
-                if !key.is_dirty() || (!key.is_zero() && key.gen != self.segs.gen(key.seg)) {
+                if !key.is_dirty() || (!key.is_zero() && key.gen != s.segs.gen(key.seg)) {
                     continue;
                 }
                 batch.keys += 1;
@@ -302,19 +321,19 @@ impl Cache {
     /// Drops the bytes later journalled keys of the same epoch overwrote
     /// (when the batch is in the open epoch), then merges what is left into
     /// runs in base order.
-    fn plan(&self, batch: &mut Batch) -> Vec<Run> {
-        if self.replayed_open_epoch.contains(&batch.start.seq) {
-            batch.pieces = self.drop_overwritten(&batch.pieces, true);
+    fn plan(&self, s: &Shared, journal: &Journal, batch: &mut Batch) -> Vec<Run> {
+        if journal.replayed_open_epoch().contains(&batch.start.seq) {
+            batch.pieces = drop_overwritten(s, journal, &batch.pieces, true);
         } else if !batch.epoch_end {
-            let kept = self.drop_overwritten(&batch.pieces, false);
+            let kept = drop_overwritten(s, journal, &batch.pieces, false);
             // Decided only now: any FLUSH mark written meanwhile at or after
             // the batch's start puts the overwriting keys in a later epoch.
-            if lock(&self.log).last_mark() < batch.start.seq {
+            if journal.last_mark() < batch.start.seq {
                 batch.pieces = kept;
             }
         }
         let written: u64 = batch.pieces.values().map(|p| p.len as u64).sum();
-        self.counters.local().add(|c| &c.writeback_skipped_bytes, batch.dirty.saturating_sub(written));
+        s.counters.local().add(|c| &c.writeback_skipped_bytes, batch.dirty.saturating_sub(written));
         self.note_absorbed(batch.dirty, written);
         let mut runs: Vec<Run> = Vec::new();
         for (&off, p) in &batch.pieces {
@@ -329,137 +348,118 @@ impl Cache {
         }
         runs
     }
+}
 
-    /// The pieces with every byte removed whose newest value, per the index,
-    /// comes from a journalled key other than the piece's own (with
-    /// `replayed_only`, from a key of the replayed log).
-    fn drop_overwritten(&self, pieces: &BTreeMap<u64, Piece>, replayed_only: bool) -> BTreeMap<u64, Piece> {
-        let mut kept = BTreeMap::new();
-        for (&off, p) in pieces {
-            let Src::Key { key, skip } = p.src else {
-                kept.insert(off, *p);
-                continue;
-            };
-            let end = off + p.len as u64;
-            let keep: std::cell::RefCell<Vec<(u64, u64)>> = Default::default();
-            let push = |from: u64, to: u64| {
-                let mut k = keep.borrow_mut();
-                match k.last_mut() {
-                    Some(last) if last.1 == from => last.1 = to,
-                    _ => k.push((from, to)),
-                }
-            };
-            let mut at = off;
-            while at < end {
-                let n = Index::piece_len(at, end - at);
-                let t = self.index.lock(Index::subtree_of(at));
-                t.walk(
-                    at,
-                    at + n,
-                    |o, e, eskip, len| {
-                        let mine = !e.is_zero()
-                            && e.seg == key.seg
-                            && e.gen == key.gen as u32
-                            && e.seg_off as u64 + eskip as u64 == key.seg_off as u64 + skip as u64 + (o - off);
-                        let tag = e.kset();
-                        let replayed = tag == KsetTag::NONE;
-                        let journalled =
-                            replayed || self.kset_epochs[tag.id as usize].load(Ordering::Acquire) != tag.epoch;
-                        if mine || !journalled || (replayed_only && !replayed) {
-                            push(o, o + len as u64);
-                        }
-                    },
-                    |o, len| push(o, o + len),
-                );
-                drop(t);
-                at += n;
-            }
-            for (from, to) in keep.into_inner() {
-                let src = Src::Key { key, skip: skip + (from - off) as u32 };
-                kept.insert(from, Piece { len: (to - from) as u32, src });
-            }
-        }
-        kept
-    }
-
-    fn submit_run(&self, base: &dyn BaseDevice, run: &Run, io: &Arc<Inflight>) -> Result<()> {
-        io.pending.fetch_add(1, Ordering::AcqRel);
-        io.bytes.fetch_add(run.len, Ordering::AcqRel);
-        self.counters.local().add(|c| &c.base_writes, 1);
-        if run.zero {
-            base.write_zeroes(run.off, run.len, completion(io.clone(), run.len));
-            return Ok(());
-        }
-        // The data goes straight from pmem into the base's write buffer.
-        let mut fill = |buf: &mut [u8]| {
-            let mut at = 0usize;
-            for &(len, src) in &run.parts {
-                let Src::Key { key, skip } = src else { unreachable!("a data run holds only key pieces") };
-                self.read_checked(&key, skip, &mut buf[at..at + len as usize])?;
-                at += len as usize;
-            }
-            Ok(())
+/// The pieces with every byte removed whose newest value, per the index,
+/// comes from a journalled key other than the piece's own (with
+/// `replayed_only`, from a key of the replayed log).
+fn drop_overwritten(
+    s: &Shared,
+    journal: &Journal,
+    pieces: &BTreeMap<u64, Piece>,
+    replayed_only: bool,
+) -> BTreeMap<u64, Piece> {
+    let mut kept = BTreeMap::new();
+    for (&off, p) in pieces {
+        let Src::Key { key, skip } = p.src else {
+            kept.insert(off, *p);
+            continue;
         };
-        let r = base.write_from(run.off, run.len as usize, &mut fill, completion(io.clone(), run.len));
-        if r.is_err() {
-            io.pending.fetch_sub(1, Ordering::AcqRel);
-            io.bytes.fetch_sub(run.len, Ordering::AcqRel);
-        }
-        r
-    }
-
-    /// Reads bytes `skip..skip+dst.len()` of `key`'s data, checking the
-    /// key's data CRC (over the whole key) when it has one.
-    fn read_checked(&self, key: &KeyRecord, skip: u32, dst: &mut [u8]) -> Result<()> {
-        if key.flags & KEY_FLAG_CRC == 0 {
-            return self.media.read(self.geo.addr(key.seg, key.seg_off + skip), dst);
-        }
-        let mut whole = vec![0u8; key.len as usize];
-        self.media.read(self.geo.addr(key.seg, key.seg_off), &mut whole)?;
-        if data_crc(&[&whole]) != key.data_crc {
-            self.counters.local().add(|c| &c.data_crc_errors, 1);
-            return Err(Error::DataCrc { offset: key.off, len: key.len as u64 });
-        }
-        dst.copy_from_slice(&whole[skip as usize..skip as usize + dst.len()]);
-        Ok(())
-    }
-
-    /// Persists dirty_tail past a batch whose writes are durable on the base.
-    fn finish(&self, batch: Batch) -> Result<()> {
-        lock(&self.tails).set_dirty(&*self.media, batch.end)?;
-        let c = self.counters.local();
-        c.sub(|s| &s.dirty_bytes, batch.dirty);
-        c.add(|s| &s.writeback_bytes, batch.dirty);
-        c.add(|s| &s.writeback_ksets, batch.ksets);
-        c.add(|s| &s.writeback_batches, 1);
-        if batch.epoch_end {
-            c.add(|s| &s.writeback_epochs, 1);
-        }
-        Ok(())
-    }
-
-    /// Journals open ksets, then drives writeback until every dirty byte is on
-    /// the base device. For tools and tests, with a base that completes inline
-    /// or on other threads.
-    pub fn writeback_all(&self, base: &dyn BaseDevice) -> Result<()> {
-        self.flush()?;
-        let mut idle_spins = 0u32;
-        loop {
-            match self.writeback_step(base)? {
-                WbProgress::Idle => return Ok(()),
-                WbProgress::Advanced => idle_spins = 0,
-                WbProgress::Busy => {
-                    idle_spins += 1;
-                    if idle_spins > 1000 {
-                        std::thread::yield_now();
-                    }
-                    if self.counters.total(|c| &c.writeback_errors) > 0 && idle_spins > 1_000_000 {
-                        return Err(Error::Io("writeback keeps failing".into()));
-                    }
-                }
+        let end = off + p.len as u64;
+        let keep: std::cell::RefCell<Vec<(u64, u64)>> = Default::default();
+        let push = |from: u64, to: u64| {
+            let mut k = keep.borrow_mut();
+            match k.last_mut() {
+                Some(last) if last.1 == from => last.1 = to,
+                _ => k.push((from, to)),
             }
+        };
+        let mut at = off;
+        while at < end {
+            let n = Index::piece_len(at, end - at);
+            let t = s.index.lock(Index::subtree_of(at));
+            t.walk(
+                at,
+                at + n,
+                |o, e, eskip, len| {
+                    let mine = !e.is_zero()
+                        && e.seg == key.seg
+                        && e.gen == key.gen as u32
+                        && e.seg_off as u64 + eskip as u64 == key.seg_off as u64 + skip as u64 + (o - off);
+                    let tag = e.kset();
+                    let replayed = tag == KsetTag::NONE;
+                    let journalled = !journal.is_open(tag);
+                    if mine || !journalled || (replayed_only && !replayed) {
+                        push(o, o + len as u64);
+                    }
+                },
+                |o, len| push(o, o + len),
+            );
+            drop(t);
+            at += n;
+        }
+        for (from, to) in keep.into_inner() {
+            let src = Src::Key { key, skip: skip + (from - off) as u32 };
+            kept.insert(from, Piece { len: (to - from) as u32, src });
         }
     }
+    kept
+}
+
+fn submit_run(s: &Shared, base: &dyn BaseDevice, run: &Run, io: &Arc<Inflight>) -> Result<()> {
+    io.pending.fetch_add(1, Ordering::AcqRel);
+    io.bytes.fetch_add(run.len, Ordering::AcqRel);
+    s.counters.local().add(|c| &c.base_writes, 1);
+    if run.zero {
+        base.write_zeroes(run.off, run.len, completion(io.clone(), run.len));
+        return Ok(());
+    }
+    // The data goes straight from pmem into the base's write buffer.
+    let mut fill = |buf: &mut [u8]| {
+        let mut at = 0usize;
+        for &(len, src) in &run.parts {
+            let Src::Key { key, skip } = src else { unreachable!("a data run holds only key pieces") };
+            read_checked(s, &key, skip, &mut buf[at..at + len as usize])?;
+            at += len as usize;
+        }
+        Ok(())
+    };
+    let r = base.write_from(run.off, run.len as usize, &mut fill, completion(io.clone(), run.len));
+    if r.is_err() {
+        io.pending.fetch_sub(1, Ordering::AcqRel);
+        io.bytes.fetch_sub(run.len, Ordering::AcqRel);
+    }
+    r
+}
+
+/// Reads bytes `skip..skip+dst.len()` of `key`'s data, checking the
+/// key's data CRC (over the whole key) when it has one.
+fn read_checked(s: &Shared, key: &KeyRecord, skip: u32, dst: &mut [u8]) -> Result<()> {
+    if key.flags & KEY_FLAG_CRC == 0 {
+        return s.media.read(s.geo.addr(key.seg, key.seg_off + skip), dst);
+    }
+    let mut whole = vec![0u8; key.len as usize];
+    s.media.read(s.geo.addr(key.seg, key.seg_off), &mut whole)?;
+    if data_crc(&[&whole]) != key.data_crc {
+        s.counters.local().add(|c| &c.data_crc_errors, 1);
+        return Err(Error::DataCrc { offset: key.off, len: key.len as u64 });
+    }
+    dst.copy_from_slice(&whole[skip as usize..skip as usize + dst.len()]);
+    Ok(())
+}
+
+/// Persists dirty_tail past a batch whose writes are durable on the base.
+fn finish(s: &Shared, journal: &Journal, batch: Batch) -> Result<()> {
+    journal.tails().set_dirty(&*s.media, batch.end)?;
+    let c = s.counters.local();
+    c.sub(|s| &s.dirty_bytes, batch.dirty);
+    c.add(|s| &s.writeback_bytes, batch.dirty);
+    c.add(|s| &s.writeback_ksets, batch.ksets);
+    c.add(|s| &s.writeback_batches, 1);
+    if batch.epoch_end {
+        c.add(|s| &s.writeback_epochs, 1);
+    }
+    Ok(())
 }
 
 /// Enters `p` at `off`, cutting away what it overlaps of earlier pieces.
@@ -504,17 +504,19 @@ fn completion(io: Arc<Inflight>, bytes: u64) -> crate::base::Done {
     })
 }
 
-/// Remembers when writeback last stepped, to apply [`Cache::writeback_pace`].
+/// Remembers when writeback last stepped, to apply
+/// [`crate::Cache::writeback_pace`].
 #[derive(Debug, Default)]
 pub struct Pacer {
     last: Option<Instant>,
 }
 
 impl Pacer {
-    /// Whether a host's poller should take a writeback step now (and if so,
-    /// notes that it does).
-    pub fn ready(&mut self, cache: &Cache, front_busy: bool, flush_waits: bool) -> bool {
-        if let Some(wait) = cache.writeback_pace(front_busy, flush_waits) {
+    /// Whether a host's poller should take a writeback step now, given the
+    /// wait [`crate::Cache::writeback_pace`] asks for (and if so, notes that
+    /// it does).
+    pub fn ready(&mut self, pace: Option<Duration>) -> bool {
+        if let Some(wait) = pace {
             if self.last.is_some_and(|t| t.elapsed() < wait) {
                 return false;
             }
@@ -525,8 +527,8 @@ impl Pacer {
 }
 
 /// The wait between writeback steps under a busy front end with `dirty`
-/// percent of the cache dirty (see [`Cache::writeback_pace`]).
-fn pace(dirty: u32, gc: u32) -> Option<Duration> {
+/// percent of the cache dirty (see [`crate::Cache::writeback_pace`]).
+pub(crate) fn pace(dirty: u32, gc: u32) -> Option<Duration> {
     let full = gc.saturating_sub(WB_FULL_MARGIN);
     let easy = gc.saturating_sub(WB_EASY_MARGIN);
     if dirty >= full {

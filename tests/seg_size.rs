@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use pcache::cache::auto_seg_size;
+use pcache::config::auto_seg_size;
 use pcache::format::{DEFAULT_SEG_SIZE, MIN_SEG_SIZE, SEG_START};
 use pcache::pmem::{Media, MemMedia};
 use pcache::{Cache, Error};

@@ -25,7 +25,8 @@ use super::json::Writer;
 use super::pcache_io;
 use super::pmem_bdev::{self, errno_str};
 use super::pollers::{Background, FlushDone};
-use crate::cache::{BaseIdentity, Cache, Config, Opened};
+use crate::cache::{Cache, Opened};
+use crate::config::{BaseIdentity, Config};
 use crate::pmem::{Media, PmemFile};
 
 /// What a pcache was created with; kept for save_config and for pcaches

@@ -187,7 +187,7 @@ unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
         let busy_front = ops != bg.last_ops;
         bg.last_ops = ops;
         let flush_waits = !bg.flush_waiters.is_empty();
-        if !bg.pacer.ready(c, busy_front, flush_waits) {
+        if !bg.pacer.ready(c.writeback_pace(busy_front, flush_waits)) {
             return rc(false);
         }
         let step = node.cache.writeback_step(&bg.base);
