@@ -23,7 +23,7 @@ if ! cargo mutants --version >/dev/null 2>&1; then
 fi
 files=("$@")
 [[ ${#files[@]} -eq 0 ]] && files=(src/writeback.rs src/replay.rs src/keylog.rs src/tails.rs src/replica.rs
-  src/batch.rs src/request.rs src/gc.rs src/segment.rs)
+  src/write.rs src/read.rs src/journal.rs src/heads.rs src/gc.rs src/segment.rs)
 args=()
 for f in "${files[@]}"; do args+=(--file "$f"); done
 start=$SECONDS

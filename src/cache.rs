@@ -4,7 +4,7 @@
 //! (open ksets, key log, tails: journal.rs), the data heads (heads.rs),
 //! writeback (writeback.rs), GC (gc.rs), bypass (bypass.rs) and the
 //! cache-info settings (settings.rs) — over the parts they share (shared.rs).
-//! The I/O paths (request.rs, batch.rs) run over a [`Front`] view of them.
+//! The I/O paths (write.rs, read.rs) run over a [`Front`] view of them.
 //! This file is where the components meet: every method a host calls is
 //! here, and decides which components take part.
 
@@ -16,7 +16,6 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::base::BaseDevice;
-use crate::batch::{self, WriteReq};
 use crate::bypass::{self, Bypass, Bypasses};
 use crate::config::{check_identity, check_workers, kset_count, log_reserve, sb_uuid, validate_config, Config};
 use crate::error::{Error, Result};
@@ -31,14 +30,15 @@ use crate::journal::Journal;
 use crate::keylog::KeyLog;
 use crate::mode::CacheMode;
 use crate::pmem::Media;
+use crate::read::{self, Miss};
 use crate::replay::{replay, ReplayReport};
 use crate::replica::Replica;
-use crate::request::{Front, Miss, WriteOutcome};
 use crate::segment::{Geometry, SegmentTable};
 use crate::settings::Settings;
 use crate::shared::Shared;
 use crate::stats::{Counters, Stats};
 use crate::tails::Tails;
+use crate::write::{Front, WriteOutcome, WriteReq};
 use crate::writeback::{self, Pacer, WbProgress, Writeback};
 
 /// What open() did.
@@ -220,7 +220,7 @@ impl Cache {
     }
 }
 
-// The I/O paths (request.rs, batch.rs).
+// The I/O paths (write.rs, read.rs).
 impl Cache {
     fn front(&self) -> Front<'_> {
         Front { s: &self.s, journal: &self.journal, heads: &self.heads }
@@ -242,7 +242,7 @@ impl Cache {
     /// ones after it defer too, whole: the caller resubmits them when space
     /// is freed, as it does a single deferred write.
     pub fn write_batch(&self, worker: usize, reqs: &[WriteReq], out: &mut Vec<Result<WriteOutcome>>) {
-        batch::write_batch(&self.front(), worker, reqs, out)
+        self.front().write_batch(worker, reqs, out)
     }
 
     /// Makes `[offset, offset+len)` read as zeros (WRITE_ZEROES and UNMAP):
@@ -255,7 +255,7 @@ impl Cache {
     /// Reads `[offset, offset+len(bufs))`: cached bytes are copied into `bufs`;
     /// the ranges returned are not cached and must be read from the base device.
     pub fn read(&self, offset: u64, bufs: &mut [IoSliceMut]) -> Result<Vec<Miss>> {
-        self.front().read(offset, bufs)
+        read::read(&self.s, offset, bufs)
     }
 
     /// Caches data just read from the base device for a miss, unless the range
@@ -265,7 +265,7 @@ impl Cache {
         if !self.read_cache || !self.cache_mode().caches_reads() {
             return Ok(false);
         }
-        self.front().fill(worker, miss, data)
+        read::fill(&self.front(), worker, miss, data)
     }
 
     /// Counts a read miss the base device failed (hosts fail the read).

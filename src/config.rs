@@ -141,7 +141,7 @@ pub const DEFAULT_GC_PERCENT: u8 = 70;
 /// Open ksets: one per worker, at least this many. A write's key goes into
 /// its worker's kset, so workers do not share one; a key overlapping a key
 /// still open in another kset first has that kset journalled (see
-/// request.rs), so overlapping writes replay in the order they completed.
+/// write.rs), so overlapping writes replay in the order they completed.
 pub const MIN_KSETS: usize = 16;
 /// Kset ids are a byte in the index (index::KsetTag).
 pub const MAX_WORKERS: usize = 254;

@@ -22,7 +22,7 @@ pub(crate) struct DataHead {
     /// returned with the head's own when the head leaves the segment.
     pub spare_refs: u32,
     /// A batch's pieces copied into this head's space, waiting for their keys
-    /// (kept to reuse the allocation; see batch.rs).
+    /// (kept to reuse the allocation; see write.rs).
     pub staged: Vec<Staged>,
 }
 

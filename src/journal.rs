@@ -1,10 +1,10 @@
 //! The journal: open ksets, the key log they are sealed into, and its tails.
 //!
-//! A key goes into its worker's open kset (request.rs); a kset is sealed —
+//! A key goes into its worker's open kset (write.rs); a kset is sealed —
 //! appended to the key log and fenced — when it is full, when it has been
 //! open for the flush interval (the kset timer), when a FLUSH journals every
 //! open kset, or when a key from another kset overlaps one of its keys
-//! (request.rs, settle_overlaps). Each kset's epoch counts its seals, so an
+//! (write.rs, settle_overlaps). Each kset's epoch counts its seals, so an
 //! index extent tagged with a kset and epoch tells whether its key is still
 //! open. The tails (key_tail, moved by GC; dirty_tail, moved by writeback)
 //! are the log's other end.
@@ -119,7 +119,7 @@ impl Journal {
 
     /// Readies an open kset for one more key: seals it if full and starts its
     /// timer if it was empty. Takes the atomics a key's insertion needs, so
-    /// that entering the key is plain stores (see request.rs, prepare_slot).
+    /// that entering the key is plain stores (see write.rs, prepare_slot).
     #[inline]
     pub fn prepare(&self, s: &Shared, ks: &mut OpenKset) -> Result<()> {
         if ks.keys.len() >= KSET_MAX_KEYS {

@@ -13,7 +13,8 @@
 //!   [`config`]: how it opens; [`shared`]: the parts every component reads
 //! - [`journal`]: open ksets, the key log and its tails; [`heads`]: per-worker data heads;
 //!   [`settings`]: the persisted GC threshold and cache mode
-//! - [`request`]: write, read, fill, flush; [`batch`]: batched writes; [`writeback`]; [`gc`]
+//! - [`write`]: writes (a single write is a batch of one), zero keys, FLUSH; [`read`]: reads and
+//!   read fills; [`writeback`]; [`gc`]
 //! - [`bypass`]: large sequential writes straight to the base
 //! - [`mode`]: cache modes (writeback, writethrough, writearound, passthrough)
 //! - [`drain`]: writeback rates and the time left to drain
@@ -49,11 +50,9 @@ macro_rules! public_with_internals {
     )*};
 }
 public_with_internals!(
-    batch, bypass, cache, config, drain, gc, heads, index, iov, journal, keylog, mode, replay, replica, request,
-    segment, settings, shared, spinlock, stats, tails, writeback
+    bypass, cache, config, drain, gc, heads, index, iov, journal, keylog, mode, read, replay, replica, segment,
+    settings, shared, spinlock, stats, tails, write, writeback
 );
-#[cfg(not(feature = "internals"))]
-mod batch;
 #[cfg(not(feature = "internals"))]
 mod bypass;
 #[cfg(not(feature = "internals"))]
@@ -77,11 +76,11 @@ mod keylog;
 #[cfg(not(feature = "internals"))]
 mod mode;
 #[cfg(not(feature = "internals"))]
+mod read;
+#[cfg(not(feature = "internals"))]
 mod replay;
 #[cfg(not(feature = "internals"))]
 mod replica;
-#[cfg(not(feature = "internals"))]
-mod request;
 #[cfg(not(feature = "internals"))]
 mod segment;
 #[cfg(not(feature = "internals"))]
@@ -95,10 +94,11 @@ mod stats;
 #[cfg(not(feature = "internals"))]
 mod tails;
 #[cfg(not(feature = "internals"))]
+mod write;
+#[cfg(not(feature = "internals"))]
 mod writeback;
 
 pub use base::{BaseDevice, FileBase};
-pub use batch::WriteReq;
 pub use bypass::Bypass;
 pub use cache::{Cache, Opened, Tick};
 pub use config::{sb_uuid, BaseIdentity, Config};
@@ -107,7 +107,8 @@ pub use error::{Error, Result};
 #[cfg(feature = "internals")]
 pub use membase::{Faults, MemBase};
 pub use mode::CacheMode;
+pub use read::Miss;
 pub use replay::ReplayReport;
-pub use request::{Miss, WriteOutcome};
 pub use stats::Stats;
+pub use write::{WriteOutcome, WriteReq};
 pub use writeback::{Pacer, WbProgress};

@@ -7,7 +7,7 @@
 //! Writes are staged on the channel and handed to the engine together
 //! (Cache::write_batch) once per reactor iteration, by a poller: the engine
 //! then copies them back to back, and their pmem drains overlap instead of
-//! each write waiting for the one before it (see batch.rs). Any other I/O
+//! each write waiting for the one before it (see write.rs). Any other I/O
 //! first writes what is staged, so a channel serves I/O in submission order.
 
 use std::collections::VecDeque;
