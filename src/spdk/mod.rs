@@ -26,6 +26,7 @@ mod claim;
 mod ffi;
 mod json;
 mod log;
+mod node;
 mod pcache_bdev;
 mod pcache_io;
 mod pmem_bdev;

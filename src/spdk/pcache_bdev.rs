@@ -12,7 +12,7 @@
 //!   names (so a hand-written config that lists the pmem bdev before the base
 //!   is safe too).
 
-use std::ffi::{c_int, c_void, CString};
+use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -20,105 +20,15 @@ use spdk_sys as sys;
 
 use super::base_io::SpdkBase;
 use super::claim::{self, Claimed};
-use super::ffi::{cstring, guard, str_of, Ptr};
+use super::ffi::{self, cstring, guard, str_of, Ptr};
 use super::json::Writer;
+use super::node::{Claims, CreateOpts, PcacheNode};
 use super::pcache_io;
 use super::pmem_bdev::{self, errno_str};
 use super::pollers::{Background, FlushDone};
 use crate::cache::{Cache, Opened};
 use crate::config::{BaseIdentity, Config};
 use crate::pmem::{Media, PmemFile};
-
-/// What a pcache was created with; kept for save_config and for pcaches
-/// waiting for their bdevs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CreateOpts {
-    pub name: String,
-    pub cache_bdev: String,
-    pub base_bdev: String,
-    pub data_crc: Option<bool>,
-    pub gc_percent: Option<u8>,
-    pub writeback_batch_bytes: Option<u64>,
-    pub seq_cutoff_bytes: Option<u64>,
-    /// None keeps the mode the device holds (writeback on a new one).
-    pub cache_mode: Option<crate::CacheMode>,
-    /// The pcache bdev's UUID (recorded at format; must match after).
-    pub uuid: Option<uuid::Uuid>,
-    /// Segment size for a new format (None: the engine picks; must match after).
-    pub seg_size: Option<u64>,
-    pub force_format: bool,
-}
-
-impl CreateOpts {
-    /// The pcache's name and its two bdevs, as every JSON view of it starts.
-    pub fn write_names(&self, w: &mut Writer) {
-        w.named_str("name", &self.name);
-        w.named_str("cache_bdev", &self.cache_bdev);
-        w.named_str("base_bdev", &self.base_bdev);
-    }
-}
-
-/// One registered pcache. Boxed and never moved: SPDK holds pointers to it
-/// (as the bdev's ctxt and as the io_device).
-pub struct PcacheNode {
-    bdev: sys::spdk_bdev,
-    name: CString,
-    pub opts: CreateOpts,
-    pub cache: Arc<Cache>,
-    _media: Arc<PmemFile>,
-    /// The base bdev's descriptor (owned by `claims`), for the I/O path.
-    pub base_desc: *mut sys::spdk_bdev_desc,
-    /// Whether the base takes FLUSH (writes that bypassed the cache need one).
-    pub base_can_flush: bool,
-    /// The claimed cache and base bdevs; given back once the node is drained.
-    claims: Option<Claims>,
-    bg: Mutex<Option<Background>>,
-    /// Set once unregistering starts: deferred writes are failed, not retried.
-    pub removing: AtomicBool,
-}
-
-// SAFETY: the raw SPDK handles are used only on the creating thread (descriptors, pollers)
-// or are thread-safe by SPDK's contract (getting channels from a descriptor);
-// everything else is Sync Rust.
-unsafe impl Send for PcacheNode {}
-// SAFETY: as above.
-unsafe impl Sync for PcacheNode {}
-
-impl PcacheNode {
-    pub fn name(&self) -> &str {
-        self.opts.name.as_str()
-    }
-
-    /// The background state; present from creation until the node is drained.
-    pub fn bg(&self) -> BgGuard<'_> {
-        BgGuard(self.bg.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Writeback rates (zero once the background state is gone).
-    pub fn drain_rates(&self) -> crate::DrainRates {
-        self.bg.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|b| b.drain.rates()).unwrap_or_default()
-    }
-
-    /// Flushes (flush RPCs, deletes with flush) waiting for writeback.
-    pub fn flushes_waiting(&self) -> usize {
-        self.bg.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |b| b.flushes_waiting())
-    }
-}
-
-pub struct BgGuard<'a>(MutexGuard<'a, Option<Background>>);
-
-impl std::ops::Deref for BgGuard<'_> {
-    type Target = Background;
-    fn deref(&self) -> &Background {
-        self.0.as_ref().expect("background state lives until the node is drained")
-    }
-}
-
-impl std::ops::DerefMut for BgGuard<'_> {
-    fn deref_mut(&mut self) -> &mut Background {
-        self.0.as_mut().expect("background state lives until the node is drained")
-    }
-}
 
 struct Registry {
     /// Every configured pcache, created or waiting for its bdevs.
@@ -349,7 +259,7 @@ pub fn delete(name: &str, done: Box<dyn FnOnce(i32)>) {
 /// dirty now is on its base, flushed, or with the error that stopped it.
 /// None (and `make_done` not called) when there is no such pcache.
 pub fn flush(name: &str, make_done: impl FnOnce() -> FlushDone) -> Option<()> {
-    let ended = with_node(name, |n| n.bg().add_flush_waiter(make_done(), &n.cache, name))?;
+    let ended = with_node(name, |n| n.bg.add_flush_waiter(make_done()))?;
     ended.tell();
     Some(())
 }
@@ -383,14 +293,24 @@ pub fn set_options(name: &str, o: LiveOptions) -> Option<Result<(), String>> {
 }
 
 /// Runs `f` on the live pcache `name`.
-pub fn with_node<T>(name: &str, f: impl FnOnce(&PcacheNode) -> T) -> Option<T> {
+fn with_node<T>(name: &str, f: impl FnOnce(&PcacheNode) -> T) -> Option<T> {
     let p = registry().node(name)?;
     // SAFETY: nodes are removed from the registry (on this thread) before they are freed.
     Some(f(unsafe { &*p.0 }))
 }
 
+/// Whether a pcache named `name` is configured (online or not).
+pub fn is_configured(name: &str) -> bool {
+    registry().configs.iter().any(|c| c.name == name)
+}
+
+/// Whether the pcache named `name` is online (its bdev registered).
+pub fn is_online(name: &str) -> bool {
+    registry().node(name).is_some()
+}
+
 /// Where a configured pcache stands.
-pub enum State {
+enum State {
     Online(Ptr<PcacheNode>),
     /// Waiting for bdevs that do not exist yet; the bdevs already held.
     Waiting {
@@ -402,7 +322,7 @@ pub enum State {
 }
 
 /// Every configured pcache and where it stands.
-pub fn list() -> Vec<(CreateOpts, State)> {
+fn list() -> Vec<(CreateOpts, State)> {
     let r = registry();
     let held = claim::held_names();
     r.configs
@@ -424,10 +344,33 @@ pub fn list() -> Vec<(CreateOpts, State)> {
         .collect()
 }
 
-/// The two claimed bdevs of a pcache.
-struct Claims {
-    cache: Claimed,
-    base: Claimed,
+/// bdev_pcache_get_stats: an array with every configured pcache (or the one
+/// named `name`), with its state and, online, its statistics.
+pub fn stats(name: Option<&str>, w: &mut Writer) {
+    w.array_begin();
+    for (c, state) in list().iter().filter(|(c, _)| name.is_none_or(|n| n == c.name)) {
+        w.object_begin();
+        match state {
+            State::Online(n) => {
+                w.named_str("state", "online");
+                // SAFETY: listed nodes are registered, hence live, on this thread.
+                write_stats(unsafe { &*n.0 }, w);
+            }
+            State::Waiting { missing, held } => {
+                c.write_names(w);
+                w.named_str("state", "waiting for its bdevs");
+                w.named_array_str("missing", missing);
+                w.named_array_str("held", held);
+            }
+            State::Blocked(why) => {
+                c.write_names(w);
+                w.named_str("state", "blocked");
+                w.named_str("error", why);
+            }
+        }
+        w.object_end();
+    }
+    w.array_end();
 }
 
 /// The bdev `name`, held already or claimed now.
@@ -528,12 +471,13 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     if ch.is_null() {
         return Err((format!("no I/O channel for base_bdev {}", opts.base_bdev), Some(claims)));
     }
+    let cache = Arc::new(cache);
     let node = Box::into_raw(Box::new(PcacheNode {
         // SAFETY: spdk_bdev is a plain C struct; all-zero is its initial state.
         bdev: std::mem::zeroed(),
-        name: cstring(&opts.name),
+        name_c: cstring(&opts.name),
         opts: opts.clone(),
-        cache: Arc::new(cache),
+        cache: cache.clone(),
         _media: media,
         base_desc,
         base_can_flush: sys::spdk_bdev_io_type_supported(
@@ -541,12 +485,12 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
             sys::SPDK_BDEV_IO_TYPE_FLUSH,
         ),
         claims: Some(claims),
-        bg: Mutex::new(Some(Background::new(SpdkBase::new(base_desc, ch)))),
+        bg: Background::new(&opts.name, cache, SpdkBase::new(base_desc, ch)),
         removing: AtomicBool::new(false),
     }));
     let n = &mut *node;
     let b = &mut n.bdev;
-    b.name = n.name.as_ptr() as *mut _;
+    b.name = n.name_c.as_ptr() as *mut _;
     b.product_name = c"pcache".as_ptr() as *mut _;
     b.blocklen = block_size;
     b.blockcnt = blocks;
@@ -559,7 +503,7 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     // Read misses go straight from the base into the caller's buffers.
     b.required_alignment = (*base).required_alignment;
     b.ctxt = node as *mut c_void;
-    b.fn_table = &pcache_io::FN_TABLE;
+    b.fn_table = &FN_TABLE;
     b.module = module();
 
     sys::spdk_io_device_register(
@@ -567,14 +511,14 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
         Some(pcache_io::ch_create),
         Some(pcache_io::ch_destroy),
         std::mem::size_of::<pcache_io::Channel>() as u32,
-        n.name.as_ptr(),
+        n.name_c.as_ptr(),
     );
-    n.bg().start(node);
+    n.bg.start();
     registry().nodes.push(Ptr(node));
     let rc = sys::spdk_bdev_register(&mut n.bdev);
     if rc != 0 {
         registry().nodes.retain(|x| x.0 != node);
-        stop_background(n, "registration failed");
+        n.bg.stop("registration failed");
         // The claims go back to the caller; the node goes with its io_device.
         let claims = n.claims.take();
         sys::spdk_io_device_unregister(node as *mut c_void, Some(free_node));
@@ -586,17 +530,6 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
         c.force_format = false;
     }
     Ok(())
-}
-
-/// Stops the pollers and gives back the background channel.
-unsafe fn stop_background(n: &PcacheNode, why: &str) {
-    let mut guard = n.bg.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(mut bg) = guard.take() {
-        let ended = bg.stop(why);
-        sys::spdk_put_io_channel(bg.base.channel());
-        drop(guard);
-        ended.tell();
-    }
 }
 
 /// SPDK asks pcache to let go of the bdev `bdev` (hot-remove or delete).
@@ -636,19 +569,39 @@ fn bdev_removed(bdev: &str) {
     }
 }
 
+/// The pcache bdev's entry points: I/O goes to pcache_io.rs.
+static FN_TABLE: sys::spdk_bdev_fn_table = sys::spdk_bdev_fn_table {
+    destruct: Some(destruct),
+    submit_request: Some(pcache_io::submit_request),
+    io_type_supported: Some(ffi::block_io_supported),
+    get_io_channel: Some(ffi::get_io_channel),
+    dump_info_json: Some(dump_info_json),
+    ..ffi::NO_BDEV_OPS
+};
+
+unsafe extern "C" fn dump_info_json(ctx: *mut c_void, w: *mut sys::spdk_json_write_ctx) -> c_int {
+    guard(0, || {
+        let node = &*(ctx as *const PcacheNode);
+        let mut w = Writer::new(w);
+        w.named_object_begin("pcache");
+        write_info(node, &node.cache.stats(), &mut w);
+        w.object_end();
+        0
+    })
+}
+
 /// bdev destruct: runs on the creating thread once every descriptor of the
 /// pcache bdev is closed. Waits for writeback I/O in flight, then closes
 /// everything; the node is freed when its io_device is gone.
 ///
 /// # Safety
 /// Called by SPDK only, with the arguments its callback contract gives.
-pub unsafe extern "C" fn destruct(ctx: *mut c_void) -> c_int {
+unsafe extern "C" fn destruct(ctx: *mut c_void) -> c_int {
     guard(0, || {
         let node = ctx as *mut PcacheNode;
         (*node).removing.store(true, Ordering::Release);
         registry().nodes.retain(|n| n.0 != node);
-        let ended = (*node).bg().stop(&format!("{} was deleted before its flush finished", (*node).name()));
-        ended.tell();
+        (*node).bg.halt(&format!("{} was deleted before its flush finished", (*node).name()));
         let p = sys::spdk_poller_register(Some(drain_poll), ctx, 1000);
         DRAIN.lock().unwrap_or_else(|e| e.into_inner()).push((Ptr(node), Ptr(p)));
         1 // Asynchronous: spdk_bdev_destruct_done follows.
@@ -660,7 +613,7 @@ static DRAIN: Mutex<Vec<(Ptr<PcacheNode>, Ptr<sys::spdk_poller>)>> = Mutex::new(
 unsafe extern "C" fn drain_poll(ctx: *mut c_void) -> c_int {
     guard(sys::SPDK_POLLER_IDLE as c_int, || {
         let node = ctx as *mut PcacheNode;
-        if (*node).bg().base.outstanding() > 0 {
+        if (*node).bg.outstanding() > 0 {
             return sys::SPDK_POLLER_IDLE as c_int;
         }
         let mut p = {
@@ -670,7 +623,7 @@ unsafe extern "C" fn drain_poll(ctx: *mut c_void) -> c_int {
         };
         sys::spdk_poller_unregister(&mut p);
         let n = &mut *node;
-        stop_background(n, "deleted");
+        n.bg.stop("deleted");
         // Journal every open key, so nothing acknowledged is lost.
         if let Err(e) = n.cache.flush() {
             log::error!("{}: journalling open keys at delete failed: {e}", n.name());
@@ -850,7 +803,7 @@ fn write_create(w: &mut Writer, c: &CreateOpts) {
 
 /// The driver_specific section of bdev_get_bdevs, and the per-bdev part of
 /// bdev_pcache_get_stats.
-pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
+fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     let sb = n.cache.superblock();
     n.opts.write_names(w);
     w.named_str("uuid", &n.cache.uuid().to_string());
@@ -896,7 +849,7 @@ pub fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     }
 }
 
-pub fn write_stats(n: &PcacheNode, w: &mut Writer) {
+fn write_stats(n: &PcacheNode, w: &mut Writer) {
     let s = n.cache.stats();
     write_info(n, &s, w);
     for (k, v) in s.events() {

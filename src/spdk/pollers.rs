@@ -3,14 +3,14 @@
 //! the base through that thread's own channel ([`SpdkBase`]).
 
 use std::ffi::{c_int, c_void};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use spdk_sys as sys;
 
 use super::base_io::SpdkBase;
 use super::ffi::guard;
-use super::pcache_bdev::PcacheNode;
-use crate::{DrainMeter, Pacer, WbProgress};
+use crate::{Cache, DrainMeter, Pacer, WbProgress};
 
 const KSET_PERIOD_US: u64 = 1000;
 const WRITEBACK_PERIOD_US: u64 = 100;
@@ -32,9 +32,19 @@ impl Ended {
     }
 }
 
-/// The pollers of one pcache and what they share.
+/// The background work of one pcache: the cache its pollers step, and
+/// their state while they run. Lives in the pcache's node, which is never
+/// moved, so the pollers hold a pointer to it.
 pub struct Background {
-    pub base: SpdkBase,
+    name: String,
+    cache: Arc<Cache>,
+    /// Present from start() until stop().
+    state: Mutex<Option<BgState>>,
+}
+
+/// What the pollers of one pcache share.
+struct BgState {
+    base: SpdkBase,
     pollers: Vec<*mut sys::spdk_poller>,
     /// Flushes waiting (bdev_pcache_flush, a delete with flush), each told
     /// once dirty_tail reaches the key-log sequence that was the head when it
@@ -51,8 +61,10 @@ pub struct Background {
 }
 
 impl Background {
-    pub fn new(base: SpdkBase) -> Background {
-        Background {
+    /// The background work of `cache`, writing back through `base` (a
+    /// channel of the base bdev on the current thread).
+    pub fn new(name: &str, cache: Arc<Cache>, base: SpdkBase) -> Background {
+        let state = BgState {
             base,
             pollers: Vec::new(),
             flush_waiters: Vec::new(),
@@ -61,26 +73,85 @@ impl Background {
             pacer: Pacer::default(),
             last_error_log: None,
             drain: DrainMeter::default(),
-        }
+        };
+        Background { name: name.to_string(), cache, state: Mutex::new(Some(state)) }
     }
 
-    /// Starts the pollers on the current thread for `node`.
+    fn lock(&self) -> MutexGuard<'_, Option<BgState>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the pollers on the current thread.
     ///
     /// # Safety
-    /// `node` outlives the pollers (stop() runs before it is freed).
-    pub unsafe fn start(&mut self, node: *const PcacheNode) {
-        let arg = node as *mut c_void;
-        for (f, period) in [
-            (kset_poll as unsafe extern "C" fn(*mut c_void) -> c_int, KSET_PERIOD_US),
-            (writeback_poll, WRITEBACK_PERIOD_US),
-            (gc_poll, GC_PERIOD_US),
-        ] {
-            self.pollers.push(sys::spdk_poller_register(Some(f), arg, period));
+    /// `self` is not moved, and outlives the pollers: stop() runs before it
+    /// is dropped.
+    pub unsafe fn start(&self) {
+        let arg = self as *const Background as *mut c_void;
+        if let Some(st) = self.lock().as_mut() {
+            for (f, period) in [
+                (kset_poll as unsafe extern "C" fn(*mut c_void) -> c_int, KSET_PERIOD_US),
+                (writeback_poll, WRITEBACK_PERIOD_US),
+                (gc_poll, GC_PERIOD_US),
+            ] {
+                st.pollers.push(sys::spdk_poller_register(Some(f), arg, period));
+            }
         }
     }
 
+    /// Unregisters the pollers and fails waiting flushes with `why`. The
+    /// base channel stays: writeback I/O in flight completes on it (see
+    /// [`Background::outstanding`]).
+    pub fn halt(&self, why: &str) {
+        let ended = match self.lock().as_mut() {
+            Some(st) => st.stop(why),
+            None => return,
+        };
+        ended.tell();
+    }
+
+    /// Halts (if not yet) and gives back the base channel, on the thread
+    /// that created it. Does nothing the second time.
+    pub fn stop(&self, why: &str) {
+        let Some(mut st) = self.lock().take() else { return };
+        let ended = st.stop(why);
+        // SAFETY: the channel was got on this thread for this state, and
+        // nothing uses it once the pollers are gone.
+        unsafe { sys::spdk_put_io_channel(st.base.channel()) };
+        drop(st);
+        ended.tell();
+    }
+
+    /// Writeback writes and flushes in flight to the base.
+    pub fn outstanding(&self) -> usize {
+        self.lock().as_ref().map_or(0, |st| st.base.outstanding())
+    }
+
+    /// Writeback rates (zero once stopped).
+    pub fn drain_rates(&self) -> crate::DrainRates {
+        self.lock().as_ref().map(|st| st.drain.rates()).unwrap_or_default()
+    }
+
+    /// How many flushes are waiting for writeback.
+    pub fn flushes_waiting(&self) -> usize {
+        self.lock().as_ref().map_or(0, |st| st.flush_waiters.len())
+    }
+
+    /// Queues a flush: `done` is told once every write completed before it
+    /// is written back (writes that arrive later do not hold it up), or at
+    /// once — by the caller, through what this returns — if its writes
+    /// cannot be journalled or the pcache is stopping.
+    pub fn add_flush_waiter(&self, done: FlushDone) -> Ended {
+        match self.lock().as_mut() {
+            Some(st) => st.add_flush_waiter(done, &self.cache, &self.name),
+            None => Ended(vec![(done, Err(format!("{} is going away", self.name)))]),
+        }
+    }
+}
+
+impl BgState {
     /// Unregisters the pollers; fails waiting flushes with `why`.
-    pub fn stop(&mut self, why: &str) -> Ended {
+    fn stop(&mut self, why: &str) -> Ended {
         for mut p in self.pollers.drain(..) {
             // SAFETY: pollers registered by start() on this thread.
             unsafe { sys::spdk_poller_unregister(&mut p) };
@@ -88,15 +159,8 @@ impl Background {
         Ended(self.flush_waiters.drain(..).map(|(d, _)| (d, Err(why.to_string()))).collect())
     }
 
-    /// How many flushes are waiting for writeback.
-    pub fn flushes_waiting(&self) -> usize {
-        self.flush_waiters.len()
-    }
-
-    /// Queues a flush of pcache `name`: `done` is told once every write
-    /// completed before it is written back (writes that arrive later do not
-    /// hold it up), or at once if its writes cannot be journalled.
-    pub fn add_flush_waiter(&mut self, done: FlushDone, cache: &crate::Cache, name: &str) -> Ended {
+    /// Queues a flush of pcache `name` (see Background::add_flush_waiter).
+    fn add_flush_waiter(&mut self, done: FlushDone, cache: &Cache, name: &str) -> Ended {
         if let Err(e) = cache.flush() {
             return Ended(vec![(done, Err(format!("{name}: flush failed: {e}")))]);
         }
@@ -110,21 +174,21 @@ impl Background {
 
     /// Answers flush requests whose writes are all on the base, or fails them
     /// all if writeback is failing.
-    fn answer_flushes(&mut self, node: &PcacheNode, step_error: Option<crate::Error>) -> Ended {
-        let s = node.cache.stats();
+    fn answer_flushes(&mut self, bg: &Background, step_error: Option<crate::Error>) -> Ended {
+        let s = bg.cache.stats();
         let failed = step_error.or_else(|| {
             (s.writeback_errors > self.flush_errors_at)
                 .then(|| crate::Error::Io("writing to the base device failed; dirty data stays in the cache".into()))
         });
         if let Some(e) = failed {
-            let msg = format!("{}: flush failed: {e}", node.name());
+            let msg = format!("{}: flush failed: {e}", bg.name);
             return Ended(self.flush_waiters.drain(..).map(|(d, _)| (d, Err(msg.clone()))).collect());
         }
         let (done, mut waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.flush_waiters).into_iter().partition(|(_, target)| s.dirty_tail.2 >= *target);
         // Writes that bypassed the cache are on the base but maybe not
         // durable there: answer once a base flush covers them.
-        if !done.is_empty() && node.cache.flush_bypassed(&self.base) {
+        if !done.is_empty() && bg.cache.flush_bypassed(&self.base) {
             waiting.extend(done);
             self.flush_waiters = waiting;
             return Ended(Vec::new());
@@ -150,14 +214,17 @@ fn rc(busy: bool) -> c_int {
 /// A poller that runs one engine step returning how much it did.
 ///
 /// # Safety
-/// `arg` is the node the poller was registered for (see Background::start).
-unsafe fn counted_step(arg: *mut c_void, what: &str, step: impl FnOnce(&PcacheNode) -> crate::Result<usize>) -> c_int {
+/// `arg` is the Background the poller was registered for (see
+/// Background::start), which outlives the poller.
+unsafe fn counted_step(arg: *mut c_void, what: &str, step: impl FnOnce(&Cache) -> crate::Result<usize>) -> c_int {
     guard(rc(false), || {
-        let node = &*(arg as *const PcacheNode);
-        match step(node) {
+        let bg = &*(arg as *const Background);
+        match step(&bg.cache) {
             Ok(n) => rc(n > 0),
             Err(e) => {
-                node.bg().log_error(&format!("{}: {what}", node.name()), &e);
+                if let Some(st) = bg.lock().as_mut() {
+                    st.log_error(&format!("{}: {what}", bg.name), &e);
+                }
                 rc(false)
             }
         }
@@ -165,42 +232,43 @@ unsafe fn counted_step(arg: *mut c_void, what: &str, step: impl FnOnce(&PcacheNo
 }
 
 unsafe extern "C" fn kset_poll(arg: *mut c_void) -> c_int {
-    counted_step(arg, "key-set flush", |n| n.cache.flush_expired_ksets())
+    counted_step(arg, "key-set flush", |c| c.flush_expired_ksets())
 }
 
 unsafe extern "C" fn gc_poll(arg: *mut c_void) -> c_int {
-    counted_step(arg, "gc", |n| n.cache.gc_step())
+    counted_step(arg, "gc", |c| c.gc_step())
 }
 
 unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
     guard(rc(false), || {
-        let node = &*(arg as *const PcacheNode);
-        let mut bg = node.bg();
+        let bg = &*(arg as *const Background);
+        let mut guard = bg.lock();
+        let Some(st) = guard.as_mut() else { return rc(false) };
         // Pacing (Cache::writeback_pace): a burst gets the reactor while the
         // cache has room.
-        let c = &node.cache;
+        let c = &bg.cache;
         let now = Instant::now();
-        if bg.drain.due(now) {
-            bg.drain.sample(&c.stats(), now);
+        if st.drain.due(now) {
+            st.drain.sample(&c.stats(), now);
         }
         let ops = c.io_ops();
-        let busy_front = ops != bg.last_ops;
-        bg.last_ops = ops;
-        let flush_waits = !bg.flush_waiters.is_empty();
-        if !bg.pacer.ready(c.writeback_pace(busy_front, flush_waits)) {
+        let busy_front = ops != st.last_ops;
+        st.last_ops = ops;
+        let flush_waits = !st.flush_waiters.is_empty();
+        if !st.pacer.ready(c.writeback_pace(busy_front, flush_waits)) {
             return rc(false);
         }
-        let step = node.cache.writeback_step(&bg.base);
+        let step = c.writeback_step(&st.base);
         let busy = match &step {
             Ok(p) => *p != WbProgress::Idle,
             Err(e) => {
-                bg.log_error(&format!("{}: writeback", node.name()), e);
+                st.log_error(&format!("{}: writeback", bg.name), e);
                 false
             }
         };
-        if !bg.flush_waiters.is_empty() {
-            let ended = bg.answer_flushes(node, step.err());
-            drop(bg);
+        if !st.flush_waiters.is_empty() {
+            let ended = st.answer_flushes(bg, step.err());
+            drop(guard);
             ended.tell();
         }
         rc(busy)

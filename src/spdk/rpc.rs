@@ -9,7 +9,8 @@ use spdk_sys as sys;
 
 use super::ffi::guard;
 use super::json::{Params, Request};
-use super::pcache_bdev::{self, CreateOpts, Created, State};
+use super::node::CreateOpts;
+use super::pcache_bdev::{self, Created};
 use super::pmem_bdev;
 use super::pollers::FlushDone;
 
@@ -206,10 +207,10 @@ unsafe extern "C" fn pcache_delete(req: *mut sys::spdk_jsonrpc_request, raw: *co
         let name = p.req_str("name").map_err(bad)?;
         let flush = p.opt_bool("flush").map_err(bad)?.unwrap_or(false);
         p.finish().map_err(bad)?;
-        if !pcache_bdev::list().iter().any(|(c, _)| c.name == name) {
+        if !pcache_bdev::is_configured(&name) {
             return Err(no_such("pcache", &name));
         }
-        if flush && pcache_bdev::with_node(&name, |_| ()).is_none() {
+        if flush && !pcache_bdev::is_online(&name) {
             return Err((
                 -libc::ENODEV,
                 format!(
@@ -286,36 +287,12 @@ unsafe extern "C" fn pcache_get_stats(req: *mut sys::spdk_jsonrpc_request, raw: 
     handle("bdev_pcache_get_stats", req, raw, |mut p, req| {
         let name = p.opt_str("name").map_err(bad)?;
         p.finish().map_err(bad)?;
-        let all = pcache_bdev::list();
-        let chosen: Vec<_> = all.into_iter().filter(|(c, _)| name.as_ref().is_none_or(|n| *n == c.name)).collect();
-        if let (Some(n), true) = (&name, chosen.is_empty()) {
-            return Err(no_such("pcache", n));
-        }
-        req.respond(|w| {
-            w.array_begin();
-            for (c, state) in &chosen {
-                w.object_begin();
-                match state {
-                    State::Online(n) => {
-                        w.named_str("state", "online");
-                        pcache_bdev::write_stats(&*n.0, w);
-                    }
-                    State::Waiting { missing, held } => {
-                        c.write_names(w);
-                        w.named_str("state", "waiting for its bdevs");
-                        w.named_array_str("missing", missing);
-                        w.named_array_str("held", held);
-                    }
-                    State::Blocked(why) => {
-                        c.write_names(w);
-                        w.named_str("state", "blocked");
-                        w.named_str("error", why);
-                    }
-                }
-                w.object_end();
+        if let Some(n) = &name {
+            if !pcache_bdev::is_configured(n) {
+                return Err(no_such("pcache", n));
             }
-            w.array_end();
-        });
+        }
+        req.respond(|w| pcache_bdev::stats(name.as_deref(), w));
         Ok(())
     })
 }
