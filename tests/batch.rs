@@ -131,3 +131,54 @@ fn a_batch_without_space_defers_its_tail_in_order() {
     }
     check(&cache, &base, &model, "after the deferred tail was written");
 }
+
+/// A request whose second piece finds its range taken (a bypass is writing
+/// it to the base) defers with exactly its first piece written, in a batch
+/// of several and alone; the rest, resubmitted once the bypass ended, reads
+/// back with the first piece. Pieces split at the 4 MiB subtree boundary.
+#[test]
+fn a_request_stopped_after_its_first_piece_says_how_much_went_in() {
+    const SUB: u64 = 4 << 20;
+    let size = 2 * SUB;
+    for several in [true, false] {
+        let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(64)));
+        let base = base(size as usize);
+        let cache = open(media, &config(size, 1));
+        // Any write of 64 KiB or more bypasses: [SUB, SUB + 64 KiB) is taken.
+        cache.set_seq_cutoff(1);
+        let b = cache.begin_bypass(0, SUB, 64 << 10).expect("a bypass is granted on an empty cache");
+        cache.set_seq_cutoff(0);
+        let other = write_data(1, 0, 8);
+        let split = write_data(2, SUB / 512 - 8, 16); // 4 KiB on each side of SUB
+        let mut writes = vec![(SUB - 4096, split.clone())];
+        if several {
+            writes.insert(0, (0, other.clone()));
+        }
+        let out = write_batch_all_once(&cache, &writes);
+        let last = out.last().expect("one result per request");
+        assert!(
+            matches!(last, Ok(WriteOutcome::Deferred { written: 4096 })),
+            "several: {several}: {last:?} (all: {out:?})"
+        );
+        if several {
+            assert!(matches!(out[0], Ok(WriteOutcome::Done)), "{:?}", out[0]);
+        }
+        cache.end_bypass(b, true);
+        write_all(&cache, &base, 0, SUB, &split[4096..]);
+        let got = read_through(&cache, &base, 0, SUB - 4096, 8192);
+        assert_eq!(got, split, "several: {several}: the split request reads back whole");
+        if several {
+            assert_eq!(read_through(&cache, &base, 0, 0, 4096), other);
+        }
+    }
+}
+
+/// One call of write_batch (no resubmission), its results.
+fn write_batch_all_once(cache: &pcache::Cache, writes: &[(u64, Vec<u8>)]) -> Vec<pcache::Result<WriteOutcome>> {
+    let iovs: Vec<[std::io::IoSlice; 1]> = writes.iter().map(|(_, d)| [std::io::IoSlice::new(d)]).collect();
+    let reqs: Vec<pcache::WriteReq> =
+        writes.iter().zip(&iovs).map(|((off, _), iov)| pcache::WriteReq { offset: *off, data: iov }).collect();
+    let mut out = Vec::new();
+    cache.write_batch(0, &reqs, &mut out);
+    out
+}
