@@ -647,14 +647,17 @@ unsafe extern "C" fn drain_poll(ctx: *mut c_void) -> c_int {
 
 unsafe extern "C" fn free_node(ctx: *mut c_void) {
     guard((), || {
-        let node = Box::from_raw(ctx as *mut PcacheNode);
-        let name = node.opts.name.clone();
-        if let Ok(cache) = Arc::try_unwrap(node.cache) {
-            if let Err(e) = cache.close() {
-                log::error!("{name}: close failed: {e}");
-            }
+        let PcacheNode { opts, cache, bg, .. } = *Box::from_raw(ctx as *mut PcacheNode);
+        // The background work holds the cache too; it has stopped by now
+        // (drain_poll, or a registration that failed).
+        drop(bg);
+        match Arc::try_unwrap(cache) {
+            Ok(cache) => match cache.close() {
+                Ok(()) => log::info!("{}: closed", opts.name),
+                Err(e) => log::error!("{}: close failed: {e}", opts.name),
+            },
+            Err(_) => log::error!("{}: the cache is still in use at close (its open keys were journalled)", opts.name),
         }
-        log::info!("{name}: closed");
     })
 }
 

@@ -10,6 +10,12 @@
 //! each write waiting for the one before it (see write.rs). Any other I/O
 //! first writes what is staged, so a channel serves I/O in submission order.
 //!
+//! Staged writes that went into the cache are completed by that poller, never
+//! from inside submit_request: a completion lets the app submit again at
+//! once, and the bdev layer's QoS walks its queue of waiting I/O while it
+//! submits one of them, so a nested submission from inside that walk would
+//! submit an I/O twice.
+//!
 //! Every SPDK callback turns its raw pointers into handles once, in an
 //! `unsafe` constructor whose contract says why that is sound: an [`Io`]
 //! (an I/O between submission and completion), a [`Channel`] (reached by
@@ -45,6 +51,9 @@ pub struct Channel {
     staged: RefCell<Vec<Io>>,
     /// The previous batch's list, kept to reuse its allocation.
     spare: RefCell<Vec<Io>>,
+    /// Staged writes that are done (in the cache, or failed), to complete
+    /// from the stage poller (see the module doc).
+    done: RefCell<Vec<(Io, bool)>>,
     /// Writes waiting for space, oldest first.
     deferred: RefCell<VecDeque<Io>>,
     /// The cache's space epoch when the oldest deferral happened.
@@ -90,6 +99,10 @@ struct IoCtx {
     pending: Cell<u32>,
     failed: Cell<bool>,
     wait: UnsafeCell<sys::spdk_bdev_io_wait_entry>,
+    /// `wait` is queued on the base (ENOMEM): resume_misses continues the
+    /// read, and nothing else may complete it meanwhile (the entry lives in
+    /// this context).
+    waiting: Cell<bool>,
     /// A write on its way straight to the base (bypass.rs).
     bypass: Cell<Option<Bypass>>,
     /// The base failed this write once as a bypass: it stays in the cache.
@@ -129,8 +142,14 @@ impl Io {
     }
 
     /// The I/O as a callback argument for SPDK; the callback rebuilds the
-    /// handle with [`Io::from_raw`].
+    /// handle with [`Io::from_raw`]. The handle stays usable for a
+    /// submission that failed (the callback then never runs).
     fn as_arg(&self) -> *mut c_void {
+        self.raw() as *mut c_void
+    }
+
+    /// The I/O handed to a callback that always runs: the handle is gone.
+    fn into_arg(self) -> *mut c_void {
         self.raw() as *mut c_void
     }
 
@@ -232,6 +251,7 @@ pub unsafe extern "C" fn ch_create(dev: *mut c_void, ctx: *mut c_void) -> c_int 
             worker: ffi::current_worker(),
             staged: RefCell::new(Vec::with_capacity(STAGE_MAX)),
             spare: RefCell::new(Vec::with_capacity(STAGE_MAX)),
+            done: RefCell::new(Vec::with_capacity(STAGE_MAX)),
             deferred: RefCell::default(),
             defer_epoch: Cell::new(0),
             through: RefCell::default(),
@@ -263,6 +283,7 @@ pub unsafe extern "C" fn ch_destroy(_dev: *mut c_void, ctx: *mut c_void) {
         for io in staged {
             io.finish(false);
         }
+        complete_done(ch);
         for io in Channel::drain(&ch.deferred) {
             io.finish(false);
         }
@@ -286,6 +307,7 @@ pub unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, raw: *mut
         pending: Cell::new(0),
         failed: Cell::new(false),
         wait: UnsafeCell::new(Default::default()),
+        waiting: Cell::new(false),
         bypass: Cell::new(None),
         bypass_failed: Cell::new(false),
         flush_target: Cell::new(0),
@@ -340,8 +362,9 @@ fn submit(chan: &Channel, io: Io) {
         sys::SPDK_BDEV_IO_TYPE_READ => {
             if io.lacks_buffers() {
                 let (_, len) = io.byte_range();
+                let raw = io.into_arg() as *mut sys::spdk_bdev_io;
                 // SAFETY: a live READ of this module; read_with_buf takes it on.
-                unsafe { sys::spdk_bdev_io_get_buf(io.raw(), Some(read_with_buf), len) };
+                unsafe { sys::spdk_bdev_io_get_buf(raw, Some(read_with_buf), len) };
             } else {
                 start_read(chan, io);
             }
@@ -523,7 +546,7 @@ fn try_write(chan: &Channel, io: Io) -> Result<(), Io> {
     };
     match r {
         Ok(WriteOutcome::Done) => {
-            in_cache(chan, Ios::from_iter([io]));
+            in_cache(chan, Ios::from_iter([io]), Completion::Now);
             Ok(())
         }
         Ok(WriteOutcome::Deferred { written }) => {
@@ -543,18 +566,27 @@ unsafe extern "C" fn write_staged_poll(arg: *mut c_void) -> c_int {
     guard(sys::SPDK_POLLER_IDLE as c_int, || {
         // SAFETY: registered by ch_create with its channel, unregistered by ch_destroy.
         let chan = Channel::from_ctx(arg);
-        if chan.staged.borrow().is_empty() {
+        if chan.staged.borrow().is_empty() && chan.done.borrow().is_empty() {
             return sys::SPDK_POLLER_IDLE as c_int;
         }
         write_staged(chan);
+        complete_done(chan);
         sys::SPDK_POLLER_BUSY as c_int
     })
 }
 
-/// Hands the staged writes to the engine as one batch and completes them;
-/// the ones it defers for lack of space join the deferred queue, in order.
-/// Completions may submit new writes at once: they are staged for the next
-/// batch (the list being written was swapped out first).
+/// Completes the staged writes that are done.
+fn complete_done(chan: &Channel) {
+    let done = std::mem::take(&mut *chan.done.borrow_mut());
+    for (io, ok) in done {
+        io.finish(ok);
+    }
+}
+
+/// Hands the staged writes to the engine as one batch; the ones it defers
+/// for lack of space join the deferred queue, in order, and the rest are
+/// completed by the stage poller (see the module doc), or in a mode where
+/// writes complete once written back, wait for writeback.
 fn write_staged(chan: &Channel) {
     if chan.staged.borrow().is_empty() {
         return;
@@ -564,9 +596,7 @@ fn write_staged(chan: &Channel) {
     let node = chan.node();
     if node.removing.load(Ordering::Acquire) {
         // One of its bdevs is going away: fail them, as new submissions are.
-        for io in ios.drain(..) {
-            io.finish(false);
-        }
+        chan.done.borrow_mut().extend(ios.drain(..).map(|io| (io, false)));
         *chan.spare.borrow_mut() = ios;
         return;
     }
@@ -589,7 +619,6 @@ fn write_staged(chan: &Channel) {
     // Queue the deferred ones before completing any: a write submitted from
     // a completion must go behind them.
     let mut done = Ios::new();
-    let mut failed = Vec::new();
     for (io, r) in ios.drain(..).zip(out) {
         match r {
             Ok(WriteOutcome::Done) => done.push(io),
@@ -598,29 +627,41 @@ fn write_staged(chan: &Channel) {
                 chan.defer_epoch.set(epoch);
                 defer(chan, io);
             }
-            Err(e) => failed.push((io, e)),
+            Err(e) => {
+                let (off, len) = io.byte_range();
+                log::error!("{}: write at {off} of {len} bytes: {e}", node.name());
+                chan.done.borrow_mut().push((io, false));
+            }
         }
     }
     *chan.spare.borrow_mut() = ios;
-    in_cache(chan, done);
-    for (io, e) in failed {
-        let (off, len) = io.byte_range();
-        log::error!("{}: write at {off} of {len} bytes: {e}", node.name());
-        io.finish(false);
-    }
+    in_cache(chan, done, Completion::Later);
+}
+
+/// When in_cache completes what it completes.
+#[derive(Clone, Copy, PartialEq)]
+enum Completion {
+    /// Now: the I/Os are the one being handled (inside its own
+    /// submit_request the bdev layer defers its completion itself) or
+    /// come from a poller or a base completion.
+    Now,
+    /// From the stage poller (see the module doc).
+    Later,
 }
 
 /// Writes that are now in the cache: they complete, or in a mode where
 /// writes complete only once on the base (mode.rs), wait for writeback.
-fn in_cache(chan: &Channel, ios: Ios) {
+fn in_cache(chan: &Channel, ios: Ios, when: Completion) {
     if ios.is_empty() {
         return;
     }
+    let complete = |ios: Ios, ok: bool| match when {
+        Completion::Now => ios.into_iter().for_each(|io| io.finish(ok)),
+        Completion::Later => chan.done.borrow_mut().extend(ios.into_iter().map(|io| (io, ok))),
+    };
     let node = chan.node();
     if node.cache.cache_mode().completes_in_cache() {
-        for io in ios {
-            io.finish(true);
-        }
+        complete(ios, true);
         return;
     }
     match node.cache.through_ticket() {
@@ -633,9 +674,7 @@ fn in_cache(chan: &Channel, ios: Ios) {
         }
         Err(e) => {
             log::error!("{}: journalling writes for writeback: {e}", node.name());
-            for io in ios {
-                io.finish(false);
-            }
+            complete(ios, false);
         }
     }
 }
@@ -810,6 +849,7 @@ fn submit_misses(chan: &Channel, io: Io) {
                 sys::spdk_bdev_queue_io_wait(w.bdev, chan.base_ch, w)
             };
             if queued == 0 {
+                ctx.waiting.set(true);
                 return;
             }
         }
@@ -827,6 +867,7 @@ unsafe extern "C" fn resume_misses(arg: *mut c_void) {
     if !guard(false, || {
         // SAFETY: the READ submit_misses queued to wait; it continues here.
         let (chan, io) = Io::with_channel(raw);
+        io.ctx().waiting.set(false);
         submit_misses(chan, io);
         true
     }) {
@@ -873,7 +914,8 @@ fn miss_done_with(chan: &Channel, mio: MissIo, ok: bool) {
             log::debug!("{}: read cache fill at {}: {e}", node.name(), m.off);
         }
     }
-    if ctx.pending.get() == 0 && (ctx.next_miss.get() == ctx.misses.borrow().len() || ctx.failed.get()) {
+    let all_sent = ctx.next_miss.get() == ctx.misses.borrow().len();
+    if ctx.pending.get() == 0 && !ctx.waiting.get() && (all_sent || ctx.failed.get()) {
         let ok = !ctx.failed.get();
         io.finish(ok);
     }

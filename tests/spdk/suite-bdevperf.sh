@@ -233,4 +233,34 @@ else
   fail "slow base: bdevperf did not start"
 fi
 
+
+# bdev QoS on the pcache bdev: the bdev layer then submits from its queue of
+# waiting I/O, walking it while it submits each one. pcache must not complete
+# other I/O from inside that submission (a completion lets bdevperf submit
+# again, and the nested walk would submit one I/O twice: "Unexpected
+# completion", data mismatches, then a crash on a completion after the job
+# ended). Many short verify runs, each ending with I/O queued.
+rm -f "$SHM.pmem"
+stack_config "$WORK/qos.json" $((256 << 20)) $((512 << 20))
+sock=$WORK/qos.sock
+log=$WORK/qos.log
+if start_app qos "$sock" "$log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x1 -z --json "$WORK/qos.json" \
+  -q 32 -o 4096 -w verify -t 1; then
+  check "limit PC0 to 20,000 I/O per second (bdev QoS)" \
+    "${RPC_PY[@]}" -s "$sock" bdev_set_qos_limit PC0 --rw-ios-per-sec 20000
+  runs_ok=0
+  for _ in $(seq 1 16); do
+    timeout 30 python3 "$ROOT/tests/spdk/jsonrpc.py" "$sock" perform_tests '{"time_in_sec":1}' >/dev/null 2>&1 &&
+      runs_ok=$((runs_ok + 1))
+  done
+  check "16 verify runs of 1 s under QoS complete ($runs_ok did)" [ "$runs_ok" -eq 16 ]
+  stop_app qos "$sock"
+  check "bdevperf (QoS) exits cleanly" [ $? -eq 0 ]
+  check "no I/O was completed twice or read back wrong" \
+    bash -c "! grep -Eq 'Unexpected completion|Buffer mismatch' '$log'"
+  check "no panic or crash in the log" no_crash "$log"
+else
+  fail "bdevperf (QoS) did not start"
+fi
+
 finish
