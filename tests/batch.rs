@@ -37,6 +37,7 @@ fn a_bad_request_fails_alone() {
         (8192, write_data(3, 16, 8)),
     ];
     let out = write_batch_all(&cache, &base, 0, &writes);
+    assert_eq!(cache.io_ops(), 2, "the front end's operations (for pacing) count the good writes");
     assert!(matches!(out[0], Ok(WriteOutcome::Done)), "{:?}", out[0]);
     assert!(matches!(out[1], Err(Error::InvalidArgument(_))), "{:?}", out[1]);
     assert!(matches!(out[2], Err(Error::InvalidArgument(_))), "{:?}", out[2]);
@@ -59,6 +60,7 @@ fn overlapping_requests_of_a_batch_replay_in_order() {
     let mut id = 0u64;
     {
         let cache = open(media.clone(), &cfg);
+        assert_eq!(cache.workers(), 2, "a data head for each of the two workers");
         for round in 0..40 {
             // Requests crowd into a few 4 KiB blocks, so most overlap an
             // earlier one of the same batch; some are long and cross
