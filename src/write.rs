@@ -136,30 +136,9 @@ impl<'a> Front<'a> {
                     p.short = true;
                     break;
                 }
-                let off = r.offset + done;
-                let want = Index::piece_len(off, total - done) as u32;
-                let (seg, seg_off, got) = match DataHeads::alloc(self.s, &mut head, want) {
-                    Ok(Some(piece)) => piece,
+                match self.write_piece(worker, (i, r), done, total - done, alone, &mut head, &mut staged) {
+                    Ok(Some(got)) => done += got as u64,
                     Ok(None) => {
-                        space = false;
-                        p.short = true;
-                        break;
-                    }
-                    Err(e) => {
-                        p.err = Some(e);
-                        break;
-                    }
-                };
-                let key = self.data_key(off, seg, seg_off, got, r.data, done);
-                let copied = if alone {
-                    self.enter_piece(worker, key, r.data, done, &mut head)
-                } else {
-                    self.stage_piece(key, r.data, done, &mut head, &mut staged, i)
-                };
-                match copied {
-                    Ok(()) => done += got as u64,
-                    Err(Error::NoSpace(_)) => {
-                        self.s.segs.note_short();
                         space = false;
                         p.short = true;
                         break;
@@ -188,6 +167,40 @@ impl<'a> Front<'a> {
         }
         HeadCounters::add(&h.counters.write_ops, ops);
         HeadCounters::add(&h.counters.write_bytes, bytes);
+    }
+
+    /// Takes space for the next piece of request `req` (`left` bytes from
+    /// byte `at` on), copies it and enters or stages its key. Ok(None): no
+    /// space, or no log room, or its range is held by a bypass: the rest
+    /// of the batch defers.
+    #[allow(clippy::too_many_arguments)]
+    fn write_piece(
+        &self,
+        worker: usize,
+        (req, r): (usize, &WriteReq),
+        at: u64,
+        left: u64,
+        alone: bool,
+        head: &mut DataHead,
+        staged: &mut Vec<Staged>,
+    ) -> Result<Option<u32>> {
+        let off = r.offset + at;
+        let want = Index::piece_len(off, left) as u32;
+        let Some((seg, seg_off, got)) = DataHeads::alloc(self.s, head, want)? else { return Ok(None) };
+        let key = self.data_key(off, seg, seg_off, got, r.data, at);
+        let copied = if alone {
+            self.enter_piece(worker, key, r.data, at, head)
+        } else {
+            self.stage_piece(key, r.data, at, head, staged, req)
+        };
+        match copied {
+            Ok(()) => Ok(Some(got)),
+            Err(Error::NoSpace(_)) => {
+                self.s.segs.note_short();
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A request alone: locks and prepares the key's slot, copies the data,
