@@ -476,7 +476,7 @@ fn cache_write(chan: &Channel, io: Io) {
         defer(chan, io);
         return;
     }
-    if let Err(io) = try_write(chan, io) {
+    if let Err(io) = try_write(chan, io, Completion::Now) {
         defer(chan, io);
     }
 }
@@ -531,9 +531,10 @@ unsafe extern "C" fn base_flush_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg:
     });
 }
 
-/// Writes what is left of `io` into the cache. Gives it back if the cache is
-/// full: the caller keeps it at the head of the channel's queue.
-fn try_write(chan: &Channel, io: Io) -> Result<(), Io> {
+/// Writes what is left of `io` into the cache and completes it `when` said.
+/// Gives it back if the cache is full: the caller keeps it at the head of the
+/// channel's queue.
+fn try_write(chan: &Channel, io: Io, when: Completion) -> Result<(), Io> {
     let node = chan.node();
     let (off, len) = io.byte_range();
     let done = io.ctx().written.get();
@@ -546,7 +547,7 @@ fn try_write(chan: &Channel, io: Io) -> Result<(), Io> {
     };
     match r {
         Ok(WriteOutcome::Done) => {
-            in_cache(chan, Ios::from_iter([io]), Completion::Now);
+            in_cache(chan, Ios::from_iter([io]), when);
             Ok(())
         }
         Ok(WriteOutcome::Deferred { written }) => {
@@ -556,7 +557,10 @@ fn try_write(chan: &Channel, io: Io) -> Result<(), Io> {
         }
         Err(e) => {
             log::error!("{}: write at {} of {len} bytes: {e}", node.name(), off + done);
-            io.finish(false);
+            match when {
+                Completion::Now => io.finish(false),
+                Completion::Later => chan.done.borrow_mut().push((io, false)),
+            }
             Ok(())
         }
     }
@@ -737,10 +741,15 @@ unsafe extern "C" fn retry_deferred(arg: *mut c_void) -> c_int {
             return sys::SPDK_POLLER_IDLE as c_int;
         }
         // Completed (or failed) writes leave the queue; one deferred again
-        // goes back first.
-        loop {
+        // goes back first. They complete from the stage poller, once the
+        // queue is empty: completed here, the app's next write would queue
+        // behind the rest and wait for the next retry, and the channel would
+        // never leave the queue while the app keeps it full. Only the writes
+        // queued now, so that this always returns to the reactor.
+        let queued = chan.deferred.borrow().len();
+        for _ in 0..queued {
             let Some(io) = chan.deferred.borrow_mut().pop_front() else { break };
-            if let Err(io) = try_write(chan, io) {
+            if let Err(io) = try_write(chan, io, Completion::Later) {
                 chan.deferred.borrow_mut().push_front(io);
                 break;
             }

@@ -263,4 +263,39 @@ else
   fail "bdevperf (QoS) did not start"
 fi
 
+# Writes waiting for space, on 2 cores: a small hot set over a slow base
+# keeps the cache full, so writes wait for GC (on the first reactor) while
+# the second reactor's app submits a new write from each completion. The
+# retry of waiting writes must return to its reactor (taking the writes that
+# completions queue behind them never ended there: perform_tests never came
+# back) and complete them from the stage poller, so the channel leaves its
+# queue of waiting writes.
+rm -f "$SHM.pmem"
+cat >"$WORK/defer.json" <<JSON
+{"subsystems":[{"subsystem":"bdev","config":[
+ {"method":"bdev_pmem_create","params":{"name":"Pmem0","path":"$SHM.pmem","size":$((1 << 30))}},
+ {"method":"bdev_malloc_create","params":{"name":"Mal0","num_blocks":$((128 << 20 >> 12)),"block_size":4096}},
+ {"method":"bdev_delay_create","params":{"name":"Slow0","base_bdev_name":"Mal0","avg_read_latency":0,
+   "p99_read_latency":0,"avg_write_latency":100,"p99_write_latency":100}},
+ {"method":"bdev_pcache_create","params":{"name":"PC0","cache_bdev":"Pmem0","base_bdev":"Slow0"}}
+]}]}
+JSON
+sock=$WORK/defer.sock
+log=$WORK/defer.log
+if start_app defer "$sock" "$log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x3 -C -z --json "$WORK/defer.json" \
+  -q 32 -o 4096 -w randwrite -t 3; then
+  runs_ok=0
+  for _ in $(seq 1 4); do
+    timeout 30 python3 "$ROOT/tests/spdk/jsonrpc.py" "$sock" perform_tests '{"time_in_sec":3}' >/dev/null 2>&1 &&
+      runs_ok=$((runs_ok + 1))
+  done
+  check "writes waiting for space on 2 cores: 4 randwrite runs of 3 s complete ($runs_ok did)" [ "$runs_ok" -eq 4 ]
+  deferred=$(q bdev_pcache_get_stats '{"name":"PC0"}' "r[0]['deferred_writes']")
+  check "writes waited for space meanwhile (deferred_writes ${deferred:-?})" [ "${deferred:-0}" -gt 0 ]
+  stop_app defer "$sock"
+  check "bdevperf (waiting writes) exits cleanly" [ $? -eq 0 ]
+else
+  fail "bdevperf (waiting writes) did not start"
+fi
+
 finish
