@@ -258,6 +258,11 @@ impl Cache {
         read::read(&self.s, offset, bufs)
     }
 
+    /// Hints that `[offset, offset+len)` is read next (see read::prefetch).
+    pub fn prefetch(&self, offset: u64, len: u64) {
+        read::prefetch(&self.s, offset, len)
+    }
+
     /// Caches data just read from the base device for a miss, unless the range
     /// changed since the read (or read caching is off). Returns whether
     /// anything was cached.

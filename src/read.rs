@@ -64,6 +64,34 @@ pub(crate) fn read(s: &Shared, offset: u64, bufs: &mut [IoSliceMut]) -> Result<V
     Ok(misses)
 }
 
+/// Looks `[offset, offset+len)` up and hints the media to fetch its cached
+/// bytes, for a read that follows soon (a host serving several reads at once
+/// does every lookup first, so that their first misses overlap). Only a
+/// hint: what the read then finds decides what it returns.
+pub(crate) fn prefetch(s: &Shared, offset: u64, len: u64) {
+    if s.check_io(offset, len).is_err() {
+        return;
+    }
+    let end = offset + len;
+    let mut off = offset;
+    while off < end {
+        let chunk = Index::piece_len(off, end - off);
+        let t = s.index.lock(Index::subtree_of(off));
+        t.walk(
+            off,
+            off + chunk,
+            |_, e, skip, n| {
+                if !e.is_zero() {
+                    s.media.prefetch(s.geo.addr(e.seg, e.seg_off) + skip as u64, n as u64);
+                }
+            },
+            |_, _| {},
+        );
+        drop(t);
+        off += chunk;
+    }
+}
+
 fn copy_hit(s: &Shared, e: &Extent, skip: u32, n: u32, bufs: &mut [IoSliceMut], at: u64, off: u64) -> Result<()> {
     if e.is_zero() {
         iov::zero(bufs, at, n as u64);

@@ -49,6 +49,10 @@ pub trait Media: Send + Sync {
     /// Waits until every store this thread flushed is durable.
     fn fence(&self);
 
+    /// Hints that `[off, off+len)` is about to be read, so that its first
+    /// miss overlaps other work. Never faults, never changes anything.
+    fn prefetch(&self, _off: u64, _len: u64) {}
+
     /// Stores `len` zero bytes at `off` (flushed, not fenced).
     fn zero(&self, off: u64, len: u64) -> Result<()> {
         const Z: [u8; 4096] = [0; 4096];

@@ -49,6 +49,9 @@ pub struct Channel {
     worker: usize,
     /// Writes submitted since the last batch, in order.
     staged: RefCell<Vec<Io>>,
+    /// Reads (with their buffers) submitted since the last batch; never
+    /// staged at the same time as writes, so order between the two holds.
+    reads: RefCell<Vec<Io>>,
     /// The previous batch's list, kept to reuse its allocation.
     spare: RefCell<Vec<Io>>,
     /// Staged writes that are done (in the cache, or failed), to complete
@@ -250,6 +253,7 @@ pub unsafe extern "C" fn ch_create(dev: *mut c_void, ctx: *mut c_void) -> c_int 
             base_ch,
             worker: ffi::current_worker(),
             staged: RefCell::new(Vec::with_capacity(STAGE_MAX)),
+            reads: RefCell::new(Vec::with_capacity(STAGE_MAX)),
             spare: RefCell::new(Vec::with_capacity(STAGE_MAX)),
             done: RefCell::new(Vec::with_capacity(STAGE_MAX)),
             deferred: RefCell::default(),
@@ -280,7 +284,8 @@ pub unsafe extern "C" fn ch_destroy(_dev: *mut c_void, ctx: *mut c_void) {
             sys::spdk_poller_unregister(&mut raw);
         }
         let staged = std::mem::take(&mut *ch.staged.borrow_mut());
-        for io in staged {
+        let reads = std::mem::take(&mut *ch.reads.borrow_mut());
+        for io in staged.into_iter().chain(reads) {
             io.finish(false);
         }
         complete_done(ch);
@@ -330,6 +335,20 @@ fn submit(chan: &Channel, io: Io) {
         io.finish(false);
         return;
     }
+    if t == sys::SPDK_BDEV_IO_TYPE_READ && !io.lacks_buffers() {
+        write_staged(chan);
+        let full = {
+            let mut reads = chan.reads.borrow_mut();
+            reads.push(io);
+            reads.len() >= STAGE_MAX
+        };
+        if full {
+            serve_reads(chan);
+        }
+        return;
+    }
+    // Anything else goes after the reads submitted before it.
+    serve_reads(chan);
     if t == sys::SPDK_BDEV_IO_TYPE_WRITE && chan.deferred.borrow().is_empty() {
         let (off, len) = io.byte_range();
         // Writearound or passthrough (mode.rs), a sequential stream, or a
@@ -360,14 +379,11 @@ fn submit(chan: &Channel, io: Io) {
     write_staged(chan);
     match t {
         sys::SPDK_BDEV_IO_TYPE_READ => {
-            if io.lacks_buffers() {
-                let (_, len) = io.byte_range();
-                let raw = io.into_arg() as *mut sys::spdk_bdev_io;
-                // SAFETY: a live READ of this module; read_with_buf takes it on.
-                unsafe { sys::spdk_bdev_io_get_buf(raw, Some(read_with_buf), len) };
-            } else {
-                start_read(chan, io);
-            }
+            // Without buffers (a READ with buffers was staged above).
+            let (_, len) = io.byte_range();
+            let raw = io.into_arg() as *mut sys::spdk_bdev_io;
+            // SAFETY: a live READ of this module; read_with_buf takes it on.
+            unsafe { sys::spdk_bdev_io_get_buf(raw, Some(read_with_buf), len) };
         }
         // UNMAP is served as WRITE_ZEROES: the range reads as zeros at
         // once, and writeback sends write_zeroes to the base in log order.
@@ -557,10 +573,7 @@ fn try_write(chan: &Channel, io: Io, when: Completion) -> Result<(), Io> {
         }
         Err(e) => {
             log::error!("{}: write at {} of {len} bytes: {e}", node.name(), off + done);
-            match when {
-                Completion::Now => io.finish(false),
-                Completion::Later => chan.done.borrow_mut().push((io, false)),
-            }
+            finish(chan, io, false, when);
             Ok(())
         }
     }
@@ -570,9 +583,10 @@ unsafe extern "C" fn write_staged_poll(arg: *mut c_void) -> c_int {
     guard(sys::SPDK_POLLER_IDLE as c_int, || {
         // SAFETY: registered by ch_create with its channel, unregistered by ch_destroy.
         let chan = Channel::from_ctx(arg);
-        if chan.staged.borrow().is_empty() && chan.done.borrow().is_empty() {
+        if chan.staged.borrow().is_empty() && chan.reads.borrow().is_empty() && chan.done.borrow().is_empty() {
             return sys::SPDK_POLLER_IDLE as c_int;
         }
+        serve_reads(chan);
         write_staged(chan);
         complete_done(chan);
         sys::SPDK_POLLER_BUSY as c_int
@@ -766,28 +780,62 @@ unsafe extern "C" fn read_with_buf(_ch: *mut sys::spdk_io_channel, raw: *mut sys
         return;
     }
     if !guard(false, || {
-        start_read(chan, io);
+        start_read(chan, io, Completion::Now);
         true
     }) {
         Io::from_raw(raw).finish(false);
     }
 }
 
+/// Serves the staged reads: every lookup first, each hinting the cache to
+/// fetch its data, then every copy. A read's time is mostly its copy's first
+/// miss on pmem (a random page); done this way, the misses of a batch
+/// overlap instead of following one another. They complete from the stage
+/// poller (see the module doc).
+fn serve_reads(chan: &Channel) {
+    if chan.reads.borrow().is_empty() {
+        return;
+    }
+    let mut reads = std::mem::take(&mut *chan.reads.borrow_mut());
+    let node = chan.node();
+    for io in &reads {
+        let (off, len) = io.byte_range();
+        node.cache.prefetch(off, len);
+    }
+    for io in reads.drain(..) {
+        start_read(chan, io, Completion::Later);
+    }
+    // Keep the list's allocation, unless a failed miss completed a read
+    // whose app already staged another.
+    let mut staged = chan.reads.borrow_mut();
+    if staged.is_empty() {
+        *staged = reads;
+    }
+}
+
 /// Copies cached bytes into the caller's buffers and sends misses to the base.
-fn start_read(chan: &Channel, mut io: Io) {
+fn start_read(chan: &Channel, mut io: Io, when: Completion) {
     let (off, len) = io.byte_range();
     let node = chan.node();
     let r = node.cache.read(off, &mut io.read_bufs());
     match r {
-        Ok(m) if m.is_empty() => io.finish(true),
+        Ok(m) if m.is_empty() => finish(chan, io, true, when),
         Ok(m) => {
             *io.ctx().misses.borrow_mut() = m;
-            submit_misses(chan, io);
+            submit_misses(chan, io, when);
         }
         Err(e) => {
             log::error!("{}: read at {off} of {len} bytes: {e}", node.name());
-            io.finish(false);
+            finish(chan, io, false, when);
         }
+    }
+}
+
+/// Completes `io` now, or from the stage poller.
+fn finish(chan: &Channel, io: Io, ok: bool, when: Completion) {
+    match when {
+        Completion::Now => io.finish(ok),
+        Completion::Later => chan.done.borrow_mut().push((io, ok)),
     }
 }
 
@@ -814,7 +862,7 @@ fn sub_iovecs(iovs: &[libc::iovec], at: u64, len: u64) -> Iovecs {
 
 /// Submits the read's remaining misses to the base; on ENOMEM waits for the
 /// base to have room and continues from there.
-fn submit_misses(chan: &Channel, io: Io) {
+fn submit_misses(chan: &Channel, io: Io, when: Completion) {
     let node = chan.node();
     let ctx = io.ctx();
     while ctx.next_miss.get() < ctx.misses.borrow().len() && !ctx.failed.get() {
@@ -867,7 +915,7 @@ fn submit_misses(chan: &Channel, io: Io) {
     }
     if ctx.pending.get() == 0 {
         let ok = !ctx.failed.get();
-        io.finish(ok);
+        finish(chan, io, ok, when);
     }
 }
 
@@ -877,7 +925,7 @@ unsafe extern "C" fn resume_misses(arg: *mut c_void) {
         // SAFETY: the READ submit_misses queued to wait; it continues here.
         let (chan, io) = Io::with_channel(raw);
         io.ctx().waiting.set(false);
-        submit_misses(chan, io);
+        submit_misses(chan, io, Completion::Now);
         true
     }) {
         Io::from_raw(raw).finish(false);
