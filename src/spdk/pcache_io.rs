@@ -1,16 +1,19 @@
 //! The pcache I/O path. Each reactor gets a channel holding its base-bdev
 //! channel and its engine worker number (its data head); requests are served
-//! from pmem inline, read misses go to the base straight into the caller's
+//! from pmem on the reactor, read misses go to the base straight into the caller's
 //! buffers, and writes that find the cache full wait on the channel until GC
 //! frees space.
 //!
 //! Writes are staged on the channel and handed to the engine together
 //! (Cache::write_batch) once per reactor iteration, by a poller: the engine
 //! then copies them back to back, and their pmem drains overlap instead of
-//! each write waiting for the one before it (see write.rs). Any other I/O
-//! first writes what is staged, so a channel serves I/O in submission order.
+//! each write waiting for the one before it (see write.rs). Reads with
+//! buffers are staged the same way (never together with writes) and served
+//! as a batch: every lookup and prefetch first, then every copy, so that the
+//! first misses of their copies overlap. Any other I/O first serves what is
+//! staged, so a channel serves I/O in submission order.
 //!
-//! Staged writes that went into the cache are completed by that poller, never
+//! Staged I/O is completed by that poller, never
 //! from inside submit_request: a completion lets the app submit again at
 //! once, and the bdev layer's QoS walks its queue of waiting I/O while it
 //! submits one of them, so a nested submission from inside that walk would
