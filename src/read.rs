@@ -82,7 +82,9 @@ pub(crate) fn prefetch(s: &Shared, offset: u64, len: u64) {
             off + chunk,
             |_, e, skip, n| {
                 if !e.is_zero() {
-                    s.media.prefetch(s.geo.addr(e.seg, e.seg_off) + skip as u64, n as u64);
+                    // With data CRC the read checks the whole extent first.
+                    let (at, n) = if s.data_crc() { (0, e.len) } else { (skip, n) };
+                    s.media.prefetch(s.geo.addr(e.seg, e.seg_off) + at as u64, n as u64);
                 }
             },
             |_, _| {},

@@ -57,8 +57,8 @@ pub struct Channel {
     reads: RefCell<Vec<Io>>,
     /// The previous batch's list, kept to reuse its allocation.
     spare: RefCell<Vec<Io>>,
-    /// Staged writes that are done (in the cache, or failed), to complete
-    /// from the stage poller (see the module doc).
+    /// Staged I/O that is done (written into the cache, read, or failed), to
+    /// complete from the stage poller (see the module doc).
     done: RefCell<Vec<(Io, bool)>>,
     /// Writes waiting for space, oldest first.
     deferred: RefCell<VecDeque<Io>>,
@@ -758,10 +758,10 @@ unsafe extern "C" fn retry_deferred(arg: *mut c_void) -> c_int {
             return sys::SPDK_POLLER_IDLE as c_int;
         }
         // Completed (or failed) writes leave the queue; one deferred again
-        // goes back first. They complete from the stage poller, once the
-        // queue is empty: completed here, the app's next write would queue
-        // behind the rest and wait for the next retry, and the channel would
-        // never leave the queue while the app keeps it full. Only the writes
+        // goes back first. They complete from the stage poller, after this
+        // loop: completed inside it, the app's next write would queue behind
+        // the rest and wait for the next retry, and the channel would never
+        // leave the queue while the app keeps it full. Only the writes
         // queued now, so that this always returns to the reactor.
         let queued = chan.deferred.borrow().len();
         for _ in 0..queued {
@@ -806,14 +806,20 @@ fn serve_reads(chan: &Channel) {
         node.cache.prefetch(off, len);
     }
     for io in reads.drain(..) {
-        start_read(chan, io, Completion::Later);
+        let raw = io.raw();
+        if !guard(false, || {
+            start_read(chan, io, Completion::Later);
+            true
+        }) {
+            // SAFETY: start_read panicked with the read still in hand (as
+            // submit_request's own guard assumes): fail it, and go on with
+            // the rest of the batch.
+            chan.done.borrow_mut().push((unsafe { Io::from_raw(raw) }, false));
+        }
     }
-    // Keep the list's allocation, unless a failed miss completed a read
-    // whose app already staged another.
-    let mut staged = chan.reads.borrow_mut();
-    if staged.is_empty() {
-        *staged = reads;
-    }
+    // Every read above completes later (or from a base completion, which
+    // never runs inside its submission): nothing was staged meanwhile.
+    *chan.reads.borrow_mut() = reads;
 }
 
 /// Copies cached bytes into the caller's buffers and sends misses to the base.
