@@ -340,12 +340,7 @@ fn submit(chan: &Channel, io: Io) {
     }
     if t == sys::SPDK_BDEV_IO_TYPE_READ && !io.lacks_buffers() {
         write_staged(chan);
-        let full = {
-            let mut reads = chan.reads.borrow_mut();
-            reads.push(io);
-            reads.len() >= STAGE_MAX
-        };
-        if full {
+        if stage(&chan.reads, io) {
             serve_reads(chan);
         }
         return;
@@ -368,12 +363,7 @@ fn submit(chan: &Channel, io: Io) {
             }
             return;
         }
-        let full = {
-            let mut staged = chan.staged.borrow_mut();
-            staged.push(io);
-            staged.len() >= STAGE_MAX
-        };
-        if full {
+        if stage(&chan.staged, io) {
             write_staged(chan);
         }
         return;
@@ -416,6 +406,14 @@ fn submit(chan: &Channel, io: Io) {
             io.finish(false);
         }
     }
+}
+
+/// Adds `io` to a staging list; true once the list holds a batch's worth
+/// (the caller serves it at once rather than at the next poll).
+fn stage(list: &RefCell<Vec<Io>>, io: Io) -> bool {
+    let mut l = list.borrow_mut();
+    l.push(io);
+    l.len() >= STAGE_MAX
 }
 
 /// Rebuilds the I/O a base-I/O callback was given as its argument, frees
