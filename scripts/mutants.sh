@@ -10,9 +10,14 @@
 # MUTANTS_TESTS="crash corruption ..." runs only those test targets (faster;
 # the default is every engine test).
 #
-# Slow: every viable mutant costs an incremental build plus a run of the
-# tests (about 20-60 s each here on 2 cores), so a file of a few hundred lines
-# takes tens of minutes and the whole set several hours. Not part of CI.
+# MUTANTS_JOBS=N tests N mutants at once (default 1).
+#
+# Builds use the `mutants` profile (Cargo.toml: release code, rebuilt
+# incrementally), so a mutant's rebuild takes a few seconds; the test run is
+# the cost. The power-failure tests honour PCACHE_CRASH_SEEDS,
+# PCACHE_CRASH_WORKER_SEEDS and PCACHE_TINY_SECS: a quick pass with fewer seeds,
+# then the survivors again (cargo mutants --re NAME) with the defaults, is how
+# doc/testing.md's runs were made. Not part of CI.
 # Needs cargo-mutants (cargo install cargo-mutants --locked).
 # Results: mutants.out/ (caught.txt, missed.txt, timeout.txt, unviable.txt).
 set -euo pipefail
@@ -27,11 +32,11 @@ files=("$@")
 args=()
 for f in "${files[@]}"; do args+=(--file "$f"); done
 start=$SECONDS
-# The release profile is what the tests are tuned for (the crash tests run
-# thousands of power failures); one job at a time on a small machine.
+# Release code is what the tests are tuned for (the crash tests run
+# thousands of power failures).
 tests=()
 for t in ${MUTANTS_TESTS:-}; do tests+=(--test "$t"); done
-cargo mutants "${args[@]}" --jobs 1 --timeout-multiplier 3 --cargo-arg=--release -- "${tests[@]}" || true
+cargo mutants "${args[@]}" --jobs "${MUTANTS_JOBS:-1}" --timeout-multiplier 3 --profile mutants -- "${tests[@]}" || true
 out=mutants.out
 count() { if [[ -f $out/$1.txt ]]; then grep -c . "$out/$1.txt" || true; else echo 0; fi; }
 caught=$(count caught) missed=$(count missed) timeout=$(count timeout) unviable=$(count unviable)
