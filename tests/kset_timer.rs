@@ -29,3 +29,30 @@ fn open_kset_is_sealed_when_due_and_not_before() {
     assert_eq!(cache.flush_expired_ksets().unwrap(), 0, "nothing open any more");
     assert_eq!(cache.stats().kset_flushes, 2);
 }
+
+/// While writes wait for space, a tick journals every open kset, due or not:
+/// GC can reclaim nothing an open kset still points into.
+#[test]
+fn writes_waiting_for_space_have_every_open_kset_sealed_at_once() {
+    let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(24)));
+    let mut cfg = config(64 << 20, 2);
+    cfg.kset_flush_interval = Duration::from_secs(3600);
+    let cache = open(media, &cfg);
+    let data = [7u8; 4096];
+    let mut off = 0;
+    let full = loop {
+        let worker = (off / 4096 % 2) as usize;
+        match cache.write_buf(worker, off, &data).unwrap() {
+            pcache::WriteOutcome::Done => off += 4096,
+            pcache::WriteOutcome::Deferred { .. } => break off,
+        }
+        assert!(off < 64 << 20, "the cache never filled");
+    };
+    assert!(full > 0);
+    assert!(cache.under_pressure(), "a write waits for space");
+    let open_before = cache.stats().kset_flushes;
+    let sealed = cache.flush_expired_ksets().unwrap();
+    assert!(sealed >= 1, "no open kset was journalled though writes wait for space");
+    assert_eq!(cache.stats().kset_flushes, open_before + sealed as u64);
+    assert_eq!(cache.flush_expired_ksets().unwrap(), 0, "nothing left open");
+}
