@@ -13,7 +13,7 @@ use std::sync::Arc;
 use common::*;
 use pcache::format::{
     self, encode_kset, KeyRecord, KsetHeader, LogPos, Record, Superblock, CACHE_INFO_OFF, DIRTY_TAIL_OFF,
-    KEY_FLAG_DIRTY, KEY_TAIL_OFF, KSET_FLAG_LAST, REC_DIRTY_TAIL, REC_KEY_TAIL, REC_SIZE, SEG_META_OFF,
+    KEY_FLAG_DIRTY, KEY_TAIL_OFF, KSET_FLAG_LAST, KSET_MAX_KEYS, REC_DIRTY_TAIL, REC_KEY_TAIL, REC_SIZE, SEG_META_OFF,
 };
 use pcache::pmem::{Media, MemMedia};
 use pcache::{Cache, Error};
@@ -308,6 +308,10 @@ fn crafted_metadata_is_rejected() {
             with_record(&im, KEY_TAIL_OFF, REC_KEY_TAIL, |r| LogPos { seg: 0, off: payload + 64, seq: 1 }.to_body(r)),
         ),
         (
+            "key_tail offset unaligned",
+            with_record(&im, KEY_TAIL_OFF, REC_KEY_TAIL, |r| LogPos { seg: 0, off: 100, seq: 1 }.to_body(r)),
+        ),
+        (
             "key_tail segment out of range",
             with_record(&im, KEY_TAIL_OFF, REC_KEY_TAIL, |r| LogPos { seg: 5000, off: 0, seq: 1 }.to_body(r)),
         ),
@@ -400,6 +404,26 @@ fn crafted_metadata_is_rejected() {
         b[at..at + n].copy_from_slice(&buf[..n]);
         cases.push(("kset with 129 keys", b));
     }
+    // Empty ksets up to near the end of the head's segment, then one whose
+    // 128 keys would run past it (its bytes cut at the segment's end).
+    {
+        let mut b = im.bytes.clone();
+        let seg_at = (pcache::format::SEG_START + im.head.seg as u64 * SEG + format::SEG_PAYLOAD_OFF) as usize;
+        let mut pos = im.head;
+        let mut buf = Vec::new();
+        let flags = format::KSET_FLAG_MARKS | format::KSET_FLAG_FLUSH;
+        while (payload - pos.off) as usize >= format::kset_size(KSET_MAX_KEYS) {
+            let n = encode_kset(&mut buf, &KsetHeader { seq: pos.seq, ..hdr(0, flags, 0) }, &[]);
+            b[seg_at + pos.off as usize..seg_at + pos.off as usize + n].copy_from_slice(&buf[..n]);
+            pos.off += n as u32;
+            pos.seq += 1;
+        }
+        let keys: Vec<KeyRecord> = (0..KSET_MAX_KEYS as u64).map(|i| key(&|k| k.off = i * 4096)).collect();
+        encode_kset(&mut buf, &KsetHeader { seq: pos.seq, ..hdr(0, 0, 0) }, &keys);
+        let n = (payload - pos.off) as usize;
+        b[seg_at + pos.off as usize..seg_at + pos.off as usize + n].copy_from_slice(&buf[..n]);
+        cases.push(("kset overrunning its segment", b));
+    }
     // A superblock claiming more segments than the device holds.
     {
         let mut b = im.bytes.clone();
@@ -426,6 +450,9 @@ fn crafted_metadata_is_rejected() {
         ("gc_percent above 90", "gc_percent 95 > 90"),
         ("unknown cache mode", "unknown cache mode 4"),
         ("key_tail sequence number at u64::MAX", "impossibly large"),
+        ("key_tail offset out of bounds", "out of range"),
+        ("key_tail offset unaligned", "offset 100 out of range"),
+        ("kset overrunning its segment", "overruns its segment"),
         ("segment generation at u64::MAX", "impossibly large"),
     ];
     for (what, b) in cases {

@@ -54,3 +54,22 @@ impl Drop for Scratch {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// A read's hit and miss counters: what pcache_get_stats reports as the hit
+/// ratio.
+#[test]
+fn a_read_counts_its_hit_and_missed_bytes() {
+    let media: Arc<dyn Media> = Arc::new(pcache::pmem::MemMedia::new(media_len(16)));
+    let cache = open(media, &config(BASE, 1));
+    cache.write_buf(0, 8192, &[5u8; 8192]).unwrap();
+    let mut buf = vec![0u8; 16384];
+    let misses = cache.read(4096, &mut [std::io::IoSliceMut::new(&mut buf)]).unwrap();
+    assert_eq!(misses.iter().map(|m| m.len).sum::<u64>(), 8192);
+    let st = cache.stats();
+    assert_eq!((st.read_hit_bytes, st.read_miss_bytes), (8192, 8192));
+    assert_eq!((st.read_hit_ops, st.read_miss_ops), (0, 1));
+    cache.read(8192, &mut [std::io::IoSliceMut::new(&mut buf[..8192])]).unwrap();
+    let st = cache.stats();
+    assert_eq!((st.read_hit_bytes, st.read_miss_bytes), (16384, 8192));
+    assert_eq!((st.read_hit_ops, st.read_miss_ops), (1, 1));
+}
