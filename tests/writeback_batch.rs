@@ -133,3 +133,25 @@ fn a_cap_of_one_kset_writes_each_kset_as_its_own_batch() {
     assert_eq!(st.writeback_batches, st.writeback_ksets, "{st:?}");
     assert!(st.writeback_ksets >= 5);
 }
+
+/// The dirty share writeback paces itself by (and get_stats reports): dirty
+/// bytes against the data capacity of every segment, down to 0 once written
+/// back.
+#[test]
+fn dirty_percent_is_dirty_bytes_over_the_cache_capacity() {
+    let (_media, base, cache) = setup(1 << 20);
+    assert_eq!(cache.dirty_percent(), 0);
+    let sb = cache.superblock();
+    let cap = sb.seg_count as u64 * (sb.seg_size as u64 - pcache::format::SEG_PAYLOAD_OFF);
+    // About a third of the capacity, in 4 KiB writes.
+    let n = cap / 3 / 4096;
+    for i in 0..n {
+        write(&cache, i + 1, i * 8, 8);
+    }
+    assert_eq!(cache.stats().dirty_bytes, n * 4096);
+    assert_eq!(cache.dirty_percent() as u64, n * 4096 * 100 / cap);
+    assert!((30..=34).contains(&cache.dirty_percent()), "{}", cache.dirty_percent());
+    cache.flush().unwrap();
+    cache.writeback_all(&base).unwrap();
+    assert_eq!(cache.dirty_percent(), 0);
+}
