@@ -105,6 +105,7 @@ fn an_overwrite_in_a_later_epoch_does_not_excuse_writing_back() {
 #[test]
 fn a_batch_sorts_and_merges_and_flushes_once() {
     let (_media, base, cache) = setup(32 << 20);
+    assert_eq!(cache.absorbed_percent(), None, "no batch yet");
     // 64 adjacent 4 KiB writes in reverse order, each overwritten twice.
     for round in 0..3u64 {
         for i in (0..64u64).rev() {
@@ -119,11 +120,20 @@ fn a_batch_sorts_and_merges_and_flushes_once() {
     assert_eq!(st.base_writes, 1, "256 KiB of adjacent pieces went as one write");
     let img = base.visible_image();
     assert!((0..64u64).all(|i| who(&img, i * 8) == Some(201 + i)));
+    assert_eq!(cache.absorbed_percent(), Some(66), "two thirds of the batch's dirty bytes were overwritten");
+    // A batch with half of it overwritten moves the average a quarter of the way.
+    write(&cache, 500, 1024, 8);
+    write(&cache, 501, 1024, 8);
+    cache.writeback_all(&base).unwrap();
+    assert_eq!(cache.absorbed_percent(), Some((66 * 3 + 50) / 4));
 }
 
 #[test]
 fn a_cap_of_one_kset_writes_each_kset_as_its_own_batch() {
-    let (_media, base, cache) = setup(1);
+    // Set on the live cache, as bdev_pcache_set_options does.
+    let (_media, base, cache) = setup(32 << 20);
+    cache.set_writeback_batch_bytes(1);
+    assert_eq!(cache.writeback_batch_bytes(), 1);
     for i in 0..5u64 {
         write(&cache, 1 + i, i * 16, 16);
         journal(&cache);
