@@ -62,6 +62,8 @@ struct State {
     faults: Faults,
     rng: SmallRng,
     stop: bool,
+    /// Completions held back (device mode): I/O stays in flight.
+    held: bool,
 }
 
 enum Op {
@@ -121,6 +123,7 @@ impl MemBase {
                 faults: Faults::default(),
                 rng: SmallRng::seed_from_u64(seed ^ 0x5eed_ba5e),
                 stop: false,
+                held: false,
             }),
             wake: Condvar::new(),
         })
@@ -165,6 +168,19 @@ impl MemBase {
     /// Makes every later write fail with an I/O error (a dying disk), or not.
     pub fn set_fail_writes(&self, fail: bool) {
         self.set_faults(if fail { Faults::DEAD_WRITES } else { Faults::default() });
+    }
+
+    /// Holds back every completion until released (device mode), so a test
+    /// can look at what a host has in flight at once.
+    pub fn hold_completions(&self, held: bool) {
+        self.lock().held = held;
+        self.shared.wake.notify_all();
+    }
+
+    /// Bytes of the writes submitted and not yet completed.
+    pub fn in_flight_bytes(&self) -> u64 {
+        let s = self.lock();
+        s.in_flight.iter().map(|o| if let Op::Write { data, .. } = o { data.len() as u64 } else { 0 }).sum()
     }
 
     /// I/Os submitted and not yet completed.
@@ -324,7 +340,7 @@ fn apply(s: &mut State, op: Op, block_size: u32) -> Completion {
 fn complete_loop(shared: &Shared, block_size: u32) {
     let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
     loop {
-        while s.in_flight.is_empty() && !s.stop {
+        while (s.in_flight.is_empty() || s.held) && !s.stop {
             s = shared.wake.wait(s).unwrap_or_else(|e| e.into_inner());
         }
         if s.in_flight.is_empty() {
@@ -335,6 +351,9 @@ fn complete_loop(shared: &Shared, block_size: u32) {
             drop(s);
             std::thread::sleep(Duration::from_micros(20));
             s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            if s.held && !s.stop {
+                continue;
+            }
         }
         let i = (s.rng.next_u64() % s.in_flight.len() as u64) as usize;
         let op = s.in_flight.swap_remove_back(i).expect("index is in range");

@@ -114,3 +114,46 @@ fn a_damaged_key_split_at_replay_still_fails_its_reads() {
     assert!(read_fails(&cache, off, 4096), "the damaged piece");
     assert!(read_fails(&cache, off + 8192, 4096), "the other piece of the damaged key");
 }
+
+/// Writeback stopping at a damaged block late in a batch leaves the batch's
+/// earlier writes in flight: it starts over only once they completed (a
+/// write submitted again over one in flight could land first).
+#[test]
+fn writeback_stopped_by_a_damaged_block_waits_for_the_writes_it_had_out() {
+    let media = Arc::new(MemMedia::new(media_len(16)));
+    let base = base(1 << 20);
+    let mut cfg = config(1 << 20, 1);
+    cfg.data_crc = true;
+    let cache = open(media.clone() as Arc<dyn Media>, &cfg);
+    for i in 0..70u64 {
+        write_all(&cache, &base, 0, i * 16 * 512, &write_data(i + 1, i * 16, 8));
+    }
+    let d = write_data(99, 1600, 8);
+    write_all(&cache, &base, 0, 1600 * 512, &d);
+    cache.flush().unwrap();
+    damage(&media, &d);
+    base.hold_completions(true);
+    let mut stopped = false;
+    for _ in 0..100 {
+        if let Err(e) = cache.writeback_step(&base) {
+            assert!(matches!(e, Error::DataCrc { .. }), "unexpected writeback error {e}");
+            stopped = true;
+            break;
+        }
+    }
+    assert!(stopped, "writeback did not reach the damaged block");
+    assert_eq!(base.in_flight(), 70, "the writes before the damaged block are out");
+    for _ in 0..50 {
+        let _ = cache.writeback_step(&base);
+    }
+    assert_eq!(base.in_flight(), 70, "writeback started over while its writes were in flight");
+    base.hold_completions(false);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while cache.writeback_step(&base).is_ok() {
+        assert!(std::time::Instant::now() < until, "writeback never stopped at the damaged block again");
+    }
+    assert!(!cache.is_clean());
+    let img = base.visible_image();
+    assert!((0..70u64).all(|i| who_wrote(&img[i as usize * 16 * 512..][..512], i * 16) == Some(i + 1)));
+    assert!(img[1600 * 512..1608 * 512].iter().all(|&x| x == 0), "no damaged data on the base");
+}

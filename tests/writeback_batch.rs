@@ -165,3 +165,86 @@ fn dirty_percent_is_dirty_bytes_over_the_cache_capacity() {
     cache.writeback_all(&base).unwrap();
     assert_eq!(cache.dirty_percent(), 0);
 }
+
+/// Steps writeback until the base has writes in flight (completions held).
+fn until_submitted(cache: &Cache, base: &MemBase) {
+    for _ in 0..100 {
+        cache.writeback_step(base).unwrap();
+        if base.in_flight() > 0 {
+            return;
+        }
+    }
+    panic!("writeback submitted nothing");
+}
+
+/// A step submits at most 64 base writes (one step stays short on a
+/// reactor), and a batch is not done while its writes or its flush are in
+/// flight: dirty_tail moves only once the flush completed.
+#[test]
+fn a_batch_waits_for_its_writes_and_its_flush_and_a_step_submits_at_most_64_writes() {
+    let (_media, base, cache) = setup(32 << 20);
+    // 100 pieces with gaps between them: 100 base writes.
+    for i in 0..100u64 {
+        write(&cache, i + 1, i * 16, 8);
+    }
+    cache.flush().unwrap();
+    base.hold_completions(true);
+    until_submitted(&cache, &base);
+    assert_eq!(base.in_flight(), 64, "the first step submits 64 writes");
+    cache.writeback_step(&base).unwrap();
+    assert_eq!(base.in_flight(), 100, "the next one the other 36");
+    for _ in 0..50 {
+        cache.writeback_step(&base).unwrap();
+    }
+    assert_eq!(base.in_flight(), 100, "no flush while writes are in flight");
+    assert_eq!(cache.stats().base_flushes, 0);
+    // Let the writes complete, then hold the flush.
+    base.hold_completions(false);
+    while base.in_flight() > 0 {
+        std::thread::yield_now();
+    }
+    base.hold_completions(true);
+    while cache.stats().base_flushes == 0 {
+        cache.writeback_step(&base).unwrap();
+    }
+    for _ in 0..50 {
+        assert_ne!(cache.writeback_step(&base).unwrap(), WbProgress::Advanced, "a batch finished before its flush did");
+    }
+    assert_eq!(base.in_flight(), 1, "the flush");
+    assert_eq!(cache.stats().writeback_batches, 0, "dirty_tail moved before the base flush completed");
+    base.hold_completions(false);
+    cache.writeback_all(&base).unwrap();
+    assert_eq!(cache.stats().writeback_batches, 1);
+    let img = base.durable_image();
+    assert!((0..100u64).all(|i| who(&img, i * 16) == Some(i + 1)));
+}
+
+/// A step submits about 4 MiB (it stops once past it), and at most 16 MiB
+/// (plus the run that crossed it) is in flight at once.
+#[test]
+fn a_step_submits_about_4_mib_and_16_mib_at_most_are_in_flight() {
+    const MIB: u64 = 1 << 20;
+    let media = Arc::new(MemMedia::new(media_len(600)));
+    let base = base((32 * MIB) as usize);
+    let mut cfg = config(32 * MIB, 1);
+    cfg.gc_percent = Some(90);
+    cfg.writeback_batch_bytes = 64 * MIB;
+    let cache = open(media as Arc<dyn Media>, &cfg);
+    for i in 0..24 * 16u64 {
+        let first = i * 128;
+        assert_eq!(cache.write_buf(0, first * 512, &write_data(i + 1, first, 128)).unwrap(), WriteOutcome::Done);
+    }
+    cache.flush().unwrap();
+    base.hold_completions(true);
+    until_submitted(&cache, &base);
+    let first = base.in_flight_bytes();
+    assert!((4 * MIB..5 * MIB).contains(&first), "first step submitted {first} bytes");
+    for _ in 0..20 {
+        cache.writeback_step(&base).unwrap();
+    }
+    let all = base.in_flight_bytes();
+    assert!((16 * MIB..17 * MIB).contains(&all), "{all} bytes in flight");
+    base.hold_completions(false);
+    cache.writeback_all(&base).unwrap();
+    assert!(cache.is_clean());
+}
