@@ -248,3 +248,50 @@ fn a_step_submits_about_4_mib_and_16_mib_at_most_are_in_flight() {
     cache.writeback_all(&base).unwrap();
     assert!(cache.is_clean());
 }
+
+/// An older build wrote ksets without MARKS: each is an epoch of its own, so
+/// its log is written back one kset at a time, as that build did
+/// (doc/format.md, "Epochs").
+#[test]
+fn a_log_written_before_epochs_were_marked_is_written_back_a_kset_at_a_time() {
+    use pcache::format::{self as f, KeyRecord, KsetHeader, KEY_SIZE, KSET_HDR_SIZE};
+    let (media, base, cache) = setup(32 << 20);
+    for i in 0..6u64 {
+        write(&cache, i + 1, i * 64, 8);
+        journal(&cache);
+    }
+    drop(cache);
+    // Rewrite every kset of the log without MARKS.
+    let nonce = Cache::read_superblock(&*media).unwrap().nonce;
+    let mut img = media.snapshot();
+    let mut stripped = 0;
+    for at in (f::SEG_START as usize..img.len() - KSET_HDR_SIZE).step_by(64) {
+        let b = &img[at..];
+        let seq = u64::from_le_bytes(b[8..16].try_into().unwrap());
+        let Ok(hdr) = f::parse_kset_header(b, nonce, seq, b.len()) else { continue };
+        let n = hdr.key_num as usize;
+        if hdr.flags & f::KSET_FLAG_MARKS == 0 || !f::kset_crc_ok(b, n) {
+            continue;
+        }
+        let keys: Vec<KeyRecord> = (0..n)
+            .map(|i| KeyRecord::decode(&b[KSET_HDR_SIZE + i * KEY_SIZE..KSET_HDR_SIZE + (i + 1) * KEY_SIZE]))
+            .collect();
+        let mut buf = Vec::new();
+        let len = f::encode_kset(&mut buf, &KsetHeader { flags: hdr.flags & !f::KSET_FLAG_MARKS, ..hdr }, &keys);
+        img[at..at + len].copy_from_slice(&buf[..len]);
+        stripped += 1;
+    }
+    assert!(stripped >= 6, "{stripped} ksets rewritten");
+    let mut cfg = config(BASE_SECTORS * 512, 1);
+    cfg.gc_percent = Some(90);
+    let cache = open(Arc::new(MemMedia::from_image(img)) as Arc<dyn Media>, &cfg);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while cache.writeback_step(&base).unwrap() != WbProgress::Idle {
+        assert!(std::time::Instant::now() < until, "writeback of the old log never ended");
+    }
+    let st = cache.stats();
+    assert_eq!((st.writeback_batches, st.writeback_ksets, st.writeback_epochs), (6, 6, 6), "{st:?}");
+    assert!(cache.is_clean());
+    let img = base.visible_image();
+    assert!((0..6u64).all(|i| who(&img, i * 64) == Some(i + 1)));
+}
