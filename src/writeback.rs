@@ -89,7 +89,6 @@ struct Batch {
     start: LogPos,
     end: LogPos,
     ksets: u64,
-    keys: u64,
     /// Dirty bytes of every key taken (what dirty_bytes counted for them).
     dirty: u64,
     /// Base offset -> piece; pieces never overlap (later keys won).
@@ -298,7 +297,6 @@ impl Writeback {
                 if !key.is_dirty() || (!key.is_zero() && key.gen != s.segs.gen(key.seg)) {
                     continue;
                 }
-                batch.keys += 1;
                 batch.dirty += key.len as u64;
                 let src = if key.is_zero() { Src::Zero } else { Src::Key { key, skip: 0 } };
                 put_piece(&mut batch.pieces, key.off, Piece { len: key.len, src });
