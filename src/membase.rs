@@ -179,8 +179,16 @@ impl MemBase {
 
     /// Bytes of the writes submitted and not yet completed.
     pub fn in_flight_bytes(&self) -> u64 {
+        self.in_flight_writes().iter().map(|w| w.1).sum()
+    }
+
+    /// Offset and length of each write submitted and not yet completed.
+    pub fn in_flight_writes(&self) -> Vec<(u64, u64)> {
         let s = self.lock();
-        s.in_flight.iter().map(|o| if let Op::Write { data, .. } = o { data.len() as u64 } else { 0 }).sum()
+        s.in_flight
+            .iter()
+            .filter_map(|o| if let Op::Write { off, data, .. } = o { Some((*off, data.len() as u64)) } else { None })
+            .collect()
     }
 
     /// I/Os submitted and not yet completed.

@@ -244,6 +244,10 @@ fn a_step_submits_about_4_mib_and_16_mib_at_most_are_in_flight() {
     }
     let all = base.in_flight_bytes();
     assert!((16 * MIB..17 * MIB).contains(&all), "{all} bytes in flight");
+    // Contiguous pieces go as base writes of up to 1 MiB.
+    let writes = base.in_flight_writes();
+    assert!(writes.iter().all(|w| w.1 <= MIB), "a base write over 1 MiB: {writes:?}");
+    assert!(writes.iter().filter(|w| w.1 > MIB / 2).count() >= 14, "{writes:?}");
     base.hold_completions(false);
     cache.writeback_all(&base).unwrap();
     assert!(cache.is_clean());
@@ -294,4 +298,24 @@ fn a_log_written_before_epochs_were_marked_is_written_back_a_kset_at_a_time() {
     assert!(cache.is_clean());
     let img = base.visible_image();
     assert!((0..6u64).all(|i| who(&img, i * 64) == Some(i + 1)));
+}
+
+/// A key overwritten in its middle by a journalled key of the same epoch:
+/// writeback drops only the overwritten bytes and writes the key's bytes on
+/// both sides of them.
+#[test]
+fn a_key_overwritten_in_its_middle_is_written_back_around_the_overwrite() {
+    let (_media, base, cache) = setup(1);
+    write(&cache, 1, 0, 64);
+    journal(&cache);
+    write(&cache, 2, 16, 16);
+    journal(&cache);
+    until_batches(&cache, &base, 1);
+    assert_eq!(cache.stats().writeback_skipped_bytes, 16 * 512, "the middle was overwritten");
+    cache.writeback_all(&base).unwrap();
+    let img = base.visible_image();
+    let want = |s: u64| if (16..32).contains(&s) { 2 } else { 1 };
+    for s in 0..64 {
+        assert_eq!(who(&img, s), Some(want(s)), "sector {s}");
+    }
 }
