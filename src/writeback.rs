@@ -588,4 +588,24 @@ mod tests {
         assert_eq!(pace(10, 20), None);
         assert_eq!(pace(0, 5), None);
     }
+
+    #[test]
+    fn a_piece_ending_where_an_earlier_one_ends_leaves_no_empty_piece() {
+        let mut m = BTreeMap::new();
+        put_piece(&mut m, 0, Piece { len: 4096, src: key(0, 4096, 0) });
+        put_piece(&mut m, 1024, Piece { len: 3072, src: Src::Zero });
+        let got: Vec<(u64, u32)> = m.iter().map(|(&o, p)| (o, p.len)).collect();
+        assert_eq!(got, vec![(0, 1024), (1024, 3072)]);
+    }
+
+    #[test]
+    fn the_pacer_waits_between_steps_only_when_asked() {
+        let mut p = Pacer::default();
+        assert!(p.ready(Some(Duration::from_secs(60))), "the first step goes at once");
+        assert!(!p.ready(Some(Duration::from_secs(60))), "the next one waits");
+        assert!(p.ready(None), "no wait asked");
+        assert!(!p.ready(Some(Duration::from_secs(60))), "a step without a wait counts as the last one");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(p.ready(Some(Duration::from_millis(10))), "the wait has passed");
+    }
 }
