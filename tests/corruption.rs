@@ -455,6 +455,15 @@ fn crafted_metadata_is_rejected() {
         ("kset overrunning its segment", "overruns its segment"),
         ("segment generation at u64::MAX", "impossibly large"),
     ];
+    // A refusal of a kset says where the kset is.
+    let at = format!("kset seq {} at segment {} offset {:#x}", im.head.seq, im.head.seg, im.head.off);
+    for what in ["kset chain cycle", "next segment out of range", "kset with 129 keys"] {
+        let b = &cases.iter().find(|c| c.0 == what).expect("a case of that name").1;
+        match open_no_panic(b, what) {
+            Err(e) => assert!(e.to_string().contains(&at), "{what}: {e} does not say {at}"),
+            Ok(_) => panic!("{what}: crafted image was accepted"),
+        }
+    }
     for (what, b) in cases {
         match open_no_panic(&b, what) {
             Err(e) => {
