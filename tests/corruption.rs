@@ -349,6 +349,22 @@ fn crafted_metadata_is_rejected() {
             "zero key with data fields",
             with_kset(&im, hdr(1, 0, 0), &[key(&|k| k.flags = KEY_FLAG_DIRTY | format::KEY_FLAG_ZERO)]),
         ),
+    ]);
+    // A zero key with any one data field set.
+    let zero = |f: &dyn Fn(&mut KeyRecord)| {
+        key(&|k| {
+            k.flags = KEY_FLAG_DIRTY | format::KEY_FLAG_ZERO;
+            k.seg = 0;
+            f(k)
+        })
+    };
+    cases.extend([
+        ("zero key with a CRC flag", with_kset(&im, hdr(1, 0, 0), &[zero(&|k| k.flags |= format::KEY_FLAG_CRC)])),
+        ("zero key with a segment offset", with_kset(&im, hdr(1, 0, 0), &[zero(&|k| k.seg_off = 4096)])),
+        ("zero key with a generation", with_kset(&im, hdr(1, 0, 0), &[zero(&|k| k.gen = 1)])),
+        ("zero key with a data CRC", with_kset(&im, hdr(1, 0, 0), &[zero(&|k| k.data_crc = 7)])),
+    ]);
+    cases.extend([
         (
             "data CRC flag on a cache without data CRC",
             with_kset(&im, hdr(1, 0, 0), &[live(&|k| k.flags = KEY_FLAG_DIRTY | format::KEY_FLAG_CRC)]),
@@ -443,6 +459,10 @@ fn crafted_metadata_is_rejected() {
         ("unaligned key", "unaligned or empty"),
         ("empty key", "unaligned or empty"),
         ("zero key with data fields", "zero key with data fields"),
+        ("zero key with a CRC flag", "zero key with data fields"),
+        ("zero key with a segment offset", "zero key with data fields"),
+        ("zero key with a generation", "zero key with data fields"),
+        ("zero key with a data CRC", "zero key with data fields"),
         ("data CRC flag on a cache without data CRC", "data CRC flag disagrees"),
         ("last kset carrying keys", "last kset carries keys"),
         ("two keys naming the same pmem bytes", "two keys name the same bytes"),
@@ -505,4 +525,27 @@ fn fuzz_harness_survives_random_inputs() {
         catch_unwind(|| pcache::fuzzing::load_image(&input))
             .unwrap_or_else(|_| panic!("fuzz input {i} panicked: {input:?}"));
     }
+}
+
+/// What replay reports having read (the figures `pcache bench` divides by
+/// its time): every kset and key from key_tail, the dirty bytes among them.
+#[test]
+fn replay_reports_the_ksets_keys_and_dirty_bytes_it_read() {
+    let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(SEGS)));
+    let base = base((BASE_SECTORS * 512) as usize);
+    let mut cfg = config(BASE_SECTORS * 512, 1);
+    cfg.kset_flush_interval = std::time::Duration::ZERO;
+    let cache = open(media.clone(), &cfg);
+    for i in 0..5u64 {
+        write_all(&cache, &base, 0, i * 8192, &write_data(i + 1, i * 16, 8));
+        cache.flush_expired_ksets().unwrap();
+    }
+    cache.write_zeroes(100 * 512, 8192).unwrap();
+    cache.flush().unwrap();
+    drop(cache);
+    let (_c, opened) = Cache::open(media, &cfg).unwrap();
+    let pcache::Opened::Loaded(rep) = opened else { panic!("the cache was formatted again") };
+    assert_eq!((rep.keys, rep.stale_keys), (6, 0), "{rep:?}");
+    assert_eq!(rep.dirty_bytes, 5 * 4096 + 8192, "{rep:?}");
+    assert!(rep.ksets >= 6, "{rep:?}");
 }
