@@ -549,3 +549,25 @@ fn replay_reports_the_ksets_keys_and_dirty_bytes_it_read() {
     assert_eq!(rep.dirty_bytes, 5 * 4096 + 8192, "{rep:?}");
     assert!(rep.ksets >= 6, "{rep:?}");
 }
+
+/// A key naming an older generation of its segment (the segment was freed
+/// and handed out again since) is stale: replay skips it, and its range
+/// reads as it would without it.
+#[test]
+fn a_key_of_an_older_generation_of_its_segment_is_skipped() {
+    let im = build();
+    let seg = (0..SEGS).find(|&s| s != im.head.seg as u64 && s > 2).unwrap();
+    let off = pcache::format::SEG_START + seg * SEG;
+    // The segment is at generation 2 now.
+    let bumped = with_record(&im, [off, off + 4096], format::REC_SEG_META, |r| format::seg_meta_body(r, seg as u32, 2));
+    let bumped_im =
+        Image { bytes: bumped, base: im.base.clone(), model: im.model.clone(), head: im.head, nonce: im.nonce };
+    let key = KeyRecord { off: 0, len: 4096, flags: KEY_FLAG_DIRTY, seg: seg as u32, seg_off: 0, gen: 1, data_crc: 0 };
+    let hdr = KsetHeader { seq: im.head.seq, nonce: im.nonce, key_num: 1, flags: format::KSET_FLAG_MARKS, next_seg: 0 };
+    let with_stale = with_kset(&bumped_im, hdr, &[key]);
+    let read = |img: &[u8]| {
+        let c = try_open(img).expect("the image loads");
+        read_through(&c, &base_from(im.base.clone()), 0, 0, 4096)
+    };
+    assert_eq!(read(&with_stale), read(&bumped_im.bytes), "the stale key was replayed");
+}
