@@ -31,6 +31,46 @@ fn check_prefix(img: &[u8], states: &[HashMap<u64, u64>], writes: &[HashMap<u64,
     })
 }
 
+/// What the base may hold: states[k] maps sector -> id after epoch k;
+/// writes[k] lists the ids written in epoch k.
+struct Epochs {
+    states: Vec<HashMap<u64, u64>>,
+    writes: Vec<HashMap<u64, Vec<u64>>>,
+}
+
+impl Epochs {
+    fn new() -> Self {
+        Epochs { states: vec![HashMap::new()], writes: vec![HashMap::new()] }
+    }
+
+    /// Writes `min` to `min + 59` random writes as epoch `epoch` (ended by
+    /// the caller) and records them.
+    fn write(
+        &mut self,
+        cache: &pcache::Cache,
+        base: &pcache::MemBase,
+        rng: &mut SmallRng,
+        seed: u64,
+        epoch: u64,
+        min: u64,
+    ) {
+        let mut state = self.states.last().unwrap().clone();
+        let mut w: HashMap<u64, Vec<u64>> = HashMap::new();
+        for i in 0..(min + rng.next_u64() % 60) {
+            let first = rng.next_u64() % BASE_SECTORS;
+            let n = 1 + rng.next_u64() % 8.min(BASE_SECTORS - first);
+            let id = (seed << 32) | (epoch << 16) | (i + 1);
+            write_all(cache, base, 0, first * 512, &write_data(id, first, n));
+            for s in first..first + n {
+                state.insert(s, id);
+                w.entry(s).or_default().push(id);
+            }
+        }
+        self.states.push(state);
+        self.writes.push(w);
+    }
+}
+
 #[test]
 fn base_holds_a_prefix_of_flush_epochs_at_every_step() {
     for seed in 1..=20u64 {
@@ -40,26 +80,12 @@ fn base_holds_a_prefix_of_flush_epochs_at_every_step() {
         cfg.gc_percent = Some(90);
         let cache = open(media, &cfg);
         let mut rng = SmallRng::seed_from_u64(seed);
-        // states[k]: sector -> id after epoch k; writes[k]: ids written in epoch k.
-        let mut states = vec![HashMap::new()];
-        let mut writes = vec![HashMap::new()];
+        let mut e = Epochs::new();
         for epoch in 1..=12u64 {
-            let mut state: HashMap<u64, u64> = states.last().unwrap().clone();
-            let mut w: HashMap<u64, Vec<u64>> = HashMap::new();
-            for i in 0..(5 + rng.next_u64() % 60) {
-                let first = rng.next_u64() % BASE_SECTORS;
-                let n = 1 + rng.next_u64() % 8.min(BASE_SECTORS - first);
-                let id = (seed << 32) | (epoch << 16) | (i + 1);
-                write_all(&cache, &base, 0, first * 512, &write_data(id, first, n));
-                for s in first..first + n {
-                    state.insert(s, id);
-                    w.entry(s).or_default().push(id);
-                }
-            }
+            e.write(&cache, &base, &mut rng, seed, epoch, 5);
             cache.flush().unwrap();
-            states.push(state);
-            writes.push(w);
         }
+        let (states, writes) = (&e.states, &e.writes);
         let mut steps = 0;
         let mut last_k = 0;
         loop {
@@ -67,7 +93,7 @@ fn base_holds_a_prefix_of_flush_epochs_at_every_step() {
             steps += 1;
             for c in 0..3 {
                 let img = base.crash_image(seed * 1000 + steps * 3 + c);
-                let k = check_prefix(&img, &states, &writes)
+                let k = check_prefix(&img, states, writes)
                     .unwrap_or_else(|| panic!("seed {seed} step {steps}: base is not a prefix of the flush epochs"));
                 last_k = last_k.max(k);
             }
@@ -122,42 +148,26 @@ fn a_flush_after_reopen_ends_the_epoch_the_crash_left_open() {
         let base = base((BASE_SECTORS * 512) as usize);
         let cfg = config(BASE_SECTORS * 512, 1);
         let mut rng = SmallRng::seed_from_u64(seed);
-        let mut states = vec![HashMap::new()];
-        let mut writes = vec![HashMap::new()];
-        let mut run = |cache: &pcache::Cache, epoch: u64, rng: &mut SmallRng| {
-            let mut state: HashMap<u64, u64> = states.last().unwrap().clone();
-            let mut w: HashMap<u64, Vec<u64>> = HashMap::new();
-            for i in 0..(40 + rng.next_u64() % 60) {
-                let first = rng.next_u64() % BASE_SECTORS;
-                let n = 1 + rng.next_u64() % 8.min(BASE_SECTORS - first);
-                let id = (seed << 32) | (epoch << 16) | (i + 1);
-                write_all(cache, &base, 0, first * 512, &write_data(id, first, n));
-                for s in first..first + n {
-                    state.insert(s, id);
-                    w.entry(s).or_default().push(id);
-                }
-            }
-            states.push(state);
-            writes.push(w);
-        };
+        let mut e = Epochs::new();
         // The crashed run: its keys reach the log through the kset timer,
         // never through a FLUSH.
         let cache = open(media.clone(), &cfg);
-        run(&cache, 1, &mut rng);
+        e.write(&cache, &base, &mut rng, seed, 1, 40);
         std::thread::sleep(cfg.kset_flush_interval * 2);
         cache.flush_expired_ksets().unwrap();
         drop(cache);
         let cache = open(media, &cfg);
         cache.flush().unwrap();
-        run(&cache, 2, &mut rng);
+        e.write(&cache, &base, &mut rng, seed, 2, 40);
         cache.flush().unwrap();
+        let (states, writes) = (&e.states, &e.writes);
         let mut steps = 0;
         loop {
             let p = cache.writeback_step(&base).unwrap();
             steps += 1;
             for c in 0..3 {
                 let img = base.crash_image(seed * 1000 + steps * 3 + c);
-                check_prefix(&img, &states, &writes).unwrap_or_else(|| {
+                check_prefix(&img, states, writes).unwrap_or_else(|| {
                     panic!("seed {seed} step {steps}: the base took a write after the FLUSH ahead of one before it")
                 });
             }
@@ -166,6 +176,6 @@ fn a_flush_after_reopen_ends_the_epoch_the_crash_left_open() {
             }
         }
         assert!(cache.is_clean());
-        assert_eq!(check_prefix(&base.visible_image(), &states, &writes), Some(2), "seed {seed}");
+        assert_eq!(check_prefix(&base.visible_image(), states, writes), Some(2), "seed {seed}");
     }
 }
