@@ -221,11 +221,7 @@ pub fn check_key(k: &KeyRecord, sb: &Superblock, segs: &SegmentTable, is_log_seg
     if is_log_seg[k.seg as usize] {
         return bad(format!("points into key-log segment {}", k.seg));
     }
-    let gen = segs.gen(k.seg);
-    if k.gen > gen {
-        return bad(format!("generation {} is newer than its segment's {gen}", k.gen));
-    }
-    Ok(k.gen == gen)
+    segs.replay_gen(k.seg, k.gen).or_else(|gen| bad(format!("generation {} is newer than its segment's {gen}", k.gen)))
 }
 
 /// Replay: the walk of the log rebuilding the index and segment references.

@@ -60,6 +60,11 @@ pub struct SegmentTable {
     pub geo: Geometry,
     refs: Vec<AtomicU32>,
     gens: Vec<AtomicU64>,
+    /// Segments whose metadata had lost a replica at load. The lost copy may
+    /// have been the newer one, holding the next generation (bumped before
+    /// the segment was handed out again); replay settles which by the first
+    /// key that names the segment ([`SegmentTable::replay_gen`]).
+    unsure: Vec<AtomicBool>,
     shared: Mutex<Shared>,
     /// Free segments kept back for the key log, so journalling never deadlocks.
     reserve: u32,
@@ -86,9 +91,10 @@ impl SegmentTable {
         let n = geo.seg_count as usize;
         let mut meta = Vec::with_capacity(n);
         let mut gens = Vec::with_capacity(n);
+        let mut unsure = Vec::with_capacity(n);
         for seg in 0..geo.seg_count {
             let what = format!("segment {seg} metadata");
-            let (rep, rec, _) = Replica::load(media, geo.meta_offs(seg), REC_SEG_META, &what)?;
+            let (rep, rec, health) = Replica::load(media, geo.meta_offs(seg), REC_SEG_META, &what)?;
             let (id, gen) = format::seg_meta_from_body(&rec);
             if id != seg {
                 return Err(Error::corrupt(what, format!("records segment id {id}")));
@@ -98,11 +104,13 @@ impl SegmentTable {
             }
             meta.push(rep);
             gens.push(AtomicU64::new(gen));
+            unsure.push(AtomicBool::new(health.degraded()));
         }
         Ok(SegmentTable {
             geo,
             refs: (0..n).map(|_| AtomicU32::new(0)).collect(),
             gens,
+            unsure,
             shared: Mutex::new(Shared { free: VecDeque::new(), meta }),
             reserve,
             space_epoch: AtomicU64::new(0),
@@ -113,6 +121,9 @@ impl SegmentTable {
 
     /// After replay: every segment nobody references is free.
     pub fn finish_load(&self) {
+        for u in &self.unsure {
+            u.store(false, Ordering::Relaxed);
+        }
         let mut sh = self.lock();
         sh.free = (0..self.geo.seg_count).filter(|&s| self.refs[s as usize].load(Ordering::Relaxed) == 0).collect();
     }
@@ -120,6 +131,29 @@ impl SegmentTable {
     /// Takes a reference during replay (no free-list bookkeeping yet).
     pub fn replay_get(&self, seg: u32) {
         self.refs[seg as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// During replay: whether a key naming generation `key_gen` of `seg` is
+    /// live (true) or stale (false); Err(the segment's generation) when the
+    /// key names a newer one. The live log's keys all name their segment's
+    /// current generation (a segment is freed only after GC passed every key
+    /// naming it), so on a segment whose newer metadata replica was lost, a
+    /// key naming the next generation is what that replica held: it is
+    /// adopted. The first key naming either settles it.
+    pub fn replay_gen(&self, seg: u32, key_gen: u64) -> std::result::Result<bool, u64> {
+        let i = seg as usize;
+        let gen = self.gens[i].load(Ordering::Acquire);
+        if key_gen == gen + 1 && self.unsure[i].swap(false, Ordering::AcqRel) {
+            self.gens[i].store(key_gen, Ordering::Release);
+            return Ok(true);
+        }
+        if key_gen == gen {
+            self.unsure[i].store(false, Ordering::Release);
+        }
+        if key_gen > gen {
+            return Err(gen);
+        }
+        Ok(key_gen == gen)
     }
 
     pub fn gen(&self, seg: u32) -> u64 {
@@ -221,5 +255,56 @@ impl SegmentTable {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pmem::MemMedia;
+
+    const SEG: u64 = 1 << 16;
+
+    /// A table of two segments, segment 1 at generation 1 with its newer
+    /// replica (the one saying 1) lost.
+    fn table_with_a_lost_replica() -> SegmentTable {
+        let media = MemMedia::new((2 * SEG) as usize);
+        let geo = Geometry { seg_start: 0, seg_size: SEG, seg_count: 2 };
+        SegmentTable::format(&media, geo).unwrap();
+        let t = SegmentTable::load(&media, geo, 0).unwrap();
+        t.replay_get(1);
+        t.finish_load();
+        t.put(&media, 1).unwrap();
+        assert_eq!(t.gen(1), 1);
+        let newer = geo.meta_offs(1).into_iter().find(|&o| {
+            let mut b = [0u8; crate::format::REC_SIZE];
+            media.read(o, &mut b).unwrap();
+            crate::format::Record::decode(&b, REC_SEG_META).is_some_and(|r| format::seg_meta_from_body(&r).1 == 1)
+        });
+        media.write(newer.unwrap() + 9, &[0xff]).unwrap();
+        let t = SegmentTable::load(&media, geo, 0).unwrap();
+        assert_eq!(t.gen(1), 0, "the survivor is the older replica");
+        t
+    }
+
+    #[test]
+    fn a_key_naming_the_lost_replicas_generation_is_adopted() {
+        let t = table_with_a_lost_replica();
+        assert_eq!(t.replay_gen(1, 1), Ok(true), "the lost replica held generation 1");
+        assert_eq!(t.gen(1), 1);
+        assert_eq!(t.replay_gen(1, 0), Ok(false), "older keys are stale now");
+        assert_eq!(t.replay_gen(1, 2), Err(1));
+        // An intact record adopts nothing.
+        assert_eq!(t.replay_gen(0, 1), Err(0));
+    }
+
+    #[test]
+    fn a_key_naming_the_survivors_generation_settles_it() {
+        let t = table_with_a_lost_replica();
+        assert_eq!(t.replay_gen(1, 0), Ok(true));
+        assert_eq!(t.replay_gen(1, 1), Err(0), "settled: a newer key is impossible");
+        let t = table_with_a_lost_replica();
+        t.finish_load();
+        assert_eq!(t.replay_gen(1, 1), Err(0), "after replay nothing is adopted");
     }
 }
