@@ -149,6 +149,36 @@ fn writes_over_a_bypass_in_flight_wait_for_it() {
     assert!(got == want, "the later cached write reads over the bypassed data");
 }
 
+/// Only writes that overlap a bypass in flight wait for it: one that ends
+/// just before it, in the same subtree, goes in at once, as a write, as
+/// zeroes and in a batch.
+#[test]
+fn writes_beside_a_bypass_in_flight_do_not_wait() {
+    let (base, cache) = setup();
+    for i in 0..4 {
+        host_write(&cache, &base, i + 1, i * IO, IO);
+    }
+    let b: Bypass = cache.begin_bypass(0, 4 * IO, IO).expect("the stream bypasses");
+    let before = 4 * IO - 8192;
+    let data = write_data(60, before / 512, 8);
+    assert_eq!(cache.write_buf(0, before, &data).unwrap(), WriteOutcome::Done, "a write ending at the bypass");
+    assert_eq!(cache.write_zeroes(before + 4096, 4096).unwrap(), WriteOutcome::Done, "zeroes ending at the bypass");
+    let batched = write_data(61, 1, 8);
+    let iov = [std::io::IoSlice::new(&batched)];
+    let mut out = Vec::new();
+    cache.write_batch(0, &[pcache::WriteReq { offset: 512, data: &iov }], &mut out);
+    assert!(matches!(out[..], [Ok(WriteOutcome::Done)]), "a batched write before the bypass: {out:?}");
+    // The first byte of the bypass waits, in each form.
+    assert_eq!(cache.write_buf(0, 4 * IO, &data).unwrap(), WriteOutcome::Deferred { written: 0 });
+    assert_eq!(cache.write_zeroes(4 * IO, 512).unwrap(), WriteOutcome::Deferred { written: 0 });
+    base_write(&base, 4 * IO, write_data(5, 4 * IO / 512, IO / 512));
+    cache.end_bypass(b, true);
+    let mut want = data[..4096].to_vec();
+    want.extend(vec![0u8; 4096]);
+    assert!(read_through(&cache, &base, 0, before, 8192) == want);
+    assert!(read_through(&cache, &base, 0, 512, 4096) == batched);
+}
+
 #[test]
 fn a_flush_after_a_bypass_needs_a_base_flush() {
     let (base, cache) = setup();
