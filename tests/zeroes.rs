@@ -121,3 +121,57 @@ fn repeated_zeroes_of_a_range_journal_one_key() {
     assert_eq!(cache.stats().dirty_bytes, (2 << 20) + 512, "replay sees the same keys");
     assert!(read_through(&cache, &base, 0, 0, 1 << 20).iter().all(|&b| b == 0));
 }
+
+/// Zeroes anywhere on a large base (many more subtrees than open ksets) go
+/// in, read as zeros, and replay.
+#[test]
+fn zeroes_anywhere_on_a_large_base_go_in_and_replay() {
+    const LARGE: u64 = 4 << 30;
+    let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(64)));
+    let cfg = config(LARGE, 1);
+    let offsets = [0, SUBTREE_SIZE, 1 << 30, 3 << 30, LARGE - 8192];
+    let reads_zeros = |cache: &pcache::Cache| {
+        for &off in &offsets {
+            let mut buf = vec![0xa5u8; 8192];
+            let misses = cache.read(off, &mut [std::io::IoSliceMut::new(&mut buf)]).unwrap();
+            assert!(misses.is_empty(), "zeroes at {off} are in the cache");
+            assert!(buf.iter().all(|&b| b == 0), "zeroes at {off} read as zeros");
+        }
+    };
+    let cache = open(media.clone(), &cfg);
+    for &off in &offsets {
+        assert_eq!(cache.write_zeroes(off, 8192).unwrap(), WriteOutcome::Done, "zeroes at {off}");
+    }
+    reads_zeros(&cache);
+    cache.flush().unwrap();
+    drop(cache);
+    reads_zeros(&open(media, &cfg));
+}
+
+/// Zeroes are not journalled again only when the newest open key over their
+/// range is a zero key covering it; keys beside the range (touching it or
+/// not) do not change that, a newer data key over it does.
+#[test]
+fn zeroes_skip_only_what_the_newest_open_key_over_them_zeroes() {
+    const K: u64 = 4096;
+    // (zeroes before, a write between, zeroes again, dirty bytes journalled)
+    let cases: [(&str, (u64, u64), Option<(u64, u64)>, u64); 5] = [
+        ("the same zeroes again", (2 * K, K), None, K),
+        ("a write just after", (2 * K, K), Some((3 * K, K)), 2 * K),
+        ("a write just before", (2 * K, K), Some((K, K)), 2 * K),
+        ("a write elsewhere", (2 * K, K), Some((25 * K, K)), 2 * K),
+        ("a write over part of the zeroes", (2 * K, 2 * K), Some((2 * K, K)), 4 * K),
+    ];
+    for (what, (zo, zl), write, dirty) in cases {
+        let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(16)));
+        let base = base(BASE as usize);
+        let cache = open(media, &config(BASE, 1));
+        zero_all(&cache, &base, zo, zl);
+        if let Some((wo, wl)) = write {
+            write_all(&cache, &base, 0, wo, &write_data(9, wo / 512, wl / 512));
+        }
+        zero_all(&cache, &base, 2 * K, K);
+        assert_eq!(cache.stats().dirty_bytes, dirty, "{what}");
+        assert!(read_through(&cache, &base, 0, 2 * K, K as usize).iter().all(|&b| b == 0), "{what}");
+    }
+}
