@@ -1,14 +1,14 @@
 //! Reads: the prefetch hint a host gives before a batch of reads (see
-//! src/read.rs) accepts any range, on a real pmem mapping too, and changes
-//! nothing a read then returns.
+//! src/read.rs) accepts any range, on a real pmem mapping too, changes
+//! nothing a read then returns, and names exactly the cached bytes asked for.
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use common::*;
 use pcache::format::SUBTREE_SIZE;
-use pcache::pmem::{Media, PmemFile};
+use pcache::pmem::{Media, MemMedia, PmemFile};
 
 const BASE: u64 = 2 * SUBTREE_SIZE;
 
@@ -72,4 +72,64 @@ fn a_read_counts_its_hit_and_missed_bytes() {
     let st = cache.stats();
     assert_eq!((st.read_hit_bytes, st.read_miss_bytes), (16384, 8192));
     assert_eq!((st.read_hit_ops, st.read_miss_ops), (1, 1));
+}
+
+/// A media that records the prefetch hints it is given.
+struct Hinted {
+    mem: MemMedia,
+    hints: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Media for Hinted {
+    fn len(&self) -> u64 {
+        self.mem.len()
+    }
+    fn read(&self, off: u64, buf: &mut [u8]) -> pcache::Result<()> {
+        self.mem.read(off, buf)
+    }
+    fn write(&self, off: u64, data: &[u8]) -> pcache::Result<()> {
+        self.mem.write(off, data)
+    }
+    fn fence(&self) {
+        self.mem.fence()
+    }
+    fn prefetch(&self, off: u64, len: u64) {
+        self.hints.lock().unwrap().push((off, len));
+    }
+}
+
+/// The prefetch hint names exactly the cached bytes of the range, in order:
+/// not the zero extents, the holes or the data beside it (with data CRC on,
+/// each extent it touches whole, as the read checks it).
+#[test]
+fn prefetch_hints_the_cached_bytes_of_the_range_only() {
+    const K: u64 = 1024;
+    for crc in [false, true] {
+        let media = Arc::new(Hinted { mem: MemMedia::new(media_len(40)), hints: Mutex::new(Vec::new()) });
+        let base = base(BASE as usize);
+        let mut cfg = config(BASE, 1);
+        cfg.data_crc = crc;
+        let cache = open(media.clone() as Arc<dyn Media>, &cfg);
+        let x = write_data(1, 64 * K / 512, 32);
+        write_all(&cache, &base, 0, 64 * K, &x); // [64K, 80K)
+        cache.write_zeroes(96 * K, 4 * K).unwrap();
+        let y = write_data(2, 128 * K / 512, 8);
+        write_all(&cache, &base, 0, 128 * K, &y); // [128K, 132K)
+        write_all(&cache, &base, 0, 140 * K, &write_data(3, 140 * K / 512, 8)); // beside the range
+        media.hints.lock().unwrap().clear();
+        cache.prefetch(68 * K, 68 * K); // [68K, 136K)
+        let hints = std::mem::take(&mut *media.hints.lock().unwrap());
+        let mut hinted = Vec::new();
+        for &(off, len) in &hints {
+            let mut b = vec![0u8; len as usize];
+            media.read(off, &mut b).unwrap();
+            hinted.extend(b);
+        }
+        let want: Vec<u8> = if crc { [&x[..], &y[..]].concat() } else { [&x[4 * K as usize..], &y[..]].concat() };
+        assert_eq!(hints.len(), 2, "crc {crc}: one hint per cached extent: {hints:?}");
+        assert!(hinted == want, "crc {crc}: the hints name other bytes: {hints:?}");
+        // A range past the end hints nothing.
+        cache.prefetch(BASE, 4096);
+        assert!(media.hints.lock().unwrap().is_empty());
+    }
 }
