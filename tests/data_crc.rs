@@ -31,6 +31,9 @@ fn a_damaged_block_stops_writeback_until_it_is_overwritten() {
     // Reads of A fail; B reads fine.
     let mut buf = vec![0u8; 4096];
     assert!(matches!(cache.read(0, &mut [IoSliceMut::new(&mut buf)]), Err(Error::DataCrc { offset: 0, .. })));
+    // A read of its middle names the whole damaged extent.
+    let r = cache.read(1024, &mut [IoSliceMut::new(&mut buf[..1024])]);
+    assert!(matches!(r, Err(Error::DataCrc { offset: 0, len: 4096 })), "{r:?}");
     assert_eq!(read_through(&cache, &base, 0, 128 * 512, 4096), b);
 
     // Writeback stops at A with the error, again and again; A never reaches the base.

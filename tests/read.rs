@@ -128,6 +128,19 @@ fn prefetch_hints_the_cached_bytes_of_the_range_only() {
         let want: Vec<u8> = if crc { [&x[..], &y[..]].concat() } else { [&x[4 * K as usize..], &y[..]].concat() };
         assert_eq!(hints.len(), 2, "crc {crc}: one hint per cached extent: {hints:?}");
         assert!(hinted == want, "crc {crc}: the hints name other bytes: {hints:?}");
+        // Data across a subtree boundary is two extents, hinted in order.
+        let z = write_data(4, SUBTREE_SIZE / 512 - 8, 16);
+        write_all(&cache, &base, 0, SUBTREE_SIZE - 4 * K, &z);
+        media.hints.lock().unwrap().clear();
+        cache.prefetch(SUBTREE_SIZE - 4 * K, 8 * K);
+        let hints = std::mem::take(&mut *media.hints.lock().unwrap());
+        let mut hinted = Vec::new();
+        for &(off, len) in &hints {
+            let mut b = vec![0u8; len as usize];
+            media.read(off, &mut b).unwrap();
+            hinted.extend(b);
+        }
+        assert!(hinted == z, "crc {crc}: across the subtree boundary: {hints:?}");
         // A range past the end hints nothing.
         cache.prefetch(BASE, 4096);
         assert!(media.hints.lock().unwrap().is_empty());
