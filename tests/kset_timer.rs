@@ -30,6 +30,44 @@ fn open_kset_is_sealed_when_due_and_not_before() {
     assert_eq!(cache.stats().kset_flushes, 2);
 }
 
+/// Batched writes and read fills go to their worker's own kset too: a
+/// second worker's key, added after the first worker's kset is due, is not
+/// journalled with it.
+#[test]
+fn batched_writes_and_fills_go_to_their_workers_kset() {
+    for path in ["batch", "fill"] {
+        let media: Arc<dyn Media> = Arc::new(MemMedia::new(media_len(16)));
+        let mut cfg = config(8 << 20, 2);
+        cfg.kset_flush_interval = Duration::from_millis(500);
+        let cache = open(media, &cfg);
+        cache.write_buf(0, 0, &[1u8; 4096]).unwrap();
+        std::thread::sleep(Duration::from_millis(550));
+        let data = [2u8; 4096];
+        match path {
+            "batch" => {
+                // Two requests: one alone takes the single-write path.
+                let iov = [std::io::IoSlice::new(&data)];
+                let reqs = [
+                    pcache::WriteReq { offset: 4 << 20, data: &iov },
+                    pcache::WriteReq { offset: 5 << 20, data: &iov },
+                ];
+                let mut out = Vec::new();
+                cache.write_batch(1, &reqs, &mut out);
+                assert!(matches!(out[..], [Ok(pcache::WriteOutcome::Done), Ok(pcache::WriteOutcome::Done)]), "{out:?}");
+            }
+            _ => {
+                let mut buf = [0u8; 4096];
+                let misses = cache.read(4 << 20, &mut [std::io::IoSliceMut::new(&mut buf)]).unwrap();
+                assert!(cache.fill(1, &misses[0], &data).unwrap(), "the fill went in");
+            }
+        }
+        assert_eq!(cache.flush_expired_ksets().unwrap(), 1, "{path}: only the first kset is due");
+        assert_eq!(cache.flush_expired_ksets().unwrap(), 0, "{path}: the second is not due yet");
+        std::thread::sleep(Duration::from_millis(550));
+        assert_eq!(cache.flush_expired_ksets().unwrap(), 1, "{path}: the second kset is due");
+    }
+}
+
 /// While writes wait for space, a tick journals every open kset, due or not:
 /// GC can reclaim nothing an open kset still points into.
 #[test]
