@@ -154,8 +154,10 @@ fn zeroes_anywhere_on_a_large_base_go_in_and_replay() {
 #[test]
 fn zeroes_skip_only_what_the_newest_open_key_over_them_zeroes() {
     const K: u64 = 4096;
-    // (zeroes before, a write between, zeroes again, dirty bytes journalled)
-    let cases: [(&str, (u64, u64), Option<(u64, u64)>, u64); 5] = [
+    // (what, zeroes at (offset, length), a write between, the dirty bytes
+    // journalled once [2K, 3K) is zeroed again)
+    type Case = (&'static str, (u64, u64), Option<(u64, u64)>, u64);
+    let cases: [Case; 5] = [
         ("the same zeroes again", (2 * K, K), None, K),
         ("a write just after", (2 * K, K), Some((3 * K, K)), 2 * K),
         ("a write just before", (2 * K, K), Some((K, K)), 2 * K),
