@@ -382,6 +382,7 @@ impl Cache {
 
     /// Reclaims up to a bounded number of ksets. Returns how many.
     pub fn gc_step(&self) -> Result<usize> {
+        self.s.segs.repair(&*self.s.media)?;
         self.gc.step(&self.s, &self.journal, self.gc_percent())
     }
 

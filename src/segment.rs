@@ -54,6 +54,10 @@ pub enum Use {
 struct Shared {
     free: VecDeque<u32>,
     meta: Vec<Replica>,
+    /// Segments whose metadata had lost a replica at load, each with whether
+    /// it is held back from the free list until [`SegmentTable::repair`]
+    /// gives it a new generation.
+    degraded: Vec<(u32, bool)>,
 }
 
 pub struct SegmentTable {
@@ -65,6 +69,8 @@ pub struct SegmentTable {
     /// the segment was handed out again); replay settles which by the first
     /// key that names the segment ([`SegmentTable::replay_gen`]).
     unsure: Vec<AtomicBool>,
+    /// Records to rewrite ([`SegmentTable::repair`]).
+    repair_due: AtomicBool,
     shared: Mutex<Shared>,
     /// Free segments kept back for the key log, so journalling never deadlocks.
     reserve: u32,
@@ -92,6 +98,7 @@ impl SegmentTable {
         let mut meta = Vec::with_capacity(n);
         let mut gens = Vec::with_capacity(n);
         let mut unsure = Vec::with_capacity(n);
+        let mut degraded = Vec::new();
         for seg in 0..geo.seg_count {
             let what = format!("segment {seg} metadata");
             let (rep, rec, health) = Replica::load(media, geo.meta_offs(seg), REC_SEG_META, &what)?;
@@ -105,13 +112,17 @@ impl SegmentTable {
             meta.push(rep);
             gens.push(AtomicU64::new(gen));
             unsure.push(AtomicBool::new(health.degraded()));
+            if health.degraded() {
+                degraded.push((seg, false));
+            }
         }
         Ok(SegmentTable {
             geo,
             refs: (0..n).map(|_| AtomicU32::new(0)).collect(),
             gens,
             unsure,
-            shared: Mutex::new(Shared { free: VecDeque::new(), meta }),
+            repair_due: AtomicBool::new(false),
+            shared: Mutex::new(Shared { free: VecDeque::new(), meta, degraded }),
             reserve,
             space_epoch: AtomicU64::new(0),
             short: AtomicBool::new(false),
@@ -119,13 +130,54 @@ impl SegmentTable {
         })
     }
 
-    /// After replay: every segment nobody references is free.
+    /// After replay: every segment nobody references is free, but one whose
+    /// metadata lost a replica and that no key named: the lost copy may have
+    /// been one generation past the survivor, so it waits for
+    /// [`SegmentTable::repair`] to move past both.
     pub fn finish_load(&self) {
-        for u in &self.unsure {
-            u.store(false, Ordering::Relaxed);
-        }
         let mut sh = self.lock();
-        sh.free = (0..self.geo.seg_count).filter(|&s| self.refs[s as usize].load(Ordering::Relaxed) == 0).collect();
+        for d in sh.degraded.iter_mut() {
+            d.1 = self.unsure[d.0 as usize].swap(false, Ordering::AcqRel);
+        }
+        let held: Vec<u32> = sh.degraded.iter().filter(|d| d.1).map(|d| d.0).collect();
+        sh.free = (0..self.geo.seg_count)
+            .filter(|&s| self.refs[s as usize].load(Ordering::Relaxed) == 0 && !held.contains(&s))
+            .collect();
+        self.repair_due.store(!sh.degraded.is_empty(), Ordering::Release);
+    }
+
+    /// Rewrites the records that had lost a replica at load, and frees the
+    /// segments held back for it with a generation past either copy's.
+    /// Not part of the load, which must not write (`pcache check` loads
+    /// from a device that refuses stores): the first GC step does it.
+    /// Returns how many records it rewrote.
+    pub fn repair(&self, media: &dyn Media) -> Result<usize> {
+        if !self.repair_due.load(Ordering::Acquire) {
+            return Ok(0);
+        }
+        let mut freed = false;
+        let mut n = 0;
+        {
+            let mut sh = self.lock();
+            while let Some(&(seg, held)) = sh.degraded.last() {
+                let i = seg as usize;
+                let gen = self.gens[i].load(Ordering::Acquire) + if held { 2 } else { 0 };
+                // Writes the slot that is not current: the lost one.
+                sh.meta[i].store(media, |r| format::seg_meta_body(r, seg, gen))?;
+                self.gens[i].store(gen, Ordering::Release);
+                sh.degraded.pop();
+                if held {
+                    sh.free.push_back(seg);
+                    freed = true;
+                }
+                n += 1;
+            }
+            self.repair_due.store(false, Ordering::Release);
+        }
+        if freed {
+            self.wake();
+        }
+        Ok(n)
     }
 
     /// Takes a reference during replay (no free-list bookkeeping yet).
@@ -261,50 +313,78 @@ impl SegmentTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::{Record, REC_SIZE};
     use crate::pmem::MemMedia;
+    use crate::replica::ReplicaHealth;
 
     const SEG: u64 = 1 << 16;
+    const GEO: Geometry = Geometry { seg_start: 0, seg_size: SEG, seg_count: 2 };
 
-    /// A table of two segments, segment 1 at generation 1 with its newer
-    /// replica (the one saying 1) lost.
-    fn table_with_a_lost_replica() -> SegmentTable {
+    /// Two segments, segment 1 at generation 1 with its newer replica (the
+    /// one saying 1) lost; the table loaded from that.
+    fn table_with_a_lost_replica() -> (MemMedia, SegmentTable) {
         let media = MemMedia::new((2 * SEG) as usize);
-        let geo = Geometry { seg_start: 0, seg_size: SEG, seg_count: 2 };
-        SegmentTable::format(&media, geo).unwrap();
-        let t = SegmentTable::load(&media, geo, 0).unwrap();
+        SegmentTable::format(&media, GEO).unwrap();
+        let t = SegmentTable::load(&media, GEO, 0).unwrap();
         t.replay_get(1);
         t.finish_load();
         t.put(&media, 1).unwrap();
         assert_eq!(t.gen(1), 1);
-        let newer = geo.meta_offs(1).into_iter().find(|&o| {
-            let mut b = [0u8; crate::format::REC_SIZE];
+        let newer = GEO.meta_offs(1).into_iter().find(|&o| {
+            let mut b = [0u8; REC_SIZE];
             media.read(o, &mut b).unwrap();
-            crate::format::Record::decode(&b, REC_SEG_META).is_some_and(|r| format::seg_meta_from_body(&r).1 == 1)
+            Record::decode(&b, REC_SEG_META).is_some_and(|r| format::seg_meta_from_body(&r).1 == 1)
         });
         media.write(newer.unwrap() + 9, &[0xff]).unwrap();
-        let t = SegmentTable::load(&media, geo, 0).unwrap();
+        let t = SegmentTable::load(&media, GEO, 0).unwrap();
         assert_eq!(t.gen(1), 0, "the survivor is the older replica");
-        t
+        (media, t)
+    }
+
+    /// Segment 1's record loaded again: both replicas whole, and its generation.
+    fn reloaded(media: &MemMedia) -> u64 {
+        let health = ReplicaHealth::read(media, GEO.meta_offs(1), REC_SEG_META).unwrap();
+        assert!(!health.degraded(), "the lost replica is rewritten: {health:?}");
+        SegmentTable::load(media, GEO, 0).unwrap().gen(1)
     }
 
     #[test]
     fn a_key_naming_the_lost_replicas_generation_is_adopted() {
-        let t = table_with_a_lost_replica();
+        let (media, t) = table_with_a_lost_replica();
         assert_eq!(t.replay_gen(1, 1), Ok(true), "the lost replica held generation 1");
         assert_eq!(t.gen(1), 1);
         assert_eq!(t.replay_gen(1, 0), Ok(false), "older keys are stale now");
         assert_eq!(t.replay_gen(1, 2), Err(1));
         // An intact record adopts nothing.
         assert_eq!(t.replay_gen(0, 1), Err(0));
+        t.replay_get(1);
+        t.finish_load();
+        assert_eq!(t.repair(&media).unwrap(), 1);
+        assert_eq!(t.gen(1), 1);
+        assert_eq!(reloaded(&media), 1);
+        assert_eq!(t.repair(&media).unwrap(), 0, "once");
     }
 
     #[test]
     fn a_key_naming_the_survivors_generation_settles_it() {
-        let t = table_with_a_lost_replica();
+        let (media, t) = table_with_a_lost_replica();
         assert_eq!(t.replay_gen(1, 0), Ok(true));
         assert_eq!(t.replay_gen(1, 1), Err(0), "settled: a newer key is impossible");
-        let t = table_with_a_lost_replica();
+        t.replay_get(1);
+        t.finish_load();
+        assert_eq!(t.repair(&media).unwrap(), 1);
+        assert_eq!(reloaded(&media), 0);
+    }
+
+    #[test]
+    fn a_segment_no_key_named_is_held_back_until_past_both_generations() {
+        let (media, t) = table_with_a_lost_replica();
         t.finish_load();
         assert_eq!(t.replay_gen(1, 1), Err(0), "after replay nothing is adopted");
+        assert_eq!(t.free_count(), 1, "held back: its next keys could name a generation the lost copy had");
+        assert_eq!(t.repair(&media).unwrap(), 1);
+        assert_eq!(t.gen(1), 2, "past 0 and 1, either of which the lost replica may have held");
+        assert_eq!(t.free_count(), 2);
+        assert_eq!(reloaded(&media), 2);
     }
 }

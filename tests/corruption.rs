@@ -272,7 +272,8 @@ fn replay_from_before_a_segments_reuse_skips_its_older_keys() {
 /// generation than format gave it, and the keys of its new data name that
 /// generation. The newest replica of its metadata is then damaged: the
 /// survivor is one generation behind the keys. Load still serves every sector
-/// exactly (the keys prove which generation the lost replica held).
+/// exactly (the keys prove which generation the lost replica held), and
+/// the first GC step rewrites the lost replica.
 #[test]
 fn a_lost_generation_replica_of_a_reused_segment_is_survived() {
     let im = build_reused();
@@ -299,8 +300,20 @@ fn a_lost_generation_replica_of_a_reused_segment_is_survived() {
         let mut b = im.bytes.clone();
         b[meta_offs(seg)[slot] as usize + 9] ^= 0x04;
         let what = format!("segment {seg} (generation {gen}) newest metadata replica flipped");
-        let c = open_no_panic(&b, &what).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let media = Arc::new(MemMedia::from_image(b.clone()));
+        let c = catch_unwind(AssertUnwindSafe(|| Cache::open(media.clone(), &config(BASE_SECTORS * 512, 1))))
+            .unwrap_or_else(|_| panic!("open panicked: {what}"))
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+            .0;
         assert_exact(&c, &im, &what);
+        // The first GC step rewrites the lost replica.
+        c.gc_step().unwrap();
+        c.close().unwrap();
+        let repaired = media.snapshot();
+        for at in meta_offs(seg) {
+            let rec = Record::decode(&repaired[at as usize..at as usize + REC_SIZE], format::REC_SEG_META);
+            assert!(rec.is_some(), "{what}: the replica at {at:#x} is still lost after a GC step");
+        }
         // pcache check walks the log the same way: loadable, the replica reported.
         let media: Arc<dyn Media> = Arc::new(MemMedia::from_image(b));
         let ins = pcache::inspect::inspect(media, pcache::inspect::InspectOptions::default()).unwrap();
