@@ -131,13 +131,16 @@ impl SegmentTable {
     }
 
     /// After replay: every segment nobody references is free, but one whose
-    /// metadata lost a replica and that no key named: the lost copy may have
-    /// been one generation past the survivor, so it waits for
-    /// [`SegmentTable::repair`] to move past both.
+    /// metadata lost a replica and that nothing references: the lost copy
+    /// may have been one generation past the survivor, so it waits for
+    /// [`SegmentTable::repair`] to move past both. (A referenced one no key
+    /// settled is a key-log segment: no key may name it while it is.)
     pub fn finish_load(&self) {
         let mut sh = self.lock();
         for d in sh.degraded.iter_mut() {
-            d.1 = self.unsure[d.0 as usize].swap(false, Ordering::AcqRel);
+            let i = d.0 as usize;
+            let unsettled = self.unsure[i].swap(false, Ordering::AcqRel);
+            d.1 = unsettled && self.refs[i].load(Ordering::Relaxed) == 0;
         }
         let held: Vec<u32> = sh.degraded.iter().filter(|d| d.1).map(|d| d.0).collect();
         sh.free = (0..self.geo.seg_count)
@@ -157,13 +160,17 @@ impl SegmentTable {
         }
         let mut freed = false;
         let mut n = 0;
-        {
+        let done = {
             let mut sh = self.lock();
+            let mut done = Ok(());
             while let Some(&(seg, held)) = sh.degraded.last() {
                 let i = seg as usize;
                 let gen = self.gens[i].load(Ordering::Acquire) + if held { 2 } else { 0 };
                 // Writes the slot that is not current: the lost one.
-                sh.meta[i].store(media, |r| format::seg_meta_body(r, seg, gen))?;
+                if let Err(e) = sh.meta[i].store(media, |r| format::seg_meta_body(r, seg, gen)) {
+                    done = Err(e);
+                    break;
+                }
                 self.gens[i].store(gen, Ordering::Release);
                 sh.degraded.pop();
                 if held {
@@ -172,12 +179,15 @@ impl SegmentTable {
                 }
                 n += 1;
             }
-            self.repair_due.store(false, Ordering::Release);
-        }
+            if sh.degraded.is_empty() {
+                self.repair_due.store(false, Ordering::Release);
+            }
+            done
+        };
         if freed {
             self.wake();
         }
-        Ok(n)
+        done.map(|()| n)
     }
 
     /// Takes a reference during replay (no free-list bookkeeping yet).
@@ -191,7 +201,9 @@ impl SegmentTable {
     /// current generation (a segment is freed only after GC passed every key
     /// naming it), so on a segment whose newer metadata replica was lost, a
     /// key naming the next generation is what that replica held: it is
-    /// adopted. The first key naming either settles it.
+    /// adopted. The first key naming either settles it. (Replay from an
+    /// older key_tail, after a lost key_tail replica, can show stale keys
+    /// first; with both records damaged the load then usually fails.)
     pub fn replay_gen(&self, seg: u32, key_gen: u64) -> std::result::Result<bool, u64> {
         let i = seg as usize;
         let gen = self.gens[i].load(Ordering::Acquire);

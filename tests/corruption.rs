@@ -16,7 +16,7 @@ use pcache::format::{
     KEY_FLAG_DIRTY, KEY_TAIL_OFF, KSET_FLAG_LAST, KSET_MAX_KEYS, REC_DIRTY_TAIL, REC_KEY_TAIL, REC_SIZE, SEG_META_OFF,
 };
 use pcache::pmem::{Media, MemMedia};
-use pcache::{Cache, Error, Opened};
+use pcache::{Cache, Error, MemBase, Opened};
 
 const BASE_SECTORS: u64 = 1024;
 const SEGS: u64 = 16;
@@ -32,23 +32,41 @@ struct Image {
 
 /// A cache with flushed dirty data, some of it written back.
 fn build() -> Image {
+    build_with(Plan { seed: 99, writes: 300, max_sectors: 8, gc_percent: 90, clean_every: 150, last_clean: 150 })
+}
+
+/// Like [`build`], but every segment goes round several times (written,
+/// written back, reclaimed, handed out again) before the last writes, which
+/// stay dirty: their keys name segments' newer generations.
+fn build_reused() -> Image {
+    build_with(Plan { seed: 1, writes: 3000, max_sectors: 64, gc_percent: 10, clean_every: 100, last_clean: 2900 })
+}
+
+struct Plan {
+    seed: u64,
+    writes: u64,
+    max_sectors: u64,
+    gc_percent: u8,
+    /// Every this many writes up to `last_clean`: flush, write everything
+    /// back, and let GC reclaim what it wants.
+    clean_every: u64,
+    last_clean: u64,
+}
+
+fn build_with(plan: Plan) -> Image {
     let media = Arc::new(MemMedia::new(media_len(SEGS)));
     let base = base((BASE_SECTORS * 512) as usize);
     let mut cfg = config(BASE_SECTORS * 512, 1);
-    cfg.gc_percent = Some(90);
+    cfg.gc_percent = Some(plan.gc_percent);
     let cache = open(media.clone() as Arc<dyn Media>, &cfg);
     let mut model = vec![0u64; BASE_SECTORS as usize];
-    let mut rng = SmallRng::seed_from_u64(99);
-    for i in 1..=300u64 {
-        let first = rng.next_u64() % BASE_SECTORS;
-        let n = 1 + rng.next_u64() % 8.min(BASE_SECTORS - first);
-        write_all(&cache, &base, 0, first * 512, &write_data(i, first, n));
-        for s in first..first + n {
-            model[s as usize] = i;
-        }
-        if i == 150 {
+    let mut rng = SmallRng::seed_from_u64(plan.seed);
+    for i in 1..=plan.writes {
+        random_write(&cache, &base, &mut model, &mut rng, i, plan.max_sectors);
+        if i % plan.clean_every == 0 && i <= plan.last_clean {
             cache.flush().unwrap();
             cache.writeback_all(&base).unwrap();
+            while cache.gc_step().unwrap() > 0 {}
         }
     }
     cache.flush().unwrap();
@@ -56,6 +74,16 @@ fn build() -> Image {
     let nonce = cache.superblock().nonce;
     cache.close().unwrap();
     Image { bytes: media.snapshot(), base: base.visible_image(), model, head: LogPos { seg, off, seq }, nonce }
+}
+
+/// Write `id`: 1 to `max_sectors` sectors somewhere, recorded in `model`.
+fn random_write(cache: &Cache, base: &MemBase, model: &mut [u64], rng: &mut SmallRng, id: u64, max_sectors: u64) {
+    let first = rng.next_u64() % BASE_SECTORS;
+    let n = 1 + rng.next_u64() % max_sectors.min(BASE_SECTORS - first);
+    write_all(cache, base, 0, first * 512, &write_data(id, first, n));
+    for s in first..first + n {
+        model[s as usize] = id;
+    }
 }
 
 fn try_open(img: &[u8]) -> Result<Cache, Error> {
@@ -69,11 +97,15 @@ fn open_no_panic(img: &[u8], what: &str) -> Result<Cache, Error> {
 }
 
 fn assert_exact(c: &Cache, im: &Image, what: &str) {
-    let base = base_from(im.base.clone());
-    let got = read_through(c, &base, 0, 0, (BASE_SECTORS * 512) as usize);
+    assert_model(c, &base_from(im.base.clone()), &im.model, what);
+}
+
+/// Every sector reads as its last write in `model`.
+fn assert_model(c: &Cache, base: &MemBase, model: &[u64], what: &str) {
+    let got = read_through(c, base, 0, 0, (BASE_SECTORS * 512) as usize);
     for s in 0..BASE_SECTORS {
         let who = who_wrote(&got[s as usize * 512..(s as usize + 1) * 512], s);
-        assert_eq!(who, Some(im.model[s as usize]), "{what}: sector {s}");
+        assert_eq!(who, Some(model[s as usize]), "{what}: sector {s}");
     }
 }
 
@@ -98,15 +130,29 @@ fn intact_image_loads_exactly() {
     assert_exact(&c, &im, "intact");
 }
 
+/// Which slot of a replicated pair holds the newest valid record, and it.
+fn newest_slot(img: &[u8], offs: [u64; 2], kind: u32) -> (usize, Record) {
+    let rec = |i: usize| Record::decode(&img[offs[i] as usize..offs[i] as usize + REC_SIZE], kind);
+    match (rec(0), rec(1)) {
+        (Some(a), Some(b)) if b.seq.wrapping_sub(a.seq) as i32 > 0 => (1, b),
+        (Some(a), _) => (0, a),
+        (None, Some(b)) => (1, b),
+        (None, None) => panic!("no valid record at {offs:x?}"),
+    }
+}
+
 /// The newest valid record of a replicated pair, and the other slot's record.
 fn replicas(img: &[u8], offs: [u64; 2], kind: u32) -> (LogPos, LogPos) {
-    let rec = |i: usize| {
-        let at = offs[i] as usize;
-        Record::decode(&img[at..at + REC_SIZE], kind).expect("an intact image has valid replicas")
-    };
-    let (a, b) = (rec(0), rec(1));
-    let (new, old) = if b.seq.wrapping_sub(a.seq) as i32 > 0 { (b, a) } else { (a, b) };
-    (LogPos::from_body(&new), LogPos::from_body(&old))
+    let (new, rec) = newest_slot(img, offs, kind);
+    let at = offs[1 - new] as usize;
+    let old = Record::decode(&img[at..at + REC_SIZE], kind).expect("an intact image has valid replicas");
+    (LogPos::from_body(&rec), LogPos::from_body(&old))
+}
+
+/// Where segment `seg`'s metadata replicas are.
+fn seg_meta_offs(seg: u64) -> [u64; 2] {
+    let at = pcache::format::SEG_START + seg * SEG;
+    [at + SEG_META_OFF[0], at + SEG_META_OFF[1]]
 }
 
 /// GC moved key_tail past the dirty_tail value before its last update; then
@@ -182,11 +228,10 @@ fn a_lost_key_tail_replica_whose_survivor_points_into_a_reused_segment_is_surviv
 #[test]
 fn one_bad_replica_of_each_record_is_survived() {
     let im = build();
-    let geo_meta = |seg: u64| pcache::format::SEG_START + seg * SEG + SEG_META_OFF[0];
     let mut records: Vec<(&str, [u64; 2])> =
         vec![("cache_info", CACHE_INFO_OFF), ("key_tail", KEY_TAIL_OFF), ("dirty_tail", DIRTY_TAIL_OFF)];
     for seg in [0u64, 1, 5, SEGS - 1] {
-        records.push(("seg meta", [geo_meta(seg), geo_meta(seg) + 4096]));
+        records.push(("seg meta", seg_meta_offs(seg)));
     }
     for (name, offs) in records {
         for (slot, &off) in offs.iter().enumerate() {
@@ -210,37 +255,6 @@ fn one_bad_replica_of_each_record_is_survived() {
         let e = open_no_panic(&b, name).err().unwrap_or_else(|| panic!("{name}: both replicas bad but open succeeded"));
         assert!(matches!(e, Error::Corrupt { .. }), "{name}: {e}");
     }
-}
-
-/// Like [`build`], but every segment goes round several times (written,
-/// written back, reclaimed, handed out again) before the last writes, which
-/// stay dirty: their keys name segments' newer generations.
-fn build_reused() -> Image {
-    let media = Arc::new(MemMedia::new(media_len(SEGS)));
-    let base = base((BASE_SECTORS * 512) as usize);
-    let mut cfg = config(BASE_SECTORS * 512, 1);
-    cfg.gc_percent = Some(10);
-    let cache = open(media.clone() as Arc<dyn Media>, &cfg);
-    let mut model = vec![0u64; BASE_SECTORS as usize];
-    let mut rng = SmallRng::seed_from_u64(1);
-    for i in 1..=3000u64 {
-        let first = rng.next_u64() % BASE_SECTORS;
-        let n = 1 + rng.next_u64() % 64.min(BASE_SECTORS - first);
-        write_all(&cache, &base, 0, first * 512, &write_data(i, first, n));
-        for s in first..first + n {
-            model[s as usize] = i;
-        }
-        if i % 100 == 0 && i <= 2900 {
-            cache.flush().unwrap();
-            cache.writeback_all(&base).unwrap();
-            while cache.gc_step().unwrap() > 0 {}
-        }
-    }
-    cache.flush().unwrap();
-    let (seg, off, seq) = cache.stats().key_head;
-    let nonce = cache.superblock().nonce;
-    cache.close().unwrap();
-    Image { bytes: media.snapshot(), base: base.visible_image(), model, head: LogPos { seg, off, seq }, nonce }
 }
 
 /// On a cache whose segments went round many times, the newest key_tail
@@ -270,50 +284,50 @@ fn replay_from_before_a_segments_reuse_skips_its_older_keys() {
 
 /// A segment GC reclaimed and that was handed out again has a newer
 /// generation than format gave it, and the keys of its new data name that
-/// generation. The newest replica of its metadata is then damaged: the
-/// survivor is one generation behind the keys. Load still serves every sector
-/// exactly (the keys prove which generation the lost replica held), and
-/// the first GC step rewrites the lost replica.
+/// generation. The newest replica of a segment's metadata is damaged (of
+/// every segment in turn: reused or not, data or key log): for a reused one
+/// the survivor is one generation behind the keys. Load still serves every
+/// sector exactly (the keys prove which generation the lost replica held);
+/// the first GC step rewrites the lost replica; and the cache goes on
+/// through many times its size of writes and a reopen without losing any.
 #[test]
-fn a_lost_generation_replica_of_a_reused_segment_is_survived() {
+fn a_lost_generation_replica_of_a_segment_is_survived() {
     let im = build_reused();
-    let meta_offs = |seg: u64| {
-        let at = pcache::format::SEG_START + seg * SEG;
-        [at + SEG_META_OFF[0], at + SEG_META_OFF[1]]
-    };
-    let newest = |img: &[u8], seg: u64| {
-        let offs = meta_offs(seg);
-        let rec = |i: usize| Record::decode(&img[offs[i] as usize..offs[i] as usize + REC_SIZE], format::REC_SEG_META);
-        match (rec(0), rec(1)) {
-            (Some(a), Some(b)) if b.seq.wrapping_sub(a.seq) as i32 > 0 => (1, format::seg_meta_from_body(&b).1),
-            (Some(a), _) => (0, format::seg_meta_from_body(&a).1),
-            (None, Some(b)) => (1, format::seg_meta_from_body(&b).1),
-            (None, None) => panic!("segment {seg}: no valid record"),
-        }
-    };
-    let mut tried = 0;
+    let mut reused = 0;
     for seg in 0..SEGS {
-        let (slot, gen) = newest(&im.bytes, seg);
-        if gen == 0 {
-            continue; // never reused: both replicas say 0
-        }
+        let (slot, rec) = newest_slot(&im.bytes, seg_meta_offs(seg), format::REC_SEG_META);
+        let gen = format::seg_meta_from_body(&rec).1;
+        reused += u32::from(gen > 0);
         let mut b = im.bytes.clone();
-        b[meta_offs(seg)[slot] as usize + 9] ^= 0x04;
+        b[seg_meta_offs(seg)[slot] as usize + 9] ^= 0x04;
         let what = format!("segment {seg} (generation {gen}) newest metadata replica flipped");
         let media = Arc::new(MemMedia::from_image(b.clone()));
-        let c = catch_unwind(AssertUnwindSafe(|| Cache::open(media.clone(), &config(BASE_SECTORS * 512, 1))))
-            .unwrap_or_else(|_| panic!("open panicked: {what}"))
-            .unwrap_or_else(|e| panic!("{what}: {e}"))
-            .0;
+        let reopen = || {
+            catch_unwind(AssertUnwindSafe(|| Cache::open(media.clone(), &config(BASE_SECTORS * 512, 1))))
+                .unwrap_or_else(|_| panic!("open panicked: {what}"))
+                .unwrap_or_else(|e| panic!("{what}: {e}"))
+                .0
+        };
+        let c = reopen();
         assert_exact(&c, &im, &what);
         // The first GC step rewrites the lost replica.
         c.gc_step().unwrap();
-        c.close().unwrap();
         let repaired = media.snapshot();
-        for at in meta_offs(seg) {
+        for at in seg_meta_offs(seg) {
             let rec = Record::decode(&repaired[at as usize..at as usize + REC_SIZE], format::REC_SEG_META);
             assert!(rec.is_some(), "{what}: the replica at {at:#x} is still lost after a GC step");
         }
+        // Every segment is handed out again, several times.
+        let base = base_from(im.base.clone());
+        let mut model = im.model.clone();
+        let mut rng = SmallRng::seed_from_u64(seg);
+        for id in 10_000..10_300 {
+            random_write(&c, &base, &mut model, &mut rng, id, 64);
+        }
+        c.flush().unwrap();
+        assert_model(&c, &base, &model, &what);
+        c.close().unwrap();
+        assert_model(&reopen(), &base, &model, &format!("{what}, reopened"));
         // pcache check walks the log the same way: loadable, the replica reported.
         let media: Arc<dyn Media> = Arc::new(MemMedia::from_image(b));
         let ins = pcache::inspect::inspect(media, pcache::inspect::InspectOptions::default()).unwrap();
@@ -323,9 +337,8 @@ fn a_lost_generation_replica_of_a_reused_segment_is_survived() {
             "{what}: the lost replica is not reported: {:?}",
             ins.problems
         );
-        tried += 1;
     }
-    assert!(tried > 0, "build_reused() reuses segments");
+    assert!(reused > 0, "build_reused() reuses segments");
 }
 
 #[test]
