@@ -149,9 +149,9 @@ fn writes_over_a_bypass_in_flight_wait_for_it() {
     assert!(got == want, "the later cached write reads over the bypassed data");
 }
 
-/// Only writes that overlap a bypass in flight wait for it: one that ends
-/// just before it, in the same subtree, goes in at once, as a write, as
-/// zeroes and in a batch.
+/// Only writes that overlap a bypass in flight wait for it: ones just
+/// before it, in the same subtree, go in at once, as a write, as zeroes
+/// (ending where it starts) and in a batch.
 #[test]
 fn writes_beside_a_bypass_in_flight_do_not_wait() {
     let (base, cache) = setup();
@@ -161,16 +161,22 @@ fn writes_beside_a_bypass_in_flight_do_not_wait() {
     let b: Bypass = cache.begin_bypass(0, 4 * IO, IO).expect("the stream bypasses");
     let before = 4 * IO - 8192;
     let data = write_data(60, before / 512, 8);
-    assert_eq!(cache.write_buf(0, before, &data).unwrap(), WriteOutcome::Done, "a write ending at the bypass");
+    assert_eq!(cache.write_buf(0, before, &data).unwrap(), WriteOutcome::Done, "a write just before the bypass");
     assert_eq!(cache.write_zeroes(before + 4096, 4096).unwrap(), WriteOutcome::Done, "zeroes ending at the bypass");
+    // A batch of two (one request alone takes the single-write path).
     let batched = write_data(61, 1, 8);
     let iov = [std::io::IoSlice::new(&batched)];
-    let mut out = Vec::new();
-    cache.write_batch(0, &[pcache::WriteReq { offset: 512, data: &iov }], &mut out);
-    assert!(matches!(out[..], [Ok(WriteOutcome::Done)]), "a batched write before the bypass: {out:?}");
+    let batch = |offsets: [u64; 2]| {
+        let reqs = offsets.map(|offset| pcache::WriteReq { offset, data: &iov });
+        let mut out = Vec::new();
+        cache.write_batch(0, &reqs, &mut out);
+        out.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(batch([512, 8192]), [WriteOutcome::Done, WriteOutcome::Done], "a batch before the bypass");
     // The first byte of the bypass waits, in each form.
     assert_eq!(cache.write_buf(0, 4 * IO, &data).unwrap(), WriteOutcome::Deferred { written: 0 });
     assert_eq!(cache.write_zeroes(4 * IO, 512).unwrap(), WriteOutcome::Deferred { written: 0 });
+    assert_eq!(batch([512, 4 * IO]), [WriteOutcome::Done, WriteOutcome::Deferred { written: 0 }]);
     base_write(&base, 4 * IO, write_data(5, 4 * IO / 512, IO / 512));
     cache.end_bypass(b, true);
     let mut want = data[..4096].to_vec();

@@ -80,6 +80,19 @@ struct Hinted {
     hints: Mutex<Vec<(u64, u64)>>,
 }
 
+impl Hinted {
+    /// The bytes the hints name, in order.
+    fn hinted_bytes(&self, hints: &[(u64, u64)]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for &(off, len) in hints {
+            let mut b = vec![0u8; len as usize];
+            self.mem.read(off, &mut b).unwrap();
+            bytes.extend(b);
+        }
+        bytes
+    }
+}
+
 impl Media for Hinted {
     fn len(&self) -> u64 {
         self.mem.len()
@@ -119,12 +132,7 @@ fn prefetch_hints_the_cached_bytes_of_the_range_only() {
         media.hints.lock().unwrap().clear();
         cache.prefetch(68 * K, 68 * K); // [68K, 136K)
         let hints = std::mem::take(&mut *media.hints.lock().unwrap());
-        let mut hinted = Vec::new();
-        for &(off, len) in &hints {
-            let mut b = vec![0u8; len as usize];
-            media.read(off, &mut b).unwrap();
-            hinted.extend(b);
-        }
+        let hinted = media.hinted_bytes(&hints);
         let want: Vec<u8> = if crc { [&x[..], &y[..]].concat() } else { [&x[4 * K as usize..], &y[..]].concat() };
         assert_eq!(hints.len(), 2, "crc {crc}: one hint per cached extent: {hints:?}");
         assert!(hinted == want, "crc {crc}: the hints name other bytes: {hints:?}");
@@ -134,12 +142,7 @@ fn prefetch_hints_the_cached_bytes_of_the_range_only() {
         media.hints.lock().unwrap().clear();
         cache.prefetch(SUBTREE_SIZE - 4 * K, 8 * K);
         let hints = std::mem::take(&mut *media.hints.lock().unwrap());
-        let mut hinted = Vec::new();
-        for &(off, len) in &hints {
-            let mut b = vec![0u8; len as usize];
-            media.read(off, &mut b).unwrap();
-            hinted.extend(b);
-        }
+        let hinted = media.hinted_bytes(&hints);
         assert!(hinted == z, "crc {crc}: across the subtree boundary: {hints:?}");
         // A range past the end hints nothing.
         cache.prefetch(BASE, 4096);
