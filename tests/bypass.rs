@@ -56,6 +56,14 @@ fn worker_write(cache: &Cache, base: &MemBase, w: usize, id: u64, off: u64, len:
     }
 }
 
+/// Four cached writes of a stream, then a bypass of its fifth, left in flight.
+fn bypass_after_a_stream(cache: &Cache, base: &MemBase) -> Bypass {
+    for i in 0..4 {
+        host_write(cache, base, i + 1, i * IO, IO);
+    }
+    cache.begin_bypass(0, 4 * IO, IO).expect("the stream bypasses")
+}
+
 fn check_reads(cache: &Cache, base: &MemBase, ids: &[(u64, u64, u64)]) {
     for &(id, off, len) in ids {
         let got = read_through(cache, base, 0, off, len as usize);
@@ -123,10 +131,7 @@ fn no_bypass_while_an_earlier_epoch_is_dirty() {
 #[test]
 fn writes_over_a_bypass_in_flight_wait_for_it() {
     let (base, cache) = setup();
-    for i in 0..4 {
-        host_write(&cache, &base, i + 1, i * IO, IO);
-    }
-    let b: Bypass = cache.begin_bypass(0, 4 * IO, IO).expect("the stream bypasses");
+    let b = bypass_after_a_stream(&cache, &base);
     // A read of the range misses now; its fill must not survive the bypass.
     let mut buf = vec![0u8; 4096];
     let misses = cache.read(4 * IO, &mut [IoSliceMut::new(&mut buf)]).unwrap();
@@ -155,10 +160,7 @@ fn writes_over_a_bypass_in_flight_wait_for_it() {
 #[test]
 fn writes_beside_a_bypass_in_flight_do_not_wait() {
     let (base, cache) = setup();
-    for i in 0..4 {
-        host_write(&cache, &base, i + 1, i * IO, IO);
-    }
-    let b: Bypass = cache.begin_bypass(0, 4 * IO, IO).expect("the stream bypasses");
+    let b = bypass_after_a_stream(&cache, &base);
     let before = 4 * IO - 8192;
     let data = write_data(60, before / 512, 8);
     assert_eq!(cache.write_buf(0, before, &data).unwrap(), WriteOutcome::Done, "a write just before the bypass");
