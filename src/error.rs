@@ -33,6 +33,10 @@ pub enum Error {
     /// No free segment for the key log (the cache is full of unreclaimable data).
     #[error("no space: {0}")]
     NoSpace(String),
+    /// The range is being written to the base past the cache (bypass.rs):
+    /// a write over it waits until that ends. Not a lack of space.
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

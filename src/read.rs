@@ -142,7 +142,7 @@ pub(crate) fn fill(f: &Front, worker: usize, miss: &Miss, data: &[u8]) -> Result
             }
             v
         }
-        Err(Error::NoSpace(_)) => false,
+        Err(Error::NoSpace(_) | Error::Busy(_)) => false,
         Err(e) => return Err(e),
     };
     if inserted {

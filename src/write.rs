@@ -199,6 +199,9 @@ impl<'a> Front<'a> {
                 self.s.segs.note_short();
                 Ok(None)
             }
+            // Waits for the bypass to end (which wakes deferred writes);
+            // marking the cache short would hurry writeback and GC for nothing.
+            Err(Error::Busy(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -238,16 +241,20 @@ impl<'a> Front<'a> {
 
     /// Enters the staged keys, whose data is durable, in request order.
     fn enter_staged(&self, worker: usize, staged: &mut Vec<Staged>, batch: &mut Batch) {
-        let mut log_room = true;
+        // Once one key cannot go in (no log room, or a bypass holds its range),
+        // the later ones wait too: a batch goes in in order.
+        let mut go_on = true;
         for s in staged.drain(..) {
             let p = &mut batch[s.req];
-            let ok = log_room && !p.short && p.err.is_none() && {
+            let ok = go_on && !p.short && p.err.is_none() && {
                 // Its data is durable: the key goes in as a fill's or a zero key's does.
                 match self.insert_key(s.key, None, worker % self.journal.kset_count()) {
                     Ok(_) => true,
-                    Err(Error::NoSpace(_)) => {
-                        self.s.segs.note_short();
-                        log_room = false;
+                    Err(e @ (Error::NoSpace(_) | Error::Busy(_))) => {
+                        if matches!(e, Error::NoSpace(_)) {
+                            self.s.segs.note_short();
+                        }
+                        go_on = false;
                         false
                     }
                     Err(e) => {
@@ -304,6 +311,7 @@ impl<'a> Front<'a> {
                     self.s.segs.note_short();
                     return Ok(self.deferred(done));
                 }
+                Err(Error::Busy(_)) => return Ok(self.deferred(done)),
                 Err(e) => return Err(e),
             }
             done += n as u64;
@@ -425,7 +433,7 @@ impl<'a> Front<'a> {
 /// A key over a range a sequential bypass is writing to the base waits for
 /// it like a write waits for space: it is deferred, and end_bypass wakes it.
 fn bypass_busy() -> Error {
-    Error::NoSpace("a sequential bypass is writing this range to the base".into())
+    Error::Busy("a bypass is writing this range to the base".into())
 }
 
 /// True when the newest open key overlapping `key` is a zero key covering it
