@@ -383,7 +383,8 @@ impl Cache {
     /// Reclaims up to a bounded number of ksets. Returns how many.
     pub fn gc_step(&self) -> Result<usize> {
         self.s.segs.repair(&*self.s.media)?;
-        self.gc.step(&self.s, &self.journal, self.gc_percent())
+        let keep_read = self.read_cache && self.cache_mode().caches_reads();
+        self.gc.step(&self.front(), self.gc_percent(), keep_read)
     }
 
     /// Holds off GC passes while the guard lives, as a running pass does (tests).

@@ -43,11 +43,19 @@ pub(crate) struct Head {
 
 pub(crate) struct DataHeads {
     heads: Vec<Padded<Head>>,
+    /// Where GC moves the data it keeps (gc.rs): not a worker's, so that a
+    /// GC step never waits behind a worker's batch.
+    gc: Padded<Head>,
 }
 
 impl DataHeads {
     pub fn new(workers: usize) -> Self {
-        DataHeads { heads: (0..workers).map(|_| Padded(Head::default())).collect() }
+        DataHeads { heads: (0..workers).map(|_| Padded(Head::default())).collect(), gc: Padded(Head::default()) }
+    }
+
+    /// GC's head.
+    pub fn gc(&self) -> &Head {
+        &self.gc
     }
 
     pub fn count(&self) -> usize {
@@ -97,7 +105,7 @@ impl DataHeads {
 
     /// Gives back every head's segment and unused references (at close).
     pub fn release_all(&self, s: &Shared) -> Result<()> {
-        for h in &self.heads {
+        for h in self.heads.iter().chain([&self.gc]) {
             let mut h = h.data.lock();
             if let Some(seg) = h.seg.take() {
                 s.segs.put_n(&*s.media, seg, 1 + std::mem::take(&mut h.spare_refs))?;

@@ -76,7 +76,19 @@ impl Extent {
     pub fn is_zero(&self) -> bool {
         self.flags as u32 & crate::format::KEY_FLAG_ZERO != 0
     }
+
+    /// Read since its data was written, filled or moved (see [`REFERENCED`]).
+    pub fn is_referenced(&self) -> bool {
+        self.flags & REFERENCED != 0
+    }
 }
+
+/// An in-DRAM flag of [`Extent::flags`], never persisted (no key flag uses
+/// the bit): a read hit the extent. GC moves the data of such extents to the
+/// log head instead of dropping it (gc.rs), a second chance in the manner of
+/// CLOCK: data written and never read again still leaves the cache.
+pub const REFERENCED: u8 = 0x80;
+const _: () = assert!(crate::format::KEY_FLAGS_KNOWN & REFERENCED as u32 == 0);
 
 const BUCKET_SHIFT: u32 = 16;
 const BUCKET_SIZE: u64 = 1 << BUCKET_SHIFT;
@@ -317,13 +329,31 @@ impl Subtree {
         removed
     }
 
-    /// Walks `[start, end)`: `hit(off, extent, skip, n)` for cached pieces (skip = bytes
-    /// of the extent before `off`), `miss(off, len)` for holes, in address order.
+    /// Flags the data extents overlapping `[start, end)` as read (see
+    /// [`REFERENCED`]). Not a change of what the range holds: the version
+    /// stays.
+    pub fn mark_referenced(&mut self, start: u64, end: u64) {
+        let (from, to) = (rel(start), rel(start) + (end - start) as u32);
+        for b in bucket_of(from)..=bucket_of(to - 1) {
+            let i = self.dir[b];
+            if i == NO_BUCKET {
+                continue;
+            }
+            for x in self.buckets[i as usize].iter_mut() {
+                if x.start < to && x.end() > from && !x.e.is_zero() {
+                    x.e.flags |= REFERENCED;
+                }
+            }
+        }
+    }
+
     /// Whether a sequential bypass is writing any of `[start, end)` to the base.
     pub fn bypassing(&self, start: u64, end: u64) -> bool {
         self.bypass.iter().any(|&(s, e)| s < end && start < e)
     }
 
+    /// Walks `[start, end)`: `hit(off, extent, skip, n)` for cached pieces (skip = bytes
+    /// of the extent before `off`), `miss(off, len)` for holes, in address order.
     pub fn walk(
         &self,
         start: u64,

@@ -39,9 +39,10 @@ pub(crate) fn read(s: &Shared, offset: u64, bufs: &mut [IoSliceMut]) -> Result<V
     while pos < total {
         let off = offset + pos;
         let chunk = Index::piece_len(off, total - pos);
-        let t = s.index.lock(Index::subtree_of(off));
+        let mut t = s.index.lock(Index::subtree_of(off));
         let version = t.version;
         let mut result = Ok(());
+        let mut first_hit = false;
         t.walk(
             off,
             off + chunk,
@@ -49,10 +50,15 @@ pub(crate) fn read(s: &Shared, offset: u64, bufs: &mut [IoSliceMut]) -> Result<V
                 if result.is_ok() {
                     result = copy_hit(s, e, skip, n, bufs, o - offset, o);
                     hit_bytes += n as u64;
+                    first_hit |= !e.is_zero() && !e.is_referenced();
                 }
             },
             |o, n| misses.push(Miss { off: o, len: n, buf_at: o - offset, version }),
         );
+        if first_hit && result.is_ok() {
+            // GC keeps data that is read (index::REFERENCED).
+            t.mark_referenced(off, off + chunk);
+        }
         drop(t);
         result?;
         pos += chunk;

@@ -114,6 +114,9 @@ counters! {
         bypass_full_writes,
         gc_ksets,
         gc_keys,
+        /// Bytes GC kept cached because reads hit them: moved to the log
+        /// head rather than dropped (gc.rs).
+        gc_moved_bytes,
         data_crc_errors,
         /// Read misses the base failed (the read failed; nothing was cached).
         base_read_errors,

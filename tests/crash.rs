@@ -1,7 +1,7 @@
 //! Power-failure simulation.
 //!
-//! A deterministic single-worker workload (writes, flushes, background work:
-//! kset sealing, writeback, GC) runs on a pmem stand-in that can capture, at
+//! A deterministic single-worker workload (writes, reads, flushes, background
+//! work: kset sealing, writeback, GC, which moves data reads hit) runs on a pmem stand-in that can capture, at
 //! any store or fence, the image a power cut would leave: durable lines plus a
 //! random subset of unfenced ones. The base device likewise keeps a random
 //! subset of its unflushed writes. Each captured pair is reopened and every
@@ -116,6 +116,7 @@ impl Model {
 }
 
 static GC_KSETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static GC_MOVED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static WB_KSETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static BYPASSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static BYPASSED_FULL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -246,6 +247,18 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
                 cache.set_cache_mode(mode).unwrap();
                 MODE_SWITCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
+            12 => {
+                // A read, misses filled as a host fills them: what reads hit,
+                // GC moves to the log head rather than drops (gc.rs).
+                let first = rng.next_u64() % sectors;
+                let n = 1 + rng.next_u64() % max_io.min(sectors - first);
+                let got = read_through(&cache, &*base, 0, first * 512, (n * 512) as usize);
+                for s in first..first + n {
+                    let i = ((s - first) * 512) as usize;
+                    let want = last.get(&s).copied().unwrap_or(0);
+                    assert_eq!(who_wrote(&got[i..i + 512], s), Some(want), "seed {seed} op {op}: read of sector {s}");
+                }
+            }
             _ => {
                 cache.background_step(&*base).unwrap();
             }
@@ -254,6 +267,7 @@ fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
     let ops = media.ops();
     let st = cache.stats();
     GC_KSETS.fetch_add(st.gc_ksets, std::sync::atomic::Ordering::Relaxed);
+    GC_MOVED.fetch_add(st.gc_moved_bytes, std::sync::atomic::Ordering::Relaxed);
     WB_KSETS.fetch_add(st.writeback_ksets, std::sync::atomic::Ordering::Relaxed);
     BYPASSED.fetch_add(st.bypass_writes, std::sync::atomic::Ordering::Relaxed);
     BYPASSED_FULL.fetch_add(st.bypass_full_writes, std::sync::atomic::Ordering::Relaxed);
@@ -352,4 +366,7 @@ fn power_failure_at_random_media_operations() {
         gc > 0 && wb > 0 && bypassed > full && full > 0,
         "the workload must exercise writeback, GC and both bypasses"
     );
+    let moved = GC_MOVED.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{moved} bytes of read data moved by GC");
+    assert!(seeds < 10 || moved > 0, "the workload must exercise GC moving read data");
 }

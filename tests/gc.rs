@@ -67,3 +67,39 @@ fn freeing_space_ends_the_pressure_of_waiting_writes() {
     assert!(cache.gc_step().unwrap() > 0);
     assert!(!cache.under_pressure(), "GC that freed space ends the pressure");
 }
+
+/// Data reads hit is moved by GC, not dropped: a hot range read every round
+/// stays cached however many times writes elsewhere cycle the log, while
+/// data written once and never read leaves the cache (gc.rs).
+#[test]
+fn gc_keeps_what_reads_hit_and_drops_the_rest() {
+    let (base, cache) = setup(64, 30);
+    let (hot, hot_len) = (0u64, 256u64 << 10);
+    let (cold, cold_len) = (512u64 << 10, 256u64 << 10);
+    write_all(&cache, &base, 0, hot, &write_data(1, hot / 512, hot_len / 512));
+    write_all(&cache, &base, 0, cold, &write_data(2, cold / 512, cold_len / 512));
+    let churn_at = 1u64 << 20;
+    for round in 0..24u64 {
+        let misses = cache.stats().read_miss_ops;
+        let got = read_through(&cache, &base, 0, hot, hot_len as usize);
+        assert_eq!(got, write_data(1, hot / 512, hot_len / 512), "round {round}: the hot range reads back");
+        if round > 0 {
+            assert_eq!(cache.stats().read_miss_ops, misses, "round {round}: GC dropped read data");
+        }
+        // Writes elsewhere, written back, and GC over what they used.
+        for j in 0..16 {
+            let off = churn_at + (round * 16 + j) * 65536 % (BASE - churn_at);
+            write_all(&cache, &base, 0, off, &write_data(100 + round * 16 + j, off / 512, 128));
+        }
+        cache.flush().unwrap();
+        cache.writeback_all(&base).unwrap();
+        while cache.gc_step().unwrap() > 0 {}
+    }
+    let st = cache.stats();
+    // 24 MiB written through a 4 MiB cache: the hot range was moved round after round.
+    assert!(st.gc_moved_bytes >= 16 * hot_len, "GC moved the hot range again and again: {st:?}");
+    let mut buf = vec![0u8; cold_len as usize];
+    let misses = cache.read(cold, &mut [std::io::IoSliceMut::new(&mut buf)]).unwrap();
+    assert_eq!(misses.iter().map(|m| m.len).sum::<u64>(), cold_len, "data never read is not moved");
+    assert_eq!(read_through(&cache, &base, 0, cold, cold_len as usize), write_data(2, cold / 512, cold_len / 512));
+}
