@@ -181,7 +181,7 @@ impl Cache {
             s: Shared { media, sb, geo, segs, index, counters },
             journal,
             heads: DataHeads::new(cfg.workers),
-            wb: Writeback::new(cfg.writeback_batch_bytes),
+            wb: Writeback::new(cfg.writeback_batch_bytes, cfg.base_lag),
             gc: Gc::default(),
             bypass: Bypasses::new(cfg.workers, cfg.seq_cutoff),
             settings: Settings::new(info_rep, info),
@@ -306,7 +306,7 @@ impl Cache {
 
     fn round(&self, base: &dyn BaseDevice, write_back: bool) -> Result<Tick> {
         let ksets_sealed = self.flush_expired_ksets()?;
-        let wb = if write_back { self.writeback_step(base)? } else { WbProgress::Idle };
+        let wb = if write_back { self.writeback_tick(base)? } else { WbProgress::Idle };
         let gc_ksets = self.gc_step()?;
         Ok(Tick {
             ksets_sealed,
@@ -316,9 +316,43 @@ impl Cache {
         })
     }
 
-    /// Advances writeback by one step; never blocks.
+    /// Advances writeback by one step; never blocks. Writes everything it
+    /// takes to the base (what tools and drains want).
     pub fn writeback_step(&self, base: &dyn BaseDevice) -> Result<WbProgress> {
-        self.wb.step(&self.s, &self.journal, base)
+        self.wb.step(&self.front(), base, false)
+    }
+
+    /// A host poller's writeback step: as writeback_step, but while GC needs
+    /// room, live dirty data of the open epoch may be kept in the cache rather
+    /// than written, as long as the base may lag ([`Cache::base_lag`];
+    /// writeback.rs). Flushes a host waits for go through
+    /// [`Cache::drain_ticket`], which nothing is kept past.
+    pub fn writeback_tick(&self, base: &dyn BaseDevice) -> Result<WbProgress> {
+        self.wb.step(&self.front(), base, self.gc_needs_room() && self.cache_mode().completes_in_cache())
+    }
+
+    /// Whether GC wants space now: segments in use at its threshold, or
+    /// writes waiting.
+    fn gc_needs_room(&self) -> bool {
+        self.s.segs.is_short() || self.s.segs.used_percent() >= self.gc_percent() as u32
+    }
+
+    /// Journals every open kset (a FLUSH) and returns a ticket for
+    /// [`Cache::written_back`]: everything written before it is on the base
+    /// once that says so. Nothing before it is kept off the base meanwhile.
+    pub fn drain_ticket(&self) -> Result<u64> {
+        self.flush()?;
+        self.wb.drain_to(&self.s, &self.journal)
+    }
+
+    /// How long the base may lag behind the cache (zero: dirty data is
+    /// never kept; see [`Cache::writeback_tick`]).
+    pub fn base_lag(&self) -> Duration {
+        self.wb.lag()
+    }
+
+    pub fn set_base_lag(&self, lag: Duration) {
+        self.wb.set_lag(lag)
     }
 
     /// Journals open ksets, then drives writeback until every dirty byte is on
@@ -361,6 +395,11 @@ impl Cache {
     pub fn writeback_pace(&self, front_busy: bool, flush_waits: bool) -> Option<Duration> {
         if !front_busy || flush_waits || self.under_pressure() || !self.cache_mode().completes_in_cache() {
             return None;
+        }
+        if self.wb.may_keep_at(self.journal.tails().dirty.seq) {
+            // Dirty data may stay: step when GC needs room (the step keeps
+            // what is live, a copy in pmem), else trickle to the base.
+            return (!self.gc_needs_room()).then_some(writeback::TRICKLE);
         }
         writeback::pace(self.dirty_percent(), self.gc_percent() as u32)
     }
@@ -497,7 +536,7 @@ impl Cache {
         if mode == CacheMode::Writeback {
             self.leaving_until.store(0, Ordering::Relaxed);
         } else if old == CacheMode::Writeback {
-            let until = self.journal.seal_all(&self.s)?;
+            let until = self.wb.drain_to(&self.s, &self.journal)?;
             self.leaving_until.store(until, Ordering::Relaxed);
         }
         log::info!("cache mode {old} -> {mode}");
@@ -525,7 +564,7 @@ impl Cache {
     /// before it is on the base (every mode but writeback): journals the open
     /// ksets and returns the ticket to pass to [`Cache::written_back`].
     pub fn through_ticket(&self) -> Result<u64> {
-        self.journal.seal_all(&self.s)
+        self.wb.drain_to(&self.s, &self.journal)
     }
 
     /// Whether writeback has put on the base, and flushed there, everything

@@ -109,6 +109,10 @@ pub struct Config {
     pub kset_flush_interval: Duration,
     /// Cap of the dirty bytes writeback takes in one batch (see writeback.rs).
     pub writeback_batch_bytes: u64,
+    /// How long the base may lag behind the cache: while GC needs room, live
+    /// dirty data of the open epoch is kept in the cache rather than written
+    /// back, as long as this (zero: never kept; see writeback.rs).
+    pub base_lag: Duration,
     /// The cache's identity: recorded at format (a new random one if None);
     /// on open, if given, it must be the one recorded.
     pub uuid: Option<Uuid>,
@@ -130,6 +134,7 @@ impl Config {
             read_cache: true,
             kset_flush_interval: Duration::from_secs(1),
             writeback_batch_bytes: crate::writeback::DEFAULT_BATCH_BYTES,
+            base_lag: crate::writeback::DEFAULT_BASE_LAG,
             seq_cutoff: crate::bypass::DEFAULT_SEQ_CUTOFF,
             uuid: None,
             cache_mode: None,

@@ -8,24 +8,24 @@
 //! it can be reused.
 //!
 //! Data that reads hit since it was written (index::REFERENCED) is not
-//! dropped but moved: copied to GC's own data head and keyed again, clean,
-//! as a read fill would be. A hot set smaller than the cache then stays
+//! dropped but moved (relocate.rs): copied to the relocation head and keyed
+//! again, clean, as a read fill would be. A hot set smaller than the cache then stays
 //! cached however often writes cycle the log, where dropping it would send
 //! its next reads to the base. Every key GC takes is behind dirty_tail, so
 //! what it moves is on the base already: a moved key lost in a crash only
 //! costs a miss. Moving is bounded so that GC always frees space: at most
 //! [`MOVE_MAX_PERCENT`] of the bytes GC reclaims (with a little credit
 //! carried between steps), none while writes wait for space, and none once
-//! GC's head finds no free segment.
+//! the relocation head finds no free segment.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
-use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC};
-use crate::heads::DataHeads;
-use crate::index::{Extent, Index};
+use crate::format::KeyRecord;
+use crate::index::Index;
 use crate::keylog::read_kset;
+use crate::relocate::{move_piece, next_live_piece, Moved};
 use crate::shared::lock;
 use crate::write::Front;
 
@@ -143,100 +143,35 @@ impl Moves {
     }
 }
 
-/// A piece of a reclaimed key that is still in the index and was read.
-struct ReadPiece {
-    off: u64,
-    len: u32,
-    /// Where its bytes are, and the whole extent they belong to (its CRC
-    /// covers exactly the extent).
-    src: u64,
-    whole: Extent,
-    skip: u32,
-    /// The subtree's version when the piece was seen.
-    version: u64,
-}
-
-/// The first piece of `key` at or after `from` that the index still maps to
-/// the key's own data and that reads hit.
-fn next_read_piece(f: &Front, key: &KeyRecord, from: u64) -> Option<ReadPiece> {
-    let s = f.s;
-    let t = s.index.lock(Index::subtree_of(key.off));
-    let mut found = None;
-    t.walk(
-        from,
-        key.off + key.len as u64,
-        |o, e, skip, n| {
-            let mine = !e.is_zero()
-                && e.seg == key.seg
-                && e.gen == key.gen as u32
-                && e.seg_off as u64 + skip as u64 == key.seg_off as u64 + (o - key.off);
-            if found.is_none() && mine && e.is_referenced() {
-                let src = s.geo.addr(e.seg, e.seg_off) + skip as u64;
-                found = Some(ReadPiece { off: o, len: n, src, whole: *e, skip, version: t.version });
-            }
-        },
-        |_, _| {},
-    );
-    found
-}
-
-/// Moves the read pieces of `key` (a key GC is about to drop) to GC's data
-/// head, each keyed again, clean, unless the range changed meanwhile.
+/// Moves the read pieces of `key` (a key GC is about to drop), each keyed
+/// again, clean (relocate.rs).
 fn move_read_data(f: &Front, key: &KeyRecord, moves: &mut Moves) -> Result<()> {
-    let s = f.s;
+    let end = key.off + key.len as u64;
     let mut at = key.off;
-    while let Some(p) = next_read_piece(f, key, at) {
+    while let Some(p) = next_live_piece(f, key, at, end, true) {
         // Unless only part of it moves (below), the piece is done with.
         at = p.off + p.len as u64;
-        if s.segs.is_short() {
+        if f.s.segs.is_short() {
             moves.allowed = false;
             return Ok(());
         }
         if !moves.may(p.len as u64) {
             continue; // over the share GC may move: dropped
         }
-        let Some(data) = piece_data(f, &p) else {
-            continue; // fails its CRC: left to be dropped, the base has it
-        };
-        let mut head = f.heads.gc().data.lock();
-        let Some((seg, seg_off, got)) = DataHeads::alloc(s, &mut head, p.len)? else {
-            moves.allowed = false;
-            return Ok(());
-        };
-        let piece = &data[..got as usize];
-        s.media.write(s.geo.addr(seg, seg_off), piece)?;
-        s.media.fence();
-        let (flags, crc) = if s.data_crc() { (KEY_FLAG_CRC, data_crc(&[piece])) } else { (0, 0) };
-        let moved = KeyRecord { off: p.off, len: got, flags, seg, seg_off, gen: s.segs.gen(seg), data_crc: crc };
-        match f.insert_key(moved, Some(p.version), 0) {
-            Ok(true) => {
-                head.spare_refs -= 1;
-                moves.took(got as u64);
+        match move_piece(f, &p, false)? {
+            Moved::Bytes(n) => {
+                moves.took(n as u64);
                 // The head's segment ended inside the piece: the rest is
                 // found again, from the index as it is now.
-                at = p.off + got as u64;
+                at = p.off + n as u64;
             }
-            // The range changed since: what is there now wins.
-            Ok(false) | Err(Error::NoSpace(_) | Error::Busy(_)) => {}
-            Err(e) => return Err(e),
+            Moved::NoRoom => {
+                moves.allowed = false;
+                return Ok(());
+            }
+            // Dropped: a later write wins, and the base holds damaged data's value.
+            Moved::Changed | Moved::Damaged => {}
         }
     }
     Ok(())
-}
-
-/// The bytes of a read piece, checked against the extent's CRC when data
-/// CRC is on (a damaged extent is not moved: it stays on the base).
-fn piece_data(f: &Front, p: &ReadPiece) -> Option<Vec<u8>> {
-    let s = f.s;
-    if !s.data_crc() {
-        let mut d = vec![0u8; p.len as usize];
-        s.media.read(p.src, &mut d).ok()?;
-        return Some(d);
-    }
-    let mut whole = vec![0u8; p.whole.len as usize];
-    s.media.read(s.geo.addr(p.whole.seg, p.whole.seg_off), &mut whole).ok()?;
-    if data_crc(&[&whole]) != p.whole.crc {
-        return None;
-    }
-    Some(whole[p.skip as usize..(p.skip + p.len) as usize].to_vec())
 }

@@ -43,19 +43,22 @@ pub(crate) struct Head {
 
 pub(crate) struct DataHeads {
     heads: Vec<Padded<Head>>,
-    /// Where GC moves the data it keeps (gc.rs): not a worker's, so that a
-    /// GC step never waits behind a worker's batch.
-    gc: Padded<Head>,
+    /// Where moved data goes (relocate.rs): not a worker's, so that GC and
+    /// writeback never wait behind a worker's batch.
+    relocation: Padded<Head>,
 }
 
 impl DataHeads {
     pub fn new(workers: usize) -> Self {
-        DataHeads { heads: (0..workers).map(|_| Padded(Head::default())).collect(), gc: Padded(Head::default()) }
+        DataHeads {
+            heads: (0..workers).map(|_| Padded(Head::default())).collect(),
+            relocation: Padded(Head::default()),
+        }
     }
 
-    /// GC's head.
-    pub fn gc(&self) -> &Head {
-        &self.gc
+    /// The head moved data goes to.
+    pub fn relocation(&self) -> &Head {
+        &self.relocation
     }
 
     pub fn count(&self) -> usize {
@@ -72,6 +75,13 @@ impl DataHeads {
     /// when no segment can be had: the caller defers.
     #[inline]
     pub fn alloc(s: &Shared, head: &mut DataHead, want: u32) -> Result<Option<(u32, u32, u32)>> {
+        Self::alloc_for(s, head, want, Use::Data)
+    }
+
+    /// As [`DataHeads::alloc`], for data of `use_` (moved data may take
+    /// segments writes leave: see [`Use`]).
+    #[inline]
+    pub fn alloc_for(s: &Shared, head: &mut DataHead, want: u32, use_: Use) -> Result<Option<(u32, u32, u32)>> {
         loop {
             if let Some(seg) = head.seg {
                 let room = s.geo.payload() - head.off;
@@ -84,7 +94,7 @@ impl DataHeads {
                 head.seg = None;
                 s.segs.put_n(&*s.media, seg, 1 + std::mem::take(&mut head.spare_refs))?;
             }
-            match s.segs.alloc(Use::Data) {
+            match s.segs.alloc(use_) {
                 Some(seg) => {
                     s.segs.note_relieved();
                     // One reference for every key this segment can hold (each
@@ -105,7 +115,7 @@ impl DataHeads {
 
     /// Gives back every head's segment and unused references (at close).
     pub fn release_all(&self, s: &Shared) -> Result<()> {
-        for h in self.heads.iter().chain([&self.gc]) {
+        for h in self.heads.iter().chain([&self.relocation]) {
             let mut h = h.data.lock();
             if let Some(seg) = h.seg.take() {
                 s.segs.put_n(&*s.media, seg, 1 + std::mem::take(&mut h.spare_refs))?;

@@ -50,8 +50,8 @@ macro_rules! public_with_internals {
     )*};
 }
 public_with_internals!(
-    bypass, cache, config, drain, gc, heads, index, iov, journal, keylog, mode, read, replay, replica, segment,
-    settings, shared, spinlock, stats, tails, write, writeback
+    bypass, cache, config, drain, gc, heads, index, iov, journal, keep, keylog, mode, read, relocate, replay, replica,
+    segment, settings, shared, spinlock, stats, tails, write, writeback
 );
 #[cfg(not(feature = "internals"))]
 mod bypass;
@@ -72,11 +72,15 @@ mod iov;
 #[cfg(not(feature = "internals"))]
 mod journal;
 #[cfg(not(feature = "internals"))]
+mod keep;
+#[cfg(not(feature = "internals"))]
 mod keylog;
 #[cfg(not(feature = "internals"))]
 mod mode;
 #[cfg(not(feature = "internals"))]
 mod read;
+#[cfg(not(feature = "internals"))]
+mod relocate;
 #[cfg(not(feature = "internals"))]
 mod replay;
 #[cfg(not(feature = "internals"))]

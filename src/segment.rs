@@ -44,12 +44,20 @@ impl Geometry {
     }
 }
 
-/// What a segment is allocated for: data allocations must leave the log's reserve.
+/// What a segment is allocated for: data allocations must leave the log's
+/// reserve, and writes leave a little more for moved data (relocate.rs):
+/// moving is how GC frees space while writes wait for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Use {
     Data,
+    Moved,
     Log,
 }
+
+/// Free segments writes leave to moved data, in a cache with at least
+/// [`MOVE_RESERVE_MIN_SEGS`] segments (a smaller one keeps them for writes).
+const MOVE_RESERVE: u32 = 2;
+const MOVE_RESERVE_MIN_SEGS: u32 = 32;
 
 struct Shared {
     free: VecDeque<u32>,
@@ -225,10 +233,17 @@ impl SegmentTable {
     }
 
     /// Allocates a free segment holding one reference for the caller.
-    /// Data allocations leave `reserve` segments for the key log.
+    /// Data allocations leave `reserve` segments for the key log (and writes
+    /// a few more for moved data: see [`Use`]).
     pub fn alloc(&self, use_: Use) -> Option<u32> {
         let mut sh = self.lock();
-        if use_ == Use::Data && sh.free.len() as u32 <= self.reserve {
+        let moved = if self.geo.seg_count >= MOVE_RESERVE_MIN_SEGS { MOVE_RESERVE } else { 0 };
+        let leave = match use_ {
+            Use::Data => self.reserve + moved,
+            Use::Moved => self.reserve,
+            Use::Log => 0,
+        };
+        if use_ != Use::Log && sh.free.len() as u32 <= leave {
             return None;
         }
         let seg = sh.free.pop_front()?;

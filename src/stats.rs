@@ -105,6 +105,9 @@ counters! {
         writeback_epochs,
         /// Dirty bytes never written because a later key overwrote them.
         writeback_skipped_bytes,
+        /// Dirty bytes kept in the cache (moved to the log head) rather than
+        /// written, while the base may lag (writeback.rs).
+        writeback_kept_bytes,
         base_writes,
         base_flushes,
         /// Writes sent straight to the base (see bypass.rs).

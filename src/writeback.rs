@@ -20,8 +20,23 @@
 //!   advanced dirty_tail persisted. A failed write or flush starts the
 //!   batch's writes over (rewriting is idempotent); nothing is dropped.
 //!
-//! The host calls [`crate::Cache::writeback_step`] from a poller; completions
-//! may arrive on any thread and only update counters.
+//!
+//! Keeping (relocate.rs): while GC needs room, a host's writeback tick may
+//! move the live dirty data of a batch in the open epoch to the log head
+//! instead of writing it, so that a hot set stays dirty in the cache the way
+//! it would in place, and the base gets only what outlives the lag. The
+//! moved keys are journalled before dirty_tail passes their originals, in
+//! the same epoch as them (a FLUSH mark written meanwhile makes the batch
+//! be written after all), so the base stays a prefix of FLUSH epochs. What
+//! someone waits to see on the base (a flush request, a write in a mode that
+//! completes once written back, a mode switch) raises a floor before which
+//! nothing is kept ([`Writeback::drain_to`]). Data older than the lag is
+//! written when writeback reaches it, moved or not (keep.rs tracks ages).
+//!
+//! The host calls [`crate::Cache::writeback_tick`] from a poller (tools and
+//! tests that must see everything on the base call
+//! [`crate::Cache::writeback_step`], which never keeps); completions may
+//! arrive on any thread and only update counters.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -33,8 +48,11 @@ use crate::error::{Error, Result};
 use crate::format::{data_crc, KeyRecord, LogPos, KEY_FLAG_CRC};
 use crate::index::{Index, KsetTag};
 use crate::journal::Journal;
+use crate::keep::Keep;
 use crate::keylog::read_kset;
+use crate::relocate::{move_piece, next_live_piece, Moved, MOVE_KSET};
 use crate::shared::{lock, Shared};
+use crate::write::Front;
 
 /// Bytes of writes in flight to the base at once.
 const WINDOW_BYTES: u64 = 16 << 20;
@@ -49,6 +67,8 @@ const RUN_BYTES: u64 = 1 << 20;
 const KSETS_PER_STEP: usize = 32;
 /// Default cap of a batch's dirty bytes (before superseded bytes are dropped).
 pub const DEFAULT_BATCH_BYTES: u64 = 32 << 20;
+/// How long the base may lag behind the cache by default (see Keep).
+pub const DEFAULT_BASE_LAG: Duration = Duration::from_secs(30);
 
 /// Writeback under a busy front end runs at full speed once dirty data
 /// fills this many percent less of the cache than gc_percent, and trickles
@@ -144,6 +164,7 @@ pub enum WbProgress {
 /// how much of recent batches later keys had overwritten.
 pub(crate) struct Writeback {
     state: Mutex<WbState>,
+    keep: Mutex<Keep>,
     batch_bytes: AtomicU64,
     /// Share of the dirty bytes of recent batches that later keys had
     /// overwritten, in percent (a moving average), or ABSORBED_UNKNOWN
@@ -158,9 +179,10 @@ pub(crate) fn dirty_percent(s: &Shared) -> u32 {
 }
 
 impl Writeback {
-    pub fn new(batch_bytes: u64) -> Self {
+    pub fn new(batch_bytes: u64, lag: Duration) -> Self {
         Writeback {
             state: Mutex::default(),
+            keep: Mutex::new(Keep::new(lag)),
             batch_bytes: AtomicU64::new(batch_bytes),
             absorbed_pct: AtomicU32::new(ABSORBED_UNKNOWN),
         }
@@ -174,6 +196,31 @@ impl Writeback {
 
     pub fn set_batch_bytes(&self, bytes: u64) {
         self.batch_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// How long the base may lag behind the cache (zero: nothing is kept).
+    pub fn lag(&self) -> Duration {
+        lock(&self.keep).lag
+    }
+
+    pub fn set_lag(&self, lag: Duration) {
+        lock(&self.keep).lag = lag;
+    }
+
+    /// Journals every open kset and makes sure nothing journalled so far is
+    /// kept: it all reaches the base once dirty_tail passes the sequence
+    /// returned. (Under the keep lock, so no batch moves data past it.)
+    pub fn drain_to(&self, s: &Shared, journal: &Journal) -> Result<u64> {
+        let mut k = lock(&self.keep);
+        let to = journal.seal_all(s)?;
+        k.raise_floor(to);
+        Ok(to)
+    }
+
+    /// Whether a batch starting at dirty_tail now could be kept, as far as
+    /// the lag and the floor tell.
+    pub fn may_keep_at(&self, seq: u64) -> bool {
+        lock(&self.keep).allows(seq)
     }
 
     /// The share (percent) of recent batches' dirty bytes that later keys
@@ -193,9 +240,12 @@ impl Writeback {
         self.absorbed_pct.store(avg, Ordering::Relaxed);
     }
 
-    /// Advances writeback by one step; never blocks.
-    pub fn step(&self, s: &Shared, journal: &Journal, base: &dyn BaseDevice) -> Result<WbProgress> {
+    /// Advances writeback by one step; never blocks. With `may_keep`, a
+    /// batch planned now may be kept rather than written (module doc).
+    pub fn step(&self, f: &Front, base: &dyn BaseDevice, may_keep: bool) -> Result<WbProgress> {
+        let (s, journal) = (f.s, f.journal);
         let mut st = lock(&self.state);
+        lock(&self.keep).note_head(journal.head().seq, journal.tails().dirty.seq, Instant::now());
         match std::mem::take(&mut *st) {
             WbState::Idle => {
                 let pos = journal.tails().dirty;
@@ -211,7 +261,7 @@ impl Writeback {
                     *st = WbState::Collecting(batch);
                     return Ok(WbProgress::Busy);
                 }
-                let runs = self.plan(s, journal, &mut batch);
+                let runs = self.plan(f, &mut batch, may_keep)?;
                 *st = WbState::Writing { batch, runs, next: 0, io: Arc::default() };
                 Ok(WbProgress::Busy)
             }
@@ -319,19 +369,31 @@ impl Writeback {
     /// Drops the bytes later journalled keys of the same epoch overwrote
     /// (when the batch is in the open epoch), then merges what is left into
     /// runs in base order.
-    fn plan(&self, s: &Shared, journal: &Journal, batch: &mut Batch) -> Vec<Run> {
+    fn plan(&self, f: &Front, batch: &mut Batch, may_keep: bool) -> Result<Vec<Run>> {
+        let (s, journal) = (f.s, f.journal);
+        let mut held = 0;
         if journal.replayed_open_epoch().contains(&batch.start.seq) {
             batch.pieces = drop_overwritten(s, journal, &batch.pieces, true);
         } else if !batch.epoch_end {
+            if may_keep {
+                // Keys over the batch still open would make it write what
+                // they overwrote (drop_overwritten skips only for journalled
+                // ones): journal them now, so that only live data is left.
+                journal.seal_all(s)?;
+            }
             let kept = drop_overwritten(s, journal, &batch.pieces, false);
             // Decided only now: any FLUSH mark written meanwhile at or after
             // the batch's start puts the overwriting keys in a later epoch.
             if journal.last_mark() < batch.start.seq {
                 batch.pieces = kept;
+                if may_keep {
+                    held = self.keep_pieces(f, batch)?;
+                }
             }
         }
         let written: u64 = batch.pieces.values().map(|p| p.len as u64).sum();
-        s.counters.local().add(|c| &c.writeback_skipped_bytes, batch.dirty.saturating_sub(written));
+        s.counters.local().add(|c| &c.writeback_skipped_bytes, batch.dirty.saturating_sub(written + held));
+        s.counters.local().add(|c| &c.writeback_kept_bytes, held);
         self.note_absorbed(batch.dirty, written);
         let mut runs: Vec<Run> = Vec::new();
         for (&off, p) in &batch.pieces {
@@ -344,7 +406,70 @@ impl Writeback {
                 _ => runs.push(Run { off, len: p.len as u64, zero, parts: vec![(p.len, p.src)] }),
             }
         }
-        runs
+        Ok(runs)
+    }
+
+    /// Moves what it can of a batch of the open epoch to the log head, dirty,
+    /// instead of writing it; what could not move stays in the batch.
+    /// Returns the bytes kept.
+    fn keep_pieces(&self, f: &Front, batch: &mut Batch) -> Result<u64> {
+        let (s, journal) = (f.s, f.journal);
+        // Held until the moved keys are journalled: drain_to waits for it.
+        let mut k = lock(&self.keep);
+        if !k.allows(batch.start.seq) {
+            return Ok(0);
+        }
+        // Data older than the lag goes to the base now.
+        let born = k.written_at(batch.start.seq, batch.end.seq);
+        if k.due(born, Instant::now()) {
+            return Ok(0);
+        }
+        let cap = s.geo.seg_count as u64 * s.geo.payload() as u64 / 8;
+        k.add_credit(batch.dirty, crate::gc::MOVE_MAX_PERCENT, cap);
+        // Ksets appended from here on may carry this batch's data.
+        let moved_from = journal.head().seq;
+        let mut write = BTreeMap::new();
+        let (mut kept, mut room) = (0u64, true);
+        for (&off, p) in &batch.pieces {
+            let end = off + p.len as u64;
+            let mut at = off;
+            if let Src::Key { key, .. } = p.src {
+                while room && at < end {
+                    // Bytes no longer the key's (a later write, open or not)
+                    // are written with the rest, as planned.
+                    let Some(lp) = next_live_piece(f, &key, at, end, false).filter(|lp| lp.off == at) else { break };
+                    if !k.take_credit(lp.len as u64) {
+                        room = false;
+                        break;
+                    }
+                    match move_piece(f, &lp, true)? {
+                        Moved::Bytes(n) => {
+                            at += n as u64;
+                            kept += n as u64;
+                        }
+                        Moved::NoRoom => room = false,
+                        Moved::Changed | Moved::Damaged => break,
+                    }
+                }
+            }
+            if at < end {
+                write.insert(at, Piece { len: (end - at) as u32, src: advance(p.src, (at - off) as u32) });
+            }
+        }
+        if kept == 0 {
+            return Ok(0);
+        }
+        // The moved keys reach the log before dirty_tail passes their
+        // originals, and in the same epoch: a FLUSH mark written since the
+        // batch was planned may have come first, and then the batch is
+        // written whole (the moved keys are later copies of the same data).
+        journal.seal(s, &mut journal.kset(MOVE_KSET))?;
+        k.inherit(moved_from, journal.head().seq, born);
+        if journal.last_mark() >= batch.start.seq {
+            return Ok(0);
+        }
+        batch.pieces = write;
+        Ok(kept)
     }
 }
 

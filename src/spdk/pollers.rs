@@ -161,14 +161,15 @@ impl BgState {
 
     /// Queues a flush of pcache `name` (see Background::add_flush_waiter).
     fn add_flush_waiter(&mut self, done: FlushDone, cache: &Cache, name: &str) -> Ended {
-        if let Err(e) = cache.flush() {
-            return Ended(vec![(done, Err(format!("{name}: flush failed: {e}")))]);
-        }
-        let s = cache.stats();
+        // Nothing written before it may stay off the base (writeback.rs).
+        let target = match cache.drain_ticket() {
+            Ok(t) => t,
+            Err(e) => return Ended(vec![(done, Err(format!("{name}: flush failed: {e}")))]),
+        };
         if self.flush_waiters.is_empty() {
-            self.flush_errors_at = s.writeback_errors;
+            self.flush_errors_at = cache.writeback_errors();
         }
-        self.flush_waiters.push((done, s.key_head.2));
+        self.flush_waiters.push((done, target));
         Ended(Vec::new())
     }
 
@@ -258,7 +259,7 @@ unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
         if !st.pacer.ready(c.writeback_pace(busy_front, flush_waits)) {
             return rc(false);
         }
-        let step = c.writeback_step(&st.base);
+        let step = c.writeback_tick(&st.base);
         let busy = match &step {
             Ok(p) => *p != WbProgress::Idle,
             Err(e) => {
