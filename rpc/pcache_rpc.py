@@ -60,6 +60,7 @@ def bdev_pcache_create(args):
         'gc_percent': args.gc_percent,
         'writeback_batch_bytes': args.writeback_batch_bytes,
         'seq_cutoff_bytes': args.seq_cutoff_bytes,
+        'base_lag_secs': args.base_lag_secs,
         'uuid': args.uuid,
         'seg_size': args.seg_size,
         'force_format': True if args.force_format else None,
@@ -79,6 +80,7 @@ def bdev_pcache_set_options(args):
         'gc_percent': args.gc_percent,
         'writeback_batch_bytes': args.writeback_batch_bytes,
         'seq_cutoff_bytes': args.seq_cutoff_bytes,
+        'base_lag_secs': args.base_lag_secs,
         'cache_mode': args.cache_mode,
     })
 
@@ -162,6 +164,10 @@ def spdk_rpc_plugin_initialize(subparsers):
     p.add_argument('-S', '--seq-cutoff-bytes', dest='seq_cutoff_bytes', type=int,
                    help="""Writes of 64 KiB or more bypass the cache once a sequential stream has run
                    this many bytes; 0 never bypasses. Default: 1 MiB""")
+    p.add_argument('-L', '--base-lag-secs', dest='base_lag_secs', type=int,
+                   help="""Seconds the base bdev may lag behind the cache: while the cache needs room,
+                   dirty data younger than this stays in the cache instead of being written back
+                   (0-86400; 0 writes everything back as soon as it can). Default: 30""")
     p.add_argument('-z', '--seg-size', dest='seg_size', type=int,
                    help="""Segment size in bytes for a new format: a power of two from 64 KiB to 1 GiB.
                    Default: 16 MiB, or smaller when the cache bdev would hold fewer than 8 segments""")
@@ -191,6 +197,8 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help='Cap of the dirty bytes writeback takes in one batch; 1 writes back one kset per batch')
     p.add_argument('-S', '--seq-cutoff-bytes', dest='seq_cutoff_bytes', type=int,
                    help='Sequential run after which writes of 64 KiB or more bypass the cache; 0 never bypasses')
+    p.add_argument('-L', '--base-lag-secs', dest='base_lag_secs', type=int,
+                   help='Seconds the base may lag behind the cache (0-86400); 0 keeps no dirty data back')
     p.add_argument('-m', '--cache-mode', dest='cache_mode', metavar='MODE', choices=MODES,
                    help="""Switch the cache mode: writeback, writethrough, writearound or passthrough.
                    Leaving writeback writes back everything dirty; new writes follow the new mode at once""")

@@ -15,6 +15,7 @@
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use spdk_sys as sys;
 
@@ -270,6 +271,7 @@ pub struct LiveOptions {
     pub cache_mode: Option<crate::CacheMode>,
     pub writeback_batch_bytes: Option<u64>,
     pub seq_cutoff_bytes: Option<u64>,
+    pub base_lag_secs: Option<u64>,
     pub gc_percent: Option<u8>,
 }
 
@@ -284,6 +286,9 @@ pub fn set_options(name: &str, o: LiveOptions) -> Option<Result<(), String>> {
         }
         if let Some(c) = o.seq_cutoff_bytes {
             n.cache.set_seq_cutoff(c);
+        }
+        if let Some(l) = o.base_lag_secs {
+            n.cache.set_base_lag(Duration::from_secs(l));
         }
         match o.gc_percent {
             Some(g) => n.cache.set_gc_percent(g).map_err(|e| format!("{name}: {e}")),
@@ -456,6 +461,9 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     }
     if let Some(c) = opts.seq_cutoff_bytes {
         cfg.seq_cutoff = c;
+    }
+    if let Some(l) = opts.base_lag_secs {
+        cfg.base_lag = Duration::from_secs(l);
     }
     cfg.workers = super::ffi::core_count();
     let (cache, opened) = match Cache::open(media.clone() as Arc<dyn Media>, &cfg) {
@@ -761,6 +769,7 @@ unsafe extern "C" fn config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
                     live.data_crc = Some(n.cache.data_crc());
                     live.writeback_batch_bytes = Some(n.cache.writeback_batch_bytes());
                     live.seq_cutoff_bytes = Some(n.cache.seq_cutoff());
+                    live.base_lag_secs = Some(n.cache.base_lag().as_secs());
                     live.cache_mode = Some(n.cache.cache_mode());
                     live.uuid = Some(n.cache.uuid());
                     live.seg_size = Some(n.cache.superblock().seg_size as u64);
@@ -799,6 +808,9 @@ fn write_create(w: &mut Writer, c: &CreateOpts) {
     if let Some(b) = c.seq_cutoff_bytes {
         w.named_u64("seq_cutoff_bytes", b);
     }
+    if let Some(l) = c.base_lag_secs {
+        w.named_u64("base_lag_secs", l);
+    }
     // force_format is never saved: a restart must load, not wipe.
     w.object_end();
     w.object_end();
@@ -821,6 +833,7 @@ fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     w.named_u64("gc_percent", s.gc_percent as u64);
     w.named_u64("writeback_batch_bytes", n.cache.writeback_batch_bytes());
     w.named_u64("seq_cutoff_bytes", n.cache.seq_cutoff());
+    w.named_u64("base_lag_secs", n.cache.base_lag().as_secs());
     w.named_u64("seg_size", sb.seg_size as u64);
     w.named_u64("segs_total", s.segs_total as u64);
     w.named_u64("segs_used", s.segs_used as u64);

@@ -38,6 +38,8 @@ const INVALID_PARAMS: i32 = sys::SPDK_JSONRPC_ERROR_INVALID_PARAMS;
 const MAX_BATCH: u64 = 1 << 40;
 /// Largest sequential cutoff (a stream must run this long before it bypasses).
 const MAX_SEQ_CUTOFF: u64 = 1 << 40;
+/// A day: longer would only hide a base that never catches up.
+const MAX_BASE_LAG_SECS: u64 = 86_400;
 use crate::format::{MAX_GC_PERCENT, MAX_SEG_SIZE, MIN_SEG_SIZE};
 
 /// The request a method's body answers: answering (or taking it to answer
@@ -145,6 +147,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
         let gc_percent = p.opt_u64("gc_percent", 0, MAX_GC_PERCENT as u64).map_err(bad)?.map(|v| v as u8);
         let writeback_batch_bytes = p.opt_u64("writeback_batch_bytes", 1, MAX_BATCH).map_err(bad)?;
         let seq_cutoff_bytes = p.opt_u64("seq_cutoff_bytes", 0, MAX_SEQ_CUTOFF).map_err(bad)?;
+        let base_lag_secs = p.opt_u64("base_lag_secs", 0, MAX_BASE_LAG_SECS).map_err(bad)?;
         let uuid = p.opt_str("uuid").map_err(bad)?;
         let seg_size = p.opt_u64("seg_size", MIN_SEG_SIZE, MAX_SEG_SIZE).map_err(bad)?;
         let force_format = p.opt_bool("force_format").map_err(bad)?.unwrap_or(false);
@@ -171,6 +174,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
             gc_percent,
             writeback_batch_bytes,
             seq_cutoff_bytes,
+            base_lag_secs,
             cache_mode,
             uuid,
             seg_size,
@@ -246,6 +250,7 @@ unsafe extern "C" fn pcache_set_options(req: *mut sys::spdk_jsonrpc_request, raw
         let gc_percent = p.opt_u64("gc_percent", 0, MAX_GC_PERCENT as u64).map_err(bad)?;
         let batch = p.opt_u64("writeback_batch_bytes", 1, MAX_BATCH).map_err(bad)?;
         let cutoff = p.opt_u64("seq_cutoff_bytes", 0, MAX_SEQ_CUTOFF).map_err(bad)?;
+        let lag = p.opt_u64("base_lag_secs", 0, MAX_BASE_LAG_SECS).map_err(bad)?;
         let mode = p.opt_str("cache_mode").map_err(bad)?;
         p.finish().map_err(bad)?;
         let mode = parse_mode("bdev_pcache_set_options", mode)?;
@@ -253,6 +258,7 @@ unsafe extern "C" fn pcache_set_options(req: *mut sys::spdk_jsonrpc_request, raw
             cache_mode: mode,
             writeback_batch_bytes: batch,
             seq_cutoff_bytes: cutoff,
+            base_lag_secs: lag,
             gc_percent: gc_percent.map(|g| g as u8),
         };
         pcache_bdev::set_options(&name, opts).ok_or_else(|| no_such("pcache", &name))?.map_err(|e| (-libc::EIO, e))?;

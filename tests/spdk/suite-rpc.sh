@@ -113,6 +113,15 @@ saved_cutoff() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q 
 check "save_config keeps seq_cutoff_bytes" saved_cutoff
 rpc_err "set_options -S -1" "seq_cutoff_bytes" bdev_pcache_set_options PC0 -S -1
 ok "bdev_pcache_set_options PC0 -S 4194304" bdev_pcache_set_options PC0 -S 4194304
+check "get_stats: base_lag_secs defaults to 30" [ "$(stat PC0 base_lag_secs)" = 30 ]
+ok "bdev_pcache_set_options PC0 -L 5" bdev_pcache_set_options PC0 -L 5
+check "get_stats: base_lag_secs 5" [ "$(stat PC0 base_lag_secs)" = 5 ]
+saved_lag() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q '"base_lag_secs": 5' <<<"$c"; }
+check "save_config keeps base_lag_secs" saved_lag
+rpc_err "set_options -L -1" "base_lag_secs" bdev_pcache_set_options PC0 -L -1
+rpc_err "set_options -L 86401" "base_lag_secs" bdev_pcache_set_options PC0 -L 86401
+check "get_stats: counts writeback_kept_bytes and gc_moved_bytes" \
+  [ "$(stat PC0 writeback_kept_bytes)" = 0 ] && [ "$(stat PC0 gc_moved_bytes)" = 0 ]
 check "get_stats: cache_mode writeback on a new cache" [ "$(stat PC0 cache_mode)" = writeback ]
 check "get_stats: no mode transition" [ "$(stat PC0 cache_mode_transition)" = False ]
 ok "bdev_pcache_set_options PC0 -m writearound" bdev_pcache_set_options PC0 -m writearound
