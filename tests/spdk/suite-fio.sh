@@ -32,9 +32,10 @@ PY
 sed "s|^spdk_json_conf=.*|spdk_json_conf=$WORK/fio.json|; s|^size=.*|size=64m|" \
   "$ROOT/configs/fio-pcache-verify.fio" >"$WORK/verify.fio"
 log=$WORK/fio.log
-LD_PRELOAD="$plugin $MODULE" PMEM_IS_PMEM_FORCE=1 timeout 300 fio "$WORK/verify.fio" >"$log" 2>&1
+# The preload goes on fio itself, not on timeout (which cannot load the plugin).
+(cd "$WORK" && PMEM_IS_PMEM_FORCE=1 timeout 300 env LD_PRELOAD="$plugin $MODULE" fio "$WORK/verify.fio") >"$log" 2>&1
 rc=$?
 check "fio verify job through PC0 exits 0 (exit $rc)" [ $rc -eq 0 ]
-check "fio reports no errors" bash -c "grep -q 'err= 0' '$1' && ! grep -qi 'verify:.*bad' '$1'" _ "$log"
+check "fio reports no errors" bash -c 'grep -q "err= 0" "$1" && ! grep -qi "verify:.*bad" "$1"' _ "$log"
 [ $rc -eq 0 ] || tail -20 "$log"
 finish

@@ -8,7 +8,7 @@
 # hugepages to reserve) the suite reports itself skipped (exit 77).
 source "$(dirname "$0")/lib.sh"
 
-HUGE_PAGES=192 # 2 MiB pages: the initiator's 256 MiB and some slack
+HUGE_PAGES=576 # 2 MiB pages: the initiator's 1 GiB and some slack (an SPDK with OCF sets up its pools at start)
 huge_before=$(cat /proc/sys/vm/nr_hugepages 2>/dev/null || echo 0)
 HUGE_DIR=$WORK/huge
 release_huge() {
@@ -52,7 +52,7 @@ sys.exit(0 if c['backend_specific']['block']['bdev'] == 'PC0' else 1)" "$ctrl"
   "traddr":"$WORK/vhost/vhost.0","dev_type":"blk","vq_count":2}}
 ]}]}
 JSON
-  timeout 120 "$SPDK_DIR/bin/bdevperf" -s 256 --huge-dir "$HUGE_DIR" -g --disable-cpumask-locks \
+  timeout 120 "$SPDK_DIR/bin/bdevperf" -s 1024 --huge-dir "$HUGE_DIR" -g --disable-cpumask-locks \
     --num-trace-entries 0 -m 0x2 -r "$WORK/init.sock" --json "$WORK/init.json" \
     -q 32 -o 4096 -w verify -t 5 >"$WORK/init.log" 2>&1
   rc=$?
