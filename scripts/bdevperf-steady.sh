@@ -127,8 +127,8 @@ for t in (pre, secs):
 if bdev == "PC0":
     st = call("bdev_pcache_get_stats", {"name": "PC0"}).get("result", [{}])[0]
     keys = ("write_ops", "deferred_writes", "bypass_writes", "bypass_full_writes", "writeback_bytes",
-            "writeback_skipped_bytes", "base_writes", "base_flushes", "dirty_bytes", "read_miss_ops",
-            "gc_moved_bytes")
+            "writeback_skipped_bytes", "writeback_kept_bytes", "base_writes", "base_flushes", "dirty_bytes",
+            "read_miss_ops", "gc_moved_bytes")
     print("    pcache stats: " + ", ".join(f"{k} {st.get(k)}" for k in keys), file=sys.stderr)
 call("spdk_kill_instance", {"sig_name": "SIGTERM"})
 PY

@@ -319,7 +319,7 @@ impl Cache {
     /// Advances writeback by one step; never blocks. Writes everything it
     /// takes to the base (what tools and drains want).
     pub fn writeback_step(&self, base: &dyn BaseDevice) -> Result<WbProgress> {
-        self.wb.step(&self.front(), base, false)
+        self.wb.step(&self.front(), base, false, self.settled())
     }
 
     /// A host poller's writeback step: as writeback_step, but while GC needs
@@ -328,7 +328,18 @@ impl Cache {
     /// writeback.rs). Flushes a host waits for go through
     /// [`Cache::drain_ticket`], which nothing is kept past.
     pub fn writeback_tick(&self, base: &dyn BaseDevice) -> Result<WbProgress> {
-        self.wb.step(&self.front(), base, self.gc_needs_room() && self.cache_mode().completes_in_cache())
+        self.wb.step(
+            &self.front(),
+            base,
+            self.gc_needs_room() && self.cache_mode().completes_in_cache(),
+            self.settled(),
+        )
+    }
+
+    /// Whether the cache has filled up to about where GC keeps it (see
+    /// bypass::is_full): before that, writes are a burst into free space.
+    fn settled(&self) -> bool {
+        self.s.segs.used_percent() >= (self.gc_percent() as u32).saturating_sub(writeback::WB_FULL_MARGIN)
     }
 
     /// Whether GC wants space now: segments in use at its threshold, or

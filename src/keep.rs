@@ -66,9 +66,15 @@ impl Keep {
         self.inherited.range(..end).filter(|(_, &(e, _))| e > start).map(|(_, &(_, t))| t).fold(appended, Instant::min)
     }
 
-    /// Whether data written at `t` is due on the base by `now`.
-    pub fn due(&self, t: Instant, now: Instant) -> bool {
-        now.saturating_duration_since(t) >= self.lag
+    /// Whether the ksets from `seq` on, with data written at `t`, are due
+    /// on the base by `now`. Each batch falls due somewhere between half the
+    /// lag and the lag (spread by its position): a hot set written in one
+    /// burst (a cache filling up) would otherwise all fall due at once, and
+    /// writes would wait while writeback wrote all of it at the base's speed.
+    pub fn due(&self, seq: u64, t: Instant, now: Instant) -> bool {
+        let spread = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58; // 0..64
+        let after = self.lag / 2 + self.lag / 2 * spread as u32 / 63;
+        now.saturating_duration_since(t) >= after
     }
 
     /// Ksets [start, end) were appended while data written at `t` moved into them.
@@ -116,7 +122,10 @@ mod tests {
         k.note_head(30, 0, later(5000));
         assert_eq!(k.written_at(20, 21), later(0), "moved data keeps its age");
         assert_eq!(k.written_at(22, 25), later(200));
-        assert!(k.due(later(0), later(10_000)) && !k.due(later(0), later(9_999)));
+        assert!((0..64).all(|seq| k.due(seq, later(0), later(10_000))), "everything is due after the lag");
+        assert!((0..64).all(|seq| !k.due(seq, later(0), later(4_999))), "nothing before half of it");
+        let early = (0..64).filter(|&seq| k.due(seq, later(0), later(7_500))).count();
+        assert!(early > 10 && early < 54, "batches fall due spread over the second half ({early} of 64)");
         // Past the tail, ages are forgotten.
         k.note_head(31, 22, later(5200));
         assert!(k.inherited.is_empty());

@@ -241,8 +241,11 @@ impl Writeback {
     }
 
     /// Advances writeback by one step; never blocks. With `may_keep`, a
-    /// batch planned now may be kept rather than written (module doc).
-    pub fn step(&self, f: &Front, base: &dyn BaseDevice, may_keep: bool) -> Result<WbProgress> {
+    /// batch planned now may be kept rather than written (module doc). With
+    /// `settled` (the cache has filled up to near its GC threshold), a batch
+    /// planned now counts in absorbed_percent: while a cache fills, what
+    /// writeback finds overwritten says nothing of the steady state.
+    pub fn step(&self, f: &Front, base: &dyn BaseDevice, may_keep: bool, settled: bool) -> Result<WbProgress> {
         let (s, journal) = (f.s, f.journal);
         let mut st = lock(&self.state);
         lock(&self.keep).note_head(journal.head().seq, journal.tails().dirty.seq, Instant::now());
@@ -261,7 +264,7 @@ impl Writeback {
                     *st = WbState::Collecting(batch);
                     return Ok(WbProgress::Busy);
                 }
-                let runs = self.plan(f, &mut batch, may_keep)?;
+                let runs = self.plan(f, &mut batch, may_keep, settled)?;
                 *st = WbState::Writing { batch, runs, next: 0, io: Arc::default() };
                 Ok(WbProgress::Busy)
             }
@@ -369,7 +372,7 @@ impl Writeback {
     /// Drops the bytes later journalled keys of the same epoch overwrote
     /// (when the batch is in the open epoch), then merges what is left into
     /// runs in base order.
-    fn plan(&self, f: &Front, batch: &mut Batch, may_keep: bool) -> Result<Vec<Run>> {
+    fn plan(&self, f: &Front, batch: &mut Batch, may_keep: bool, settled: bool) -> Result<Vec<Run>> {
         let (s, journal) = (f.s, f.journal);
         let mut held = 0;
         if journal.replayed_open_epoch().contains(&batch.start.seq) {
@@ -394,7 +397,9 @@ impl Writeback {
         let written: u64 = batch.pieces.values().map(|p| p.len as u64).sum();
         s.counters.local().add(|c| &c.writeback_skipped_bytes, batch.dirty.saturating_sub(written + held));
         s.counters.local().add(|c| &c.writeback_kept_bytes, held);
-        self.note_absorbed(batch.dirty, written);
+        if settled {
+            self.note_absorbed(batch.dirty, written);
+        }
         let mut runs: Vec<Run> = Vec::new();
         for (&off, p) in &batch.pieces {
             let zero = p.src == Src::Zero;
@@ -421,7 +426,7 @@ impl Writeback {
         }
         // Data older than the lag goes to the base now.
         let born = k.written_at(batch.start.seq, batch.end.seq);
-        if k.due(born, Instant::now()) {
+        if k.due(batch.start.seq, born, Instant::now()) {
             return Ok(0);
         }
         let cap = s.geo.seg_count as u64 * s.geo.payload() as u64 / 8;

@@ -106,6 +106,9 @@ fn an_overwrite_in_a_later_epoch_does_not_excuse_writing_back() {
 fn a_batch_sorts_and_merges_and_flushes_once() {
     let (_media, base, cache) = setup(32 << 20);
     assert_eq!(cache.absorbed_percent(), None, "no batch yet");
+    // A threshold of 10 % counts the cache as filled (absorbed_percent is
+    // measured in steady state only: see the next test).
+    cache.set_gc_percent(10).unwrap();
     // 64 adjacent 4 KiB writes in reverse order, each overwritten twice.
     for round in 0..3u64 {
         for i in (0..64u64).rev() {
@@ -318,4 +321,24 @@ fn a_key_overwritten_in_its_middle_is_written_back_around_the_overwrite() {
     for s in 0..64 {
         assert_eq!(who(&img, s), Some(want(s)), "sector {s}");
     }
+}
+
+/// While the cache fills, what writeback finds overwritten says nothing of
+/// the steady state: absorbed_percent (which sends writes past a full cache
+/// when low, bypass.rs) waits until the cache has filled to near gc_percent.
+#[test]
+fn absorbed_percent_counts_once_the_cache_has_filled() {
+    let (_media, base, cache) = setup(32 << 20);
+    for i in 0..64u64 {
+        write(&cache, 1 + i, i * 8, 8);
+    }
+    cache.writeback_all(&base).unwrap();
+    assert!(cache.stats().writeback_batches > 0);
+    assert_eq!(cache.absorbed_percent(), None, "a filling cache's batches are not counted");
+    cache.set_gc_percent(10).unwrap();
+    for i in 0..64u64 {
+        write(&cache, 100 + i, i * 8, 8);
+    }
+    cache.writeback_all(&base).unwrap();
+    assert_eq!(cache.absorbed_percent(), Some(0), "once filled, they are");
 }
