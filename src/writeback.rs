@@ -67,6 +67,9 @@ const RUN_BYTES: u64 = 1 << 20;
 const KSETS_PER_STEP: usize = 32;
 /// Default cap of a batch's dirty bytes (before superseded bytes are dropped).
 pub const DEFAULT_BATCH_BYTES: u64 = 32 << 20;
+/// A batch is kept only if later writes overwrote at least this share (in
+/// percent) of its dirty bytes: the sign of a hot set.
+const KEEP_MIN_OVERWRITTEN: u64 = 20;
 /// How long the base may lag behind the cache by default (see Keep).
 pub const DEFAULT_BASE_LAG: Duration = Duration::from_secs(30);
 
@@ -398,6 +401,8 @@ impl Writeback {
         s.counters.local().add(|c| &c.writeback_skipped_bytes, batch.dirty.saturating_sub(written + held));
         s.counters.local().add(|c| &c.writeback_kept_bytes, held);
         if settled {
+            // Kept bytes count as absorbed: the base does not get them now,
+            // and a batch is kept only where much of it was overwritten.
             self.note_absorbed(batch.dirty, written);
         }
         let mut runs: Vec<Run> = Vec::new();
@@ -422,6 +427,13 @@ impl Writeback {
         // Held until the moved keys are journalled: drain_to waits for it.
         let mut k = lock(&self.keep);
         if !k.allows(batch.start.seq) {
+            return Ok(0);
+        }
+        // Only where later writes overwrite much of what is taken (a hot
+        // set): a working set larger than the cache would be moved round
+        // and round to no end, where writing it costs the base no more.
+        let live: u64 = batch.pieces.values().map(|p| p.len as u64).sum();
+        if batch.dirty.saturating_sub(live) * 100 < batch.dirty * KEEP_MIN_OVERWRITTEN {
             return Ok(0);
         }
         // Data older than the lag goes to the base now.

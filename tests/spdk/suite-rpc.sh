@@ -82,8 +82,9 @@ check "bdev_aio_create Base0 (256 MiB)" aio "$WORK/base0.img" Base0
 ok "bdev_pcache_create PC0 -c Pmem0 -b Base0" bdev_pcache_create PC0 -c Pmem0 -b Base0
 pc0_uuid=$(bdev PC0 "b['uuid']")
 check "get_stats shows PC0's uuid ($pc0_uuid), the one bdev_get_bdevs has" [ "$(stat PC0 uuid)" = "$pc0_uuid" ]
-saved_uuid() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q "\"uuid\": \"$pc0_uuid\"" <<<"$c"; }
-check "save_config writes PC0's uuid" saved_uuid
+# saved PATTERN: save_config's output holds PATTERN.
+saved() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q -- "$1" <<<"$c"; }
+check "save_config writes PC0's uuid" saved "\"uuid\": \"$pc0_uuid\""
 check "PC0 was formatted (new pmem file)" grep -q "PC0: formatted Pmem0 for base Base0" "$log"
 check "get_stats: state online" [ "$(stat PC0 state)" = online ]
 check "get_stats: cache_bdev Pmem0" [ "$(stat PC0 cache_bdev)" = Pmem0 ]
@@ -103,21 +104,18 @@ check "get_stats: gc_percent 40" [ "$(stat PC0 gc_percent)" = 40 ]
 check "get_stats: writeback_batch_bytes defaults to 32 MiB" [ "$(stat PC0 writeback_batch_bytes)" = 33554432 ]
 ok "bdev_pcache_set_options PC0 -W 1048576" bdev_pcache_set_options PC0 -W 1048576
 check "get_stats: writeback_batch_bytes 1048576" [ "$(stat PC0 writeback_batch_bytes)" = 1048576 ]
-saved_batch() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q '"writeback_batch_bytes": 1048576' <<<"$c"; }
-check "save_config keeps writeback_batch_bytes" saved_batch
+check "save_config keeps writeback_batch_bytes" saved '"writeback_batch_bytes": 1048576'
 rpc_err "set_options -W 0" "writeback_batch_bytes" bdev_pcache_set_options PC0 -W 0
 check "get_stats: seq_cutoff_bytes defaults to 1 MiB" [ "$(stat PC0 seq_cutoff_bytes)" = 1048576 ]
 ok "bdev_pcache_set_options PC0 -S 0" bdev_pcache_set_options PC0 -S 0
 check "get_stats: seq_cutoff_bytes 0" [ "$(stat PC0 seq_cutoff_bytes)" = 0 ]
-saved_cutoff() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q '"seq_cutoff_bytes": 0' <<<"$c"; }
-check "save_config keeps seq_cutoff_bytes" saved_cutoff
+check "save_config keeps seq_cutoff_bytes" saved '"seq_cutoff_bytes": 0'
 rpc_err "set_options -S -1" "seq_cutoff_bytes" bdev_pcache_set_options PC0 -S -1
 ok "bdev_pcache_set_options PC0 -S 4194304" bdev_pcache_set_options PC0 -S 4194304
 check "get_stats: base_lag_secs defaults to 30" [ "$(stat PC0 base_lag_secs)" = 30 ]
 ok "bdev_pcache_set_options PC0 -L 5" bdev_pcache_set_options PC0 -L 5
 check "get_stats: base_lag_secs 5" [ "$(stat PC0 base_lag_secs)" = 5 ]
-saved_lag() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q '"base_lag_secs": 5' <<<"$c"; }
-check "save_config keeps base_lag_secs" saved_lag
+check "save_config keeps base_lag_secs" saved '"base_lag_secs": 5'
 rpc_err "set_options -L -1" "base_lag_secs" bdev_pcache_set_options PC0 -L -1
 rpc_err "set_options -L 86401" "base_lag_secs" bdev_pcache_set_options PC0 -L 86401
 check "get_stats: counts writeback_kept_bytes and gc_moved_bytes" \
@@ -128,8 +126,7 @@ ok "bdev_pcache_set_options PC0 -m writearound" bdev_pcache_set_options PC0 -m w
 check "get_stats: cache_mode writearound" [ "$(stat PC0 cache_mode)" = writearound ]
 check "bdev_get_bdevs: cache_mode writearound" \
   [ "$(bdev PC0 "b['driver_specific']['pcache']['cache_mode']")" = writearound ]
-saved_mode() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q '"cache_mode": "writearound"' <<<"$c"; }
-check "save_config writes cache_mode" saved_mode
+check "save_config writes cache_mode" saved '"cache_mode": "writearound"'
 rpc_err "set_options -m bogus (refused by the plugin)" "cache.mode" bdev_pcache_set_options PC0 -m bogus
 ok "bdev_pcache_flush PC0 returns" bdev_pcache_flush PC0
 check "PC0 is clean after the flush" [ "$(stat PC0 clean)" = True ]
@@ -287,8 +284,7 @@ rpc_err "create with seg_size 32 KiB" "seg_size" bdev_pcache_create PC6 -c Pmem6
 rpc_err "create with seg_size 2 GiB" "seg_size" bdev_pcache_create PC6 -c Pmem6 -b Base6 -z $((2 << 30))
 ok "a 128 MiB pmem bdev formats without a segment size" bdev_pcache_create PC6 -c Pmem6 -b Base6
 check "it got 8 MiB segments ($(stat PC6 seg_size))" [ "$(stat PC6 seg_size)" = $((8 << 20)) ]
-saved_seg() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q '"seg_size": 8388608' <<<"$c"; }
-check "save_config writes seg_size" saved_seg
+check "save_config writes seg_size" saved '"seg_size": 8388608'
 ok "bdev_pcache_delete PC6" bdev_pcache_delete PC6
 rpc_err "loading it with another seg_size is refused" "segment size 1048576" \
   bdev_pcache_create PC6 -c Pmem6 -b Base6 -z $((1 << 20))
