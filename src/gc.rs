@@ -14,7 +14,7 @@
 //! its next reads to the base. Every key GC takes is behind dirty_tail, so
 //! what it moves is on the base already: a moved key lost in a crash only
 //! costs a miss. Moving is bounded so that GC always frees space: at most
-//! [`MOVE_MAX_PERCENT`] of the bytes GC reclaims (with a little credit
+//! 75 % of the bytes GC reclaims (relocate::MoveCredit (with a little credit
 //! carried between steps), none while writes wait for space, and none once
 //! the relocation head finds no free segment.
 
@@ -25,26 +25,19 @@ use crate::error::{Error, Result};
 use crate::format::KeyRecord;
 use crate::index::Index;
 use crate::keylog::read_kset;
-use crate::relocate::{move_piece, next_live_piece, Moved};
+use crate::relocate::{move_piece, next_live_piece, MoveCredit, Moved};
 use crate::shared::lock;
 use crate::write::Front;
 
 /// Ksets reclaimed per step at most, to keep a poller's step short.
 const KSETS_PER_STEP: usize = 64;
-/// Bytes a step may move, as a share of the key bytes it reclaims: each
-/// step frees at least the rest, however much of the data is read.
-pub(crate) const MOVE_MAX_PERCENT: u64 = 75;
-/// The most move credit kept from one pass to the next, as a fraction
-/// (1/n) of the cache's data space.
-const MOVE_CREDIT_SHARE: u64 = 8;
 
 #[derive(Default)]
 pub(crate) struct Gc {
     /// Held by the one GC pass that may run at a time.
     pass: Mutex<()>,
-    /// Bytes passes may still move: [`MOVE_MAX_PERCENT`] of what they
-    /// reclaimed, less what they moved, carried from pass to pass (a kset
-    /// may hold nothing but read data) up to 1/[`MOVE_CREDIT_SHARE`] of the cache.
+    /// Bytes passes may still move (relocate::MoveCredit), carried from
+    /// pass to pass.
     /// Changed only by the pass holding `pass`.
     credit: AtomicU64,
 }
@@ -70,8 +63,8 @@ impl Gc {
         let (s, journal) = (f.s, f.journal);
         // Two passes over the same kset would drop its references twice.
         let Some(_pass) = self.try_hold() else { return Ok(0) };
-        let cap = s.geo.seg_count as u64 * s.geo.payload() as u64 / MOVE_CREDIT_SHARE;
-        let mut moves = Moves { allowed: keep_read, credit: self.credit.load(Ordering::Relaxed).min(cap), moved: 0 };
+        let credit = MoveCredit::new(self.credit.load(Ordering::Relaxed));
+        let mut moves = Moves { allowed: keep_read, credit, moved: 0 };
         let wanted = || s.segs.is_short() || s.segs.used_percent() >= gc_percent as u32;
         let mut n = 0;
         while n < KSETS_PER_STEP && wanted() {
@@ -89,7 +82,7 @@ impl Gc {
             // keys of an older generation of their segment are stale since replay.
             let live = |key: &&KeyRecord| !key.is_zero() && key.gen == s.segs.gen(key.seg);
             let reclaimed: u64 = k.keys.iter().filter(live).map(|key| key.len as u64).sum();
-            moves.credit = (moves.credit + reclaimed * MOVE_MAX_PERCENT / 100).min(cap);
+            moves.credit.earn(reclaimed, MoveCredit::cap(s));
             let mut release = Vec::with_capacity(k.keys.len() + 1);
             for key in k.keys.iter().filter(live) {
                 if moves.allowed {
@@ -109,7 +102,7 @@ impl Gc {
             s.counters.local().add(|c| &c.gc_keys, k.keys.len() as u64);
             n += 1;
         }
-        self.credit.store(moves.credit, Ordering::Relaxed);
+        self.credit.store(moves.credit.bytes(), Ordering::Relaxed);
         s.counters.local().add(|c| &c.gc_moved_bytes, moves.moved);
         if n > 0 {
             // Space was freed: writes that still find none set it again.
@@ -125,20 +118,19 @@ impl Gc {
 struct Moves {
     /// Moving goes on (it stops for good in a step once it cannot).
     allowed: bool,
-    /// Bytes that may still be moved (see Gc::credit).
-    credit: u64,
+    credit: MoveCredit,
     moved: u64,
 }
 
 impl Moves {
     /// Whether there is credit to move `n` bytes.
     fn may(&self, n: u64) -> bool {
-        self.allowed && n <= self.credit
+        self.allowed && self.credit.covers(n)
     }
 
     /// `n` bytes were moved.
     fn took(&mut self, n: u64) {
-        self.credit = self.credit.saturating_sub(n);
+        self.credit.spend(n);
         self.moved += n;
     }
 }

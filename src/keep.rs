@@ -11,6 +11,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::relocate::MoveCredit;
+
 /// How often the head's position is noted.
 const MARK_EVERY: Duration = Duration::from_millis(100);
 
@@ -26,13 +28,20 @@ pub(crate) struct Keep {
     inherited: BTreeMap<u64, (u64, Instant)>,
     /// When the keeper began: the age of ksets before the first mark.
     born: Instant,
-    /// Bytes batches may still keep (see [`Keep::take_credit`]).
-    credit: u64,
+    /// Bytes batches may still keep (relocate::MoveCredit).
+    pub credit: MoveCredit,
 }
 
 impl Keep {
     pub fn new(lag: Duration) -> Self {
-        Keep { lag, floor: 0, marks: VecDeque::new(), inherited: BTreeMap::new(), born: Instant::now(), credit: 0 }
+        Keep {
+            lag,
+            floor: 0,
+            marks: VecDeque::new(),
+            inherited: BTreeMap::new(),
+            born: Instant::now(),
+            credit: MoveCredit::default(),
+        }
     }
 
     /// Nothing before `seq` may be kept from now on.
@@ -83,23 +92,6 @@ impl Keep {
             self.inherited.insert(start, (end, t));
         }
     }
-
-    /// Credit for a batch of `dirty` bytes: keeping may take at most
-    /// `percent` of the dirty bytes batches took, carried from batch to
-    /// batch up to `cap`. Every batch thus frees space, and live dirty data
-    /// near the GC threshold is written rather than moved round and round.
-    pub fn add_credit(&mut self, dirty: u64, percent: u64, cap: u64) {
-        self.credit = (self.credit + dirty * percent / 100).min(cap);
-    }
-
-    /// Takes credit for keeping `n` bytes, if there is enough.
-    pub fn take_credit(&mut self, n: u64) -> bool {
-        let ok = n <= self.credit;
-        if ok {
-            self.credit -= n;
-        }
-        ok
-    }
 }
 
 #[cfg(test)]
@@ -141,14 +133,5 @@ mod tests {
         assert!(k.allows(10), "the floor never goes down");
         k.lag = Duration::ZERO;
         assert!(!k.allows(10));
-    }
-
-    #[test]
-    fn credit_bounds_what_is_kept() {
-        let mut k = Keep::new(Duration::from_secs(1));
-        k.add_credit(1000, 75, 10_000);
-        assert!(k.take_credit(700) && !k.take_credit(51) && k.take_credit(50));
-        k.add_credit(1_000_000, 75, 10_000);
-        assert!(!k.take_credit(10_001), "credit is capped");
     }
 }

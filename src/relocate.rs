@@ -14,10 +14,63 @@ use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC, KEY_FLAG_DIRTY};
 use crate::heads::DataHeads;
 use crate::index::{Extent, Index};
 use crate::segment::Use;
+use crate::shared::Shared;
 use crate::write::Front;
 
 /// The open kset moved keys go into (any will do: see write.rs, settle_overlaps).
 pub(crate) const MOVE_KSET: usize = 0;
+/// Bytes moving may cost, as a share (percent) of the bytes GC or writeback
+/// took: each of their steps frees at least the rest.
+const MOVE_MAX_PERCENT: u64 = 75;
+/// The most credit carried from one step to the next, as a fraction (1/n)
+/// of the cache's data space.
+const MOVE_CREDIT_SHARE: u64 = 8;
+
+/// What moving may still cost: [`MOVE_MAX_PERCENT`] of the bytes taken,
+/// less what was moved, carried from step to step (a kset may hold nothing
+/// but live data) up to 1/[`MOVE_CREDIT_SHARE`] of the cache. GC's moves and
+/// writeback's keeping each have one, so that both always free space.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct MoveCredit(u64);
+
+impl MoveCredit {
+    pub fn new(bytes: u64) -> Self {
+        MoveCredit(bytes)
+    }
+
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+
+    /// The most credit a cache carries.
+    pub fn cap(s: &Shared) -> u64 {
+        s.geo.seg_count as u64 * s.geo.payload() as u64 / MOVE_CREDIT_SHARE
+    }
+
+    /// `taken` bytes were taken (reclaimed, or planned for writeback).
+    pub fn earn(&mut self, taken: u64, cap: u64) {
+        self.0 = (self.0.min(cap) + taken * MOVE_MAX_PERCENT / 100).min(cap);
+    }
+
+    /// Takes credit for moving `n` bytes, if there is enough.
+    pub fn take(&mut self, n: u64) -> bool {
+        let ok = self.covers(n);
+        if ok {
+            self.spend(n);
+        }
+        ok
+    }
+
+    /// Whether there is credit to move `n` bytes.
+    pub fn covers(self, n: u64) -> bool {
+        n <= self.0
+    }
+
+    /// `n` bytes were moved (or set aside for moving).
+    pub fn spend(&mut self, n: u64) {
+        self.0 = self.0.saturating_sub(n);
+    }
+}
 
 /// A piece of a key that the index still maps to the key's own data.
 pub(crate) struct LivePiece {
@@ -110,4 +163,18 @@ fn piece_data(f: &Front, p: &LivePiece) -> Result<Option<Vec<u8>>> {
         return Ok(None);
     }
     Ok(Some(whole[p.skip as usize..(p.skip + p.len) as usize].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MoveCredit;
+
+    #[test]
+    fn credit_bounds_what_is_kept() {
+        let mut k = MoveCredit::default();
+        k.earn(1000, 10_000);
+        assert!(k.take(700) && !k.take(51) && k.take(50));
+        k.earn(1_000_000, 10_000);
+        assert!(!k.take(10_001), "credit is capped");
+    }
 }

@@ -50,7 +50,7 @@ use crate::index::{Index, KsetTag};
 use crate::journal::Journal;
 use crate::keep::Keep;
 use crate::keylog::read_kset;
-use crate::relocate::{move_piece, next_live_piece, Moved, MOVE_KSET};
+use crate::relocate::{move_piece, next_live_piece, MoveCredit, Moved, MOVE_KSET};
 use crate::shared::{lock, Shared};
 use crate::write::Front;
 
@@ -441,8 +441,7 @@ impl Writeback {
         if k.due(batch.start.seq, born, Instant::now()) {
             return Ok(0);
         }
-        let cap = s.geo.seg_count as u64 * s.geo.payload() as u64 / 8;
-        k.add_credit(batch.dirty, crate::gc::MOVE_MAX_PERCENT, cap);
+        k.credit.earn(batch.dirty, MoveCredit::cap(s));
         // Ksets appended from here on may carry this batch's data.
         let moved_from = journal.head().seq;
         let mut write = BTreeMap::new();
@@ -455,7 +454,7 @@ impl Writeback {
                     // Bytes no longer the key's (a later write, open or not)
                     // are written with the rest, as planned.
                     let Some(lp) = next_live_piece(f, &key, at, end, false).filter(|lp| lp.off == at) else { break };
-                    if !k.take_credit(lp.len as u64) {
+                    if !k.credit.take(lp.len as u64) {
                         room = false;
                         break;
                     }
