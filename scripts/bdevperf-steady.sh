@@ -14,12 +14,15 @@
 # sequential writes, 2 GiB over 256 MiB), read (4 KiB randread of cached data
 # while writeback drains, against the raw pmem bdev); the hot set of ws512m
 # read and mixed: rd512m (randread, after a separate process filled the
-# cache with random writes), mix70 and mix50 (randrw, 70 % and 50 % reads).
+# cache with random writes), mix70 and mix50 (randrw, 70 % and 50 % reads);
+# rd2g (randread of 2 GiB over a 256 MiB cache: most reads miss, and the
+# cache, filled by the reads themselves first, must not slow them).
 # A mix row also shows pcache against its own randread and randwrite of the
 # same run (rd512m and ws512m, when they ran), combined as
 # 1 / (r / read + (1 - r) / write). Bases: an AIO file on BENCH_DIR (default
-# /var/tmp) and a delay bdev over malloc with 100 us write latency
-# (BENCH_BASES="aio delay"). Cores: BENCH_MASKS="0x1 0x3". Where SPDK has OCF
+# /var/tmp), a delay bdev over malloc with 100 us write latency, and a base
+# as fast as an NVMe SSD, a delay bdev of 20 us over a null bdev (BENCH_BASES,
+# default "aio delay"; "fast" adds that one). Cores: BENCH_MASKS="0x1 0x3". Where SPDK has OCF
 # (libspdk_bdev_ocf), OCF in write-back mode over the same kind of pmem bdev
 # and base runs beside them, preconditioned as pcache is (BENCH_OCF=0 leaves
 # it out). Prints a markdown table of IOPS and the ratios.
@@ -55,6 +58,7 @@ declare -A spec=(
   [seq128k]="write 131072 2048 256 0"
   [read]="randread 4096 512 1024 100"
   [rd512m]="randread 4096 512 1024 100"
+  [rd2g]="randread 4096 2048 256 100"
   [mix70]="randrw 4096 512 1024 70"
   [mix50]="randrw 4096 512 1024 50"
 )
@@ -67,6 +71,9 @@ base_lines() {
     aio) echo '{"method":"bdev_aio_create","params":{"name":"Base0","filename":"'$3'","block_size":4096}}' ;;
     delay) echo '{"method":"bdev_malloc_create","params":{"name":"Mal0","num_blocks":'$(($2 * MiB / 4096))',"block_size":4096}},'\
 '{"method":"bdev_delay_create","params":{"name":"Base0","base_bdev_name":"Mal0","avg_read_latency":0,"p99_read_latency":0,"avg_write_latency":100,"p99_write_latency":100}}' ;;
+    # As fast as an NVMe SSD: 20 us each way, data not kept (bdev_null).
+    fast) echo '{"method":"bdev_null_create","params":{"name":"Null0","num_blocks":'$(($2 * MiB / 4096))',"block_size":4096}},'\
+'{"method":"bdev_delay_create","params":{"name":"Base0","base_bdev_name":"Null0","avg_read_latency":20,"p99_read_latency":20,"avg_write_latency":20,"p99_write_latency":20}}' ;;
   esac
 }
 config() { # FILE LINES

@@ -30,6 +30,7 @@ use crate::journal::Journal;
 use crate::keylog::KeyLog;
 use crate::mode::CacheMode;
 use crate::pmem::Media;
+use crate::promote::{Promoter, Promotion};
 use crate::read::{self, Miss};
 use crate::replay::{replay, ReplayReport};
 use crate::replica::Replica;
@@ -75,6 +76,7 @@ pub struct Cache {
     /// what was dirty then is all on the base (0: no such transition).
     leaving_until: AtomicU64,
     read_cache: bool,
+    promote: Promoter,
 }
 
 // Opening.
@@ -187,6 +189,7 @@ impl Cache {
             settings: Settings::new(info_rep, info),
             leaving_until: AtomicU64::new(0),
             read_cache: cfg.read_cache,
+            promote: Promoter::new(cfg.promotion, geo.seg_count as u64 * geo.payload() as u64),
         };
         Ok((cache, replayed.report))
     }
@@ -270,7 +273,22 @@ impl Cache {
         if !self.read_cache || !self.cache_mode().caches_reads() {
             return Ok(false);
         }
+        if !self.promote.admit(miss.off, self.settled()) {
+            let c = self.s.counters.local();
+            c.add(|k| &k.promotion_declined_ops, 1);
+            c.add(|k| &k.promotion_declined_bytes, miss.len);
+            return Ok(false);
+        }
         read::fill(&self.front(), worker, miss, data)
+    }
+
+    /// Which read misses are cached (see promote.rs).
+    pub fn promotion(&self) -> Promotion {
+        self.promote.policy()
+    }
+
+    pub fn set_promotion(&self, p: Promotion) {
+        self.promote.set_policy(p)
     }
 
     /// Counts a read miss the base device failed (hosts fail the read).

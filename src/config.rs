@@ -105,6 +105,8 @@ pub struct Config {
     pub force_format: bool,
     /// Insert read misses into the cache as clean keys.
     pub read_cache: bool,
+    /// Which read misses are cached once the cache has filled (see promote.rs).
+    pub promotion: crate::promote::Promotion,
     /// An open kset reaches media at the latest this long after its first key.
     pub kset_flush_interval: Duration,
     /// Cap of the dirty bytes writeback takes in one batch (see writeback.rs).
@@ -132,6 +134,7 @@ impl Config {
             workers: 1,
             force_format: false,
             read_cache: true,
+            promotion: Default::default(),
             kset_flush_interval: Duration::from_secs(1),
             writeback_batch_bytes: crate::writeback::DEFAULT_BATCH_BYTES,
             base_lag: crate::writeback::DEFAULT_BASE_LAG,

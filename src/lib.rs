@@ -15,7 +15,7 @@
 //!   [`settings`]: the persisted GC threshold and cache mode
 //! - [`write`]: writes (a single write is a batch of one), zero keys, FLUSH; [`read`]: reads and
 //!   read fills; [`writeback`]; [`gc`]
-//! - [`bypass`]: large sequential writes straight to the base
+//! - [`bypass`]: large sequential writes straight to the base; [`promote`]: which read misses are cached
 //! - [`mode`]: cache modes (writeback, writethrough, writearound, passthrough)
 //! - [`drain`]: writeback rates and the time left to drain
 //! - [`base`]: the base device interface; [`membase`]: a DRAM base device for tests; [`stats`]
@@ -50,8 +50,8 @@ macro_rules! public_with_internals {
     )*};
 }
 public_with_internals!(
-    bypass, cache, config, drain, gc, heads, index, iov, journal, keep, keylog, mode, read, relocate, replay, replica,
-    segment, settings, shared, spinlock, stats, tails, write, writeback
+    bypass, cache, config, drain, gc, heads, index, iov, journal, keep, keylog, mode, promote, read, relocate, replay,
+    replica, segment, settings, shared, spinlock, stats, tails, write, writeback
 );
 #[cfg(not(feature = "internals"))]
 mod bypass;
@@ -77,6 +77,8 @@ mod keep;
 mod keylog;
 #[cfg(not(feature = "internals"))]
 mod mode;
+#[cfg(not(feature = "internals"))]
+mod promote;
 #[cfg(not(feature = "internals"))]
 mod read;
 #[cfg(not(feature = "internals"))]
@@ -111,6 +113,7 @@ pub use error::{Error, Result};
 #[cfg(feature = "internals")]
 pub use membase::{Faults, MemBase};
 pub use mode::CacheMode;
+pub use promote::Promotion;
 pub use read::Miss;
 pub use replay::ReplayReport;
 pub use stats::Stats;

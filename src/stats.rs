@@ -95,6 +95,9 @@ counters! {
         read_miss_bytes,
         deferred_writes,
         fill_bytes,
+        /// Read misses the promotion policy did not cache, and their bytes (promote.rs).
+        promotion_declined_ops,
+        promotion_declined_bytes,
         kset_flushes,
         flush_ops,
         writeback_ksets,

@@ -272,6 +272,7 @@ pub struct LiveOptions {
     pub writeback_batch_bytes: Option<u64>,
     pub seq_cutoff_bytes: Option<u64>,
     pub base_lag_secs: Option<u64>,
+    pub promotion: Option<crate::Promotion>,
     pub gc_percent: Option<u8>,
 }
 
@@ -289,6 +290,9 @@ pub fn set_options(name: &str, o: LiveOptions) -> Option<Result<(), String>> {
         }
         if let Some(l) = o.base_lag_secs {
             n.cache.set_base_lag(Duration::from_secs(l));
+        }
+        if let Some(p) = o.promotion {
+            n.cache.set_promotion(p);
         }
         match o.gc_percent {
             Some(g) => n.cache.set_gc_percent(g).map_err(|e| format!("{name}: {e}")),
@@ -464,6 +468,9 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     }
     if let Some(l) = opts.base_lag_secs {
         cfg.base_lag = Duration::from_secs(l);
+    }
+    if let Some(p) = opts.promotion {
+        cfg.promotion = p;
     }
     cfg.workers = super::ffi::core_count();
     let (cache, opened) = match Cache::open(media.clone() as Arc<dyn Media>, &cfg) {
@@ -770,6 +777,7 @@ unsafe extern "C" fn config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
                     live.writeback_batch_bytes = Some(n.cache.writeback_batch_bytes());
                     live.seq_cutoff_bytes = Some(n.cache.seq_cutoff());
                     live.base_lag_secs = Some(n.cache.base_lag().as_secs());
+                    live.promotion = Some(n.cache.promotion());
                     live.cache_mode = Some(n.cache.cache_mode());
                     live.uuid = Some(n.cache.uuid());
                     live.seg_size = Some(n.cache.superblock().seg_size as u64);
@@ -811,9 +819,20 @@ fn write_create(w: &mut Writer, c: &CreateOpts) {
     if let Some(l) = c.base_lag_secs {
         w.named_u64("base_lag_secs", l);
     }
+    if let Some(p) = c.promotion {
+        write_promotion(w, p);
+    }
     // force_format is never saved: a restart must load, not wipe.
     w.object_end();
     w.object_end();
+}
+
+/// `promotion`, and `promotion_hits` where the policy counts.
+fn write_promotion(w: &mut Writer, p: crate::Promotion) {
+    w.named_str("promotion", p.name());
+    if let crate::Promotion::Nhit { hits } = p {
+        w.named_u64("promotion_hits", hits as u64);
+    }
 }
 
 /// The driver_specific section of bdev_get_bdevs, and the per-bdev part of
@@ -834,6 +853,7 @@ fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     w.named_u64("writeback_batch_bytes", n.cache.writeback_batch_bytes());
     w.named_u64("seq_cutoff_bytes", n.cache.seq_cutoff());
     w.named_u64("base_lag_secs", n.cache.base_lag().as_secs());
+    write_promotion(w, n.cache.promotion());
     w.named_u64("seg_size", sb.seg_size as u64);
     w.named_u64("segs_total", s.segs_total as u64);
     w.named_u64("segs_used", s.segs_used as u64);

@@ -148,6 +148,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
         let writeback_batch_bytes = p.opt_u64("writeback_batch_bytes", 1, MAX_BATCH).map_err(bad)?;
         let seq_cutoff_bytes = p.opt_u64("seq_cutoff_bytes", 0, MAX_SEQ_CUTOFF).map_err(bad)?;
         let base_lag_secs = p.opt_u64("base_lag_secs", 0, MAX_BASE_LAG_SECS).map_err(bad)?;
+        let promotion = parse_promotion("bdev_pcache_create", &mut p)?;
         let uuid = p.opt_str("uuid").map_err(bad)?;
         let seg_size = p.opt_u64("seg_size", MIN_SEG_SIZE, MAX_SEG_SIZE).map_err(bad)?;
         let force_format = p.opt_bool("force_format").map_err(bad)?.unwrap_or(false);
@@ -175,6 +176,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
             writeback_batch_bytes,
             seq_cutoff_bytes,
             base_lag_secs,
+            promotion,
             cache_mode,
             uuid,
             seg_size,
@@ -192,6 +194,19 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
         req.respond(|w| w.str(&name));
         Ok(())
     })
+}
+
+/// The `promotion` and `promotion_hits` parameters of `method`, if given
+/// (hits alone means nhit).
+fn parse_promotion(method: &str, p: &mut Params) -> Result<Option<crate::Promotion>, (i32, String)> {
+    let name = p.opt_str("promotion").map_err(bad)?;
+    let hits = p.opt_u64("promotion_hits", crate::promote::MIN_HITS as u64, u8::MAX as u64).map_err(bad)?;
+    if name.is_none() && hits.is_none() {
+        return Ok(None);
+    }
+    crate::Promotion::parse(name.as_deref().unwrap_or("nhit"), hits)
+        .map(Some)
+        .map_err(|e| bad(format!("{method}: {e}")))
 }
 
 /// The `cache_mode` parameter of `method`, if given.
@@ -251,6 +266,7 @@ unsafe extern "C" fn pcache_set_options(req: *mut sys::spdk_jsonrpc_request, raw
         let batch = p.opt_u64("writeback_batch_bytes", 1, MAX_BATCH).map_err(bad)?;
         let cutoff = p.opt_u64("seq_cutoff_bytes", 0, MAX_SEQ_CUTOFF).map_err(bad)?;
         let lag = p.opt_u64("base_lag_secs", 0, MAX_BASE_LAG_SECS).map_err(bad)?;
+        let promotion = parse_promotion("bdev_pcache_set_options", &mut p)?;
         let mode = p.opt_str("cache_mode").map_err(bad)?;
         p.finish().map_err(bad)?;
         let mode = parse_mode("bdev_pcache_set_options", mode)?;
@@ -259,6 +275,7 @@ unsafe extern "C" fn pcache_set_options(req: *mut sys::spdk_jsonrpc_request, raw
             writeback_batch_bytes: batch,
             seq_cutoff_bytes: cutoff,
             base_lag_secs: lag,
+            promotion,
             gc_percent: gc_percent.map(|g| g as u8),
         };
         pcache_bdev::set_options(&name, opts).ok_or_else(|| no_such("pcache", &name))?.map_err(|e| (-libc::EIO, e))?;

@@ -118,6 +118,20 @@ check "get_stats: base_lag_secs 5" [ "$(stat PC0 base_lag_secs)" = 5 ]
 check "save_config keeps base_lag_secs" saved '"base_lag_secs": 5'
 rpc_err "set_options -L -1" "base_lag_secs" bdev_pcache_set_options PC0 -L -1
 rpc_err "set_options -L 86401" "base_lag_secs" bdev_pcache_set_options PC0 -L 86401
+check "get_stats: promotion defaults to nhit, 3 hits" \
+  [ "$(stat PC0 promotion)" = nhit ] && [ "$(stat PC0 promotion_hits)" = 3 ]
+ok "bdev_pcache_set_options PC0 -H 5" bdev_pcache_set_options PC0 -H 5
+check "get_stats: promotion_hits 5" [ "$(stat PC0 promotion_hits)" = 5 ]
+check "save_config keeps promotion_hits" saved '"promotion_hits": 5'
+ok "bdev_pcache_set_options PC0 -P always" bdev_pcache_set_options PC0 -P always
+check "get_stats: promotion always, no hits" \
+  [ "$(stat PC0 promotion)" = always ] && [ "$(q bdev_pcache_get_stats '{"name":"PC0"}' "'promotion_hits' in r[0]")" = False ]
+check "save_config keeps promotion always" saved '"promotion": "always"'
+rpc_err "set_options -H 1" "promotion_hits" bdev_pcache_set_options PC0 -H 1
+rpc_err "set_options -H 256" "promotion_hits" bdev_pcache_set_options PC0 -H 256
+raw_err "set_options promotion lru" 'promotion .*lru.* is not one of' bdev_pcache_set_options '{"name":"PC0","promotion":"lru"}'
+raw_err "set_options always with hits" 'nhit' bdev_pcache_set_options '{"name":"PC0","promotion":"always","promotion_hits":3}'
+check "get_stats: counts promotion_declined_ops" [ "$(stat PC0 promotion_declined_ops)" = 0 ]
 check "get_stats: counts writeback_kept_bytes and gc_moved_bytes" \
   [ "$(stat PC0 writeback_kept_bytes)" = 0 ] && [ "$(stat PC0 gc_moved_bytes)" = 0 ]
 check "get_stats: cache_mode writeback on a new cache" [ "$(stat PC0 cache_mode)" = writeback ]
