@@ -62,6 +62,7 @@ def bdev_pcache_create(args):
         'writeback_batch_bytes': args.writeback_batch_bytes,
         'seq_cutoff_bytes': args.seq_cutoff_bytes,
         'base_lag_secs': args.base_lag_secs,
+        'max_dirty_percent': args.max_dirty_percent,
         'promotion': args.promotion,
         'promotion_hits': args.promotion_hits,
         'uuid': args.uuid,
@@ -84,13 +85,17 @@ def bdev_pcache_set_options(args):
         'writeback_batch_bytes': args.writeback_batch_bytes,
         'seq_cutoff_bytes': args.seq_cutoff_bytes,
         'base_lag_secs': args.base_lag_secs,
+        'max_dirty_percent': args.max_dirty_percent,
         'promotion': args.promotion,
         'promotion_hits': args.promotion_hits,
         'cache_mode': args.cache_mode,
     })
 
 
-def _promotion_args(p):
+def _policy_args(p):
+    p.add_argument('-D', '--max-dirty-percent', dest='max_dirty_percent', type=int,
+                   help="""Dirty data, in percent of the cache (1-100), writeback lets build up: past it
+                   nothing is kept back and writeback runs at full speed. Default: 100 (as space allows)""")
     p.add_argument('-P', '--promotion', dest='promotion', choices=PROMOTIONS,
                    help="""Which read misses are cached once the cache has filled: always, or nhit (a
                    block that missed --promotion-hits times recently). Default: nhit""")
@@ -181,7 +186,7 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help="""Seconds the base bdev may lag behind the cache: while the cache needs room,
                    dirty data younger than this stays in the cache instead of being written back
                    (0-86400; 0 writes everything back as soon as it can). Default: 30""")
-    _promotion_args(p)
+    _policy_args(p)
     p.add_argument('-z', '--seg-size', dest='seg_size', type=int,
                    help="""Segment size in bytes for a new format: a power of two from 64 KiB to 1 GiB.
                    Default: 16 MiB, or smaller when the cache bdev would hold fewer than 8 segments""")
@@ -213,7 +218,7 @@ def spdk_rpc_plugin_initialize(subparsers):
                    help='Sequential run after which writes of 64 KiB or more bypass the cache; 0 never bypasses')
     p.add_argument('-L', '--base-lag-secs', dest='base_lag_secs', type=int,
                    help='Seconds the base may lag behind the cache (0-86400); 0 keeps no dirty data back')
-    _promotion_args(p)
+    _policy_args(p)
     p.add_argument('-m', '--cache-mode', dest='cache_mode', metavar='MODE', choices=MODES,
                    help="""Switch the cache mode: writeback, writethrough, writearound or passthrough.
                    Leaving writeback writes back everything dirty; new writes follow the new mode at once""")

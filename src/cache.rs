@@ -183,7 +183,7 @@ impl Cache {
             s: Shared { media, sb, geo, segs, index, counters },
             journal,
             heads: DataHeads::new(cfg.workers),
-            wb: Writeback::new(cfg.writeback_batch_bytes, cfg.base_lag),
+            wb: Writeback::new(cfg.writeback_batch_bytes, cfg.base_lag, cfg.max_dirty_percent),
             gc: Gc::default(),
             bypass: Bypasses::new(cfg.workers, cfg.seq_cutoff),
             settings: Settings::new(info_rep, info),
@@ -349,7 +349,7 @@ impl Cache {
         self.wb.step(
             &self.front(),
             base,
-            self.gc_needs_room() && self.cache_mode().completes_in_cache(),
+            self.gc_needs_room() && self.cache_mode().completes_in_cache() && !self.over_dirty_cap(),
             self.settled(),
         )
     }
@@ -372,6 +372,34 @@ impl Cache {
     pub fn drain_ticket(&self) -> Result<u64> {
         self.flush()?;
         self.wb.drain_to(&self.s, &self.journal)
+    }
+
+    /// Whether dirty data is at the cap a user set (max_dirty_percent).
+    fn over_dirty_cap(&self) -> bool {
+        self.dirty_percent() >= self.wb.max_dirty_percent()
+    }
+
+    /// Dirty data, in percent of the cache's data capacity, that writeback
+    /// lets build up: at it nothing is kept and a busy front end's writeback
+    /// runs at full speed (100, the default: as much as space allows).
+    pub fn max_dirty_percent(&self) -> u32 {
+        self.wb.max_dirty_percent()
+    }
+
+    /// Sets the dirty-data cap (1 to 100 percent).
+    pub fn set_max_dirty_percent(&self, pct: u32) -> Result<()> {
+        if !(1..=writeback::MAX_DIRTY_PERCENT).contains(&pct) {
+            return Err(Error::InvalidArgument(format!("max_dirty_percent {pct} is not between 1 and 100")));
+        }
+        self.wb.set_max_dirty_percent(pct);
+        Ok(())
+    }
+
+    /// How far the base lags behind the cache: how long ago the oldest data
+    /// not yet on it was written (zero when the cache is clean; measured
+    /// from the open for data replayed at open).
+    pub fn base_behind(&self) -> Duration {
+        self.wb.base_behind(&self.s, &self.journal)
     }
 
     /// How long the base may lag behind the cache (zero: dirty data is
@@ -425,12 +453,17 @@ impl Cache {
         if !front_busy || flush_waits || self.under_pressure() || !self.cache_mode().completes_in_cache() {
             return None;
         }
+        if self.over_dirty_cap() {
+            return None;
+        }
         if self.wb.may_keep_at(self.journal.tails().dirty.seq) {
             // Dirty data may stay: step when GC needs room (the step keeps
             // what is live, a copy in pmem), else trickle to the base.
             return (!self.gc_needs_room()).then_some(writeback::TRICKLE);
         }
-        writeback::pace(self.dirty_percent(), self.gc_percent() as u32)
+        // A dirty cap below the GC threshold moves the pace's marks down.
+        let ceiling = (self.gc_percent() as u32).min(self.max_dirty_percent() + writeback::WB_FULL_MARGIN);
+        writeback::pace(self.dirty_percent(), ceiling)
     }
 
     /// Dirty bytes as a percentage of the cache's data capacity.

@@ -115,6 +115,10 @@ pub struct Config {
     /// dirty data of the open epoch is kept in the cache rather than written
     /// back, as long as this (zero: never kept; see writeback.rs).
     pub base_lag: Duration,
+    /// Dirty data (percent of the cache) writeback lets build up: past it
+    /// nothing is kept and a busy front end's writeback runs at full speed
+    /// (100: as much as space allows).
+    pub max_dirty_percent: u32,
     /// The cache's identity: recorded at format (a new random one if None);
     /// on open, if given, it must be the one recorded.
     pub uuid: Option<Uuid>,
@@ -138,6 +142,7 @@ impl Config {
             kset_flush_interval: Duration::from_secs(1),
             writeback_batch_bytes: crate::writeback::DEFAULT_BATCH_BYTES,
             base_lag: crate::writeback::DEFAULT_BASE_LAG,
+            max_dirty_percent: crate::writeback::MAX_DIRTY_PERCENT,
             seq_cutoff: crate::bypass::DEFAULT_SEQ_CUTOFF,
             uuid: None,
             cache_mode: None,
@@ -190,6 +195,12 @@ pub(crate) fn validate_config(cfg: &Config) -> Result<()> {
         if gc > format::MAX_GC_PERCENT {
             return Err(Error::InvalidArgument(format!("gc_percent {gc} is above {}", format::MAX_GC_PERCENT)));
         }
+    }
+    if !(1..=crate::writeback::MAX_DIRTY_PERCENT).contains(&cfg.max_dirty_percent) {
+        return Err(Error::InvalidArgument(format!(
+            "max_dirty_percent {} is not between 1 and 100",
+            cfg.max_dirty_percent
+        )));
     }
     if cfg.workers == 0 || cfg.workers > MAX_WORKERS {
         return Err(Error::InvalidArgument(format!(

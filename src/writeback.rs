@@ -72,6 +72,8 @@ pub const DEFAULT_BATCH_BYTES: u64 = 32 << 20;
 const KEEP_MIN_OVERWRITTEN: u64 = 20;
 /// How long the base may lag behind the cache by default (see Keep).
 pub const DEFAULT_BASE_LAG: Duration = Duration::from_secs(30);
+/// The default (and highest) cap of dirty data: none but space.
+pub const MAX_DIRTY_PERCENT: u32 = 100;
 
 /// Writeback under a busy front end runs at full speed once dirty data
 /// fills this many percent less of the cache than gc_percent, and trickles
@@ -169,6 +171,9 @@ pub(crate) struct Writeback {
     state: Mutex<WbState>,
     keep: Mutex<Keep>,
     batch_bytes: AtomicU64,
+    /// Dirty data (percent of the cache) past which writeback keeps nothing
+    /// and runs at full speed under a busy front end (100: no cap).
+    max_dirty_pct: AtomicU32,
     /// Share of the dirty bytes of recent batches that later keys had
     /// overwritten, in percent (a moving average), or ABSORBED_UNKNOWN
     /// before the first batch.
@@ -182,11 +187,12 @@ pub(crate) fn dirty_percent(s: &Shared) -> u32 {
 }
 
 impl Writeback {
-    pub fn new(batch_bytes: u64, lag: Duration) -> Self {
+    pub fn new(batch_bytes: u64, lag: Duration, max_dirty_pct: u32) -> Self {
         Writeback {
             state: Mutex::default(),
             keep: Mutex::new(Keep::new(lag)),
             batch_bytes: AtomicU64::new(batch_bytes),
+            max_dirty_pct: AtomicU32::new(max_dirty_pct.clamp(1, MAX_DIRTY_PERCENT)),
             absorbed_pct: AtomicU32::new(ABSORBED_UNKNOWN),
         }
     }
@@ -199,6 +205,27 @@ impl Writeback {
 
     pub fn set_batch_bytes(&self, bytes: u64) {
         self.batch_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Dirty data, in percent of the cache, that writeback lets build up
+    /// (100: as much as space allows).
+    pub fn max_dirty_percent(&self) -> u32 {
+        self.max_dirty_pct.load(Ordering::Relaxed)
+    }
+
+    pub fn set_max_dirty_percent(&self, pct: u32) {
+        self.max_dirty_pct.store(pct.clamp(1, MAX_DIRTY_PERCENT), Ordering::Relaxed);
+    }
+
+    /// How long ago the oldest data not yet on the base was written (an
+    /// estimate never shorter than the truth; zero when clean).
+    pub fn base_behind(&self, s: &Shared, journal: &Journal) -> Duration {
+        if s.counters.total(|c| &c.dirty_bytes) == 0 {
+            return Duration::ZERO;
+        }
+        let tail = journal.tails().dirty.seq;
+        let k = lock(&self.keep);
+        Instant::now().saturating_duration_since(k.written_at(tail, tail + 1))
     }
 
     /// How long the base may lag behind the cache (zero: nothing is kept).

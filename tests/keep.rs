@@ -233,3 +233,48 @@ fn a_working_set_larger_than_the_cache_is_not_kept() {
     assert!(st.gc_ksets > 0 && st.base_writes > 0, "the cache cycled: {st:?}");
     assert_eq!(st.writeback_kept_bytes, 0, "nothing kept: {st:?}");
 }
+
+/// A dirty-data cap (max_dirty_percent): at it a busy front end's writeback
+/// runs at full speed instead of trickling, and a hot set is written, not
+/// kept. Out-of-range caps are refused.
+#[test]
+fn the_dirty_cap_stops_keeping_and_trickling() {
+    let (_, base, cache) = setup(Duration::from_secs(3600));
+    let mut id = 0;
+    // The hot range once: a quarter of the cache dirty, GC not needed yet.
+    for i in 0..HOT / 4096 {
+        id += 1;
+        write_all(&cache, &base, 0, i * 4096, &write_data(id, i * 8, 8));
+    }
+    assert!(cache.dirty_percent() >= 20, "{}", cache.dirty_percent());
+    assert!(cache.writeback_pace(true, false).is_some(), "no cap: writeback trickles");
+    cache.set_max_dirty_percent(10).unwrap();
+    assert_eq!(cache.max_dirty_percent(), 10);
+    assert_eq!(cache.writeback_pace(true, false), None, "at the cap: full speed");
+
+    rewrite_hot(&cache, &base, &mut id, 64);
+    let st = cache.stats();
+    assert!(st.gc_ksets > 0 && st.writeback_bytes > 0, "GC and writeback ran: {st:?}");
+    assert_eq!(st.writeback_kept_bytes, 0, "over the cap nothing is kept: {st:?}");
+
+    for bad in [0, 101] {
+        assert!(cache.set_max_dirty_percent(bad).is_err(), "{bad}");
+    }
+    assert_eq!(cache.max_dirty_percent(), 10);
+}
+
+/// How far the base lags (get_stats' base_behind): zero when clean, the
+/// age of the oldest dirty data otherwise, back to zero once written back.
+#[test]
+fn base_behind_is_the_age_of_the_oldest_dirty_data() {
+    let (_, base, cache) = setup(Duration::from_secs(3600));
+    assert_eq!(cache.base_behind(), Duration::ZERO);
+    write_all(&cache, &base, 0, 0, &write_data(1, 0, 8));
+    std::thread::sleep(Duration::from_millis(250));
+    cache.background_step(&base).unwrap(); // notes the log head's age
+    write_all(&cache, &base, 0, 4096, &write_data(2, 8, 8));
+    let behind = cache.base_behind();
+    assert!(behind >= Duration::from_millis(250), "{behind:?}");
+    cache.writeback_all(&base).unwrap();
+    assert_eq!(cache.base_behind(), Duration::ZERO);
+}

@@ -28,6 +28,8 @@ pub struct CreateOpts {
     pub seq_cutoff_bytes: Option<u64>,
     /// Seconds the base may lag behind the cache (writeback.rs, keeping).
     pub base_lag_secs: Option<u64>,
+    /// Dirty data (percent of the cache) writeback lets build up.
+    pub max_dirty_percent: Option<u32>,
     /// Which read misses are cached (promote.rs).
     pub promotion: Option<crate::Promotion>,
     /// None keeps the mode the device holds (writeback on a new one).

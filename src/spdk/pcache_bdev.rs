@@ -273,6 +273,7 @@ pub struct LiveOptions {
     pub seq_cutoff_bytes: Option<u64>,
     pub base_lag_secs: Option<u64>,
     pub promotion: Option<crate::Promotion>,
+    pub max_dirty_percent: Option<u32>,
     pub gc_percent: Option<u8>,
 }
 
@@ -293,6 +294,9 @@ pub fn set_options(name: &str, o: LiveOptions) -> Option<Result<(), String>> {
         }
         if let Some(p) = o.promotion {
             n.cache.set_promotion(p);
+        }
+        if let Some(d) = o.max_dirty_percent {
+            n.cache.set_max_dirty_percent(d).map_err(|e| format!("{name}: {e}"))?;
         }
         match o.gc_percent {
             Some(g) => n.cache.set_gc_percent(g).map_err(|e| format!("{name}: {e}")),
@@ -471,6 +475,9 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     }
     if let Some(p) = opts.promotion {
         cfg.promotion = p;
+    }
+    if let Some(d) = opts.max_dirty_percent {
+        cfg.max_dirty_percent = d;
     }
     cfg.workers = super::ffi::core_count();
     let (cache, opened) = match Cache::open(media.clone() as Arc<dyn Media>, &cfg) {
@@ -778,6 +785,7 @@ unsafe extern "C" fn config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
                     live.seq_cutoff_bytes = Some(n.cache.seq_cutoff());
                     live.base_lag_secs = Some(n.cache.base_lag().as_secs());
                     live.promotion = Some(n.cache.promotion());
+                    live.max_dirty_percent = Some(n.cache.max_dirty_percent());
                     live.cache_mode = Some(n.cache.cache_mode());
                     live.uuid = Some(n.cache.uuid());
                     live.seg_size = Some(n.cache.superblock().seg_size as u64);
@@ -819,6 +827,9 @@ fn write_create(w: &mut Writer, c: &CreateOpts) {
     if let Some(l) = c.base_lag_secs {
         w.named_u64("base_lag_secs", l);
     }
+    if let Some(d) = c.max_dirty_percent {
+        w.named_u64("max_dirty_percent", d as u64);
+    }
     if let Some(p) = c.promotion {
         write_promotion(w, p);
     }
@@ -853,6 +864,7 @@ fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     w.named_u64("writeback_batch_bytes", n.cache.writeback_batch_bytes());
     w.named_u64("seq_cutoff_bytes", n.cache.seq_cutoff());
     w.named_u64("base_lag_secs", n.cache.base_lag().as_secs());
+    w.named_u64("max_dirty_percent", n.cache.max_dirty_percent() as u64);
     write_promotion(w, n.cache.promotion());
     w.named_u64("seg_size", sb.seg_size as u64);
     w.named_u64("segs_total", s.segs_total as u64);
@@ -865,6 +877,8 @@ fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
         w.object_end();
     }
     w.named_u64("dirty_bytes", s.dirty_bytes);
+    // How far the base lags: the age of the oldest dirty data.
+    w.named_u64("base_behind_ms", n.cache.base_behind().as_millis() as u64);
     w.named_bool("clean", n.cache.is_clean());
     w.named_u64("flushes_waiting", n.flushes_waiting() as u64);
     w.named_u64("index_dram_bytes", n.cache.index_dram_bytes());

@@ -149,6 +149,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
         let seq_cutoff_bytes = p.opt_u64("seq_cutoff_bytes", 0, MAX_SEQ_CUTOFF).map_err(bad)?;
         let base_lag_secs = p.opt_u64("base_lag_secs", 0, MAX_BASE_LAG_SECS).map_err(bad)?;
         let promotion = parse_promotion("bdev_pcache_create", &mut p)?;
+        let max_dirty_percent = p.opt_u64("max_dirty_percent", 1, 100).map_err(bad)?.map(|v| v as u32);
         let uuid = p.opt_str("uuid").map_err(bad)?;
         let seg_size = p.opt_u64("seg_size", MIN_SEG_SIZE, MAX_SEG_SIZE).map_err(bad)?;
         let force_format = p.opt_bool("force_format").map_err(bad)?.unwrap_or(false);
@@ -177,6 +178,7 @@ unsafe extern "C" fn pcache_create(req: *mut sys::spdk_jsonrpc_request, raw: *co
             seq_cutoff_bytes,
             base_lag_secs,
             promotion,
+            max_dirty_percent,
             cache_mode,
             uuid,
             seg_size,
@@ -267,6 +269,7 @@ unsafe extern "C" fn pcache_set_options(req: *mut sys::spdk_jsonrpc_request, raw
         let cutoff = p.opt_u64("seq_cutoff_bytes", 0, MAX_SEQ_CUTOFF).map_err(bad)?;
         let lag = p.opt_u64("base_lag_secs", 0, MAX_BASE_LAG_SECS).map_err(bad)?;
         let promotion = parse_promotion("bdev_pcache_set_options", &mut p)?;
+        let max_dirty_percent = p.opt_u64("max_dirty_percent", 1, 100).map_err(bad)?.map(|v| v as u32);
         let mode = p.opt_str("cache_mode").map_err(bad)?;
         p.finish().map_err(bad)?;
         let mode = parse_mode("bdev_pcache_set_options", mode)?;
@@ -276,6 +279,7 @@ unsafe extern "C" fn pcache_set_options(req: *mut sys::spdk_jsonrpc_request, raw
             seq_cutoff_bytes: cutoff,
             base_lag_secs: lag,
             promotion,
+            max_dirty_percent,
             gc_percent: gc_percent.map(|g| g as u8),
         };
         pcache_bdev::set_options(&name, opts).ok_or_else(|| no_such("pcache", &name))?.map_err(|e| (-libc::EIO, e))?;

@@ -132,6 +132,13 @@ rpc_err "set_options -H 256" "promotion_hits" bdev_pcache_set_options PC0 -H 256
 raw_err "set_options promotion lru" 'promotion .*lru.* is not one of' bdev_pcache_set_options '{"name":"PC0","promotion":"lru"}'
 raw_err "set_options always with hits" 'nhit' bdev_pcache_set_options '{"name":"PC0","promotion":"always","promotion_hits":3}'
 check "get_stats: counts promotion_declined_ops" [ "$(stat PC0 promotion_declined_ops)" = 0 ]
+check "get_stats: max_dirty_percent defaults to 100" [ "$(stat PC0 max_dirty_percent)" = 100 ]
+ok "bdev_pcache_set_options PC0 -D 40" bdev_pcache_set_options PC0 -D 40
+check "get_stats: max_dirty_percent 40" [ "$(stat PC0 max_dirty_percent)" = 40 ]
+check "save_config keeps max_dirty_percent" saved '"max_dirty_percent": 40'
+rpc_err "set_options -D 0" "max_dirty_percent" bdev_pcache_set_options PC0 -D 0
+rpc_err "set_options -D 101" "max_dirty_percent" bdev_pcache_set_options PC0 -D 101
+check "get_stats: a clean cache's base is 0 ms behind" [ "$(stat PC0 base_behind_ms)" = 0 ]
 check "get_stats: counts writeback_kept_bytes and gc_moved_bytes" \
   [ "$(stat PC0 writeback_kept_bytes)" = 0 ] && [ "$(stat PC0 gc_moved_bytes)" = 0 ]
 check "get_stats: cache_mode writeback on a new cache" [ "$(stat PC0 cache_mode)" = writeback ]
