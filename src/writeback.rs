@@ -69,7 +69,7 @@ const KSETS_PER_STEP: usize = 32;
 pub const DEFAULT_BATCH_BYTES: u64 = 32 << 20;
 /// A batch is kept only if later writes overwrote at least this share (in
 /// percent) of its dirty bytes: the sign of a hot set.
-const KEEP_MIN_OVERWRITTEN: u64 = 20;
+const KEEP_MIN_OVERWRITTEN: u64 = 40;
 /// How long the base may lag behind the cache by default (see Keep).
 pub const DEFAULT_BASE_LAG: Duration = Duration::from_secs(30);
 /// The default (and highest) cap of dirty data: none but space.

@@ -87,7 +87,9 @@ fn a_hot_set_stays_dirty_while_the_base_may_lag() {
     let st = cache.stats();
     assert!(st.gc_ksets > 0 && st.writeback_kept_bytes > 0, "GC ran and dirty data was kept: {st:?}");
     let written = |st: &pcache::Stats| st.writeback_bytes - st.writeback_kept_bytes - st.writeback_skipped_bytes;
-    assert!(written(&st) < st.writeback_kept_bytes, "more was kept than written: {st:?}");
+    // Batches that later writes overwrote less than writeback.rs's
+    // KEEP_MIN_OVERWRITTEN are written: some of the set reaches the base.
+    assert!(written(&st) < 2 * st.writeback_kept_bytes, "much of it was kept: {st:?}");
 
     let (_, base0, lagless) = setup(Duration::ZERO);
     let mut id = 0;
