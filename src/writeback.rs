@@ -56,6 +56,12 @@ use crate::write::Front;
 
 /// Bytes of writes in flight to the base at once.
 const WINDOW_BYTES: u64 = 16 << 20;
+/// Base writes in flight at once. The front end's own base I/Os (misses,
+/// bypassed writes) queue behind writeback's at the base: a slow base (an
+/// RBD image answers in milliseconds) with thousands of writeback writes
+/// queued made a front-end write wait seconds. This many cover a base's
+/// latency as well as an application's queue depth does.
+const WINDOW_RUNS: usize = 64;
 /// Bytes and base writes submitted per step at most, so one step stays short
 /// on a reactor (each base write costs the host a submission; a trickling
 /// writeback must not take a burst's reactor time in large bites).
@@ -314,6 +320,7 @@ impl Writeback {
                     && sent < STEP_BYTES
                     && next - first < STEP_RUNS
                     && io.bytes.load(Ordering::Acquire) < WINDOW_BYTES
+                    && io.pending.load(Ordering::Acquire) < WINDOW_RUNS
                 {
                     if let Err(e) = submit_run(s, base, &runs[next], &io) {
                         *st = WbState::Abandoning(io);
