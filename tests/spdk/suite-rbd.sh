@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# pcache over a Ceph RBD image (bdev_rbd), on a one-node cluster that
+# scripts/ceph-cluster.sh starts for the suite: the stack comes up from a
+# JSON config, data written through pcache reads back, a kill -9 loses
+# nothing pcache acknowledged before it, and once pcache is flushed the image
+# read without pcache (`rbd export`) is exactly what pcache serves.
+# Skipped where Ceph's daemons or SPDK's bdev_rbd are missing.
+source "$(dirname "$0")/lib.sh"
+DD=$SPDK_DIR/bin/spdk_dd
+
+missing=()
+for t in ceph-mon ceph-osd ceph rbd monmaptool; do command -v "$t" >/dev/null || missing+=("$t"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "skipped: Ceph is not installed (no ${missing[*]}; apt install ceph-mon ceph-osd ceph-common)"
+  exit 77
+fi
+if ! ls "$SPDK_DIR"/lib/libspdk_bdev_rbd.* >/dev/null 2>&1; then
+  echo "skipped: SPDK at $SPDK_DIR was built without RBD (configure --with-rbd)"
+  exit 77
+fi
+
+CEPH=$WORK/ceph
+IMAGE_MIB=256
+stop_cluster() { "$ROOT/scripts/ceph-cluster.sh" stop "$CEPH" >/dev/null 2>&1; }
+trap 'stop_cluster; cleanup' EXIT
+conf=$("$ROOT/scripts/ceph-cluster.sh" start "$CEPH" "$IMAGE_MIB" 2>"$WORK/ceph-start.log" | tail -1)
+if [ ! -f "$conf" ]; then
+  fail "one-node Ceph cluster starts"; tail -20 "$WORK/ceph-start.log"; finish; exit
+fi
+pass "one-node Ceph cluster starts ($(rbd -c "$conf" info rbd/img0 | head -1))"
+
+# librbd's own cache off: pcache is the cache; with it on, librbd turns to
+# write-back at the first base flush and holds writes back behind its own.
+cat >"$WORK/stack.json" <<JSON
+{"subsystems":[{"subsystem":"bdev","config":[
+ {"method":"bdev_rbd_register_cluster","params":{"name":"ceph0","config_file":"$conf","config_param":{"rbd_cache":"false"}}},
+ {"method":"bdev_rbd_create","params":{"name":"Rbd0","pool_name":"rbd","rbd_name":"img0","block_size":4096,"cluster_name":"ceph0"}},
+ {"method":"bdev_pmem_create","params":{"name":"Pmem0","path":"$SHM.pmem","size":$((64 << 20))}},
+ {"method":"bdev_pcache_create","params":{"name":"PC0","cache_bdev":"Pmem0","base_bdev":"Rbd0"}}
+]}]}
+JSON
+head -c $((16 << 20)) /dev/urandom >"$WORK/p1.bin"
+head -c $((8 << 20)) /dev/urandom >"$WORK/p2.bin"
+
+# dd_write FILE SEEK_BLOCKS: FILE into PC0 at SEEK (4 KiB blocks), in its own process.
+dd_write() {
+  env LD_PRELOAD="$MODULE" "$DD" "${APP_ARGS[@]}" --json "$WORK/stack.json" --if "$1" --ob PC0 --bs 65536 \
+    --seek $(($2 / 16)) >>"$WORK/dd.log" 2>&1
+}
+# dd_read OUT SKIP_BLOCKS COUNT_BLOCKS: PC0's blocks into OUT.
+dd_read() {
+  env LD_PRELOAD="$MODULE" "$DD" "${APP_ARGS[@]}" --json "$WORK/stack.json" --ib PC0 --of "$1" --bs 4096 \
+    --skip "$2" --count "$3" >>"$WORK/dd.log" 2>&1
+}
+# image_part OUT SKIP_BYTES LEN: bytes of the RBD image itself (rbd export), past pcache.
+image_part() {
+  rm -f "$WORK/image.bin"
+  timeout 120 rbd -c "$conf" export rbd/img0 "$WORK/image.bin" >/dev/null 2>&1 \
+    && dd if="$WORK/image.bin" of="$1" bs=1M iflag=skip_bytes,count_bytes skip="$2" count="$3" status=none
+}
+
+# flushed: bdev_pcache_flush of PC0 in the target at $sock succeeds.
+flushed() { jr "$sock" bdev_pcache_flush '{"name":"PC0"}' >/dev/null; }
+
+# 1. The stack from a JSON config; P1 written and read back through pcache.
+dd_write "$WORK/p1.bin" 0
+check "spdk_dd wrote 16 MiB into PC0 over Rbd0" [ $? -eq 0 ]
+dd_read "$WORK/r1.bin" 0 4096
+check "P1 reads back through pcache" cmp -s "$WORK/p1.bin" "$WORK/r1.bin"
+
+# 2. A target: P2 written into the cache and left dirty (a lag long enough
+#    that nothing is written back meanwhile), then kill -9.
+sock=$WORK/tgt.sock
+start_app tgt "$sock" "$WORK/tgt.log" "$SPDK_DIR/bin/spdk_tgt" "${APP_ARGS[@]}" -m 0x1 --json "$WORK/stack.json" \
+  || { fail "spdk_tgt over RBD starts"; finish; exit; }
+until_ok 10 q bdev_pcache_get_stats '{"name":"PC0"}' "r[0]['state']" >/dev/null
+check "bdev_pcache_get_stats: PC0 over Rbd0" \
+  [ "$(q bdev_pcache_get_stats '{"name":"PC0"}' "r[0]['base_bdev']")" = Rbd0 ]
+flushed
+check "flush RPC: clean" [ "$(q bdev_pcache_get_stats '{"name":"PC0"}' "r[0]['clean']")" = True ]
+image_part "$WORK/i1.bin" 0 $((16 << 20))
+check "after the flush, the image holds P1 (rbd export)" cmp -s "$WORK/p1.bin" "$WORK/i1.bin"
+stop_app tgt "$sock"
+
+dd_write "$WORK/p2.bin" 1024
+check "spdk_dd wrote 8 MiB over P1 at 4 MiB" [ $? -eq 0 ]
+start_app tgt "$sock" "$WORK/tgt2.log" "$SPDK_DIR/bin/spdk_tgt" "${APP_ARGS[@]}" -m 0x1 --json "$WORK/stack.json" \
+  || { fail "spdk_tgt restarts"; finish; exit; }
+kill -9 "$PID_tgt"; wait "$PID_tgt" 2>/dev/null
+pass "spdk_tgt killed with -9"
+
+# 3. What pcache serves after the kill: P1 with P2 over it.
+cp "$WORK/p1.bin" "$WORK/want.bin"
+dd if="$WORK/p2.bin" of="$WORK/want.bin" bs=4096 seek=1024 conv=notrunc status=none
+dd_read "$WORK/r2.bin" 0 4096
+check "after kill -9, pcache serves P1 with P2 over it" cmp -s "$WORK/want.bin" "$WORK/r2.bin"
+
+# 4. Flushed: the image read without pcache is what pcache serves.
+start_app tgt "$sock" "$WORK/tgt3.log" "$SPDK_DIR/bin/spdk_tgt" "${APP_ARGS[@]}" -m 0x1 --json "$WORK/stack.json" \
+  || { fail "spdk_tgt restarts"; finish; exit; }
+until_ok 10 q bdev_pcache_get_stats '{"name":"PC0"}' "r[0]['state']" >/dev/null
+check "flush RPC after the restart" flushed
+image_part "$WORK/i2.bin" 0 $((16 << 20))
+check "the flushed image equals what pcache serves (rbd export)" cmp -s "$WORK/want.bin" "$WORK/i2.bin"
+stop_app tgt "$sock"
+for l in "$WORK"/tgt*.log; do check "no crash in $(basename "$l")" no_crash "$l"; done
+
+finish
