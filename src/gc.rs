@@ -66,6 +66,7 @@ impl Gc {
         let credit = MoveCredit::new(self.credit.load(Ordering::Relaxed));
         let mut moves = Moves { allowed: keep_read, credit, moved: 0 };
         let wanted = || s.segs.is_short() || s.segs.used_percent() >= gc_percent as u32;
+        let epoch = s.segs.space_epoch();
         let mut n = 0;
         while n < KSETS_PER_STEP && wanted() {
             let (pos, dirty) = {
@@ -104,10 +105,14 @@ impl Gc {
         }
         self.credit.store(moves.credit.bytes(), Ordering::Relaxed);
         s.counters.local().add(|c| &c.gc_moved_bytes, moves.moved);
-        if n > 0 {
-            // Space was freed: writes that still find none set it again.
-            // (Writes that bypass a full cache allocate nothing, so they
-            // would never clear it, and GC would empty the cache.)
+        if s.segs.space_epoch() != epoch {
+            // A segment was freed, and writes waiting for space are retried
+            // (they wait for the epoch to move): those that still find none
+            // set the flag again. (Writes that bypass a full cache allocate
+            // nothing, so they would never clear it, and GC would empty the
+            // cache.) Ksets reclaimed without freeing a segment leave it set:
+            // cleared then, with segments in use below the threshold, nothing
+            // would run GC again and waiting writes would never be retried.
             s.segs.note_relieved();
         }
         Ok(n)

@@ -96,7 +96,11 @@ impl DataHeads {
             }
             match s.segs.alloc(use_) {
                 Some(seg) => {
-                    s.segs.note_relieved();
+                    // Moved data may take segments writes may not (Use):
+                    // its getting one says nothing of writes waiting.
+                    if use_ == Use::Data {
+                        s.segs.note_relieved();
+                    }
                     // One reference for every key this segment can hold (each
                     // takes at least a sector): see DataHead::spare_refs.
                     let keys = s.geo.payload() / SECTOR as u32;
