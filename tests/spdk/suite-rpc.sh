@@ -43,6 +43,17 @@ rpc_err() {
     fail "$what (exit $rc)"; echo "$out" | tail -8
   fi
 }
+# live_option KEY FLAG DEFAULT VALUE BAD...: PC0's get_stats shows KEY at
+# DEFAULT; set_options FLAG VALUE makes get_stats and save_config show VALUE;
+# each BAD value is refused with an error naming KEY.
+live_option() {
+  local key=$1 flag=$2 def=$3 val=$4 bad; shift 4
+  check "get_stats: $key defaults to $def" [ "$(stat PC0 "$key")" = "$def" ]
+  ok "bdev_pcache_set_options PC0 $flag $val" bdev_pcache_set_options PC0 "$flag" "$val"
+  check "get_stats: $key $val" [ "$(stat PC0 "$key")" = "$val" ]
+  check "save_config keeps $key" saved "\"$key\": $val"
+  for bad in "$@"; do rpc_err "set_options $flag $bad" "$key" bdev_pcache_set_options PC0 "$flag" "$bad"; done
+}
 # raw_err DESC REGEX METHOD [PARAMS]: a raw call is answered with an ERROR matching REGEX.
 raw_err() {
   local what=$1 re=$2; shift 2
@@ -112,32 +123,17 @@ check "get_stats: seq_cutoff_bytes 0" [ "$(stat PC0 seq_cutoff_bytes)" = 0 ]
 check "save_config keeps seq_cutoff_bytes" saved '"seq_cutoff_bytes": 0'
 rpc_err "set_options -S -1" "seq_cutoff_bytes" bdev_pcache_set_options PC0 -S -1
 ok "bdev_pcache_set_options PC0 -S 4194304" bdev_pcache_set_options PC0 -S 4194304
-check "get_stats: base_lag_secs defaults to 30" [ "$(stat PC0 base_lag_secs)" = 30 ]
-ok "bdev_pcache_set_options PC0 -L 5" bdev_pcache_set_options PC0 -L 5
-check "get_stats: base_lag_secs 5" [ "$(stat PC0 base_lag_secs)" = 5 ]
-check "save_config keeps base_lag_secs" saved '"base_lag_secs": 5'
-rpc_err "set_options -L -1" "base_lag_secs" bdev_pcache_set_options PC0 -L -1
-rpc_err "set_options -L 86401" "base_lag_secs" bdev_pcache_set_options PC0 -L 86401
-check "get_stats: promotion defaults to nhit, 3 hits" \
-  [ "$(stat PC0 promotion)" = nhit ] && [ "$(stat PC0 promotion_hits)" = 3 ]
-ok "bdev_pcache_set_options PC0 -H 5" bdev_pcache_set_options PC0 -H 5
-check "get_stats: promotion_hits 5" [ "$(stat PC0 promotion_hits)" = 5 ]
-check "save_config keeps promotion_hits" saved '"promotion_hits": 5'
+live_option base_lag_secs -L 30 5 -1 86401
+check "get_stats: promotion defaults to nhit" [ "$(stat PC0 promotion)" = nhit ]
+live_option promotion_hits -H 3 5 1 256
 ok "bdev_pcache_set_options PC0 -P always" bdev_pcache_set_options PC0 -P always
 check "get_stats: promotion always, no hits" \
   [ "$(stat PC0 promotion)" = always ] && [ "$(q bdev_pcache_get_stats '{"name":"PC0"}' "'promotion_hits' in r[0]")" = False ]
 check "save_config keeps promotion always" saved '"promotion": "always"'
-rpc_err "set_options -H 1" "promotion_hits" bdev_pcache_set_options PC0 -H 1
-rpc_err "set_options -H 256" "promotion_hits" bdev_pcache_set_options PC0 -H 256
 raw_err "set_options promotion lru" 'promotion .*lru.* is not one of' bdev_pcache_set_options '{"name":"PC0","promotion":"lru"}'
 raw_err "set_options always with hits" 'nhit' bdev_pcache_set_options '{"name":"PC0","promotion":"always","promotion_hits":3}'
 check "get_stats: counts promotion_declined_ops" [ "$(stat PC0 promotion_declined_ops)" = 0 ]
-check "get_stats: max_dirty_percent defaults to 100" [ "$(stat PC0 max_dirty_percent)" = 100 ]
-ok "bdev_pcache_set_options PC0 -D 40" bdev_pcache_set_options PC0 -D 40
-check "get_stats: max_dirty_percent 40" [ "$(stat PC0 max_dirty_percent)" = 40 ]
-check "save_config keeps max_dirty_percent" saved '"max_dirty_percent": 40'
-rpc_err "set_options -D 0" "max_dirty_percent" bdev_pcache_set_options PC0 -D 0
-rpc_err "set_options -D 101" "max_dirty_percent" bdev_pcache_set_options PC0 -D 101
+live_option max_dirty_percent -D 100 40 0 101
 check "get_stats: a clean cache's base is 0 ms behind" [ "$(stat PC0 base_behind_ms)" = 0 ]
 check "get_stats: counts writeback_kept_bytes and gc_moved_bytes" \
   [ "$(stat PC0 writeback_kept_bytes)" = 0 ] && [ "$(stat PC0 gc_moved_bytes)" = 0 ]
