@@ -104,6 +104,8 @@ rpc() { local sock=$1; shift; "${RPC_PY[@]}" -s "$sock" -t 600 --plugin pcache_r
 # The suites below talk to the app whose socket is in $sock:
 # spdk ARGS...: SPDK's rpc.py against it.
 spdk() { "${RPC_PY[@]}" -s "$sock" "$@"; }
+# flushed: bdev_pcache_flush of PC0 succeeds (every dirty byte on the base).
+flushed() { jr "$sock" bdev_pcache_flush '{"name":"PC0"}' >/dev/null; }
 # q METHOD PARAMS PYEXPR: one raw call; prints PYEXPR evaluated on its result
 # `r` (nothing if the call fails). One process per query keeps suites fast.
 q() {

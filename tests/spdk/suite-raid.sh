@@ -62,9 +62,6 @@ for at in range(0, len(data), strip):
 PY
 }
 
-# flushed: bdev_pcache_flush of PC0 in the target at $sock succeeds.
-flushed() { jr "$sock" bdev_pcache_flush '{"name":"PC0"}' >/dev/null; }
-
 # 2. P1 through pcache; back after a clean stop.
 dd_write "$WORK/p1.bin" 0
 check "spdk_dd wrote 16 MiB into PC0 over Raid0" [ $? -eq 0 ]

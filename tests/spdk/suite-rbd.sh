@@ -59,9 +59,6 @@ image_part() {
     && dd if="$WORK/image.bin" of="$1" bs=1M iflag=skip_bytes,count_bytes skip="$2" count="$3" status=none
 }
 
-# flushed: bdev_pcache_flush of PC0 in the target at $sock succeeds.
-flushed() { jr "$sock" bdev_pcache_flush '{"name":"PC0"}' >/dev/null; }
-
 # 1. The stack from a JSON config; P1 written and read back through pcache.
 dd_write "$WORK/p1.bin" 0
 check "spdk_dd wrote 16 MiB into PC0 over Rbd0" [ $? -eq 0 ]
