@@ -123,12 +123,15 @@ fn a_damaged_key_split_at_replay_still_fails_its_reads() {
 /// write submitted again over one in flight could land first).
 #[test]
 fn writeback_stopped_by_a_damaged_block_waits_for_the_writes_it_had_out() {
+    // Fewer than writeback keeps in flight (writeback.rs, WINDOW_RUNS), so
+    // that all of them are out when it reaches the damaged block.
+    const OUT: u64 = 40;
     let media = Arc::new(MemMedia::new(media_len(16)));
     let base = base(1 << 20);
     let mut cfg = config(1 << 20, 1);
     cfg.data_crc = true;
     let cache = open(media.clone() as Arc<dyn Media>, &cfg);
-    for i in 0..70u64 {
+    for i in 0..OUT {
         write_all(&cache, &base, 0, i * 16 * 512, &write_data(i + 1, i * 16, 8));
     }
     let d = write_data(99, 1600, 8);
@@ -145,11 +148,11 @@ fn writeback_stopped_by_a_damaged_block_waits_for_the_writes_it_had_out() {
         }
     }
     assert!(stopped, "writeback did not reach the damaged block");
-    assert_eq!(base.in_flight(), 70, "the writes before the damaged block are out");
+    assert_eq!(base.in_flight(), OUT as usize, "the writes before the damaged block are out");
     for _ in 0..50 {
         let _ = cache.writeback_step(&base);
     }
-    assert_eq!(base.in_flight(), 70, "writeback started over while its writes were in flight");
+    assert_eq!(base.in_flight(), OUT as usize, "writeback started over while its writes were in flight");
     base.hold_completions(false);
     let until = std::time::Instant::now() + Duration::from_secs(10);
     while cache.writeback_step(&base).is_ok() {
@@ -157,6 +160,6 @@ fn writeback_stopped_by_a_damaged_block_waits_for_the_writes_it_had_out() {
     }
     assert!(!cache.is_clean());
     let img = base.visible_image();
-    assert!((0..70u64).all(|i| who_wrote(&img[i as usize * 16 * 512..][..512], i * 16) == Some(i + 1)));
+    assert!((0..OUT).all(|i| who_wrote(&img[i as usize * 16 * 512..][..512], i * 16) == Some(i + 1)));
     assert!(img[1600 * 512..1608 * 512].iter().all(|&x| x == 0), "no damaged data on the base");
 }
