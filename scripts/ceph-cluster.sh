@@ -5,6 +5,7 @@
 #
 #   scripts/ceph-cluster.sh start DIR [IMAGE_MiB]   # pool "rbd", image "img0"
 #   scripts/ceph-cluster.sh stop DIR
+#   scripts/ceph-cluster.sh osd-stop DIR | osd-start DIR   # the OSD alone
 #
 # start prints the ceph.conf path on its last line (what
 # bdev_rbd_register_cluster takes as config_file, with the pool and image
@@ -16,7 +17,7 @@
 # 1 GiB image. CEPH_OSD_STORE=memstore picks it anyway.
 set -euo pipefail
 
-usage() { echo "usage: $0 start DIR [IMAGE_MiB] | stop DIR" >&2; exit 2; }
+usage() { echo "usage: $0 start DIR [IMAGE_MiB] | stop DIR | osd-stop DIR | osd-start DIR" >&2; exit 2; }
 [[ $# -ge 2 ]] || usage
 cmd=$1 dir=$2 image_mib=${3:-1024}
 
@@ -116,5 +117,8 @@ EOF
 case $cmd in
   start) start ;;
   stop) stop ;;
+  # An OSD that goes away and comes back: I/O to the pool waits meanwhile.
+  osd-stop) kill_pidfile "$dir/run/osd.0.pid" ;;
+  osd-start) ceph-osd -c "$conf" -i 0 2>>"$dir/log/osd.0.stderr" ;;
   *) usage ;;
 esac
