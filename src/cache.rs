@@ -31,7 +31,7 @@ use crate::keylog::KeyLog;
 use crate::mode::CacheMode;
 use crate::pmem::Media;
 use crate::promote::{Promoter, Promotion};
-use crate::read::{self, Miss};
+use crate::read::{self, Miss, Misses};
 use crate::replay::{replay, ReplayReport};
 use crate::replica::Replica;
 use crate::segment::{Geometry, SegmentTable};
@@ -257,13 +257,20 @@ impl Cache {
 
     /// Reads `[offset, offset+len(bufs))`: cached bytes are copied into `bufs`;
     /// the ranges returned are not cached and must be read from the base device.
-    pub fn read(&self, offset: u64, bufs: &mut [IoSliceMut]) -> Result<Vec<Miss>> {
+    pub fn read(&self, offset: u64, bufs: &mut [IoSliceMut]) -> Result<Misses> {
         read::read(&self.s, offset, bufs)
     }
 
-    /// Hints that `[offset, offset+len)` is read next (see read::prefetch).
-    pub fn prefetch(&self, offset: u64, len: u64) {
-        read::prefetch(&self.s, offset, len)
+    /// Looks up `[offset, offset+len)` for a read that follows: its misses
+    /// when nothing of it is cached (the read is then done with the cache),
+    /// else None after hinting the media to fetch the cached bytes, and the
+    /// host calls [`Cache::read`] (see read::lookup).
+    pub fn lookup(&self, offset: u64, len: u64) -> Option<Misses> {
+        let misses = read::lookup(&self.s, offset, len)?;
+        for m in &misses {
+            self.promote.hint(m.off);
+        }
+        Some(misses)
     }
 
     /// Caches data just read from the base device for a miss, unless the range

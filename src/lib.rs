@@ -114,7 +114,7 @@ pub use error::{Error, Result};
 pub use membase::{Faults, MemBase};
 pub use mode::CacheMode;
 pub use promote::Promotion;
-pub use read::Miss;
+pub use read::{Miss, Misses};
 pub use replay::ReplayReport;
 pub use stats::Stats;
 pub use write::{WriteOutcome, WriteReq};

@@ -112,6 +112,26 @@ impl Promoter {
         self.hits.store(p.hits(), Relaxed);
     }
 
+    /// Hints the CPU to fetch the counter of the block at `off`, for an
+    /// [`Promoter::admit`] of it once the base has answered: the table is too
+    /// large to stay in the CPU's cache, and the lookup would wait for it.
+    pub fn hint(&self, off: u64) {
+        if self.hits.load(Relaxed) > 1 {
+            // A load whose value nobody waits for: the CPU goes on while the
+            // line comes in (a prefetch, without an intrinsic's `unsafe`).
+            std::hint::black_box(self.slots[Self::slot_of(off, self.slots.len())].load(Relaxed));
+        }
+    }
+
+    /// The slot of the block at `off`, and its hash.
+    fn slot_of(off: u64, slots: usize) -> usize {
+        (Self::hash(off) >> 40) as usize & (slots - 1)
+    }
+
+    fn hash(off: u64) -> u64 {
+        (off >> BLOCK_SHIFT).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
     /// Whether a miss at `off` is cached; `full` says whether the cache has
     /// filled (before that, every miss is).
     pub fn admit(&self, off: u64, full: bool) -> bool {
@@ -119,9 +139,8 @@ impl Promoter {
         if hits <= 1 || !full {
             return true;
         }
-        let block = off >> BLOCK_SHIFT;
-        let h = block.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let slot = &self.slots[(h >> 40) as usize & (self.slots.len() - 1)];
+        let h = Self::hash(off);
+        let slot = &self.slots[Self::slot_of(off, self.slots.len())];
         // Tag: other bits of the hash than the slot's, never zero (an empty slot).
         let tag = ((h as u32) & !COUNT_MASK) | 0x100;
         let cur = slot.load(Relaxed);

@@ -28,12 +28,16 @@ pub struct Miss {
     version: u64,
 }
 
+/// The misses of one read: a read usually misses in one piece or two, and
+/// those stay off the heap (a host may serve millions of misses a second).
+pub type Misses = smallvec::SmallVec<[Miss; 2]>;
+
 /// Reads `[offset, offset+len(bufs))`: cached bytes are copied into `bufs`;
 /// the ranges returned are not cached and must be read from the base device.
-pub(crate) fn read(s: &Shared, offset: u64, bufs: &mut [IoSliceMut]) -> Result<Vec<Miss>> {
+pub(crate) fn read(s: &Shared, offset: u64, bufs: &mut [IoSliceMut]) -> Result<Misses> {
     let total = iov::total_len_mut(bufs);
     s.check_io(offset, total)?;
-    let mut misses = Vec::new();
+    let mut misses = Misses::new();
     let mut pos = 0u64;
     let mut hit_bytes = 0u64;
     while pos < total {
@@ -70,34 +74,46 @@ pub(crate) fn read(s: &Shared, offset: u64, bufs: &mut [IoSliceMut]) -> Result<V
     Ok(misses)
 }
 
-/// Looks `[offset, offset+len)` up and hints the media to fetch its cached
-/// bytes, for a read that follows soon (a host serving several reads at once
-/// does every lookup first, so that their first misses overlap). Only a
-/// hint: what the read then finds decides what it returns.
-pub(crate) fn prefetch(s: &Shared, offset: u64, len: u64) {
-    if s.check_io(offset, len).is_err() {
-        return;
-    }
+/// Looks `[offset, offset+len)` up for a read that follows soon (a host
+/// serving several reads at once looks them all up first, so that their
+/// first misses on pmem overlap). When nothing of the range is cached,
+/// returns its misses: the read is then done with the cache, and counted.
+/// Otherwise hints the media to fetch the cached bytes and returns None;
+/// [`read`] then copies them, and what it finds decides what it returns.
+/// A range [`read`] would refuse returns None too, for [`read`] to refuse.
+pub(crate) fn lookup(s: &Shared, offset: u64, len: u64) -> Option<Misses> {
+    s.check_io(offset, len).ok()?;
     let end = offset + len;
+    let mut misses = Misses::new();
+    let mut cached = false;
     let mut off = offset;
     while off < end {
         let chunk = Index::piece_len(off, end - off);
         let t = s.index.lock(Index::subtree_of(off));
+        let version = t.version;
         t.walk(
             off,
             off + chunk,
             |_, e, skip, n| {
+                cached = true;
                 if !e.is_zero() {
                     // With data CRC the read checks the whole extent first.
                     let (at, n) = if s.data_crc() { (0, e.len) } else { (skip, n) };
                     s.media.prefetch(s.geo.addr(e.seg, e.seg_off) + at as u64, n as u64);
                 }
             },
-            |_, _| {},
+            |o, n| misses.push(Miss { off: o, len: n, buf_at: o - offset, version }),
         );
         drop(t);
         off += chunk;
     }
+    if cached || len == 0 {
+        return None;
+    }
+    let c = s.counters.local();
+    c.add(|k| &k.read_miss_bytes, len);
+    c.add(|k| &k.read_miss_ops, 1);
+    Some(misses)
 }
 
 fn copy_hit(s: &Shared, e: &Extent, skip: u32, n: u32, bufs: &mut [IoSliceMut], at: u64, off: u64) -> Result<()> {

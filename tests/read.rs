@@ -1,4 +1,4 @@
-//! Reads: the prefetch hint a host gives before a batch of reads (see
+//! Reads: the lookup a host makes before a batch of reads (see
 //! src/read.rs) accepts any range, on a real pmem mapping too, changes
 //! nothing a read then returns, and names exactly the cached bytes asked for.
 
@@ -37,7 +37,7 @@ fn prefetch_of_any_range_changes_nothing_and_never_panics() {
         (u64::MAX - 511, 512), // an offset that overflows
         (a + 1, 100),          // unaligned
     ] {
-        cache.prefetch(off, n);
+        cache.lookup(off, n);
     }
     // The mapping itself, past its end as well.
     for (off, n) in [(0, 0), (0, u64::MAX), (u64::MAX, 1), (media_len(40) as u64 - 1, 4096)] {
@@ -72,6 +72,32 @@ fn a_read_counts_its_hit_and_missed_bytes() {
     let st = cache.stats();
     assert_eq!((st.read_hit_bytes, st.read_miss_bytes), (16384, 8192));
     assert_eq!((st.read_hit_ops, st.read_miss_ops), (1, 1));
+}
+
+/// A lookup answers a read with nothing cached by itself: the misses a read
+/// would return, counted once; any cached byte leaves the read to Cache::read.
+#[test]
+fn a_lookup_of_uncached_data_is_the_read() {
+    let media: Arc<dyn Media> = Arc::new(pcache::pmem::MemMedia::new(media_len(16)));
+    let cache = open(media, &config(BASE, 1));
+    cache.write_buf(0, 64 * 1024, &[5u8; 4096]).unwrap();
+    cache.write_zeroes(96 * 1024, 4096).unwrap();
+    // A hole across a subtree boundary: two misses, one read.
+    let at = SUBTREE_SIZE - 8192;
+    let mut buf = vec![0u8; 16384];
+    let want = cache.read(at, &mut [std::io::IoSliceMut::new(&mut buf)]).unwrap();
+    assert_eq!(want.len(), 2);
+    let st0 = cache.stats();
+    let got = cache.lookup(at, 16384).expect("nothing cached: the lookup is the read");
+    assert_eq!(got[..], want[..]);
+    let st = cache.stats();
+    assert_eq!((st.read_miss_ops - st0.read_miss_ops, st.read_miss_bytes - st0.read_miss_bytes), (1, 16384));
+    assert_eq!(st.read_hit_ops, st0.read_hit_ops);
+    // Data, or zeros, anywhere in the range: the read copies it.
+    for (off, len) in [(60 * 1024, 8192), (64 * 1024 + 4095, 1), (92 * 1024, 8192), (BASE, 4096), (0, 0)] {
+        assert!(cache.lookup(off, len).is_none(), "{off}+{len}");
+    }
+    assert_eq!(cache.stats().read_miss_ops, st.read_miss_ops, "a lookup that leaves the read counts nothing");
 }
 
 /// A media that records the prefetch hints it is given.
@@ -115,7 +141,7 @@ impl Media for Hinted {
 /// not the zero extents, the holes or the data beside it (with data CRC on,
 /// each extent it touches whole, as the read checks it).
 #[test]
-fn prefetch_hints_the_cached_bytes_of_the_range_only() {
+fn lookup_hints_the_cached_bytes_of_the_range_only() {
     const K: u64 = 1024;
     for crc in [false, true] {
         let media = Arc::new(Hinted { mem: MemMedia::new(media_len(40)), hints: Mutex::new(Vec::new()) });
@@ -130,7 +156,7 @@ fn prefetch_hints_the_cached_bytes_of_the_range_only() {
         write_all(&cache, &base, 0, 128 * K, &y); // [128K, 132K)
         write_all(&cache, &base, 0, 140 * K, &write_data(3, 140 * K / 512, 8)); // beside the range
         media.hints.lock().unwrap().clear();
-        cache.prefetch(68 * K, 68 * K); // [68K, 136K)
+        cache.lookup(68 * K, 68 * K); // [68K, 136K)
         let hints = std::mem::take(&mut *media.hints.lock().unwrap());
         let hinted = media.hinted_bytes(&hints);
         let want: Vec<u8> = if crc { [&x[..], &y[..]].concat() } else { [&x[4 * K as usize..], &y[..]].concat() };
@@ -140,12 +166,12 @@ fn prefetch_hints_the_cached_bytes_of_the_range_only() {
         let z = write_data(4, SUBTREE_SIZE / 512 - 8, 16);
         write_all(&cache, &base, 0, SUBTREE_SIZE - 4 * K, &z);
         media.hints.lock().unwrap().clear();
-        cache.prefetch(SUBTREE_SIZE - 4 * K, 8 * K);
+        cache.lookup(SUBTREE_SIZE - 4 * K, 8 * K);
         let hints = std::mem::take(&mut *media.hints.lock().unwrap());
         let hinted = media.hinted_bytes(&hints);
         assert!(hinted == z, "crc {crc}: across the subtree boundary: {hints:?}");
         // A range past the end hints nothing.
-        cache.prefetch(BASE, 4096);
+        cache.lookup(BASE, 4096);
         assert!(media.hints.lock().unwrap().is_empty());
     }
 }

@@ -38,7 +38,7 @@ use spdk_sys as sys;
 
 use super::ffi::{self, guard};
 use super::node::PcacheNode;
-use crate::{Bypass, Miss, WriteOutcome, WriteReq};
+use crate::{Bypass, Misses, WriteOutcome, WriteReq};
 
 const RETRY_PERIOD_US: u64 = 100;
 /// Staged writes beyond this are written at once rather than at the next
@@ -100,7 +100,10 @@ impl Channel {
 struct IoCtx {
     /// Bytes of a deferred write already in the cache.
     written: Cell<u64>,
-    misses: RefCell<Vec<Miss>>,
+    misses: RefCell<Misses>,
+    /// The base read's iovecs when the read has one miss (the usual miss):
+    /// it then uses this context and allocates nothing.
+    one_miss_iovs: UnsafeCell<Iovecs>,
     next_miss: Cell<usize>,
     pending: Cell<u32>,
     failed: Cell<bool>,
@@ -311,6 +314,7 @@ pub unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, raw: *mut
     ffi::io_ctx::<IoCtx>(raw).write(IoCtx {
         written: Cell::new(0),
         misses: RefCell::default(),
+        one_miss_iovs: UnsafeCell::new(Iovecs::new()),
         next_miss: Cell::new(0),
         pending: Cell::new(0),
         failed: Cell::new(false),
@@ -789,7 +793,8 @@ unsafe extern "C" fn read_with_buf(_ch: *mut sys::spdk_io_channel, raw: *mut sys
 }
 
 /// Serves the staged reads: every lookup first, each hinting the cache to
-/// fetch its data, then every copy. A read's time is mostly its copy's first
+/// fetch its data (a read with nothing cached is then done with the cache),
+/// then every copy. A read's time is mostly its copy's first
 /// miss on pmem (a random page); done this way, the misses of a batch
 /// overlap instead of following one another. They complete from the stage
 /// poller (see the module doc).
@@ -801,12 +806,19 @@ fn serve_reads(chan: &Channel) {
     let node = chan.node();
     for io in &reads {
         let (off, len) = io.byte_range();
-        node.cache.prefetch(off, len);
+        if let Some(m) = node.cache.lookup(off, len) {
+            // Nothing of it is cached: it goes to the base as it is.
+            *io.ctx().misses.borrow_mut() = m;
+        }
     }
     for io in reads.drain(..) {
         let raw = io.raw();
         if !guard(false, || {
-            start_read(chan, io, Completion::Later);
+            if io.ctx().misses.borrow().is_empty() {
+                start_read(chan, io, Completion::Later);
+            } else {
+                submit_misses(chan, io, Completion::Later);
+            }
             true
         }) {
             // SAFETY: start_read panicked with the read still in hand (as
@@ -872,36 +884,61 @@ fn sub_iovecs(iovs: &[libc::iovec], at: u64, len: u64) -> Iovecs {
 fn submit_misses(chan: &Channel, io: Io, when: Completion) {
     let node = chan.node();
     let ctx = io.ctx();
-    while ctx.next_miss.get() < ctx.misses.borrow().len() && !ctx.failed.get() {
+    let count = ctx.misses.borrow().len();
+    while ctx.next_miss.get() < count && !ctx.failed.get() {
         let idx = ctx.next_miss.get();
         let m = ctx.misses.borrow()[idx];
-        // SAFETY: a second handle to the same I/O, owned by this miss and
-        // used only by miss_done, on this thread, after this call returns
-        // (SPDK defers a completion that happens during submission).
-        let mine = unsafe { Io::from_raw(io.raw()) };
-        let mio = Box::into_raw(Box::new(MissIo { io: mine, idx, iovs: sub_iovecs(io.iovs(), m.buf_at, m.len) }));
-        // SAFETY: the node's base descriptor and this thread's channel to it;
-        // the iovecs point into the read's buffers, alive until it completes;
-        // miss_done takes `mio` back.
-        let rc = unsafe {
-            sys::spdk_bdev_readv(
-                node.base_desc,
-                chan.base_ch,
-                (*mio).iovs.as_mut_ptr() as *mut sys::iovec,
-                (*mio).iovs.len() as c_int,
-                m.off,
-                m.len,
-                Some(miss_done),
-                mio as *mut c_void,
-            )
+        let rc = if count == 1 {
+            // SAFETY: the context's iovecs are used by this read's one base
+            // read only, submitted here (not in flight: nothing else is).
+            let iovs = unsafe { &mut *ctx.one_miss_iovs.get() };
+            *iovs = sub_iovecs(io.iovs(), m.buf_at, m.len);
+            // SAFETY: the node's base descriptor and this thread's channel
+            // to it; the iovecs live in the I/O's context and point into its
+            // buffers, both alive until it completes, which one_miss_done
+            // does at the earliest.
+            unsafe {
+                sys::spdk_bdev_readv(
+                    node.base_desc,
+                    chan.base_ch,
+                    iovs.as_mut_ptr() as *mut sys::iovec,
+                    iovs.len() as c_int,
+                    m.off,
+                    m.len,
+                    Some(one_miss_done),
+                    io.as_arg(),
+                )
+            }
+        } else {
+            // SAFETY: a second handle to the same I/O, owned by this miss and
+            // used only by miss_done, on this thread, after this call returns
+            // (SPDK defers a completion that happens during submission).
+            let mine = unsafe { Io::from_raw(io.raw()) };
+            let mio = Box::into_raw(Box::new(MissIo { io: mine, idx, iovs: sub_iovecs(io.iovs(), m.buf_at, m.len) }));
+            // SAFETY: as above; miss_done takes `mio` back.
+            let rc = unsafe {
+                sys::spdk_bdev_readv(
+                    node.base_desc,
+                    chan.base_ch,
+                    (*mio).iovs.as_mut_ptr() as *mut sys::iovec,
+                    (*mio).iovs.len() as c_int,
+                    m.off,
+                    m.len,
+                    Some(miss_done),
+                    mio as *mut c_void,
+                )
+            };
+            if rc != 0 {
+                // SAFETY: not submitted: still ours.
+                drop(unsafe { Box::from_raw(mio) });
+            }
+            rc
         };
         if rc == 0 {
             ctx.pending.set(ctx.pending.get() + 1);
             ctx.next_miss.set(idx + 1);
             continue;
         }
-        // SAFETY: not submitted: still ours.
-        drop(unsafe { Box::from_raw(mio) });
         if rc == -libc::ENOMEM {
             // SAFETY: the wait entry lives in the I/O's context until it
             // completes; resume_misses takes the I/O on.
@@ -946,12 +983,24 @@ unsafe extern "C" fn miss_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut 
         // handle is used within this callback only.
         let mio = Box::from_raw(arg as *mut MissIo);
         let chan = Channel::from_ctx(ffi::channel_ctx::<c_void>(sys::spdk_bdev_io_get_io_channel(mio.io.raw())));
-        miss_done_with(chan, *mio, ok);
+        let MissIo { io, idx, iovs } = *mio;
+        miss_done_with(chan, io, idx, &iovs, ok);
     })
 }
 
-fn miss_done_with(chan: &Channel, mio: MissIo, ok: bool) {
-    let MissIo { io, idx, iovs } = mio;
+unsafe extern "C" fn one_miss_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
+    guard((), || {
+        sys::spdk_bdev_free_io(bio);
+        // SAFETY: the READ whose one miss this base read was; it continues here.
+        let (chan, io) = Io::with_channel(arg as *mut sys::spdk_bdev_io);
+        // SAFETY: the base read is done with the iovecs; only this read's
+        // completion, below, uses them now.
+        let iovs = std::mem::take(&mut *io.ctx().one_miss_iovs.get());
+        miss_done_with(chan, io, 0, &iovs, ok);
+    })
+}
+
+fn miss_done_with(chan: &Channel, io: Io, idx: usize, iovs: &[libc::iovec], ok: bool) {
     let node = chan.node();
     let ctx = io.ctx();
     ctx.pending.set(ctx.pending.get() - 1);
@@ -964,7 +1013,7 @@ fn miss_done_with(chan: &Channel, mio: MissIo, ok: bool) {
         // SAFETY: the caller's buffers, just filled by the base.
         let piece = |v: &libc::iovec| unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
         // One buffer (the usual case) is cached as it is; several are gathered.
-        let data: std::borrow::Cow<[u8]> = match iovs.as_slice() {
+        let data: std::borrow::Cow<[u8]> = match iovs {
             [one] => piece(one).into(),
             many => many
                 .iter()
