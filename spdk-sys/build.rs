@@ -32,6 +32,10 @@ fn main() {
         .allowlist_function("spdk_.*")
         .allowlist_type("spdk_.*")
         .allowlist_var("SPDK_.*")
+        // Tracepoints: the trace file (whose mask says what is enabled) and
+        // the recorder behind the spdk_trace_record macro.
+        .allowlist_var("g_trace_file")
+        .allowlist_function("_spdk_trace_record")
         .default_enum_style(bindgen::EnumVariation::Consts)
         .prepend_enum_name(false)
         .derive_default(true)
@@ -54,8 +58,17 @@ fn main() {
 }
 
 /// SPDK libraries the module calls into.
-const LIBS: &[&str] =
-    &["spdk_bdev", "spdk_thread", "spdk_json", "spdk_jsonrpc", "spdk_rpc", "spdk_log", "spdk_util", "spdk_env_dpdk"];
+const LIBS: &[&str] = &[
+    "spdk_bdev",
+    "spdk_thread",
+    "spdk_trace",
+    "spdk_json",
+    "spdk_jsonrpc",
+    "spdk_rpc",
+    "spdk_log",
+    "spdk_util",
+    "spdk_env_dpdk",
+];
 
 fn has_headers(p: &Path) -> bool {
     p.join("include/spdk/bdev_module.h").exists()

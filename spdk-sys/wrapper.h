@@ -9,5 +9,6 @@
 #include <spdk/rpc.h>
 #include <spdk/string.h>
 #include <spdk/thread.h>
+#include <spdk/trace.h>
 #include <spdk/util.h>
 #include <spdk/uuid.h>

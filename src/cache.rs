@@ -347,6 +347,12 @@ impl Cache {
         self.wb.step(&self.front(), base, false, self.settled())
     }
 
+    /// Has `events` told of every writeback batch as it starts and ends (a
+    /// host's tracing). Only one observer: false if one is set already.
+    pub fn observe_writeback(&self, events: std::sync::Arc<dyn crate::WritebackEvents>) -> bool {
+        self.wb.observe(events)
+    }
+
     /// A host poller's writeback step: as writeback_step, but while GC needs
     /// room, live dirty data of the open epoch may be kept in the cache rather
     /// than written, as long as the base may lag ([`Cache::base_lag`];

@@ -118,4 +118,4 @@ pub use read::{Miss, Misses};
 pub use replay::ReplayReport;
 pub use stats::Stats;
 pub use write::{WriteOutcome, WriteReq};
-pub use writeback::{Pacer, WbProgress};
+pub use writeback::{Pacer, WbProgress, WritebackEvents};

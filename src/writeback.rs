@@ -184,6 +184,18 @@ pub(crate) struct Writeback {
     /// overwritten, in percent (a moving average), or ABSORBED_UNKNOWN
     /// before the first batch.
     absorbed_pct: AtomicU32,
+    /// Who hears of batches starting and ending (a host's tracing), if anyone.
+    events: std::sync::OnceLock<Arc<dyn WritebackEvents>>,
+}
+
+/// What a host hears of writeback's batches as they happen, to trace them
+/// (see Cache::observe_writeback). Called from inside a writeback step.
+pub trait WritebackEvents: Send + Sync {
+    /// A batch is planned: `bytes` go to the base in `writes` writes.
+    fn batch_start(&self, bytes: u64, writes: usize);
+    /// A batch is durable on the base and dirty_tail has passed it; it had
+    /// `dirty` bytes of dirty keys.
+    fn batch_done(&self, dirty: u64);
 }
 
 /// Dirty bytes as a percentage of the cache's data capacity.
@@ -200,6 +212,7 @@ impl Writeback {
             batch_bytes: AtomicU64::new(batch_bytes),
             max_dirty_pct: AtomicU32::new(max_dirty_pct.clamp(1, MAX_DIRTY_PERCENT)),
             absorbed_pct: AtomicU32::new(ABSORBED_UNKNOWN),
+            events: Default::default(),
         }
     }
 
@@ -301,6 +314,9 @@ impl Writeback {
                     return Ok(WbProgress::Busy);
                 }
                 let runs = self.plan(f, &mut batch, may_keep, settled)?;
+                if let Some(ev) = self.events.get() {
+                    ev.batch_start(runs.iter().map(|r| r.len).sum(), runs.len());
+                }
                 *st = WbState::Writing { batch, runs, next: 0, io: Arc::default() };
                 Ok(WbProgress::Busy)
             }
@@ -335,7 +351,7 @@ impl Writeback {
                 }
                 if runs.is_empty() {
                     // Nothing reached the base: nothing to make durable.
-                    return finish(s, journal, batch).map(|()| WbProgress::Advanced);
+                    return self.finish(s, journal, batch);
                 }
                 let io = Arc::new(Inflight { pending: AtomicUsize::new(1), ..Inflight::default() });
                 s.counters.local().add(|c| &c.base_flushes, 1);
@@ -360,9 +376,24 @@ impl Writeback {
                     *st = WbState::Writing { batch, runs, next: 0, io: Arc::default() };
                     return Ok(WbProgress::Busy);
                 }
-                finish(s, journal, batch).map(|()| WbProgress::Advanced)
+                self.finish(s, journal, batch)
             }
         }
+    }
+
+    /// Ends a batch that is durable on the base (see [`finish`]).
+    fn finish(&self, s: &Shared, journal: &Journal, batch: Batch) -> Result<WbProgress> {
+        let dirty = batch.dirty;
+        finish(s, journal, batch)?;
+        if let Some(ev) = self.events.get() {
+            ev.batch_done(dirty);
+        }
+        Ok(WbProgress::Advanced)
+    }
+
+    /// Sets who hears of batches (once; a second call is refused).
+    pub fn observe(&self, events: Arc<dyn WritebackEvents>) -> bool {
+        self.events.set(events).is_ok()
     }
 
     /// Reads up to KSETS_PER_STEP more ksets into `batch`, up to the end of an

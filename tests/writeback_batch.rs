@@ -353,3 +353,37 @@ fn absorbed_percent_counts_once_the_cache_has_filled() {
     cache.writeback_all(&base).unwrap();
     assert_eq!(cache.absorbed_percent(), Some(0), "once filled, they are");
 }
+
+/// What a host's tracing hears: each batch starts once and ends once, in
+/// order, with the bytes it writes and the dirty bytes it retires.
+#[test]
+fn an_observer_hears_each_batch_start_and_end() {
+    #[derive(Default)]
+    struct Heard(std::sync::Mutex<Vec<(char, u64)>>);
+    impl pcache::WritebackEvents for Heard {
+        fn batch_start(&self, bytes: u64, writes: usize) {
+            assert!(writes > 0 || bytes == 0);
+            self.0.lock().unwrap().push(('s', bytes));
+        }
+        fn batch_done(&self, dirty: u64) {
+            self.0.lock().unwrap().push(('d', dirty));
+        }
+    }
+    let (_media, base, cache) = setup(1);
+    let heard = Arc::new(Heard::default());
+    assert!(cache.observe_writeback(heard.clone()));
+    assert!(!cache.observe_writeback(heard.clone()), "a second observer");
+    write(&cache, 1, 0, 64);
+    journal(&cache);
+    write(&cache, 2, 128, 32);
+    journal(&cache);
+    while cache.writeback_step(&base).unwrap() != WbProgress::Idle {}
+    let heard = heard.0.lock().unwrap().clone();
+    assert_eq!(heard.len() as u64, 2 * cache.stats().writeback_batches, "{heard:?}");
+    for pair in heard.chunks(2) {
+        assert!(matches!(pair, [('s', _), ('d', _)]), "{heard:?}");
+    }
+    let written: u64 = heard.iter().filter(|(k, _)| *k == 's').map(|(_, b)| b).sum();
+    let retired: u64 = heard.iter().filter(|(k, _)| *k == 'd').map(|(_, b)| b).sum();
+    assert_eq!((written, retired), (96 * 512, 96 * 512));
+}

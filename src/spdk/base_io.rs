@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use spdk_sys as sys;
 
 use super::ffi::guard;
+use super::trace::{self, Tp};
 use crate::base::{BaseDevice, Done, ReadDone};
 use crate::error::Error;
 
@@ -204,7 +205,10 @@ unsafe fn submit(io: *mut BaseIo) {
         // SPDK emulates write_zeroes with writes on bdevs without it.
         Kind::WriteZeroes(_) => sys::spdk_bdev_write_zeroes(b.desc, b.ch, (*io).offset, (*io).len, Some(complete), arg),
         Kind::Read(..) => sys::spdk_bdev_read(b.desc, b.ch, (*io).buf, (*io).offset, (*io).len, Some(complete), arg),
-        Kind::Flush(_) => sys::spdk_bdev_flush(b.desc, b.ch, 0, b.size, Some(complete), arg),
+        Kind::Flush(_) => {
+            trace::record(Tp::BaseFlushStart, 0, 0);
+            sys::spdk_bdev_flush(b.desc, b.ch, 0, b.size, Some(complete), arg)
+        }
     };
     if rc == -libc::ENOMEM {
         // The base is out of request objects: retry when one frees up.
@@ -229,6 +233,9 @@ unsafe extern "C" fn complete(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c
     guard((), || {
         sys::spdk_bdev_free_io(bio);
         let io = arg as *mut BaseIo;
+        if matches!((*io).kind, Kind::Flush(_)) {
+            trace::record(Tp::BaseFlushDone, ok as u64, 0);
+        }
         let r = if ok {
             Ok(())
         } else {

@@ -20,6 +20,7 @@
 //! - [`base_io`]: base-device I/O for writeback
 //! - [`pollers`]: writeback, GC and key-set flushing
 //! - [`rpc`]: the JSON-RPC methods
+//! - [`trace`]: the `pcache` tracepoint group
 
 mod base_io;
 mod claim;
@@ -32,6 +33,7 @@ mod pcache_io;
 mod pmem_bdev;
 mod pollers;
 mod rpc;
+mod trace;
 
 /// Registers everything with SPDK when the library is loaded. SPDK's own
 /// modules do the same from C constructors (SPDK_BDEV_MODULE_REGISTER,
@@ -43,6 +45,7 @@ extern "C" fn register_all() {
         pmem_bdev::register_module();
         pcache_bdev::register_module();
         rpc::register_methods();
+        trace::register_group();
     })
 }
 

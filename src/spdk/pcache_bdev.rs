@@ -494,6 +494,8 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
         return Err((format!("no I/O channel for base_bdev {}", opts.base_bdev), Some(claims)));
     }
     let cache = Arc::new(cache);
+    // Writeback's batches show in the `pcache` trace group.
+    cache.observe_writeback(super::trace::writeback_events());
     let node = Box::into_raw(Box::new(PcacheNode {
         // SAFETY: spdk_bdev is a plain C struct; all-zero is its initial state.
         bdev: std::mem::zeroed(),

@@ -38,6 +38,7 @@ use spdk_sys as sys;
 
 use super::ffi::{self, guard};
 use super::node::PcacheNode;
+use super::trace::{self, Tp};
 use crate::{Bypass, Misses, WriteOutcome, WriteReq};
 
 const RETRY_PERIOD_US: u64 = 100;
@@ -367,6 +368,7 @@ fn submit(chan: &Channel, io: Io) {
             }
             return;
         }
+        trace::record(Tp::WriteStaged, off, len);
         if stage(&chan.staged, io) {
             write_staged(chan);
         }
@@ -519,6 +521,8 @@ fn defer(chan: &Channel, io: Io) {
     } else {
         io
     };
+    let (off, len) = io.byte_range();
+    trace::record(Tp::WriteWait, off, len);
     chan.deferred.borrow_mut().push_back(io);
 }
 
@@ -808,6 +812,7 @@ fn serve_reads(chan: &Channel) {
         let (off, len) = io.byte_range();
         if let Some(m) = node.cache.lookup(off, len) {
             // Nothing of it is cached: it goes to the base as it is.
+            trace::record(Tp::ReadMiss, off, len);
             *io.ctx().misses.borrow_mut() = m;
         }
     }
@@ -838,8 +843,12 @@ fn start_read(chan: &Channel, mut io: Io, when: Completion) {
     let node = chan.node();
     let r = node.cache.read(off, &mut io.read_bufs());
     match r {
-        Ok(m) if m.is_empty() => finish(chan, io, true, when),
+        Ok(m) if m.is_empty() => {
+            trace::record(Tp::ReadHit, off, len);
+            finish(chan, io, true, when)
+        }
         Ok(m) => {
+            trace::record(Tp::ReadMiss, off, m.iter().map(|m| m.len).sum());
             *io.ctx().misses.borrow_mut() = m;
             submit_misses(chan, io, when);
         }
@@ -1023,8 +1032,10 @@ fn miss_done_with(chan: &Channel, io: Io, idx: usize, iovs: &[libc::iovec], ok: 
                 })
                 .into(),
         };
-        if let Err(e) = node.cache.fill(chan.worker, &m, &data) {
-            log::debug!("{}: read cache fill at {}: {e}", node.name(), m.off);
+        match node.cache.fill(chan.worker, &m, &data) {
+            Ok(true) => trace::record(Tp::Fill, m.off, m.len),
+            Ok(false) => {}
+            Err(e) => log::debug!("{}: read cache fill at {}: {e}", node.name(), m.off),
         }
     }
     let all_sent = ctx.next_miss.get() == ctx.misses.borrow().len();

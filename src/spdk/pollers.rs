@@ -10,6 +10,7 @@ use spdk_sys as sys;
 
 use super::base_io::SpdkBase;
 use super::ffi::guard;
+use super::trace::{self, Tp};
 use crate::{Cache, DrainMeter, Pacer, WbProgress};
 
 const KSET_PERIOD_US: u64 = 1000;
@@ -237,7 +238,13 @@ unsafe extern "C" fn kset_poll(arg: *mut c_void) -> c_int {
 }
 
 unsafe extern "C" fn gc_poll(arg: *mut c_void) -> c_int {
-    counted_step(arg, "gc", |c| c.gc_step())
+    counted_step(arg, "gc", |c| {
+        let n = c.gc_step()?;
+        if n > 0 {
+            trace::record(Tp::GcStep, n as u64, 0);
+        }
+        Ok(n)
+    })
 }
 
 unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
