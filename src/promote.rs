@@ -15,7 +15,7 @@
 //! blocks' misses land in its slot: read again soon, relative to the cache's
 //! size. The table is a heuristic: updates race without harm.
 
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU16, AtomicU8, Ordering::Relaxed};
 
 use crate::error::{Error, Result};
 
@@ -85,20 +85,22 @@ impl Promotion {
 const BLOCK_SHIFT: u32 = 12;
 const MIN_SLOTS: usize = 1 << 12;
 const MAX_SLOTS: usize = 1 << 22;
-/// A slot: the block's tag above, its count in the low byte.
-const COUNT_MASK: u32 = 0xff;
+/// A slot: 7 bits of the block's tag above a set bit (an empty slot is 0),
+/// its count in the low byte. Two bytes, so that the table of a large cache
+/// still stays mostly in the CPU's cache: every miss looks at it.
+const COUNT_MASK: u16 = 0xff;
 
 pub(crate) struct Promoter {
     /// Misses a block needs (1: always promote).
     hits: AtomicU8,
-    slots: Box<[AtomicU32]>,
+    slots: Box<[AtomicU16]>,
 }
 
 impl Promoter {
     /// A promoter for a cache of `cache_bytes` of data space.
     pub fn new(policy: Promotion, cache_bytes: u64) -> Self {
         let n = ((cache_bytes >> BLOCK_SHIFT) as usize).clamp(MIN_SLOTS, MAX_SLOTS).next_power_of_two();
-        Promoter { hits: AtomicU8::new(policy.hits()), slots: (0..n).map(|_| AtomicU32::new(0)).collect() }
+        Promoter { hits: AtomicU8::new(policy.hits()), slots: (0..n).map(|_| AtomicU16::new(0)).collect() }
     }
 
     pub fn policy(&self) -> Promotion {
@@ -135,14 +137,15 @@ impl Promoter {
     /// Whether a miss at `off` is cached; `full` says whether the cache has
     /// filled (before that, every miss is).
     pub fn admit(&self, off: u64, full: bool) -> bool {
-        let hits = self.hits.load(Relaxed) as u32;
+        let hits = self.hits.load(Relaxed) as u16;
         if hits <= 1 || !full {
             return true;
         }
         let h = Self::hash(off);
         let slot = &self.slots[Self::slot_of(off, self.slots.len())];
-        // Tag: other bits of the hash than the slot's, never zero (an empty slot).
-        let tag = ((h as u32) & !COUNT_MASK) | 0x100;
+        // Tag: other bits of the hash than the slot's; a false match (1 in
+        // 128) only promotes a block a miss early.
+        let tag = ((h as u16) & !COUNT_MASK) | 0x100;
         let cur = slot.load(Relaxed);
         let count = if cur & !COUNT_MASK == tag { (cur & COUNT_MASK) + 1 } else { 1 };
         if count >= hits {

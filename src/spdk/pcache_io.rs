@@ -7,11 +7,13 @@
 //! Writes are staged on the channel and handed to the engine together
 //! (Cache::write_batch) once per reactor iteration, by a poller: the engine
 //! then copies them back to back, and their pmem drains overlap instead of
-//! each write waiting for the one before it (see write.rs). Reads with
-//! buffers are staged the same way (never together with writes) and served
-//! as a batch: every lookup and prefetch first, then every copy, so that the
-//! first misses of their copies overlap. Any other I/O first serves what is
-//! staged, so a channel serves I/O in submission order.
+//! each write waiting for the one before it (see write.rs). A read with
+//! buffers is looked up as it arrives: if nothing of it is cached it goes to
+//! the base at once; otherwise the lookup hints pmem to fetch its data and
+//! the read is staged the same way (never together with writes), to be
+//! copied with the others, so that the first misses of their copies overlap.
+//! Any other I/O first serves what is staged, so a channel serves I/O in
+//! submission order.
 //!
 //! Staged I/O is completed by that poller, never
 //! from inside submit_request: a completion lets the app submit again at
@@ -345,6 +347,15 @@ fn submit(chan: &Channel, io: Io) {
     }
     if t == sys::SPDK_BDEV_IO_TYPE_READ && !io.lacks_buffers() {
         write_staged(chan);
+        let (off, len) = io.byte_range();
+        if let Some(m) = node.cache.lookup(off, len) {
+            // Nothing of it is cached: to the base now, not a reactor
+            // iteration later (a fast base answers in microseconds).
+            trace::record(Tp::ReadMiss, off, len);
+            *io.ctx().misses.borrow_mut() = m;
+            submit_misses(chan, io, Completion::Later);
+            return;
+        }
         if stage(&chan.reads, io) {
             serve_reads(chan);
         }
@@ -796,34 +807,20 @@ unsafe extern "C" fn read_with_buf(_ch: *mut sys::spdk_io_channel, raw: *mut sys
     }
 }
 
-/// Serves the staged reads: every lookup first, each hinting the cache to
-/// fetch its data (a read with nothing cached is then done with the cache),
-/// then every copy. A read's time is mostly its copy's first
-/// miss on pmem (a random page); done this way, the misses of a batch
-/// overlap instead of following one another. They complete from the stage
-/// poller (see the module doc).
+/// Serves the staged reads: each was looked up when it arrived, which hinted
+/// the cache to fetch its data (see submit); now every copy. A read's time
+/// is mostly its copy's first miss on pmem (a random page); done this way,
+/// the misses of a batch overlap instead of following one another. They
+/// complete from the stage poller (see the module doc).
 fn serve_reads(chan: &Channel) {
     if chan.reads.borrow().is_empty() {
         return;
     }
     let mut reads = std::mem::take(&mut *chan.reads.borrow_mut());
-    let node = chan.node();
-    for io in &reads {
-        let (off, len) = io.byte_range();
-        if let Some(m) = node.cache.lookup(off, len) {
-            // Nothing of it is cached: it goes to the base as it is.
-            trace::record(Tp::ReadMiss, off, len);
-            *io.ctx().misses.borrow_mut() = m;
-        }
-    }
     for io in reads.drain(..) {
         let raw = io.raw();
         if !guard(false, || {
-            if io.ctx().misses.borrow().is_empty() {
-                start_read(chan, io, Completion::Later);
-            } else {
-                submit_misses(chan, io, Completion::Later);
-            }
+            start_read(chan, io, Completion::Later);
             true
         }) {
             // SAFETY: start_read panicked with the read still in hand (as
