@@ -15,8 +15,10 @@
 //! what it moves is on the base already: a moved key lost in a crash only
 //! costs a miss. Moving is bounded so that GC always frees space: at most
 //! 75 % of the bytes GC reclaims (relocate::MoveCredit (with a little credit
-//! carried between steps), none while writes wait for space, and none once
-//! the relocation head finds no free segment.
+//! carried between steps), times the share of recent reads that hit (a few
+//! hits do not pay for copying most of the cache; see HitShare), none while
+//! writes wait for space, and none once the relocation head finds no free
+//! segment.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -26,7 +28,7 @@ use crate::format::KeyRecord;
 use crate::index::Index;
 use crate::keylog::read_kset;
 use crate::relocate::{move_piece, next_live_piece, MoveCredit, Moved};
-use crate::shared::lock;
+use crate::shared::{lock, Shared};
 use crate::write::Front;
 
 /// Ksets reclaimed per step at most, to keep a poller's step short.
@@ -40,6 +42,44 @@ pub(crate) struct Gc {
     /// pass to pass.
     /// Changed only by the pass holding `pass`.
     credit: AtomicU64,
+    /// How often reads hit lately, and the read counts it was taken at
+    /// (changed only by the pass holding `pass`).
+    hits: HitShare,
+}
+
+/// The share of recent reads that hit, in percent: a moving average,
+/// updated once enough reads happened, 100 before any. Moving read data
+/// pays back in proportion to it: over a data set much larger than the
+/// cache, what reads hit once is mostly not read again before GC comes
+/// round, and moving all of it would copy most of the cache for a few hits.
+#[derive(Default)]
+struct HitShare {
+    /// 100 - the share (so that the default, 0, means "all hit").
+    missed_pct: AtomicU64,
+    /// read_hit_ops and read_miss_ops when it was last updated.
+    hit_ops: AtomicU64,
+    miss_ops: AtomicU64,
+}
+
+/// Reads a share is taken over at least.
+const HIT_SHARE_READS: u64 = 1024;
+
+impl HitShare {
+    /// The share in percent, updated from the read counters.
+    fn update(&self, s: &Shared) -> u64 {
+        let (hit, miss) = (s.counters.total(|c| &c.read_hit_ops), s.counters.total(|c| &c.read_miss_ops));
+        let dh = hit.wrapping_sub(self.hit_ops.load(Ordering::Relaxed));
+        let dm = miss.wrapping_sub(self.miss_ops.load(Ordering::Relaxed));
+        let mut missed = self.missed_pct.load(Ordering::Relaxed);
+        if dh + dm >= HIT_SHARE_READS {
+            // Half the weight to the newest share.
+            missed = (missed + dm * 100 / (dh + dm)) / 2;
+            self.missed_pct.store(missed, Ordering::Relaxed);
+            self.hit_ops.store(hit, Ordering::Relaxed);
+            self.miss_ops.store(miss, Ordering::Relaxed);
+        }
+        100 - missed
+    }
 }
 
 impl Gc {
@@ -65,6 +105,7 @@ impl Gc {
         let Some(_pass) = self.try_hold() else { return Ok(0) };
         let credit = MoveCredit::new(self.credit.load(Ordering::Relaxed));
         let mut moves = Moves { allowed: keep_read, credit, moved: 0 };
+        let hit_pct = if keep_read { self.hits.update(s) } else { 0 };
         let wanted = || s.segs.is_short() || s.segs.used_percent() >= gc_percent as u32;
         let epoch = s.segs.space_epoch();
         let mut n = 0;
@@ -83,7 +124,7 @@ impl Gc {
             // keys of an older generation of their segment are stale since replay.
             let live = |key: &&KeyRecord| !key.is_zero() && key.gen == s.segs.gen(key.seg);
             let reclaimed: u64 = k.keys.iter().filter(live).map(|key| key.len as u64).sum();
-            moves.credit.earn(reclaimed, MoveCredit::cap(s));
+            moves.credit.earn(reclaimed * hit_pct / 100, MoveCredit::cap(s));
             let mut release = Vec::with_capacity(k.keys.len() + 1);
             for key in k.keys.iter().filter(live) {
                 if moves.allowed {
