@@ -19,6 +19,7 @@
 //! - [`pcache_io`]: the I/O path and the per-reactor channels
 //! - [`base_io`]: base-device I/O for writeback
 //! - [`pollers`]: writeback, GC and key-set flushing
+//! - [`rbd_owner`]: an RBD base records which pcache owns it
 //! - [`rpc`]: the JSON-RPC methods
 //! - [`trace`]: the `pcache` tracepoint group
 
@@ -32,6 +33,7 @@ mod pcache_bdev;
 mod pcache_io;
 mod pmem_bdev;
 mod pollers;
+mod rbd_owner;
 mod rpc;
 mod trace;
 

@@ -69,6 +69,9 @@ pub struct PcacheNode {
     pub bg: Background,
     /// Set once unregistering starts: deferred writes are failed, not retried.
     pub removing: AtomicBool,
+    /// The RBD image the base is and the owner key this pcache wrote on it
+    /// (rbd_owner.rs), released when the pcache goes away clean.
+    pub rbd: Option<(super::rbd_owner::RbdImage, super::rbd_owner::Owner)>,
 }
 
 // SAFETY: the raw SPDK handles are used only on the creating thread (descriptors, pollers)

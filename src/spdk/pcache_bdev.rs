@@ -27,6 +27,7 @@ use super::node::{Claims, CreateOpts, PcacheNode};
 use super::pcache_io;
 use super::pmem_bdev::{self, errno_str};
 use super::pollers::{Background, FlushDone};
+use super::rbd_owner;
 use crate::cache::{Cache, Opened};
 use crate::config::{BaseIdentity, Config};
 use crate::pmem::{Media, PmemFile};
@@ -493,6 +494,27 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     if ch.is_null() {
         return Err((format!("no I/O channel for base_bdev {}", opts.base_bdev), Some(claims)));
     }
+    // An RBD image is this pcache's alone while the cache may hold its data.
+    let rbd = match rbd_owner::image_of(sys::spdk_bdev_desc_get_bdev(base_desc)) {
+        Ok(Some(img)) => {
+            let me = rbd_owner::Owner {
+                uuid: cache.uuid().to_string(),
+                name: opts.name.clone(),
+                cache_bdev: opts.cache_bdev.clone(),
+            };
+            if let Err(e) = rbd_owner::claim(&img, &me) {
+                sys::spdk_put_io_channel(ch);
+                return Err((format!("{}: base_bdev {}: {e}", opts.name, opts.base_bdev), Some(claims)));
+            }
+            log::info!("{}: owns RBD image {img} ({} set)", opts.name, rbd_owner::KEY);
+            Some((img, me))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            sys::spdk_put_io_channel(ch);
+            return Err((format!("{}: base_bdev {}: {e}", opts.name, opts.base_bdev), Some(claims)));
+        }
+    };
     let cache = Arc::new(cache);
     // Writeback's batches show in the `pcache` trace group.
     cache.observe_writeback(super::trace::writeback_events());
@@ -511,6 +533,7 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
         claims: Some(claims),
         bg: Background::new(&opts.name, cache, SpdkBase::new(base_desc, ch)),
         removing: AtomicBool::new(false),
+        rbd,
     }));
     let n = &mut *node;
     let b = &mut n.bdev;
@@ -652,6 +675,7 @@ unsafe extern "C" fn drain_poll(ctx: *mut c_void) -> c_int {
         if let Err(e) = n.cache.flush() {
             log::error!("{}: journalling open keys at delete failed: {e}", n.name());
         }
+        release_rbd(n);
         let claims = n.claims.take();
         n.base_desc = std::ptr::null_mut();
         // A pcache that is still configured (its bdev was hot-removed) keeps
@@ -667,6 +691,25 @@ unsafe extern "C" fn drain_poll(ctx: *mut c_void) -> c_int {
         sys::spdk_bdev_destruct_done(&mut n.bdev, 0);
         sys::SPDK_POLLER_BUSY as c_int
     })
+}
+
+/// Removes the owner key from an RBD base if the cache holds nothing the
+/// image lacks; otherwise the key stays, for the cache's next start.
+fn release_rbd(n: &mut PcacheNode) {
+    let Some((img, me)) = n.rbd.take() else { return };
+    let dirty = n.cache.stats().dirty_bytes;
+    if dirty > 0 {
+        log::info!(
+            "{}: RBD image {img} stays owned ({} kept): {dirty} dirty bytes are in the cache",
+            n.name(),
+            rbd_owner::KEY
+        );
+        return;
+    }
+    match rbd_owner::release(&img, &me) {
+        Ok(()) => log::info!("{}: released RBD image {img}", n.name()),
+        Err(e) => log::error!("{}: RBD image {img}: {} not removed: {e}", n.name(), rbd_owner::KEY),
+    }
 }
 
 unsafe extern "C" fn free_node(ctx: *mut c_void) {

@@ -5,7 +5,8 @@
 # nothing pcache acknowledged before it, and once pcache is flushed the image
 # read without pcache (`rbd export`) is exactly what pcache serves; with
 # the OSD away for a while under writes, no write fails and a flush
-# completes once it is back.
+# completes once it is back; the image names the pcache that owns it, and
+# a second pcache over it is refused until the first is deleted with flush.
 # Skipped where Ceph's daemons or SPDK's bdev_rbd are missing.
 source "$(dirname "$0")/lib.sh"
 DD=$SPDK_DIR/bin/spdk_dd
@@ -125,6 +126,36 @@ stop_app bp "$bsock"
 # (Not compared with rbd export here: reads of the image right after the
 # OSD's restart crashed this BlueStore-on-a-file OSD on an assert,
 # req.bl.length() == req.r_len, or stalled with its aio off.)
+# 6. Ownership: the image records the pcache whose cache may hold its data
+#    (image metadata pcache.owner); a second pcache over the same image is
+#    refused, naming it, until the first is deleted with flush.
+owner() { rbd -c "$conf" image-meta get rbd/img0 pcache.owner 2>/dev/null; }
+owned() { [ -n "$(owner)" ]; }
+not_owned() { [ -z "$(owner)" ]; }
+owner_has() { owner | grep -q "$1"; }
+no_bdev() { ! jr "$sock" bdev_get_bdevs "{\"name\":\"$1\"}" >/dev/null 2>&1; }
+dd_write "$WORK/p2.bin" 2048
+check "spdk_dd left dirty data in PC0 and exited: the image stays owned" owned
+start_app tgt "$sock" "$WORK/tgt4.log" "$SPDK_DIR/bin/spdk_tgt" "${APP_ARGS[@]}" -m 0x1 --json "$WORK/stack.json" \
+  || { fail "spdk_tgt restarts"; finish; exit; }
+until_ok 10 q bdev_pcache_get_stats '{"name":"PC0"}' "r[0]['state']" >/dev/null
+uuid0=$(q bdev_get_bdevs '{"name":"PC0"}' "r[0]['uuid']")
+check "the owner key names PC0's cache ($uuid0)" owner_has "uuid=$uuid0 name=PC0 cache_bdev=Pmem0"
+jr "$sock" bdev_rbd_create '{"name":"Rbd1","pool_name":"rbd","rbd_name":"img0","block_size":4096,"cluster_name":"ceph0"}' >/dev/null
+jr "$sock" bdev_pmem_create "{\"name\":\"Pmem1\",\"path\":\"$SHM.pmem1\",\"size\":$((64 << 20))}" >/dev/null
+jr "$sock" bdev_pcache_create '{"name":"PC1","cache_bdev":"Pmem1","base_bdev":"Rbd1"}' >"$WORK/pc1.out" 2>&1
+check "a second pcache over the image is refused, naming the owner" \
+  grep -q "RBD image rbd/img0 belongs to another pcache (uuid=$uuid0" "$WORK/pc1.out"
+check "the refused pcache does not exist" no_bdev PC1
+check "delete PC0 with flush" jr "$sock" bdev_pcache_delete '{"name":"PC0","flush":true}'
+check "delete with flush released the image" not_owned
+check "now the second pcache takes the image" jr "$sock" bdev_pcache_create '{"name":"PC1","cache_bdev":"Pmem1","base_bdev":"Rbd1"}'
+uuid1=$(q bdev_get_bdevs '{"name":"PC1"}' "r[0]['uuid']")
+check "the owner key names PC1's cache" owner_has "uuid=$uuid1 name=PC1"
+stop_app tgt "$sock"
+check "PC1 went away clean (app stopped): the image is released" not_owned
+rm -f "$SHM.pmem1"
+
 for l in "$WORK"/tgt*.log "$WORK/bp.log"; do check "no crash in $(basename "$l")" no_crash "$l"; done
 
 finish
