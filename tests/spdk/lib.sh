@@ -98,6 +98,9 @@ bdevperf_ok() {
 # totals LOG: bdevperf's Total line, for messages.
 totals() { tr '\r' '\n' <"$1" | awk '/^ *Total *:/ {print $3 " IOPS, " $5 " failed/s"}'; }
 
+# quiet CMD...: CMD with its output (not its errors) thrown away.
+quiet() { "$@" >/dev/null; }
+
 # rpc SOCK ARGS...: rpc.py with the pcache plugin.
 rpc() { local sock=$1; shift; "${RPC_PY[@]}" -s "$sock" -t 600 --plugin pcache_rpc "$@"; }
 
@@ -117,6 +120,10 @@ if "result" in resp:
     print(eval(sys.argv[4]))
 PY
 }
+
+# pstat NAME KEY: one field of bdev_pcache_get_stats for pcache NAME (as
+# Python prints it; nothing if the call fails).
+pstat() { q bdev_pcache_get_stats "{\"name\":\"$1\"}" "r[0]['$2']"; }
 
 # A stack config: pmem bdev (created at $2 bytes), AIO base of $3 bytes, pcache PC0.
 stack_config() { # out pmem_size base_size [extra pcache params json]

@@ -206,17 +206,15 @@ JSON
 sock=$WORK/slow.sock
 if start_app slow "$sock" "$WORK/slow.log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x1 -z --json "$WORK/slow.json" \
     -q 32 -o 4096 -w randwrite -t 2; then
-  quiet() { "$@" >/dev/null 2>&1; }
   check "slow base: perform_tests completes" quiet jsonrpc "$sock" perform_tests
-  sget() { jsonrpc "$sock" bdev_pcache_get_stats '{"name":"PC0"}' 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['$1'])"; }
-  dirty=$(sget dirty_bytes)
+  dirty=$(pstat PC0 dirty_bytes)
   check "slow base: dirty data is left ($dirty bytes)" [ "${dirty:-0}" -gt $((4 << 20)) ]
   rpc "$sock" bdev_pcache_delete PC0 --flush >"$WORK/delete.out" 2>&1 &
   del=$!
-  waiting() { [ "$(sget flushes_waiting)" = 1 ]; }
+  waiting() { [ "$(pstat PC0 flushes_waiting)" = 1 ]; }
   check "get_stats shows the flush of the delete while it runs" until_ok 10 waiting
   # The estimate needs a measured drain rate: about a second of writeback.
-  eta_known() { eta=$(sget drain_eta_secs); [ -n "$eta" ] && [ "$eta" != None ]; }
+  eta_known() { eta=$(pstat PC0 drain_eta_secs); [ -n "$eta" ] && [ "$eta" != None ]; }
   check "and, once a rate is measured, the time left to drain" until_ok 10 eta_known
   echo "  (drain_eta_secs: $eta)"
 

@@ -21,8 +21,6 @@ sock=$WORK/bp.sock
 log=$WORK/bp.log
 start_app bp "$sock" "$log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x1 -z --json "$WORK/errors.json" \
   -q 32 -o 4096 -w verify -t 8 || { fail "bdevperf did not start"; finish; exit; }
-quiet() { "$@" >/dev/null 2>&1; }
-sget() { jr "$sock" bdev_pcache_get_stats '{"name":"PC0"}' 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['$1'])"; }
 inject() { "${RPC_PY[@]}" -s "$sock" bdev_error_inject_error EE_Base0 "$@" >/dev/null; }
 
 # Writes and flushes of writeback fail, a few hundred times over the run.
@@ -31,14 +29,14 @@ check "inject 20 flush failures into the base" inject flush failure -n 20
 out=$(jsonrpc "$sock" perform_tests 2>&1); rc=$?
 check "verify through PC0 completes while the base fails writes and flushes (rc $rc)" [ $rc -eq 0 ]
 check "no front-end I/O failed and no data mismatched" bdevperf_ok "$log"
-errs=$(sget writeback_errors)
+errs=$(pstat PC0 writeback_errors)
 check "writeback errors are counted ($errs)" [ "${errs:-0}" -gt 0 ]
-check "PC0 is still online" [ "$(sget state)" = online ]
+check "PC0 is still online" [ "$(pstat PC0 state)" = online ]
 # A flush fails while injected failures remain (it says so); retried, it
 # succeeds once they are used up.
 flush_ok() { jr "$sock" bdev_pcache_flush '{"name":"PC0"}' >/dev/null 2>&1; }
 check "bdev_pcache_flush puts everything on the base once it is healthy" until_ok 120 flush_ok
-check "PC0 is clean" [ "$(sget clean)" = True ]
+check "PC0 is clean" [ "$(pstat PC0 clean)" = True ]
 
 # A flush while the base fails every flush: the RPC fails and says why;
 # nothing is lost (it still succeeds once the base recovers).
@@ -60,7 +58,7 @@ check "bdev_pcache_flush fails while the base cannot flush" [ $frc -ne 0 ]
 check "and says why: $(tr -s '\n' ' ' <<<"$ferr" | cut -c1-160)" grep -qi "flush failed" <<<"$ferr"
 check "clear the injected errors" inject clear failure
 check "bdev_pcache_flush succeeds after the base recovered" jr "$sock" bdev_pcache_flush '{"name":"PC0"}'
-check "PC0 is clean again" [ "$(sget clean)" = True ]
+check "PC0 is clean again" [ "$(pstat PC0 clean)" = True ]
 
 stop_app bp "$sock"
 check "bdevperf exits cleanly" [ $? -eq 0 ]
@@ -89,9 +87,9 @@ check "inject 200 read failures into the base" inject read failure -n 200
 res=$(jsonrpc "$sock" perform_tests 2>&1)
 failed=$(python3 -c "import json,sys; print(sum(j.get('io_failed', 0) for j in json.loads(sys.argv[1])['results']))" "$res" 2>/dev/null)
 check "reads the base failed failed ($failed of them)" [ "${failed:-0}" -gt 0 ]
-rerr=$(sget base_read_errors)
+rerr=$(pstat PC0 base_read_errors)
 check "get_stats counts them (base_read_errors $rerr)" [ "${rerr:-0}" -ge 200 ]
-check "the rest was read and cached ($(sget fill_bytes) bytes filled)" [ "$(sget fill_bytes)" -gt 0 ]
+check "the rest was read and cached ($(pstat PC0 fill_bytes) bytes filled)" [ "$(pstat PC0 fill_bytes)" -gt 0 ]
 stop_app br "$sock"
 check "bdevperf (reads) exits cleanly" [ $? -eq 0 ]
 env LD_PRELOAD="$MODULE" "$SPDK_DIR/bin/spdk_dd" "${APP_ARGS[@]}" --json "$WORK/reads.json" --ib PC0 \

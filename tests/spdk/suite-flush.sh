@@ -32,18 +32,17 @@ sock=$WORK/bp.sock
 log=$WORK/bp.log
 start_app bp "$sock" "$log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x1 -z --json "$WORK/flush.json" \
   -j "$WORK/jobs.conf" -t 8 || { fail "bdevperf did not start"; finish; exit; }
-sget() { jr "$sock" bdev_pcache_get_stats '{"name":"PC0"}' 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['$1'])"; }
 
 timeout 60 python3 "$ROOT/tests/spdk/jsonrpc.py" "$sock" perform_tests >"$WORK/perform.out" 2>&1 &
 run=$!
-deferring() { [ "$(sget deferred_writes)" -gt 0 ]; }
+deferring() { [ "$(pstat PC0 deferred_writes)" -gt 0 ]; }
 check "the cache fills: writes wait for space" until_ok 6 deferring
 out=$(timeout 60 python3 "$ROOT/tests/spdk/jsonrpc.py" "$sock" bdev_pcache_flush '{"name":"PC0"}' 2>&1); rc=$?
 check "bdev_pcache_flush while writes wait for space returns true (rc $rc: $out)" [ $rc -eq 0 ]
 wait $run
 check "perform_tests completes: no I/O hangs" [ $? -eq 0 ]
 check "no write and no FLUSH failed" bdevperf_ok "$log"
-check "the FLUSH job ran ($(sget flush_ops) flushes seen by PC0)" [ "$(sget flush_ops)" -gt 0 ]
+check "the FLUSH job ran ($(pstat PC0 flush_ops) flushes seen by PC0)" [ "$(pstat PC0 flush_ops)" -gt 0 ]
 stop_app bp "$sock"
 check "bdevperf exits cleanly" [ $? -eq 0 ]
 check "no panic or internal error in the log" no_crash "$log"

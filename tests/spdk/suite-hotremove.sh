@@ -5,14 +5,11 @@
 # with bdevperf writing through the pcache when a bdev goes away.
 source "$(dirname "$0")/lib.sh"
 
-quiet() { "$@" >/dev/null; }
-# jr SOCK METHOD [PARAMS]: jsonrpc bounded to 10 s.
-stat() { q bdev_pcache_get_stats "{\"name\":\"$1\"}" "r[0]['$2']"; }
 # absent NAME: bdev_get_bdevs -b NAME is answered with an error.
 absent() { [[ $(jr "$sock" bdev_get_bdevs "{\"name\":\"$1\"}" 2>/dev/null) == ERROR* ]]; }
 alive() { jr "$sock" rpc_get_methods >/dev/null 2>&1; }
-# until_ok SECONDS CMD...: polls CMD until it succeeds.
-state_is() { [ "$(stat "$1" state)" = "$2" ]; }
+# state_is NAME STATE: get_stats shows pcache NAME in STATE.
+state_is() { [ "$(pstat "$1" state)" = "$2" ]; }
 
 # 1. spdk_tgt, no I/O: malloc base, pmem, PC0.
 sock=$WORK/tgt.sock

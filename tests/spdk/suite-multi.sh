@@ -24,7 +24,6 @@ log=$WORK/bp.log
 # No -T: bdevperf runs a job on every bdev nothing sits on (PC0 and PC1).
 start_app bp "$sock" "$log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x3 -C -z --json "$WORK/multi.json" \
   -q 16 -o 4096 -w verify -t 10 || { fail "bdevperf did not start"; finish; exit; }
-sget() { jr "$sock" bdev_pcache_get_stats "{\"name\":\"$1\"}" 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['$2'])"; }
 check "PC1 sits on a 512-byte-block base (block_size $(jr "$sock" bdev_get_bdevs '{"name":"PC1"}' | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['block_size'])"))" \
   [ "$(jr "$sock" bdev_get_bdevs '{"name":"PC1"}' | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['block_size'])")" = 512 ]
 
@@ -48,13 +47,13 @@ check "no I/O failed and verify found no mismatch on either pcache" bdevperf_ok 
 jobs_seen() { tr '\r' '\n' <"$log" | grep -c "Job: PC[01] "; }
 check "bdevperf ran jobs on both pcaches ($(jobs_seen) job lines)" [ "$(jobs_seen)" -ge 2 ]
 for pc in PC0 PC1; do
-  w=$(sget $pc write_ops); r=$(( $(sget $pc read_hit_ops) + $(sget $pc read_miss_ops) ))
+  w=$(pstat $pc write_ops); r=$(( $(pstat $pc read_hit_ops) + $(pstat $pc read_miss_ops) ))
   check "$pc served writes ($w) and reads ($r)" both_positive "${w:-0}" "$r"
 done
-check "PC1's tiny cache ran GC ($(sget PC1 gc_ksets) ksets) and writeback ($(sget PC1 writeback_bytes) bytes)" \
-  [ "$(sget PC1 gc_ksets)" -gt 0 ]
-check "no data CRC error on PC1" [ "$(sget PC1 data_crc_errors)" = 0 ]
-check "gc_percent is back to 70 on both" [ "$(sget PC0 gc_percent)-$(sget PC1 gc_percent)" = 70-70 ]
+check "PC1's tiny cache ran GC ($(pstat PC1 gc_ksets) ksets) and writeback ($(pstat PC1 writeback_bytes) bytes)" \
+  [ "$(pstat PC1 gc_ksets)" -gt 0 ]
+check "no data CRC error on PC1" [ "$(pstat PC1 data_crc_errors)" = 0 ]
+check "gc_percent is back to 70 on both" [ "$(pstat PC0 gc_percent)-$(pstat PC1 gc_percent)" = 70-70 ]
 stop_app bp "$sock"
 check "bdevperf exits cleanly" [ $? -eq 0 ]
 check "no panic or internal error in the log" no_crash "$log"

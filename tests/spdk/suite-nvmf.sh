@@ -39,7 +39,6 @@ sock=$WORK/nvmf.sock
 log=$WORK/nvmf.log
 start_app nvmf "$sock" "$log" "$SPDK_DIR/bin/nvmf_tgt" "${APP_ARGS[@]}" -m 0x1 --json "$WORK/nvmf.json" \
   || { fail "nvmf_tgt start"; finish; exit; }
-quiet() { "$@" >/dev/null; }
 check "nvmf_tgt finished loading its config" quiet jsonrpc "$sock" framework_wait_init
 subs=$(jsonrpc "$sock" nvmf_get_subsystems 2>/dev/null)
 check "$NQN exports PC0 and listens on 127.0.0.1:$PORT" python3 - "$subs" "$NQN" "$PORT" <<'PY'

@@ -16,8 +16,6 @@ truncate -s $((64 << 20)) "$WORK/base4.img"
 start_app tgt "$sock" "$log" "$SPDK_DIR/bin/spdk_tgt" "${APP_ARGS[@]}" -m 0x1 || { fail "spdk_tgt start"; finish; exit; }
 
 aio() { "${RPC_PY[@]}" -s "$sock" bdev_aio_create "$1" "$2" 4096 >/dev/null; }
-# stat NAME KEY: one field of bdev_pcache_get_stats for NAME.
-stat() { q bdev_pcache_get_stats "{\"name\":\"$1\"}" "r[0]['$2']"; }
 # bdev NAME PYEXPR: PYEXPR over bdev_get_bdevs' entry `b` for NAME.
 bdev() { q bdev_get_bdevs "{\"name\":\"$1\"}" "(lambda b: $2)(r[0])"; }
 # absent NAME: bdev_get_bdevs -b NAME fails.
@@ -48,9 +46,9 @@ rpc_err() {
 # each BAD value is refused with an error naming KEY.
 live_option() {
   local key=$1 flag=$2 def=$3 val=$4 bad; shift 4
-  check "get_stats: $key defaults to $def" [ "$(stat PC0 "$key")" = "$def" ]
+  check "get_stats: $key defaults to $def" [ "$(pstat PC0 "$key")" = "$def" ]
   ok "bdev_pcache_set_options PC0 $flag $val" bdev_pcache_set_options PC0 "$flag" "$val"
-  check "get_stats: $key $val" [ "$(stat PC0 "$key")" = "$val" ]
+  check "get_stats: $key $val" [ "$(pstat PC0 "$key")" = "$val" ]
   check "save_config keeps $key" saved "\"$key\": $val"
   for bad in "$@"; do rpc_err "set_options $flag $bad" "$key" bdev_pcache_set_options PC0 "$flag" "$bad"; done
 }
@@ -69,7 +67,7 @@ raw_err() {
 wait_state() {
   local end=$((SECONDS + 5))
   while [ $SECONDS -le $end ]; do
-    [ "$(stat "$1" state)" = "$2" ] && return 0
+    [ "$(pstat "$1" state)" = "$2" ] && return 0
     sleep 0.1
   done
   echo "  ($1: $(q bdev_pcache_get_stats "{\"name\":\"$1\"}" "r[0]"))"
@@ -84,7 +82,6 @@ gone() {
   done
   return 1
 }
-quiet() { "$@" >/dev/null; }
 alive() { jr "$sock" rpc_get_methods >/dev/null 2>&1; }
 
 echo "# life cycle"
@@ -92,15 +89,15 @@ ok "bdev_pmem_create of a new file (-s)" bdev_pmem_create "$SHM.pmem0" -n Pmem0 
 check "bdev_aio_create Base0 (256 MiB)" aio "$WORK/base0.img" Base0
 ok "bdev_pcache_create PC0 -c Pmem0 -b Base0" bdev_pcache_create PC0 -c Pmem0 -b Base0
 pc0_uuid=$(bdev PC0 "b['uuid']")
-check "get_stats shows PC0's uuid ($pc0_uuid), the one bdev_get_bdevs has" [ "$(stat PC0 uuid)" = "$pc0_uuid" ]
+check "get_stats shows PC0's uuid ($pc0_uuid), the one bdev_get_bdevs has" [ "$(pstat PC0 uuid)" = "$pc0_uuid" ]
 # saved PATTERN: save_config's output holds PATTERN.
 saved() { local c; c=$("${RPC_PY[@]}" -s "$sock" save_config) && grep -q -- "$1" <<<"$c"; }
 check "save_config writes PC0's uuid" saved "\"uuid\": \"$pc0_uuid\""
 check "PC0 was formatted (new pmem file)" grep -q "PC0: formatted Pmem0 for base Base0" "$log"
-check "get_stats: state online" [ "$(stat PC0 state)" = online ]
-check "get_stats: cache_bdev Pmem0" [ "$(stat PC0 cache_bdev)" = Pmem0 ]
-check "get_stats: base_bdev Base0" [ "$(stat PC0 base_bdev)" = Base0 ]
-segs=$(stat PC0 segs_total)
+check "get_stats: state online" [ "$(pstat PC0 state)" = online ]
+check "get_stats: cache_bdev Pmem0" [ "$(pstat PC0 cache_bdev)" = Pmem0 ]
+check "get_stats: base_bdev Base0" [ "$(pstat PC0 base_bdev)" = Base0 ]
+segs=$(pstat PC0 segs_total)
 check "get_stats: segs_total > 0 ($segs)" [ "${segs:-0}" -gt 0 ]
 check "bdev_get_bdevs -b PC0: driver_specific.pcache has dirty_bytes, segs_used, clean" \
   [ "$(bdev PC0 "all(k in b['driver_specific']['pcache'] for k in ('dirty_bytes','segs_used','clean','key_head'))")" = True ]
@@ -111,44 +108,44 @@ check "PC0 has the base's num_blocks ($pc_blocks = $base_blocks)" [ "${pc_blocks
 check "PC0 has the base's block_size" [ "$(bdev PC0 "b['block_size']")" = 4096 ]
 check "get_stats without a name lists PC0" [ "$(q bdev_pcache_get_stats '' "[s['name'] for s in r]")" = "['PC0']" ]
 ok "bdev_pcache_set_options PC0 -g 40" bdev_pcache_set_options PC0 -g 40
-check "get_stats: gc_percent 40" [ "$(stat PC0 gc_percent)" = 40 ]
-check "get_stats: writeback_batch_bytes defaults to 32 MiB" [ "$(stat PC0 writeback_batch_bytes)" = 33554432 ]
+check "get_stats: gc_percent 40" [ "$(pstat PC0 gc_percent)" = 40 ]
+check "get_stats: writeback_batch_bytes defaults to 32 MiB" [ "$(pstat PC0 writeback_batch_bytes)" = 33554432 ]
 ok "bdev_pcache_set_options PC0 -W 1048576" bdev_pcache_set_options PC0 -W 1048576
-check "get_stats: writeback_batch_bytes 1048576" [ "$(stat PC0 writeback_batch_bytes)" = 1048576 ]
+check "get_stats: writeback_batch_bytes 1048576" [ "$(pstat PC0 writeback_batch_bytes)" = 1048576 ]
 check "save_config keeps writeback_batch_bytes" saved '"writeback_batch_bytes": 1048576'
 rpc_err "set_options -W 0" "writeback_batch_bytes" bdev_pcache_set_options PC0 -W 0
-check "get_stats: seq_cutoff_bytes defaults to 1 MiB" [ "$(stat PC0 seq_cutoff_bytes)" = 1048576 ]
+check "get_stats: seq_cutoff_bytes defaults to 1 MiB" [ "$(pstat PC0 seq_cutoff_bytes)" = 1048576 ]
 ok "bdev_pcache_set_options PC0 -S 0" bdev_pcache_set_options PC0 -S 0
-check "get_stats: seq_cutoff_bytes 0" [ "$(stat PC0 seq_cutoff_bytes)" = 0 ]
+check "get_stats: seq_cutoff_bytes 0" [ "$(pstat PC0 seq_cutoff_bytes)" = 0 ]
 check "save_config keeps seq_cutoff_bytes" saved '"seq_cutoff_bytes": 0'
 rpc_err "set_options -S -1" "seq_cutoff_bytes" bdev_pcache_set_options PC0 -S -1
 ok "bdev_pcache_set_options PC0 -S 4194304" bdev_pcache_set_options PC0 -S 4194304
 live_option base_lag_secs -L 30 5 -1 86401
-check "get_stats: promotion defaults to nhit" [ "$(stat PC0 promotion)" = nhit ]
+check "get_stats: promotion defaults to nhit" [ "$(pstat PC0 promotion)" = nhit ]
 live_option promotion_hits -H 3 5 1 256
 ok "bdev_pcache_set_options PC0 -P always" bdev_pcache_set_options PC0 -P always
 check "get_stats: promotion always, no hits" \
-  [ "$(stat PC0 promotion)" = always ] && [ "$(q bdev_pcache_get_stats '{"name":"PC0"}' "'promotion_hits' in r[0]")" = False ]
+  [ "$(pstat PC0 promotion)" = always ] && [ "$(q bdev_pcache_get_stats '{"name":"PC0"}' "'promotion_hits' in r[0]")" = False ]
 check "save_config keeps promotion always" saved '"promotion": "always"'
 raw_err "set_options promotion lru" 'promotion .*lru.* is not one of' bdev_pcache_set_options '{"name":"PC0","promotion":"lru"}'
 raw_err "set_options always with hits" 'nhit' bdev_pcache_set_options '{"name":"PC0","promotion":"always","promotion_hits":3}'
-check "get_stats: counts promotion_declined_ops" [ "$(stat PC0 promotion_declined_ops)" = 0 ]
+check "get_stats: counts promotion_declined_ops" [ "$(pstat PC0 promotion_declined_ops)" = 0 ]
 live_option max_dirty_percent -D 100 40 0 101
-check "get_stats: a clean cache's base is 0 ms behind" [ "$(stat PC0 base_behind_ms)" = 0 ]
+check "get_stats: a clean cache's base is 0 ms behind" [ "$(pstat PC0 base_behind_ms)" = 0 ]
 check "get_stats: counts writeback_kept_bytes and gc_moved_bytes" \
-  [ "$(stat PC0 writeback_kept_bytes)" = 0 ] && [ "$(stat PC0 gc_moved_bytes)" = 0 ]
-check "get_stats: cache_mode writeback on a new cache" [ "$(stat PC0 cache_mode)" = writeback ]
-check "get_stats: no mode transition" [ "$(stat PC0 cache_mode_transition)" = False ]
+  [ "$(pstat PC0 writeback_kept_bytes)" = 0 ] && [ "$(pstat PC0 gc_moved_bytes)" = 0 ]
+check "get_stats: cache_mode writeback on a new cache" [ "$(pstat PC0 cache_mode)" = writeback ]
+check "get_stats: no mode transition" [ "$(pstat PC0 cache_mode_transition)" = False ]
 ok "bdev_pcache_set_options PC0 -m writearound" bdev_pcache_set_options PC0 -m writearound
-check "get_stats: cache_mode writearound" [ "$(stat PC0 cache_mode)" = writearound ]
+check "get_stats: cache_mode writearound" [ "$(pstat PC0 cache_mode)" = writearound ]
 check "bdev_get_bdevs: cache_mode writearound" \
   [ "$(bdev PC0 "b['driver_specific']['pcache']['cache_mode']")" = writearound ]
 check "save_config writes cache_mode" saved '"cache_mode": "writearound"'
 rpc_err "set_options -m bogus (refused by the plugin)" "cache.mode" bdev_pcache_set_options PC0 -m bogus
 ok "bdev_pcache_flush PC0 returns" bdev_pcache_flush PC0
-check "PC0 is clean after the flush" [ "$(stat PC0 clean)" = True ]
-check "get_stats: a clean cache drains in 0 s (drain_eta_secs)" [ "$(stat PC0 drain_eta_secs)" = 0 ]
-rates_shown() { [ -n "$(stat PC0 writeback_bytes_per_sec)" ] && [ -n "$(stat PC0 base_writes_per_sec)" ]; }
+check "PC0 is clean after the flush" [ "$(pstat PC0 clean)" = True ]
+check "get_stats: a clean cache drains in 0 s (drain_eta_secs)" [ "$(pstat PC0 drain_eta_secs)" = 0 ]
+rates_shown() { [ -n "$(pstat PC0 writeback_bytes_per_sec)" ] && [ -n "$(pstat PC0 base_writes_per_sec)" ]; }
 check "get_stats: writeback rates are reported" rates_shown
 ok "bdev_pcache_delete PC0" bdev_pcache_delete PC0
 check "bdev_get_bdevs -b PC0 fails after the delete" absent PC0
@@ -158,11 +155,11 @@ echo "# load versus format"
 ok "bdev_pcache_create PC0 again over the same bdevs" bdev_pcache_create PC0 -c Pmem0 -b Base0
 check "the second create loaded the cache (log: PC0: loaded Pmem0 and replayed)" grep -q "PC0: loaded Pmem0 and replayed" "$log"
 check "and did not format it again" [ "$(grep -c "PC0: formatted Pmem0" "$log")" = 1 ]
-check "the loaded PC0 is online" [ "$(stat PC0 state)" = online ]
+check "the loaded PC0 is online" [ "$(pstat PC0 state)" = online ]
 check "the loaded PC0 has the uuid recorded at format" [ "$(bdev PC0 "b['uuid']")" = "$pc0_uuid" ]
-check "the loaded PC0 kept its cache mode (writearound)" [ "$(stat PC0 cache_mode)" = writearound ]
+check "the loaded PC0 kept its cache mode (writearound)" [ "$(pstat PC0 cache_mode)" = writearound ]
 ok "bdev_pcache_set_options PC0 -m writeback" bdev_pcache_set_options PC0 -m writeback
-check "get_stats: cache_mode writeback again" [ "$(stat PC0 cache_mode)" = writeback ]
+check "get_stats: cache_mode writeback again" [ "$(pstat PC0 cache_mode)" = writeback ]
 ok "bdev_pcache_delete PC0 (second time)" bdev_pcache_delete PC0
 other=11111111-2222-4333-8444-555555555555
 rpc_err "loading Pmem0 with another uuid is refused, naming both" "$other.*$pc0_uuid" \
@@ -184,29 +181,29 @@ ok "bdev_pcache_delete PC1" bdev_pcache_delete PC1
 rpc_err "Pmem0 now belongs to Base1: PC0 over Base0 is refused" "does not match" bdev_pcache_create PC0 -c Pmem0 -b Base0
 ok "PC0 over Base0 with -f" bdev_pcache_create PC0 -c Pmem0 -b Base0 -f
 check "a new format made a new uuid" [ "$(bdev PC0 "b['uuid']")" != "$pc0_uuid" ]
-check "PC0 is online again" [ "$(stat PC0 state)" = online ]
+check "PC0 is online again" [ "$(pstat PC0 state)" = online ]
 
 echo "# waiting for bdevs"
 ok "bdev_pcache_create PCW before Pmem1 and Base2 exist" bdev_pcache_create PCW -c Pmem1 -b Base2
-check "get_stats: PCW is waiting for its bdevs" [ "$(stat PCW state)" = "waiting for its bdevs" ]
-check "get_stats: the waiting PCW names its bdevs" [ "$(stat PCW cache_bdev)/$(stat PCW base_bdev)" = Pmem1/Base2 ]
+check "get_stats: PCW is waiting for its bdevs" [ "$(pstat PCW state)" = "waiting for its bdevs" ]
+check "get_stats: the waiting PCW names its bdevs" [ "$(pstat PCW cache_bdev)/$(pstat PCW base_bdev)" = Pmem1/Base2 ]
 check "bdev_get_bdevs -b PCW fails while it waits" absent PCW
 ok "bdev_pmem_create Pmem1" bdev_pmem_create "$SHM.pmem1" -n Pmem1 -s $PMEM_SIZE
-check "PCW still waits with only Pmem1" [ "$(stat PCW state)" = "waiting for its bdevs" ]
+check "PCW still waits with only Pmem1" [ "$(pstat PCW state)" = "waiting for its bdevs" ]
 check "bdev_aio_create Base2" aio "$WORK/base2.img" Base2
 check "PCW comes online once both exist" wait_state PCW online
 check "bdev_get_bdevs -b PCW answers" [ "$(bdev PCW "b['name']")" = PCW ]
 ok "bdev_pcache_create PCX over bdevs that do not exist" bdev_pcache_create PCX -c NoPmem -b NoBase
-check "PCX is waiting" [ "$(stat PCX state)" = "waiting for its bdevs" ]
+check "PCX is waiting" [ "$(pstat PCX state)" = "waiting for its bdevs" ]
 rpc_err "delete --flush of the waiting PCX is refused (nothing can be written back)" "not online" \
   bdev_pcache_delete PCX --flush
-check "PCX is still configured after the refused delete" [ "$(stat PCX state)" = "waiting for its bdevs" ]
+check "PCX is still configured after the refused delete" [ "$(pstat PCX state)" = "waiting for its bdevs" ]
 ok "bdev_pcache_delete of the waiting PCX" bdev_pcache_delete PCX
 rpc_err "get_stats -b PCX fails after the delete (-19)" '"code": -19' bdev_pcache_get_stats -b PCX
 ok "bdev_pcache_delete PCW (online)" bdev_pcache_delete PCW
 check "bdev_aio_create Base4" aio "$WORK/base4.img" Base4
 ok "bdev_pcache_create PCY before its pmem bdev (Base4 exists, Pmem2 not)" bdev_pcache_create PCY -c Pmem2 -b Base4
-check "PCY is waiting" [ "$(stat PCY state)" = "waiting for its bdevs" ]
+check "PCY is waiting" [ "$(pstat PCY state)" = "waiting for its bdevs" ]
 ok "bdev_pmem_create Pmem2" bdev_pmem_create "$SHM.pmem2" -n Pmem2 -s $PMEM_SIZE
 check "PCY comes online when its pmem bdev is the last to appear" wait_state PCY online
 ok "bdev_pcache_delete PCY" bdev_pcache_delete PCY
@@ -244,7 +241,7 @@ raw_err "create with cache_mode \"writeforward\"" "cache_mode" bdev_pcache_creat
   '{"name":"X","cache_bdev":"Pmem0","base_bdev":"Base0","cache_mode":"writeforward"}'
 raw_err "set_options with cache_mode 1" "cache_mode" bdev_pcache_set_options '{"name":"PC0","cache_mode":1}'
 raw_err "set_options with cache_mode \"WriteBack\"" "cache_mode" bdev_pcache_set_options '{"name":"PC0","cache_mode":"WriteBack"}'
-check "PC0 is still writeback after the refused switches" [ "$(stat PC0 cache_mode)" = writeback ]
+check "PC0 is still writeback after the refused switches" [ "$(pstat PC0 cache_mode)" = writeback ]
 check "bdev_aio_create Base3 (spare)" aio "$WORK/base1.img" Base3
 check "bdev_malloc_create Malloc0" quiet spdk bdev_malloc_create -b Malloc0 32 4096
 rpc_err "cache_bdev that is an AIO bdev" "not a pmem bdev" bdev_pcache_create X -c Base3 -b Malloc0
@@ -271,7 +268,7 @@ rpc_err "bdev_pcache_flush of an unknown name (-19)" '"code": -19' bdev_pcache_f
 rpc_err "bdev_pcache_get_stats of an unknown name (-19)" '"code": -19' bdev_pcache_get_stats -b NoSuch
 check "after the bad input: rpc_get_methods answers" alive
 check "after the bad input: PC0 still exists" [ "$(bdev PC0 "b['name']")" = PC0 ]
-check "after the bad input: PC0 is online with gc_percent unchanged" [ "$(stat PC0 state)/$(stat PC0 gc_percent)" = online/70 ]
+check "after the bad input: PC0 is online with gc_percent unchanged" [ "$(pstat PC0 state)/$(pstat PC0 gc_percent)" = online/70 ]
 check "after the bad input: no pcache X was left behind" no_pcache X
 ok "the refused creates released their claims: PCV over Pmem1 and Base3 (-f)" \
   bdev_pcache_create PCV -c Pmem1 -b Base3 -f
@@ -288,7 +285,7 @@ if [ $rc -eq 0 ]; then
   check "PCV comes back online" wait_state PCV online
   check "PCV loaded its cache rather than formatting it (log)" grep -q "PCV: loaded Pmem1 and replayed" "$log"
 else
-  check "the refused delete left PCV online" [ "$(stat PCV state)" = online ]
+  check "the refused delete left PCV online" [ "$(pstat PCV state)" = online ]
 fi
 ok "bdev_pcache_delete PCV" bdev_pcache_delete PCV
 
@@ -300,13 +297,13 @@ rpc_err "create with seg_size 3 MiB" "seg_size.*power of two" bdev_pcache_create
 rpc_err "create with seg_size 32 KiB" "seg_size" bdev_pcache_create PC6 -c Pmem6 -b Base6 -z 32768
 rpc_err "create with seg_size 2 GiB" "seg_size" bdev_pcache_create PC6 -c Pmem6 -b Base6 -z $((2 << 30))
 ok "a 128 MiB pmem bdev formats without a segment size" bdev_pcache_create PC6 -c Pmem6 -b Base6
-check "it got 8 MiB segments ($(stat PC6 seg_size))" [ "$(stat PC6 seg_size)" = $((8 << 20)) ]
+check "it got 8 MiB segments ($(pstat PC6 seg_size))" [ "$(pstat PC6 seg_size)" = $((8 << 20)) ]
 check "save_config writes seg_size" saved '"seg_size": 8388608'
 ok "bdev_pcache_delete PC6" bdev_pcache_delete PC6
 rpc_err "loading it with another seg_size is refused" "segment size 1048576" \
   bdev_pcache_create PC6 -c Pmem6 -b Base6 -z $((1 << 20))
 ok "-f formats it with seg_size 1 MiB" bdev_pcache_create PC6 -c Pmem6 -b Base6 -z $((1 << 20)) -f
-check "it has 1 MiB segments" [ "$(stat PC6 seg_size)" = $((1 << 20)) ]
+check "it has 1 MiB segments" [ "$(pstat PC6 seg_size)" = $((1 << 20)) ]
 ok "bdev_pcache_delete PC6 (again)" bdev_pcache_delete PC6
 ok "bdev_pmem_delete Pmem6" bdev_pmem_delete Pmem6
 
@@ -315,7 +312,7 @@ null_create() { "${RPC_PY[@]}" -s "$sock" bdev_null_create Null0 $((64 << 20)) 4
 check "bdev_null_create Null0 of 64 TiB" null_create
 ok "bdev_pmem_create Pmem7" bdev_pmem_create "$SHM.pmem7" -n Pmem7 -s $PMEM_SIZE
 ok "bdev_pcache_create PC7 over the 64 TiB base" bdev_pcache_create PC7 -c Pmem7 -b Null0
-idx=$(stat PC7 index_dram_bytes)
+idx=$(pstat PC7 index_dram_bytes)
 check "its index holds $idx bytes of DRAM: under 4 MiB per TiB" [ "${idx:-999999999999}" -lt $((64 * (4 << 20))) ]
 check "PC7 has the base's size" [ "$(bdev PC7 "b['num_blocks']")" = $((64 << 40 >> 12)) ]
 ok "bdev_pcache_delete PC7" bdev_pcache_delete PC7
@@ -331,7 +328,7 @@ aio_del() { "${RPC_PY[@]}" -s "$sock" bdev_aio_delete "$1" >/dev/null; }
 ok "bdev_pmem_create Pmem5" bdev_pmem_create "$SHM.pmem5" -n Pmem5 -s $PMEM_SIZE
 check "bdev_aio_create Base5 with uuid $u5" aio_u Base5 $u5
 ok "bdev_pcache_create PC5 -c Pmem5 -b Base5" bdev_pcache_create PC5 -c Pmem5 -b Base5
-check "get_stats shows the base's uuid" [ "$(stat PC5 base_uuid)" = $u5 ]
+check "get_stats shows the base's uuid" [ "$(pstat PC5 base_uuid)" = $u5 ]
 ok "bdev_pcache_delete PC5" bdev_pcache_delete PC5
 check "bdev_aio_delete Base5" aio_del Base5
 check "the same file as BaseR, same uuid" aio_u BaseR $u5
