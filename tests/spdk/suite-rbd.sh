@@ -126,6 +126,8 @@ stop_app bp "$bsock"
 # (Not compared with rbd export here: reads of the image right after the
 # OSD's restart crashed this BlueStore-on-a-file OSD on an assert,
 # req.bl.length() == req.r_len, or stalled with its aio off.)
+check "the OSD is running again" bash -c 'kill -0 "$(cat "$1")"' _ "$CEPH/run/osd.0.pid"
+
 # 6. Ownership: the image records the pcache whose cache may hold its data
 #    (image metadata pcache.owner); a second pcache over the same image is
 #    refused, naming it, until the first is deleted with flush.
