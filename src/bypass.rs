@@ -47,6 +47,7 @@ use crate::journal::Journal;
 use crate::shared::Shared;
 use crate::spinlock::{Padded, SpinLock};
 use crate::writeback::WB_FULL_MARGIN;
+use smallvec::SmallVec;
 
 /// Sequential run after which a stream's writes bypass the cache (bcache's
 /// sequential_cutoff; 0 turns bypass off).
@@ -76,10 +77,11 @@ impl Stream {
     }
 }
 
-/// Bypassed writes completed, and how many of them a completed base flush covers.
+/// How many bypassed writes (counted in the counters' bypass_writes, per
+/// thread, so that reactors do not bounce one line) a completed base flush
+/// covers.
 #[derive(Debug, Default)]
 struct Bypassed {
-    done: AtomicU64,
     flushed: AtomicU64,
     /// A base flush for them is in flight (see Bypasses::flush).
     flushing: AtomicBool,
@@ -151,12 +153,16 @@ impl Bypasses {
         }
         // GC drops a kset's keys from the index before it persists key_tail
         // past the kset: in between, replay would bring them back over what
-        // this write puts on the base. No bypass while a GC pass runs.
-        let _gc = gc.try_hold()?;
+        // this write puts on the base. No bypass while a GC pass runs: none
+        // may have begun before the index is checked nor ended after.
+        let passes = gc.passes();
+        if passes % 2 == 1 {
+            return None;
+        }
         // Register the range in every subtree it touches, all locked at once
         // (in ascending order, as everywhere), if none holds a key over it.
         let (first, last) = (Index::subtree_of(off), Index::subtree_of(off + len - 1));
-        let mut locked: Vec<_> = (first..=last).map(|i| s.index.lock(i)).collect();
+        let mut locked: SmallVec<[_; 2]> = (first..=last).map(|i| s.index.lock(i)).collect();
         let mut at = off;
         for t in &locked {
             // A walk stays inside its subtree.
@@ -167,6 +173,9 @@ impl Bypasses {
                 return None;
             }
             at += piece;
+        }
+        if gc.passes() != passes {
+            return None;
         }
         for t in &mut locked {
             t.bypass.push((off, off + len));
@@ -179,12 +188,14 @@ impl Bypasses {
     /// that read the base meanwhile are dropped. Wakes writes that waited.
     pub fn end(&self, s: &Shared, b: Bypass, ok: bool) {
         let (first, last) = (Index::subtree_of(b.off), Index::subtree_of(b.off + b.len - 1));
+        let mut waited = false;
         for i in first..=last {
             let mut t = s.index.lock(i);
             if let Some(p) = t.bypass.iter().position(|&r| r == (b.off, b.off + b.len)) {
                 t.bypass.swap_remove(p);
             }
             t.version += 1;
+            waited |= std::mem::take(&mut t.bypass_waited);
         }
         if ok {
             let c = s.counters.local();
@@ -193,15 +204,16 @@ impl Bypasses {
             if b.when_full {
                 c.add(|s| &s.bypass_full_writes, 1);
             }
-            self.done.done.fetch_add(1, Ordering::AcqRel);
         }
-        s.segs.wake();
+        if waited {
+            s.segs.wake();
+        }
     }
 
     /// Bypassed writes completed and not yet covered by a base flush (see
     /// [`crate::Cache::bypass_flush_target`]).
-    pub fn flush_target(&self) -> Option<u64> {
-        let done = self.done.done.load(Ordering::Acquire);
+    pub fn flush_target(&self, s: &Shared) -> Option<u64> {
+        let done = s.counters.total(|c| &c.bypass_writes);
         (done > self.done.flushed.load(Ordering::Acquire)).then_some(done)
     }
 
@@ -218,8 +230,8 @@ impl Bypasses {
 
     /// Flushes the base for the bypassed writes completed so far, unless a
     /// flush for them is in flight (see [`crate::Cache::flush_bypassed`]).
-    pub fn flush(&self, base: &dyn BaseDevice) -> bool {
-        let Some(target) = self.flush_target() else { return false };
+    pub fn flush(&self, s: &Shared, base: &dyn BaseDevice) -> bool {
+        let Some(target) = self.flush_target(s) else { return false };
         if self.done.flushing.swap(true, Ordering::AcqRel) {
             return true;
         }

@@ -503,7 +503,7 @@ impl Cache {
 
     /// Holds off GC passes while the guard lives, as a running pass does (tests).
     #[doc(hidden)]
-    pub fn gc_pass_for_tests(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub fn gc_pass_for_tests(&self) -> impl Drop + '_ {
         self.gc.hold()
     }
 
@@ -576,7 +576,7 @@ impl Cache {
     /// FLUSH of the cache must flush the base too, then call
     /// [`Cache::bypass_flushed`] with the value returned. None: no need.
     pub fn bypass_flush_target(&self) -> Option<u64> {
-        self.bypass.flush_target()
+        self.bypass.flush_target(&self.s)
     }
 
     /// Records a completed base flush submitted after `target` bypassed
@@ -591,7 +591,7 @@ impl Cache {
     /// wait (a flush is needed or in flight); a failed flush counts as a
     /// writeback error.
     pub fn flush_bypassed(&self, base: &dyn BaseDevice) -> bool {
-        self.bypass.flush(base)
+        self.bypass.flush(&self.s, base)
     }
 }
 

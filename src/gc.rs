@@ -38,6 +38,10 @@ const KSETS_PER_STEP: usize = 64;
 pub(crate) struct Gc {
     /// Held by the one GC pass that may run at a time.
     pass: Mutex<()>,
+    /// Odd while a pass runs: moved at both ends of every pass, so that a
+    /// bypass can see that none ran while it checked the index without
+    /// taking `pass` (a lock every reactor's bypasses would bounce).
+    passes: AtomicU64,
     /// Bytes passes may still move (relocate::MoveCredit), carried from
     /// pass to pass.
     /// Changed only by the pass holding `pass`.
@@ -86,13 +90,20 @@ impl Gc {
     /// Holds off GC passes while the guard lives, as a running pass does
     /// (tests; and bypass.rs, which must not run beside a pass). None: a
     /// pass runs.
-    pub fn try_hold(&self) -> Option<MutexGuard<'_, ()>> {
-        self.pass.try_lock().ok()
+    pub fn try_hold(&self) -> Option<Pass<'_>> {
+        self.pass.try_lock().ok().map(|g| Pass::new(g, &self.passes))
     }
 
     /// Waits for a running pass to end and holds off the next ones.
-    pub fn hold(&self) -> MutexGuard<'_, ()> {
-        lock(&self.pass)
+    pub fn hold(&self) -> Pass<'_> {
+        Pass::new(lock(&self.pass), &self.passes)
+    }
+
+    /// A count of passes begun and ended: odd while one runs. Read it
+    /// before and after a check under the index's locks; the same even
+    /// value both times means no pass ran in between (see [`Pass`]).
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Acquire)
     }
 
     /// Reclaims up to a bounded number of ksets while segments in use reach
@@ -157,6 +168,28 @@ impl Gc {
             s.segs.note_relieved();
         }
         Ok(n)
+    }
+}
+
+/// A running GC pass (or a hold on passes). `passes` is moved before the
+/// pass touches the index and again after it persisted key_tail; as the
+/// pass changes the index under its subtree locks, whoever takes such a
+/// lock after the pass took keys out sees `passes` moved.
+pub(crate) struct Pass<'a> {
+    _lock: MutexGuard<'a, ()>,
+    passes: &'a AtomicU64,
+}
+
+impl<'a> Pass<'a> {
+    fn new(lock: MutexGuard<'a, ()>, passes: &'a AtomicU64) -> Self {
+        passes.fetch_add(1, Ordering::AcqRel);
+        Pass { _lock: lock, passes }
+    }
+}
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        self.passes.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -131,6 +131,9 @@ pub struct Subtree {
     pub version: u64,
     /// Ranges a sequential bypass is writing to the base (see bypass.rs).
     pub(crate) bypass: Vec<(u64, u64)>,
+    /// A write found one of `bypass` in its way and waits: the bypass's
+    /// end must wake it.
+    pub(crate) bypass_waited: bool,
 }
 
 impl Default for Subtree {
@@ -143,6 +146,7 @@ impl Default for Subtree {
             len: 0,
             version: 0,
             bypass: Vec::new(),
+            bypass_waited: false,
         }
     }
 }
@@ -371,6 +375,14 @@ impl Subtree {
     /// Whether a sequential bypass is writing any of `[start, end)` to the base.
     pub fn bypassing(&self, start: u64, end: u64) -> bool {
         self.bypass.iter().any(|&(s, e)| s < end && start < e)
+    }
+
+    /// Like [`Subtree::bypassing`], for a write that will wait if so: the
+    /// bypass's end then wakes waiting writes.
+    pub(crate) fn bypass_blocks(&mut self, start: u64, end: u64) -> bool {
+        let b = self.bypassing(start, end);
+        self.bypass_waited |= b;
+        b
     }
 
     /// Walks `[start, end)`: `hit(off, extent, skip, n)` for cached pieces (skip = bytes

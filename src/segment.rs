@@ -87,6 +87,9 @@ pub struct SegmentTable {
     /// Writes are waiting for space: set by whoever found none, cleared
     /// once a data segment could be had again or GC freed some.
     short: AtomicBool,
+    /// `shared.free.len()`, stored whenever it changes (under the lock): every
+    /// write asks how full the cache is, and the lock bounced between reactors.
+    free_n: AtomicU32,
     notifier: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
@@ -134,6 +137,7 @@ impl SegmentTable {
             reserve,
             space_epoch: AtomicU64::new(0),
             short: AtomicBool::new(false),
+            free_n: AtomicU32::new(0),
             notifier: Mutex::new(None),
         })
     }
@@ -154,6 +158,7 @@ impl SegmentTable {
         sh.free = (0..self.geo.seg_count)
             .filter(|&s| self.refs[s as usize].load(Ordering::Relaxed) == 0 && !held.contains(&s))
             .collect();
+        self.free_n.store(sh.free.len() as u32, Ordering::Release);
         self.repair_due.store(!sh.degraded.is_empty(), Ordering::Release);
     }
 
@@ -183,6 +188,7 @@ impl SegmentTable {
                 sh.degraded.pop();
                 if held {
                     sh.free.push_back(seg);
+                    self.free_n.store(sh.free.len() as u32, Ordering::Release);
                     freed = true;
                 }
                 n += 1;
@@ -247,6 +253,7 @@ impl SegmentTable {
             return None;
         }
         let seg = sh.free.pop_front()?;
+        self.free_n.store(sh.free.len() as u32, Ordering::Release);
         self.refs[seg as usize].store(1, Ordering::Release);
         Some(seg)
     }
@@ -280,6 +287,7 @@ impl SegmentTable {
             sh.meta[seg as usize].store(media, |r| format::seg_meta_body(r, seg, gen))?;
             self.gens[seg as usize].store(gen, Ordering::Release);
             sh.free.push_back(seg);
+            self.free_n.store(sh.free.len() as u32, Ordering::Release);
         }
         self.space_epoch.fetch_add(1, Ordering::AcqRel);
         if let Some(n) = self.notifier.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
@@ -289,7 +297,7 @@ impl SegmentTable {
     }
 
     pub fn free_count(&self) -> u32 {
-        self.lock().free.len() as u32
+        self.free_n.load(Ordering::Acquire)
     }
 
     pub fn used_count(&self) -> u32 {

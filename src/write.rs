@@ -330,11 +330,11 @@ impl<'a> Front<'a> {
     /// only if the subtree has not changed since (read fills). Returns whether
     /// the key went in.
     pub(crate) fn insert_key(&self, key: KeyRecord, expect_version: Option<u64>, kset: usize) -> Result<bool> {
-        let t = self.s.index.lock(Index::subtree_of(key.off));
+        let mut t = self.s.index.lock(Index::subtree_of(key.off));
         if expect_version.is_some_and(|v| v != t.version) {
             return Ok(false);
         }
-        if t.bypassing(key.off, key.off + key.len as u64) {
+        if t.bypass_blocks(key.off, key.off + key.len as u64) {
             return Err(bypass_busy());
         }
         let slot = self.prepare_slot(t, self.journal.kset(kset))?;
@@ -354,8 +354,8 @@ impl<'a> Front<'a> {
     /// Locks the subtree of a key at `off` and open kset `kset`, and prepares
     /// the kset (see prepare_slot). The caller counts the key's dirty bytes.
     fn key_slot(&self, off: u64, len: u32, kset: usize) -> Result<KeySlot<'a>> {
-        let t = self.s.index.lock(Index::subtree_of(off));
-        if t.bypassing(off, off + len as u64) {
+        let mut t = self.s.index.lock(Index::subtree_of(off));
+        if t.bypass_blocks(off, off + len as u64) {
             return Err(bypass_busy());
         }
         self.prepare_slot(t, self.journal.kset(kset))

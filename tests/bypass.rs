@@ -162,6 +162,18 @@ fn writes_over_a_bypass_in_flight_wait_for_it() {
     assert!(got == want, "the later cached write reads over the bypassed data");
 }
 
+/// Ending a bypass no write waited for wakes nobody: the wake moves a
+/// counter every reactor's deferred writes watch.
+#[test]
+fn a_bypass_nobody_waited_for_wakes_nothing() {
+    let (base, cache) = setup();
+    let b = bypass_after_a_stream(&cache, &base);
+    let epoch = cache.space_epoch();
+    base_write(&base, 4 * IO, write_data(5, 4 * IO / 512, IO / 512));
+    cache.end_bypass(b, true);
+    assert_eq!(cache.space_epoch(), epoch);
+}
+
 /// Only writes that overlap a bypass in flight wait for it: ones just
 /// before it, in the same subtree, go in at once, as a write, as zeroes
 /// (ending where it starts) and in a batch.
