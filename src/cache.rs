@@ -362,7 +362,7 @@ impl Cache {
         self.wb.step(
             &self.front(),
             base,
-            self.gc_needs_room() && self.cache_mode().completes_in_cache() && !self.over_dirty_cap(),
+            self.keep_needs_room() && self.cache_mode().completes_in_cache() && !self.over_dirty_cap(),
             self.settled(),
         )
     }
@@ -373,10 +373,14 @@ impl Cache {
         self.s.segs.used_percent() >= (self.gc_percent() as u32).saturating_sub(writeback::WB_FULL_MARGIN)
     }
 
-    /// Whether GC wants space now: segments in use at its threshold, or
-    /// writes waiting.
-    fn gc_needs_room(&self) -> bool {
-        self.s.segs.is_short() || self.s.segs.used_percent() >= self.gc_percent() as u32
+    /// Whether dirty data of the open epoch must move to make room (see
+    /// [`writeback::keep_room`]): segments in use at gc_percent and data
+    /// writes about to run out of free segments, or writes waiting.
+    fn keep_needs_room(&self) -> bool {
+        let segs = &self.s.segs;
+        segs.is_short()
+            || (segs.used_percent() >= self.gc_percent() as u32
+                && segs.room_for_data() <= writeback::keep_room(&segs.geo, self.wb.batch_bytes()))
     }
 
     /// Journals every open kset (a FLUSH) and returns a ticket for
@@ -470,9 +474,9 @@ impl Cache {
             return None;
         }
         if self.wb.may_keep_at(self.journal.tails().dirty.seq) {
-            // Dirty data may stay: step when GC needs room (the step keeps
-            // what is live, a copy in pmem), else trickle to the base.
-            return (!self.gc_needs_room()).then_some(writeback::TRICKLE);
+            // Dirty data may stay: step when the hot set needs room (the
+            // step keeps what is live, a copy in pmem), else trickle to the base.
+            return (!self.keep_needs_room()).then_some(writeback::TRICKLE);
         }
         // A dirty cap below the GC threshold moves the pace's marks down.
         let ceiling = (self.gc_percent() as u32).min(self.max_dirty_percent() + writeback::WB_FULL_MARGIN);

@@ -21,7 +21,7 @@ use crate::write::Front;
 pub(crate) const MOVE_KSET: usize = 0;
 /// Bytes moving may cost, as a share (percent) of the bytes GC or writeback
 /// took: each of their steps frees at least the rest.
-const MOVE_MAX_PERCENT: u64 = 75;
+pub(crate) const MOVE_MAX_PERCENT: u64 = 75;
 /// The most credit carried from one step to the next, as a fraction (1/n)
 /// of the cache's data space.
 const MOVE_CREDIT_SHARE: u64 = 8;

@@ -243,7 +243,7 @@ impl SegmentTable {
     /// a few more for moved data: see [`Use`]).
     pub fn alloc(&self, use_: Use) -> Option<u32> {
         let mut sh = self.lock();
-        let moved = if self.geo.seg_count >= MOVE_RESERVE_MIN_SEGS { MOVE_RESERVE } else { 0 };
+        let moved = self.moved_reserve();
         let leave = match use_ {
             Use::Data => self.reserve + moved,
             Use::Moved => self.reserve,
@@ -298,6 +298,20 @@ impl SegmentTable {
 
     pub fn free_count(&self) -> u32 {
         self.free_n.load(Ordering::Acquire)
+    }
+
+    /// Free segments data writes may still take: they leave the key log's
+    /// reserve and moved data's (see [`SegmentTable::alloc`]).
+    pub fn room_for_data(&self) -> u32 {
+        self.free_count().saturating_sub(self.reserve + self.moved_reserve())
+    }
+
+    fn moved_reserve(&self) -> u32 {
+        if self.geo.seg_count >= MOVE_RESERVE_MIN_SEGS {
+            MOVE_RESERVE
+        } else {
+            0
+        }
     }
 
     pub fn used_count(&self) -> u32 {

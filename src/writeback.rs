@@ -21,7 +21,8 @@
 //!   batch's writes over (rewriting is idempotent); nothing is dropped.
 //!
 //!
-//! Keeping (relocate.rs): while GC needs room, a host's writeback tick may
+//! Keeping (relocate.rs): once data writes are about to run out of free
+//! segments ([`keep_room`]) or wait for space, a host's writeback tick may
 //! move the live dirty data of a batch in the open epoch to the log head
 //! instead of writing it, so that a hot set stays dirty in the cache the way
 //! it would in place, and the base gets only what outlives the lag. The
@@ -50,7 +51,8 @@ use crate::index::{Index, KsetTag};
 use crate::journal::Journal;
 use crate::keep::Keep;
 use crate::keylog::read_kset;
-use crate::relocate::{move_piece, next_live_piece, MoveCredit, Moved, MOVE_KSET};
+use crate::relocate::{move_piece, next_live_piece, MoveCredit, Moved, MOVE_KSET, MOVE_MAX_PERCENT};
+use crate::segment::Geometry;
 use crate::shared::{lock, Shared};
 use crate::write::Front;
 
@@ -76,6 +78,20 @@ pub const DEFAULT_BATCH_BYTES: u64 = 32 << 20;
 /// A batch is kept only if later writes overwrote at least this share (in
 /// percent) of its dirty bytes: the sign of a hot set.
 const KEEP_MIN_OVERWRITTEN: u64 = 40;
+/// Free segments left to data writes at which writeback starts keeping dirty
+/// data (moving it to the log head) rather than let it wait: room for what
+/// a batch of `batch_bytes` may move (relocate::MOVE_MAX_PERCENT of it)
+/// before GC frees its segments, and at least 2 % of the cache. GC never
+/// passes dirty_tail, so until then a hot set that is rewritten faster than
+/// the base lags simply stays where it is and the log grows over the space
+/// above gc_percent; each kset GC reaches later holds less live data (a hot
+/// set half a 1 GiB cache moved 1.1 bytes per byte written when keeping
+/// began at gc_percent 70, 0.5 when it began with the cache nearly full).
+pub fn keep_room(geo: &Geometry, batch_bytes: u64) -> u32 {
+    let moves = (batch_bytes * MOVE_MAX_PERCENT / 100).div_ceil(geo.payload() as u64) as u32;
+    (moves + 1).max(geo.seg_count / 50).max(KEEP_ROOM_MIN_SEGS)
+}
+const KEEP_ROOM_MIN_SEGS: u32 = 2;
 /// How long the base may lag behind the cache by default (see Keep).
 pub const DEFAULT_BASE_LAG: Duration = Duration::from_secs(30);
 /// The default (and highest) cap of dirty data: none but space.
