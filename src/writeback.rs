@@ -75,6 +75,13 @@ const RUN_BYTES: u64 = 1 << 20;
 const KSETS_PER_STEP: usize = 32;
 /// Default cap of a batch's dirty bytes (before superseded bytes are dropped).
 pub const DEFAULT_BATCH_BYTES: u64 = 32 << 20;
+/// How long a batch should take at most, its writes sent at full speed:
+/// GC frees nothing of a batch until it ends, so writes waiting for space
+/// wait for a whole batch. Over a base that answers in milliseconds (an RBD
+/// image) a batch of DEFAULT_BATCH_BYTES took seconds.
+const BATCH_TIME: Duration = Duration::from_millis(100);
+/// The smallest cap that time sets.
+const MIN_BATCH_BYTES: u64 = 1 << 20;
 /// A batch is kept only if later writes overwrote at least this share (in
 /// percent) of its dirty bytes: the sign of a hot set.
 const KEEP_MIN_OVERWRITTEN: u64 = 40;
@@ -111,6 +118,9 @@ struct Inflight {
     pending: AtomicUsize,
     bytes: AtomicU64,
     failed: AtomicBool,
+    /// Base writes completed, and their latencies summed (microseconds).
+    done: AtomicU64,
+    latency_us: AtomicU64,
 }
 
 /// Where a piece of a batch's data comes from.
@@ -193,6 +203,9 @@ pub(crate) struct Writeback {
     state: Mutex<WbState>,
     keep: Mutex<Keep>,
     batch_bytes: AtomicU64,
+    /// Dirty bytes per second a batch drains when its writes go at full
+    /// speed, from recent batches (see [`Writeback::batch_cap`]); 0 before any.
+    full_speed_rate: AtomicU64,
     /// Dirty data (percent of the cache) past which writeback keeps nothing
     /// and runs at full speed under a busy front end (100: no cap).
     max_dirty_pct: AtomicU32,
@@ -226,6 +239,7 @@ impl Writeback {
             state: Mutex::default(),
             keep: Mutex::new(Keep::new(lag)),
             batch_bytes: AtomicU64::new(batch_bytes),
+            full_speed_rate: AtomicU64::new(0),
             max_dirty_pct: AtomicU32::new(max_dirty_pct.clamp(1, MAX_DIRTY_PERCENT)),
             absorbed_pct: AtomicU32::new(ABSORBED_UNKNOWN),
             events: Default::default(),
@@ -240,6 +254,35 @@ impl Writeback {
 
     pub fn set_batch_bytes(&self, bytes: u64) {
         self.batch_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The cap of the next batch: batch_bytes, or less where the base is
+    /// slow enough that a batch would take longer than [`BATCH_TIME`] at
+    /// full speed (never below [`MIN_BATCH_BYTES`]).
+    pub fn batch_cap(&self) -> u64 {
+        let cap = self.batch_bytes();
+        match self.full_speed_rate.load(Ordering::Relaxed) {
+            0 => cap,
+            rate => cap.min((rate as u128 * BATCH_TIME.as_micros() / 1_000_000) as u64).max(MIN_BATCH_BYTES.min(cap)),
+        }
+    }
+
+    /// Folds a written batch into the full-speed rate: its `dirty` bytes,
+    /// `runs` base writes and their mean latency, as long as it would have
+    /// taken with WINDOW_RUNS of them in flight at once, its base flush
+    /// aside. Measured from latencies, not the clock, as a paced writeback
+    /// spaces its steps out.
+    fn note_batch(&self, dirty: u64, runs: usize, io: &Inflight) {
+        let n = io.done.load(Ordering::Acquire);
+        if n == 0 || runs == 0 {
+            return;
+        }
+        let mean_us = (io.latency_us.load(Ordering::Acquire) / n).max(1);
+        let took_us = runs.div_ceil(WINDOW_RUNS) as u64 * mean_us;
+        let rate = dirty.saturating_mul(1_000_000) / took_us;
+        let old = self.full_speed_rate.load(Ordering::Relaxed);
+        // Half the weight to the newest batch.
+        self.full_speed_rate.store(if old == 0 { rate } else { old / 2 + rate / 2 }, Ordering::Relaxed);
     }
 
     /// Dirty data, in percent of the cache, that writeback lets build up
@@ -369,6 +412,7 @@ impl Writeback {
                     // Nothing reached the base: nothing to make durable.
                     return self.finish(s, journal, batch);
                 }
+                self.note_batch(batch.dirty, runs.len(), &io);
                 let io = Arc::new(Inflight { pending: AtomicUsize::new(1), ..Inflight::default() });
                 s.counters.local().add(|c| &c.base_flushes, 1);
                 base.flush(completion(io.clone(), 0));
@@ -416,7 +460,7 @@ impl Writeback {
     /// epoch, the cap, or the log head.
     fn collect(&self, s: &Shared, journal: &Journal, batch: &mut Batch) -> Result<()> {
         let head = journal.head();
-        let cap = self.batch_bytes();
+        let cap = self.batch_cap();
         for _ in 0..KSETS_PER_STEP {
             let pos = batch.end;
             if pos.seq >= head.seq {
@@ -715,9 +759,13 @@ fn advance(src: Src, by: u32) -> Src {
 }
 
 fn completion(io: Arc<Inflight>, bytes: u64) -> crate::base::Done {
+    let sent = Instant::now();
     Box::new(move |r: Result<()>| {
         if r.is_err() {
             io.failed.store(true, Ordering::Release);
+        } else if bytes > 0 {
+            io.latency_us.fetch_add(sent.elapsed().as_micros() as u64, Ordering::AcqRel);
+            io.done.fetch_add(1, Ordering::AcqRel);
         }
         io.bytes.fetch_sub(bytes, Ordering::AcqRel);
         io.pending.fetch_sub(1, Ordering::AcqRel);

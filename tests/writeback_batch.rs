@@ -387,3 +387,54 @@ fn an_observer_hears_each_batch_start_and_end() {
     let retired: u64 = heard.iter().filter(|(k, _)| *k == 'd').map(|(_, b)| b).sum();
     assert_eq!((written, retired), (96 * 512, 96 * 512));
 }
+
+/// Over a slow base a batch is capped to what writeback drains in about
+/// 100 ms at full speed (writeback.rs, BATCH_TIME): GC frees nothing of a
+/// batch until it ends, so writes waiting for space would wait for it all.
+/// Over a fast base the configured cap holds.
+#[test]
+fn a_slow_base_gets_batches_it_drains_quickly() {
+    const BLOCKS: u64 = 1024;
+    // Every other 4 KiB block, so that no two writes merge into one run.
+    let fill = |cache: &Cache, id: u64, from: u64| {
+        for b in 0..BLOCKS {
+            let first = (from + 2 * b) * 8;
+            assert_eq!(cache.write_buf(0, first * 512, &write_data(id, first, 8)).unwrap(), WriteOutcome::Done);
+        }
+        cache.flush_expired_ksets().unwrap();
+    };
+    let size = 8 * BLOCKS * 4096;
+    let second_batch = |base: &MemBase| {
+        let media = Arc::new(MemMedia::new(media_len(512)));
+        let mut cfg = config(size, 1);
+        cfg.kset_flush_interval = Duration::ZERO;
+        let cache = open(media as Arc<dyn Media>, &cfg);
+        fill(&cache, 1, 0);
+        until_batches(&cache, base, 1);
+        let before = cache.stats().writeback_bytes;
+        fill(&cache, 2, 2 * BLOCKS);
+        until_batches(&cache, base, 2);
+        cache.stats().writeback_bytes - before
+    };
+    let all = BLOCKS * 4096;
+    assert_eq!(second_batch(&base(size as usize)), all, "a fast base: one batch takes it all");
+
+    // Every base write takes about 20 ms: 1024 of them, 64 at once, 320 ms.
+    let slow = Arc::new(MemBase::device(size as usize, 512, 1));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (slow, stop) = (slow.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                slow.hold_completions(true);
+                std::thread::sleep(Duration::from_millis(20));
+                slow.hold_completions(false);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let got = second_batch(&slow);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    ticker.join().unwrap();
+    assert!(got <= all / 2, "a slow base: the next batch is capped, {got} of {all} bytes");
+}
