@@ -203,8 +203,8 @@ pub(crate) struct Writeback {
     state: Mutex<WbState>,
     keep: Mutex<Keep>,
     batch_bytes: AtomicU64,
-    /// Dirty bytes per second a batch drains when its writes go at full
-    /// speed, from recent batches (see [`Writeback::batch_cap`]); 0 before any.
+    /// Bytes per second a batch writes when its writes go at full speed,
+    /// from recent batches (see [`Writeback::batch_cap`]); 0 before any.
     full_speed_rate: AtomicU64,
     /// Dirty data (percent of the cache) past which writeback keeps nothing
     /// and runs at full speed under a busy front end (100: no cap).
@@ -261,25 +261,31 @@ impl Writeback {
     /// full speed (never below [`MIN_BATCH_BYTES`]).
     pub fn batch_cap(&self) -> u64 {
         let cap = self.batch_bytes();
-        match self.full_speed_rate.load(Ordering::Relaxed) {
-            0 => cap,
-            rate => cap.min((rate as u128 * BATCH_TIME.as_micros() / 1_000_000) as u64).max(MIN_BATCH_BYTES.min(cap)),
+        let rate = self.full_speed_rate.load(Ordering::Relaxed);
+        if rate == 0 {
+            return cap;
         }
+        // The rate is of bytes written; what later writes overwrote costs
+        // no base write, so a batch of dirty bytes writes only the rest.
+        let absorbed = self.absorbed_percent().unwrap_or(0).min(95) as u128;
+        let written = rate as u128 * BATCH_TIME.as_micros() / 1_000_000;
+        let dirty = (written * 100 / (100 - absorbed)).min(u64::MAX as u128) as u64;
+        cap.min(dirty).max(MIN_BATCH_BYTES.min(cap))
     }
 
-    /// Folds a written batch into the full-speed rate: its `dirty` bytes,
+    /// Folds a written batch into the full-speed rate: its `written` bytes,
     /// `runs` base writes and their mean latency, as long as it would have
     /// taken with WINDOW_RUNS of them in flight at once, its base flush
     /// aside. Measured from latencies, not the clock, as a paced writeback
     /// spaces its steps out.
-    fn note_batch(&self, dirty: u64, runs: usize, io: &Inflight) {
+    fn note_batch(&self, written: u64, runs: usize, io: &Inflight) {
         let n = io.done.load(Ordering::Acquire);
         if n == 0 || runs == 0 {
             return;
         }
         let mean_us = (io.latency_us.load(Ordering::Acquire) / n).max(1);
         let took_us = runs.div_ceil(WINDOW_RUNS) as u64 * mean_us;
-        let rate = dirty.saturating_mul(1_000_000) / took_us;
+        let rate = written.saturating_mul(1_000_000) / took_us;
         let old = self.full_speed_rate.load(Ordering::Relaxed);
         // Half the weight to the newest batch.
         self.full_speed_rate.store(if old == 0 { rate } else { old / 2 + rate / 2 }, Ordering::Relaxed);
@@ -412,7 +418,7 @@ impl Writeback {
                     // Nothing reached the base: nothing to make durable.
                     return self.finish(s, journal, batch);
                 }
-                self.note_batch(batch.dirty, runs.len(), &io);
+                self.note_batch(runs.iter().map(|r| r.len).sum(), runs.len(), &io);
                 let io = Arc::new(Inflight { pending: AtomicUsize::new(1), ..Inflight::default() });
                 s.counters.local().add(|c| &c.base_flushes, 1);
                 base.flush(completion(io.clone(), 0));
