@@ -59,29 +59,12 @@ run() {
   env LD_PRELOAD="$so" "$bp" "${app_args[@]}" -m 0x1 --json "$dir/cfg.json" -T "$1" \
     -q 32 -o 4096 -w randwrite -t "$secs" -z -r "$sock" >"$dir/last.log" 2>&1 &
   local pid=$!
-  python3 - "$sock" "$2" "$secs" <<'PY' || { kill -9 $pid; tail -20 "$dir/last.log" >&2; return 1; }
-import json, socket, sys, time
-path, pre, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def call(method, params=None):
-    for _ in range(600):
-        try:
-            s = socket.socket(socket.AF_UNIX); s.connect(path); break
-        except OSError:
-            time.sleep(0.1)
-    req = {"jsonrpc": "2.0", "id": 1, "method": method}
-    if params: req["params"] = params
-    s.sendall(json.dumps(req).encode()); buf = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk: raise SystemExit("bdevperf closed the connection")
-        buf += chunk
-        try: return json.loads(buf)
-        except ValueError: continue
-for t in (pre, secs):
-    r = call("perform_tests", {"time_in_sec": t})
-    if "error" in r: raise SystemExit(r["error"])
-call("spdk_kill_instance", {"sig_name": "SIGTERM"})
-PY
+  rpc() { python3 "$repo/tests/spdk/jsonrpc.py" "$sock" "$@" >/dev/null; }
+  for _ in $(seq 600); do [[ -S $sock ]] && break; sleep 0.1; done
+  if ! { rpc perform_tests '{"time_in_sec":'"$2"'}' && rpc perform_tests '{"time_in_sec":'"$secs"'}' &&
+    rpc spdk_kill_instance '{"sig_name":"SIGTERM"}'; }; then
+    kill -9 $pid; tail -20 "$dir/last.log" >&2; return 1
+  fi
   wait $pid || true
   # The last Total line is the timed run's: IOPS, MiB/s, Fail/s, TO/s, average, min, max (us).
   tr '\r' '\n' <"$dir/last.log" | awk '/^ *Total *:/ && $3 > 0 {v = $3 " " $7 " " $9} END {print v}'

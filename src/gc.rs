@@ -88,8 +88,7 @@ impl HitShare {
 
 impl Gc {
     /// Holds off GC passes while the guard lives, as a running pass does
-    /// (tests; and bypass.rs, which must not run beside a pass). None: a
-    /// pass runs.
+    /// (bypass.rs sees it in [`Gc::passes`]). None: a pass runs.
     pub fn try_hold(&self) -> Option<Pass<'_>> {
         self.pass.try_lock().ok().map(|g| Pass::new(g, &self.passes))
     }
