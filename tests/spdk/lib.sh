@@ -137,3 +137,14 @@ stack_config() { # out pmem_size base_size [extra pcache params json]
 ]}]}
 JSON
 }
+
+# fio_plugin: prints the path of SPDK's fio bdev plugin ($SPDK_FIO_PLUGIN,
+# else under $SPDK_DIR) when fio and the plugin are both there; fails if not.
+fio_plugin() {
+  command -v fio >/dev/null 2>&1 || return 1
+  local p
+  for p in ${SPDK_FIO_PLUGIN:-} "$SPDK_DIR/lib/fio/spdk_bdev" "$SPDK_DIR/build/fio/spdk_bdev" "$SPDK_DIR/fio/spdk_bdev"; do
+    [ -f "$p" ] && { echo "$p"; return 0; }
+  done
+  return 1
+}

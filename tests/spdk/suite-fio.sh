@@ -8,11 +8,7 @@
 # skipped (exit 77), not passed.
 source "$(dirname "$0")/lib.sh"
 
-plugin=${SPDK_FIO_PLUGIN:-}
-for p in "$SPDK_DIR/lib/fio/spdk_bdev" "$SPDK_DIR/build/fio/spdk_bdev" "$SPDK_DIR/fio/spdk_bdev"; do
-  [ -n "$plugin" ] || { [ -f "$p" ] && plugin=$p; }
-done
-if ! command -v fio >/dev/null 2>&1 || [ -z "$plugin" ]; then
+if ! plugin=$(fio_plugin); then
   echo "skipped: needs fio and SPDK's fio plugin (set SPDK_FIO_PLUGIN; SPDK built --with-fio)"
   exit 77
 fi

@@ -3,9 +3,12 @@
 # scripts/ceph-cluster.sh starts for the suite: the stack comes up from a
 # JSON config, data written through pcache reads back, a kill -9 loses
 # nothing pcache acknowledged before it, and once pcache is flushed the image
-# read without pcache (`rbd export`) is exactly what pcache serves; with
-# the OSD away for a while under writes, no write fails and a flush
-# completes once it is back; the image names the pcache that owns it, and
+# read without pcache (`rbd export`) is exactly what pcache serves; fio
+# killed with -9 in the middle of writeback leaves the image a prefix of its
+# FLUSH epochs (tests/spdk/epochs.py) and pcache serving all it flushed; with
+# the OSD away for a while under writes, no write fails, a flush completes
+# once it is back, and the image then holds what pcache serves; the image
+# names the pcache that owns it, and
 # a second pcache over it is refused until the first is deleted with flush.
 # Skipped where Ceph's daemons or SPDK's bdev_rbd are missing.
 source "$(dirname "$0")/lib.sh"
@@ -105,8 +108,48 @@ image_part "$WORK/i2.bin" 0 $((16 << 20))
 check "the flushed image equals what pcache serves (rbd export)" cmp -s "$WORK/want.bin" "$WORK/i2.bin"
 stop_app tgt "$sock"
 
-# 5. The OSD goes away for 6 s while bdevperf writes through pcache: no
-#    write fails, and once the OSD is back a flush completes.
+# 5. kill -9 in the middle of writeback: fio (SPDK's plugin, the app here)
+#    writes FLUSH epochs over a 16 MiB region of a fresh image through a
+#    32 MiB cache, each epoch 8 MiB of random blocks with its own pattern,
+#    and is killed while RBD is still catching up. The image read without
+#    pcache must be a prefix of the epochs; the restarted pcache must serve
+#    every epoch whose FLUSH completed; flushed, the image equals it.
+if ! plugin=$(fio_plugin); then
+  echo "  skipped: kill -9 in the middle of writeback needs fio and SPDK's fio plugin (SPDK built --with-fio)"
+else
+  rbd -c "$conf" create --size 64 rbd/epochs >>"$WORK/export.log" 2>&1
+  sed 's/"rbd_name":"img0"/"rbd_name":"epochs"/; s/"size":67108864/"size":33554432/; s/"name":"PC0"/"name":"PCE"/
+       s|'"$SHM"'.pmem"|'"$SHM"'.pmeme"|' "$WORK/stack.json" >"$WORK/epochs.json"
+  mkdir -p "$WORK/ep"
+  python3 "$ROOT/tests/spdk/epochs.py" job "$WORK/ep/epochs.fio" "$WORK/epochs.json" PCE 100 16 8
+  (cd "$WORK/ep" && exec env LD_PRELOAD="$plugin $MODULE" fio epochs.fio) >"$WORK/ep/fio.log" 2>&1 &
+  fio_pid=$!
+  sleep 12
+  check "fio still writing epochs when killed ($(ls "$WORK"/ep/e*.iolog 2>/dev/null | wc -l) started)" kill -0 "$fio_pid"
+  kill -9 "$fio_pid"; wait "$fio_pid" 2>/dev/null
+  edd() { env LD_PRELOAD="$MODULE" "$DD" "${APP_ARGS[@]}" --json "$WORK/epochs.json" "$@" >>"$WORK/dd.log" 2>&1; }
+  timeout 120 rbd -c "$conf" export --no-progress rbd/epochs "$WORK/ep/image.bin" >>"$WORK/export.log" 2>&1
+  prefix() { python3 "$ROOT/tests/spdk/epochs.py" check "$1" "$WORK/ep" 16 ${2:-}; }
+  out=$(prefix "$WORK/ep/image.bin"); rc=$?
+  check "after kill -9 the image (rbd export) is a prefix of FLUSH epochs: $out" [ $rc -eq 0 ]
+  edd --ib PCE --of "$WORK/ep/served.bin" --bs 65536 --count 256
+  out=$(prefix "$WORK/ep/served.bin" --flushed-kept); rc=$?
+  check "the restarted pcache serves every epoch whose FLUSH completed: $out" [ $rc -eq 0 ]
+  start_app tgt "$sock" "$WORK/tgt-ep.log" "$SPDK_DIR/bin/spdk_tgt" "${APP_ARGS[@]}" -m 0x1 --json "$WORK/epochs.json" \
+    || { fail "spdk_tgt restarts over the epochs image"; finish; exit; }
+  check "flush RPC" bash -c 'timeout 120 python3 "$1" "$2" bdev_pcache_flush "{\"name\":\"PCE\"}" >/dev/null' \
+    _ "$ROOT/tests/spdk/jsonrpc.py" "$sock"
+  check "delete PCE with flush" quiet jr "$sock" bdev_pcache_delete '{"name":"PCE","flush":true}'
+  stop_app tgt "$sock"
+  timeout 120 rbd -c "$conf" export --no-progress rbd/epochs "$WORK/ep/image2.bin" >>"$WORK/export.log" 2>&1
+  check "flushed, the image equals what the restarted pcache served" \
+    cmp -s "$WORK/ep/served.bin" <(head -c $((16 << 20)) "$WORK/ep/image2.bin")
+  rm -f "$SHM.pmeme"
+fi
+
+# 6. The OSD goes away for 6 s while bdevperf writes through pcache: no
+#    write fails, once the OSD is back a flush completes, and then the
+#    image holds what pcache serves.
 bsock=$WORK/bp.sock
 start_app bp "$bsock" "$WORK/bp.log" "$SPDK_DIR/bin/bdevperf" "${APP_ARGS[@]}" -m 0x1 -z --json "$WORK/stack.json" \
   -T PC0 -q 32 -o 4096 -w randwrite -t 20 || { fail "bdevperf over RBD starts"; finish; exit; }
@@ -123,12 +166,13 @@ check "bdevperf's 20 s of writes end without an error, the OSD away for 6 s of t
 check "flush RPC once the OSD is back" bash -c 'timeout 120 python3 "$1" "$2" bdev_pcache_flush "{\"name\":\"PC0\"}" >/dev/null' \
   _ "$ROOT/tests/spdk/jsonrpc.py" "$bsock"
 stop_app bp "$bsock"
-# (Not compared with rbd export here: reads of the image right after the
-# OSD's restart crashed this BlueStore-on-a-file OSD on an assert,
-# req.bl.length() == req.r_len, or stalled with its aio off.)
 check "the OSD is running again" bash -c 'kill -0 "$(cat "$1")"' _ "$CEPH/run/osd.0.pid"
+dd_read "$WORK/s6.bin" 0 $((IMAGE_MIB << 8))
+image_part "$WORK/i6.bin" 0 $((IMAGE_MIB << 20))
+check "flushed after the OSD's absence, the image equals what pcache serves" cmp -s "$WORK/s6.bin" "$WORK/i6.bin"
+rm -f "$WORK/s6.bin" "$WORK/i6.bin" "$WORK/image.bin"
 
-# 6. Ownership: the image records the pcache whose cache may hold its data
+# 7. Ownership: the image records the pcache whose cache may hold its data
 #    (image metadata pcache.owner); a second pcache over the same image is
 #    refused, naming it, until the first is deleted with flush.
 owner() { rbd -c "$conf" image-meta get rbd/img0 pcache.owner 2>/dev/null; }
