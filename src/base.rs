@@ -9,6 +9,14 @@ use crate::error::{Error, Result};
 pub type Done = Box<dyn FnOnce(Result<()>) + Send>;
 pub type ReadDone = Box<dyn FnOnce(Vec<u8>, Result<()>) + Send>;
 
+/// `len` bytes of the cache media at byte `off`: where a piece of cached
+/// data lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MediaRange {
+    pub off: u64,
+    pub len: u32,
+}
+
 pub trait BaseDevice: Send + Sync {
     fn size(&self) -> u64;
     fn block_size(&self) -> u32;
@@ -29,6 +37,16 @@ pub trait BaseDevice: Send + Sync {
         fill(&mut data)?;
         self.write(offset, data, done);
         Ok(())
+    }
+    /// Writes the cache media's `parts`, back to back, at `offset`, the base
+    /// taking the bytes straight from the media instead of a copy. The
+    /// engine stores nothing into those ranges until `done` is called (the
+    /// log never writes over data writeback has not finished with). Returns
+    /// `done` uncalled when this base cannot reach the media's memory; the
+    /// engine then copies through [`write_from`](BaseDevice::write_from).
+    fn write_media(&self, offset: u64, parts: &[MediaRange], done: Done) -> std::result::Result<(), Done> {
+        let _ = (offset, parts);
+        Err(done)
     }
     /// Writes `len` zero bytes at `offset` (a zero key's writeback). Bases
     /// with a cheaper way (SPDK's write_zeroes) override it.

@@ -9,7 +9,10 @@
 //!   completions from that thread. Writes and flushes can fail, at once or
 //!   late, and a write that fails late may have written any of its blocks.
 //!   A write submitted over bytes another write in flight covers panics:
-//!   either could land last, so a host must never do that.
+//!   either could land last, so a host must never do that. Given the cache
+//!   media ([`MemBase::read_media_from`]), it takes writeback's data from
+//!   there, and ends the process if those bytes change before the write
+//!   lands.
 //!
 //! Either way a flush makes durable exactly the writes that completed before
 //! the flush was submitted, and [`MemBase::crash_image`] is what a power cut
@@ -24,8 +27,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::base::{BaseDevice, Done, ReadDone};
+use crate::base::{BaseDevice, Done, MediaRange, ReadDone};
 use crate::error::{Error, Result};
+use crate::pmem::Media;
 
 /// Injected failures (per mille of the I/Os of each kind).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -64,12 +68,18 @@ struct State {
     stop: bool,
     /// Completions held back (device mode): I/O stays in flight.
     held: bool,
+    /// The cache media that `write_media` takes data from (none: the
+    /// engine copies).
+    media: Option<Arc<dyn Media>>,
 }
 
 enum Op {
     Write {
         off: u64,
         data: Vec<u8>,
+        /// For a write taken from the media: the ranges `data` was read
+        /// from, read again when the write lands.
+        from: Option<Vec<MediaRange>>,
         fail: bool,
         done: Done,
     },
@@ -124,6 +134,7 @@ impl MemBase {
                 rng: SmallRng::seed_from_u64(seed ^ 0x5eed_ba5e),
                 stop: false,
                 held: false,
+                media: None,
             }),
             wake: Condvar::new(),
         })
@@ -168,6 +179,15 @@ impl MemBase {
     /// Makes every later write fail with an I/O error (a dying disk), or not.
     pub fn set_fail_writes(&self, fail: bool) {
         self.set_faults(if fail { Faults::DEAD_WRITES } else { Faults::default() });
+    }
+
+    /// Lets writeback hand this device ranges of `media` instead of copies
+    /// (`write_media`), as a base that reads the cache's memory itself
+    /// does. The data is read when the write is submitted and again when it
+    /// lands, and a difference panics: the engine stored into a range a base
+    /// write was still reading.
+    pub fn read_media_from(&self, media: Arc<dyn Media>) {
+        self.lock().media = Some(media);
     }
 
     /// Holds back every completion until released (device mode), so a test
@@ -248,16 +268,15 @@ impl BaseDevice for MemBase {
         self.block_size
     }
     fn write(&self, offset: u64, data: Vec<u8>, done: Done) {
-        let (fail, at_once) = {
-            let mut s = self.lock();
-            let p = s.faults.write_fail_per_mille;
-            let fail = draw(&mut s.rng, p);
-            (fail, fail && (!self.is_device() || s.rng.next_u64() & 1 == 0))
-        };
-        if at_once {
-            return done(Err(Error::Io(format!("base write at {offset} failed (injected)"))));
+        self.write_op(offset, data, None, done)
+    }
+    fn write_media(&self, offset: u64, parts: &[MediaRange], done: Done) -> std::result::Result<(), Done> {
+        let Some(media) = self.lock().media.clone() else { return Err(done) };
+        match read_ranges(&*media, parts) {
+            Ok(data) => self.write_op(offset, data, Some(parts.to_vec()), done),
+            Err(e) => done(Err(e)),
         }
-        self.submit(Op::Write { off: offset, data, fail, done });
+        Ok(())
     }
     fn flush(&self, done: Done) {
         let (upto, fail, at_once) = {
@@ -274,6 +293,32 @@ impl BaseDevice for MemBase {
     fn read(&self, offset: u64, buf: Vec<u8>, done: ReadDone) {
         self.submit(Op::Read { off: offset, buf, done });
     }
+}
+
+impl MemBase {
+    fn write_op(&self, offset: u64, data: Vec<u8>, from: Option<Vec<MediaRange>>, done: Done) {
+        let (fail, at_once) = {
+            let mut s = self.lock();
+            let p = s.faults.write_fail_per_mille;
+            let fail = draw(&mut s.rng, p);
+            (fail, fail && (!self.is_device() || s.rng.next_u64() & 1 == 0))
+        };
+        if at_once {
+            return done(Err(Error::Io(format!("base write at {offset} failed (injected)"))));
+        }
+        self.submit(Op::Write { off: offset, data, from, fail, done });
+    }
+}
+
+/// The bytes of `parts`, back to back.
+fn read_ranges(media: &dyn Media, parts: &[MediaRange]) -> Result<Vec<u8>> {
+    let mut data = vec![0u8; parts.iter().map(|p| p.len as usize).sum()];
+    let mut at = 0;
+    for p in parts {
+        media.read(p.off, &mut data[at..at + p.len as usize])?;
+        at += p.len as usize;
+    }
+    Ok(data)
 }
 
 /// A completion to call once the state's lock is released.
@@ -294,7 +339,15 @@ impl Completion {
 /// Carries out `op` on the device's contents.
 fn apply(s: &mut State, op: Op, block_size: u32) -> Completion {
     match op {
-        Op::Write { off, data, fail, done } => {
+        Op::Write { off, data, from, fail, done } => {
+            if let (Some(parts), Some(media)) = (from, &s.media) {
+                // Checked on the device's thread, where a panic would only
+                // leave the host waiting: end the process instead.
+                if read_ranges(&**media, &parts).ok().as_ref() != Some(&data) {
+                    eprintln!("membase: the media under a base write at {off} changed before the write landed");
+                    std::process::abort();
+                }
+            }
             let end = off as usize + data.len();
             if end > s.visible.len() {
                 return Completion::Io(done, Err(Error::Io(format!("base write beyond end at {off}"))));

@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::base::BaseDevice;
+use crate::base::{BaseDevice, MediaRange};
 use crate::error::{Error, Result};
 use crate::format::{data_crc, KeyRecord, LogPos, KEY_FLAG_CRC};
 use crate::index::{Index, KsetTag};
@@ -684,7 +684,26 @@ fn submit_run(s: &Shared, base: &dyn BaseDevice, run: &Run, io: &Arc<Inflight>) 
         base.write_zeroes(run.off, run.len, completion(io.clone(), run.len));
         return Ok(());
     }
-    // The data goes straight from pmem into the base's write buffer.
+    let mut done = completion(io.clone(), run.len);
+    // Without data CRCs to check first, the base takes the data straight
+    // from pmem where it can: the log does not reuse these bytes before
+    // the batch is finished.
+    let plain = |&(_, src): &(u32, Src)| matches!(src, Src::Key { key, .. } if key.flags & KEY_FLAG_CRC == 0);
+    if run.parts.iter().all(plain) {
+        let ranges: Vec<MediaRange> = run
+            .parts
+            .iter()
+            .map(|&(len, src)| match src {
+                Src::Key { key, skip } => MediaRange { off: s.geo.addr(key.seg, key.seg_off + skip), len },
+                Src::Zero => unreachable!("checked just above"),
+            })
+            .collect();
+        match base.write_media(run.off, &ranges, done) {
+            Ok(()) => return Ok(()),
+            Err(d) => done = d,
+        }
+    }
+    // Otherwise the data is copied from pmem into the base's write buffer.
     let mut fill = |buf: &mut [u8]| {
         let mut at = 0usize;
         for &(len, src) in &run.parts {
@@ -694,7 +713,7 @@ fn submit_run(s: &Shared, base: &dyn BaseDevice, run: &Run, io: &Arc<Inflight>) 
         }
         Ok(())
     };
-    let r = base.write_from(run.off, run.len as usize, &mut fill, completion(io.clone(), run.len));
+    let r = base.write_from(run.off, run.len as usize, &mut fill, done);
     if r.is_err() {
         io.pending.fetch_sub(1, Ordering::AcqRel);
         io.bytes.fetch_sub(run.len, Ordering::AcqRel);

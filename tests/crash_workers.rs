@@ -222,6 +222,10 @@ fn worker(seed: u64, w: usize, cache: &Cache, base: &pcache::MemBase, sh: &Share
 fn workload(seed: u64, points: Vec<u64>) -> (u64, u64, Vec<Capture>) {
     let media = Arc::new(CrashSim::new(media_len(SEGS)));
     let base = Arc::new(base((SECTORS * 512) as usize));
+    if seed % 2 == 0 {
+        // Half the seeds write back straight from the media (no copy).
+        base.read_media_from(media.clone() as Arc<dyn Media>);
+    }
     let sh = Arc::new(Shared { clock: AtomicU64::new(1), history: Mutex::default() });
     let caps = Arc::new(Mutex::new(Vec::new()));
     {

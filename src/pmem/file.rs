@@ -80,6 +80,13 @@ impl PmemFile {
         unsafe { libc::madvise(self.addr as *mut c_void, self.len, MADV_POPULATE_WRITE) == 0 }
     }
 
+    /// The first byte of the mapping, for hosts that hand pieces of it to
+    /// devices (which read it themselves, under the engine's rule that no
+    /// range is stored to while it is read).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.addr
+    }
+
     /// True when libpmem says stores reach persistence with cache flushes
     /// (real pmem, or any file with PMEM_IS_PMEM_FORCE=1).
     pub fn is_pmem(&self) -> bool {

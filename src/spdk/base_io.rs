@@ -5,13 +5,15 @@
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use spdk_sys as sys;
 
 use super::ffi::guard;
 use super::trace::{self, Tp};
-use crate::base::{BaseDevice, Done, ReadDone};
+use crate::base::{BaseDevice, Done, MediaRange, ReadDone};
 use crate::error::Error;
+use crate::pmem::{Media, PmemFile};
 
 pub struct SpdkBase {
     desc: *mut sys::spdk_bdev_desc,
@@ -24,6 +26,56 @@ pub struct SpdkBase {
     /// DMA buffers kept for reuse: allocating one from SPDK's heap per I/O
     /// cost more reactor time than the copy into it.
     pool: std::sync::Mutex<BufPool>,
+    /// The cache's pmem mapping, where writeback takes data from.
+    media: Option<MediaWindow>,
+}
+
+/// The part of the cache's pmem mapping registered with SPDK's memory map
+/// (whole 2 MiB pages, as spdk_mem_register takes them), kept registered
+/// for as long as this base lives.
+struct MediaWindow {
+    /// Media offset and address of the registered part, and its length.
+    first: u64,
+    addr: *mut u8,
+    len: usize,
+    /// Keeps the mapping alive while it is registered and written from.
+    _media: Arc<PmemFile>,
+}
+
+const PAGE_2M: usize = 2 << 20;
+
+impl MediaWindow {
+    fn register(media: Arc<PmemFile>) -> Result<MediaWindow, String> {
+        let start = media.as_ptr() as usize;
+        let end = start + media.len() as usize;
+        let first = start.next_multiple_of(PAGE_2M);
+        let last = end / PAGE_2M * PAGE_2M;
+        if last <= first {
+            return Err(format!("the mapping ({} bytes at {start:#x}) holds no whole 2 MiB page", media.len()));
+        }
+        let (addr, len) = (first as *mut u8, last - first);
+        // SAFETY: [addr, addr+len) lies inside the live mapping `media`
+        // keeps; it is unregistered in drop, before that mapping goes.
+        let rc = unsafe { sys::spdk_mem_register(addr as *mut c_void, len) };
+        if rc != 0 {
+            return Err(format!("spdk_mem_register: {}", super::pmem_bdev::errno_str(rc)));
+        }
+        Ok(MediaWindow { first: (first - start) as u64, addr, len, _media: media })
+    }
+
+    /// The address of media bytes `[off, off+len)`, if they are registered.
+    fn at(&self, off: u64, len: u32) -> Option<*mut u8> {
+        let rel = off.checked_sub(self.first)?;
+        (rel + len as u64 <= self.len as u64).then(|| self.addr.wrapping_add(rel as usize))
+    }
+}
+
+impl Drop for MediaWindow {
+    fn drop(&mut self) {
+        // SAFETY: registered in register() with these values; no base write
+        // reads it any more (the SpdkBase that owns it waits for its I/O).
+        unsafe { sys::spdk_mem_unregister(self.addr as *mut c_void, self.len) };
+    }
 }
 
 /// Freed DMA buffers by size class (powers of two from 4 KiB), up to a byte budget.
@@ -86,8 +138,11 @@ impl Kind {
 struct BaseIo {
     base: *const SpdkBase,
     kind: Kind,
-    /// DMA-safe staging buffer (null for flush and write_zeroes).
+    /// DMA-safe staging buffer (null for flush and write_zeroes, and for a
+    /// write taken straight from pmem).
     buf: *mut c_void,
+    /// A write taken straight from pmem: the pieces of the mapping it writes.
+    iovs: Vec<sys::iovec>,
     offset: u64,
     len: u64,
     wait: sys::spdk_bdev_io_wait_entry,
@@ -109,7 +164,16 @@ impl SpdkBase {
             can_flush: sys::spdk_bdev_io_type_supported(bdev, sys::SPDK_BDEV_IO_TYPE_FLUSH),
             outstanding: AtomicUsize::new(0),
             pool: Default::default(),
+            media: None,
         }
+    }
+
+    /// Lets writeback hand the base pieces of `media`'s mapping instead of
+    /// copies, once the mapping is registered with SPDK's memory map; says
+    /// why not when it cannot be.
+    pub fn write_from_media(&mut self, media: Arc<PmemFile>) -> Result<(), String> {
+        self.media = Some(MediaWindow::register(media)?);
+        Ok(())
     }
 
     /// A DMA buffer of at least `len` bytes, from the pool or SPDK's heap.
@@ -188,11 +252,15 @@ impl SpdkBase {
                 return Err(e);
             }
         }
-        let io = Box::into_raw(Box::new(BaseIo { base: self, kind, buf, offset, len, wait: Default::default() }));
+        self.launch(BaseIo { base: self, kind, buf, iovs: Vec::new(), offset, len, wait: Default::default() });
+        Ok(())
+    }
+
+    fn launch(&self, io: BaseIo) {
+        let io = Box::into_raw(Box::new(io));
         self.outstanding.fetch_add(1, Ordering::AcqRel);
         // SAFETY: io is a fresh allocation reclaimed once, in finish().
         unsafe { submit(io) };
-        Ok(())
     }
 }
 
@@ -201,6 +269,19 @@ unsafe fn submit(io: *mut BaseIo) {
     let b = &*(*io).base;
     let arg = io as *mut c_void;
     let rc = match (*io).kind {
+        Kind::Write(_) if !(*io).iovs.is_empty() => {
+            let iovs = &mut (*io).iovs;
+            sys::spdk_bdev_writev(
+                b.desc,
+                b.ch,
+                iovs.as_mut_ptr(),
+                iovs.len() as i32,
+                (*io).offset,
+                (*io).len,
+                Some(complete),
+                arg,
+            )
+        }
         Kind::Write(_) => sys::spdk_bdev_write(b.desc, b.ch, (*io).buf, (*io).offset, (*io).len, Some(complete), arg),
         // SPDK emulates write_zeroes with writes on bdevs without it.
         Kind::WriteZeroes(_) => sys::spdk_bdev_write_zeroes(b.desc, b.ch, (*io).offset, (*io).len, Some(complete), arg),
@@ -279,6 +360,27 @@ impl BaseDevice for SpdkBase {
         done: Done,
     ) -> crate::Result<()> {
         self.start_filled(Kind::Write(done), fill, offset, len as u64)
+    }
+
+    fn write_media(&self, offset: u64, parts: &[MediaRange], done: Done) -> Result<(), Done> {
+        let Some(window) = &self.media else { return Err(done) };
+        let mut iovs = Vec::with_capacity(parts.len());
+        for p in parts {
+            let Some(addr) = window.at(p.off, p.len) else { return Err(done) };
+            iovs.push(sys::iovec { iov_base: addr as *mut c_void, iov_len: p.len as usize });
+        }
+        let len = parts.iter().map(|p| p.len as u64).sum();
+        let kind = Kind::Write(done);
+        self.launch(BaseIo {
+            base: self,
+            kind,
+            buf: std::ptr::null_mut(),
+            iovs,
+            offset,
+            len,
+            wait: Default::default(),
+        });
+        Ok(())
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, done: Done) {

@@ -518,6 +518,11 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     let cache = Arc::new(cache);
     // Writeback's batches show in the `pcache` trace group.
     cache.observe_writeback(super::trace::writeback_events());
+    let mut base_io = SpdkBase::new(base_desc, ch);
+    match base_io.write_from_media(media.clone()) {
+        Ok(()) => log::info!("{}: writeback takes data straight from {}'s mapping", opts.name, opts.cache_bdev),
+        Err(why) => log::warn!("{}: writeback copies data out of {} ({why})", opts.name, opts.cache_bdev),
+    }
     let node = Box::into_raw(Box::new(PcacheNode {
         // SAFETY: spdk_bdev is a plain C struct; all-zero is its initial state.
         bdev: std::mem::zeroed(),
@@ -531,7 +536,7 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
             sys::SPDK_BDEV_IO_TYPE_FLUSH,
         ),
         claims: Some(claims),
-        bg: Background::new(&opts.name, cache, SpdkBase::new(base_desc, ch)),
+        bg: Background::new(&opts.name, cache, base_io),
         removing: AtomicBool::new(false),
         rbd,
     }));
