@@ -44,12 +44,12 @@ impl Faults {
 }
 
 pub struct MemBase {
-    shared: Arc<Shared>,
+    shared: Arc<DeviceState>,
     block_size: u32,
     completer: Option<JoinHandle<()>>,
 }
 
-struct Shared {
+struct DeviceState {
     state: Mutex<State>,
     wake: Condvar,
 }
@@ -122,8 +122,8 @@ impl MemBase {
         MemBase { shared, block_size, completer: Some(completer) }
     }
 
-    fn shared(image: Vec<u8>, seed: u64) -> Arc<Shared> {
-        Arc::new(Shared {
+    fn shared(image: Vec<u8>, seed: u64) -> Arc<DeviceState> {
+        Arc::new(DeviceState {
             state: Mutex::new(State {
                 visible: image.clone(),
                 durable: image,
@@ -398,7 +398,7 @@ fn apply(s: &mut State, op: Op, block_size: u32) -> Completion {
 /// The device's completion thread: completes in-flight I/O in random order,
 /// sometimes after a pause, until the device is dropped (finishing what is
 /// in flight first, so every completion is called).
-fn complete_loop(shared: &Shared, block_size: u32) {
+fn complete_loop(shared: &DeviceState, block_size: u32) {
     let mut s = shared.state.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         while (s.in_flight.is_empty() || s.held) && !s.stop {

@@ -59,7 +59,7 @@ pub enum Use {
 const MOVE_RESERVE: u32 = 2;
 const MOVE_RESERVE_MIN_SEGS: u32 = 32;
 
-struct Shared {
+struct TableState {
     free: VecDeque<u32>,
     meta: Vec<Replica>,
     /// Segments whose metadata had lost a replica at load, each with whether
@@ -79,7 +79,7 @@ pub struct SegmentTable {
     unsure: Vec<AtomicBool>,
     /// Records to rewrite ([`SegmentTable::repair`]).
     repair_due: AtomicBool,
-    shared: Mutex<Shared>,
+    shared: Mutex<TableState>,
     /// Free segments kept back for the key log, so journalling never deadlocks.
     reserve: u32,
     /// Bumped whenever a segment is freed; lets hosts wake deferred writes.
@@ -133,7 +133,7 @@ impl SegmentTable {
             gens,
             unsure,
             repair_due: AtomicBool::new(false),
-            shared: Mutex::new(Shared { free: VecDeque::new(), meta, degraded }),
+            shared: Mutex::new(TableState { free: VecDeque::new(), meta, degraded }),
             reserve,
             space_epoch: AtomicU64::new(0),
             short: AtomicBool::new(false),
@@ -354,7 +354,7 @@ impl SegmentTable {
         *self.notifier.lock().unwrap_or_else(|e| e.into_inner()) = f;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TableState> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

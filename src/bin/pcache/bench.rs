@@ -475,7 +475,7 @@ impl pcache::BaseDevice for AsyncBase {
 }
 
 /// What the workers share during the drive phase.
-struct Shared {
+struct DriveState {
     cache: Arc<Cache>,
     base: Arc<AsyncBase>,
     /// Woken when segments are freed.
@@ -488,7 +488,7 @@ struct Shared {
     pacer: Mutex<pcache::Pacer>,
 }
 
-impl Shared {
+impl DriveState {
     /// One background step, as the SPDK module's pollers run it: kset timer,
     /// writeback paced for a busy front end (Cache::writeback_pace), GC.
     fn poll(&self) -> bool {
@@ -509,7 +509,7 @@ impl Shared {
 }
 
 fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult, String> {
-    let sh = Arc::new(Shared {
+    let sh = Arc::new(DriveState {
         cache: cache.clone(),
         base: Arc::new(AsyncBase::new(base.clone())),
         space: (Mutex::new(()), Condvar::new()),
@@ -594,7 +594,7 @@ fn drive(cache: &Arc<Cache>, base: &Arc<FileBase>, o: &Opts) -> Result<RunResult
 }
 
 #[inline(never)]
-fn poller_loop(sh: &Shared) -> f64 {
+fn poller_loop(sh: &DriveState) -> f64 {
     let cpu0 = thread_cpu();
     while !sh.stop.load(Ordering::Relaxed) {
         if !sh.poll() {
@@ -617,7 +617,7 @@ struct WorkerParams {
 }
 
 #[inline(never)]
-fn worker_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), String> {
+fn worker_loop(sh: &DriveState, p: WorkerParams) -> Result<(u64, Hist, u64, f64), String> {
     let cpu0 = thread_cpu();
     let WorkerParams { w, bs, blocks, workload, nw, until_full, polls, .. } = p;
     let cache = &*sh.cache;
@@ -678,7 +678,7 @@ fn worker_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), St
 /// once; each counts the batch's time as its latency (they were in flight
 /// together).
 #[inline(never)]
-fn batch_write_loop(sh: &Shared, p: WorkerParams) -> Result<(u64, Hist, u64, f64), String> {
+fn batch_write_loop(sh: &DriveState, p: WorkerParams) -> Result<(u64, Hist, u64, f64), String> {
     let cpu0 = thread_cpu();
     let WorkerParams { w, bs, blocks, batch, until_full, polls, .. } = p;
     let mut rng = SmallRng::seed_from_u64(w as u64 * 1000 + 1);
@@ -728,7 +728,7 @@ fn fill_pattern(buf: &mut [u8], w: u64, seq: u64, blk: u64) {
 
 /// Writes, and when the cache defers (no space), waits for GC to free space:
 /// the polling worker runs background steps itself meanwhile.
-fn write_waiting(sh: &Shared, polls: bool, w: usize, off: u64, data: &[u8]) -> Result<(), String> {
+fn write_waiting(sh: &DriveState, polls: bool, w: usize, off: u64, data: &[u8]) -> Result<(), String> {
     let mut done = 0usize;
     loop {
         let epoch = sh.cache.space_epoch();
