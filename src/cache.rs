@@ -676,9 +676,9 @@ impl Cache {
         st.gc_percent = self.gc_percent();
         let head = self.journal.head();
         let t = self.journal.tails();
-        st.key_head = (head.seg, head.off, head.seq);
-        st.key_tail = (t.key.seg, t.key.off, t.key.seq);
-        st.dirty_tail = (t.dirty.seg, t.dirty.off, t.dirty.seq);
+        st.key_head = head;
+        st.key_tail = t.key;
+        st.dirty_tail = t.dirty;
         st
     }
 

@@ -41,6 +41,14 @@ pub(crate) struct Head {
     pub counters: HeadCounters,
 }
 
+/// Room taken from a data head: `len` bytes at byte `off` of segment `seg`'s payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    pub seg: u32,
+    pub off: u32,
+    pub len: u32,
+}
+
 pub(crate) struct DataHeads {
     heads: Vec<Padded<Head>>,
     /// Where moved data goes (relocate.rs): not a worker's, so that GC and
@@ -74,14 +82,14 @@ impl DataHeads {
     /// Takes up to `want` bytes from `head` (never crossing a segment). None
     /// when no segment can be had: the caller defers.
     #[inline]
-    pub fn alloc(s: &Shared, head: &mut DataHead, want: u32) -> Result<Option<(u32, u32, u32)>> {
+    pub fn alloc(s: &Shared, head: &mut DataHead, want: u32) -> Result<Option<Taken>> {
         Self::alloc_for(s, head, want, Use::Data)
     }
 
     /// As [`DataHeads::alloc`], for data of `use_` (moved data may take
     /// segments writes leave: see [`Use`]).
     #[inline]
-    pub fn alloc_for(s: &Shared, head: &mut DataHead, want: u32, use_: Use) -> Result<Option<(u32, u32, u32)>> {
+    pub fn alloc_for(s: &Shared, head: &mut DataHead, want: u32, use_: Use) -> Result<Option<Taken>> {
         loop {
             if let Some(seg) = head.seg {
                 let room = s.geo.payload() - head.off;
@@ -89,7 +97,7 @@ impl DataHeads {
                     let got = want.min(room);
                     let at = head.off;
                     head.off += got;
-                    return Ok(Some((seg, at, got)));
+                    return Ok(Some(Taken { seg, off: at, len: got }));
                 }
                 head.seg = None;
                 s.segs.put_n(&*s.media, seg, 1 + std::mem::take(&mut head.spare_refs))?;

@@ -10,7 +10,7 @@ use std::io::IoSliceMut;
 
 use crate::error::{Error, Result};
 use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC};
-use crate::heads::DataHeads;
+use crate::heads::{DataHeads, Taken};
 use crate::index::{Extent, Index};
 use crate::iov;
 use crate::shared::Shared;
@@ -151,7 +151,9 @@ pub(crate) fn fill(f: &Front, worker: usize, miss: &Miss, data: &[u8]) -> Result
         return Ok(false);
     }
     let mut head = f.heads.of(worker).data.lock();
-    let Some((seg, seg_off, got)) = DataHeads::alloc(s, &mut head, miss.len as u32)? else { return Ok(false) };
+    let Some(Taken { seg, off: seg_off, len: got }) = DataHeads::alloc(s, &mut head, miss.len as u32)? else {
+        return Ok(false);
+    };
     let piece = &data[..got as usize];
     s.media.write(s.geo.addr(seg, seg_off), piece)?;
     s.media.fence();

@@ -11,7 +11,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::{data_crc, KeyRecord, KEY_FLAG_CRC, KEY_FLAG_DIRTY};
-use crate::heads::DataHeads;
+use crate::heads::{DataHeads, Taken};
 use crate::index::{Extent, Index};
 use crate::segment::Use;
 use crate::shared::Shared;
@@ -126,7 +126,7 @@ pub(crate) fn move_piece(f: &Front, p: &LivePiece, dirty: bool) -> Result<Moved>
     let s = f.s;
     let Some(data) = piece_data(f, p)? else { return Ok(Moved::Damaged) };
     let mut head = f.heads.relocation().data.lock();
-    let Some((seg, seg_off, got)) = DataHeads::alloc_for(s, &mut head, p.len, Use::Moved)? else {
+    let Some(Taken { seg, off: seg_off, len: got }) = DataHeads::alloc_for(s, &mut head, p.len, Use::Moved)? else {
         return Ok(Moved::NoRoom);
     };
     let piece = &data[..got as usize];

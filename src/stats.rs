@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
+use crate::format::LogPos;
+
 /// Counter shards. Each of the first `SHARDS - 1` threads that count owns a
 /// shard and adds to it with a plain load and store: no locked instruction
 /// per I/O (a locked add costs a read hit about 4 % of its time, and after
@@ -56,9 +58,9 @@ macro_rules! counters {
             pub segs_total: u32,
             pub segs_used: u32,
             pub gc_percent: u8,
-            pub key_head: (u32, u32, u64),
-            pub key_tail: (u32, u32, u64),
-            pub dirty_tail: (u32, u32, u64),
+            pub key_head: LogPos,
+            pub key_tail: LogPos,
+            pub dirty_tail: LogPos,
         }
 
         impl Counters {

@@ -27,7 +27,7 @@ use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 use crate::format::{KeyRecord, KEY_FLAG_CRC, KEY_FLAG_DIRTY, KEY_FLAG_ZERO};
-use crate::heads::{DataHead, DataHeads, Staged};
+use crate::heads::{DataHead, DataHeads, Staged, Taken};
 use crate::index::{Extent, Index, KsetTag, PieceCrc, Subtree};
 use crate::iov;
 use crate::journal::{Journal, OpenKset};
@@ -186,7 +186,9 @@ impl<'a> Front<'a> {
     ) -> Result<Option<u32>> {
         let off = r.offset + at;
         let want = Index::piece_len(off, left) as u32;
-        let Some((seg, seg_off, got)) = DataHeads::alloc(self.s, head, want)? else { return Ok(None) };
+        let Some(Taken { seg, off: seg_off, len: got }) = DataHeads::alloc(self.s, head, want)? else {
+            return Ok(None);
+        };
         let key = self.data_key(off, seg, seg_off, got, r.data, at);
         let copied = if alone {
             self.enter_piece(worker, key, r.data, at, head)

@@ -70,7 +70,7 @@ fn build_with(plan: Plan) -> Image {
         }
     }
     cache.flush().unwrap();
-    let (seg, off, seq) = cache.stats().key_head;
+    let pcache::format::LogPos { seg, off, seq } = cache.stats().key_head;
     let nonce = cache.superblock().nonce;
     cache.close().unwrap();
     Image { bytes: media.snapshot(), base: base.visible_image(), model, head: LogPos { seg, off, seq }, nonce }
@@ -179,7 +179,7 @@ fn a_lost_dirty_tail_replica_with_its_survivor_behind_key_tail_is_survived() {
         b[at + 9] ^= 0x04;
         let c = open_no_panic(&b, "newest dirty_tail replica flipped").expect("loads from the other replica");
         assert_exact(&c, &im, "newest dirty_tail replica flipped");
-        assert!(c.stats().dirty_tail.2 >= key.seq, "writeback starts at or after key_tail");
+        assert!(c.stats().dirty_tail.seq >= key.seq, "writeback starts at or after key_tail");
     }
 }
 
@@ -213,7 +213,7 @@ fn a_lost_key_tail_replica_whose_survivor_points_into_a_reused_segment_is_surviv
         .expect("loads from dirty_tail");
     assert_exact(&c, &im, "key_tail fallback");
     let (dirty, _) = replicas(&im.bytes, DIRTY_TAIL_OFF, REC_DIRTY_TAIL);
-    assert_eq!(c.stats().key_tail.2, dirty.seq, "the live log starts at dirty_tail");
+    assert_eq!(c.stats().key_tail.seq, dirty.seq, "the live log starts at dirty_tail");
     // pcache check agrees: damaged, loadable, and says why.
     let media: Arc<dyn Media> = Arc::new(MemMedia::from_image(b.clone()));
     let ins = pcache::inspect::inspect(media, pcache::inspect::InspectOptions::default()).unwrap();
@@ -277,7 +277,7 @@ fn replay_from_before_a_segments_reuse_skips_its_older_keys() {
     let media: Arc<dyn Media> = Arc::new(MemMedia::from_image(b));
     let (c, opened) = Cache::open(media, &config(BASE_SECTORS * 512, 1)).expect("loads from the older key_tail");
     let Opened::Loaded(report) = opened else { panic!("formatted a loaded cache") };
-    assert_eq!(c.stats().key_tail.2, key_old.seq, "replay starts at the older key_tail");
+    assert_eq!(c.stats().key_tail.seq, key_old.seq, "replay starts at the older key_tail");
     assert!(report.stale_keys > 0, "no key of an older generation was read: {report:?}");
     assert_exact(&c, &im, "replay from the older key_tail");
 }

@@ -139,7 +139,7 @@ fn build(data_crc: bool, clean: bool) -> Image {
     if clean {
         cache.writeback_all(&base).unwrap();
     }
-    let (seg, off, seq) = cache.stats().key_head;
+    let pcache::format::LogPos { seg, off, seq } = cache.stats().key_head;
     let nonce = cache.superblock().nonce;
     cache.close().unwrap();
     Image { pmem: media.snapshot(), base: base.visible_image(), model, head: LogPos { seg, off, seq }, nonce }
@@ -236,9 +236,12 @@ fn inspect_reports_a_dirty_image_as_the_engine_sees_it() {
         "id \"test-base\"",
         &format!("segments     {SEGS} total, {} used", st.segs_used),
         &format!("dirty        {} bytes", rep.dirty_bytes),
-        &format!("key_head     segment {} offset {:#x} seq {}", st.key_head.0, st.key_head.1, st.key_head.2),
-        &format!("dirty_tail   segment {} offset {:#x} seq {}", st.dirty_tail.0, st.dirty_tail.1, st.dirty_tail.2),
-        &format!("key_tail     segment {} offset {:#x} seq {}", st.key_tail.0, st.key_tail.1, st.key_tail.2),
+        &format!("key_head     segment {} offset {:#x} seq {}", st.key_head.seg, st.key_head.off, st.key_head.seq),
+        &format!(
+            "dirty_tail   segment {} offset {:#x} seq {}",
+            st.dirty_tail.seg, st.dirty_tail.off, st.dirty_tail.seq
+        ),
+        &format!("key_tail     segment {} offset {:#x} seq {}", st.key_tail.seg, st.key_tail.off, st.key_tail.seq),
         &format!("ksets        {} ", rep.ksets),
         "state        dirty",
     ] {
@@ -256,7 +259,7 @@ fn inspect_reports_a_dirty_image_as_the_engine_sees_it() {
     for (name, p) in [("key_head", st.key_head), ("dirty_tail", st.dirty_tail), ("key_tail", st.key_tail)] {
         assert_eq!(
             (j.u(&format!("{name}.seg")), j.u(&format!("{name}.off")), j.u(&format!("{name}.seq"))),
-            (p.0 as u64, p.1 as u64, p.2),
+            (p.seg as u64, p.off as u64, p.seq),
             "{name}"
         );
     }

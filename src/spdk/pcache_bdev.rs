@@ -921,9 +921,9 @@ fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
     w.named_u64("segs_used", s.segs_used as u64);
     for (k, v) in [("key_head", s.key_head), ("key_tail", s.key_tail), ("dirty_tail", s.dirty_tail)] {
         w.named_object_begin(k);
-        w.named_u64("seg", v.0 as u64);
-        w.named_u64("off", v.1 as u64);
-        w.named_u64("seq", v.2);
+        w.named_u64("seg", v.seg as u64);
+        w.named_u64("off", v.off as u64);
+        w.named_u64("seq", v.seq);
         w.object_end();
     }
     w.named_u64("dirty_bytes", s.dirty_bytes);

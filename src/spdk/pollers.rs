@@ -187,7 +187,7 @@ impl BgState {
             return Ended(self.flush_waiters.drain(..).map(|(d, _)| (d, Err(msg.clone()))).collect());
         }
         let (done, mut waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.flush_waiters).into_iter().partition(|(_, target)| s.dirty_tail.2 >= *target);
+            std::mem::take(&mut self.flush_waiters).into_iter().partition(|(_, target)| s.dirty_tail.seq >= *target);
         // Writes that bypassed the cache are on the base but maybe not
         // durable there: answer once a base flush covers them.
         if !done.is_empty() && bg.cache.flush_bypassed(&self.base) {

@@ -74,7 +74,7 @@ pub fn main(a: Args) -> Result<i32, Fail> {
     };
     let st = cache.stats();
     let total = rep.dirty_bytes;
-    let ksets = st.key_head.2 - st.dirty_tail.2;
+    let ksets = st.key_head.seq - st.dirty_tail.seq;
     let file = FileBase::open(base_path, sb.base_block_size).map_err(|e| Fail::error(format!("flush: {e}")))?;
     let base = Recording { inner: file, first_error: Arc::new(Mutex::new(None)) };
 
