@@ -473,6 +473,12 @@ impl Cache {
         if self.over_dirty_cap() {
             return None;
         }
+        // New blocks are going to the base for want of room (bypass.rs):
+        // only writeback makes room, and a trickle would leave the dirty data
+        // there for good, the base lag growing while the base takes bypasses.
+        if self.is_full() {
+            return None;
+        }
         if self.wb.may_keep_at(self.journal.tails().dirty.seq) {
             // Dirty data may stay: step when the hot set needs room (the
             // step keeps what is live, a copy in pmem), else trickle to the base.

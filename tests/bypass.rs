@@ -439,6 +439,24 @@ fn a_full_cache_that_absorbs_little_sends_new_blocks_to_the_base() {
 }
 
 #[test]
+fn a_cache_full_enough_to_send_writes_to_the_base_writes_back_at_full_speed() {
+    let (base, cache) = setup();
+    fill_then_write_back(&cache, &base, BASE, 62);
+    // A little new dirty data, far below the GC threshold.
+    for i in 0..16u64 {
+        let off = BASE / 2 + i * 4096;
+        assert_eq!(cache.write_buf(0, off, &write_data(3000 + i, off / 512, 8)).unwrap(), WriteOutcome::Done);
+    }
+    assert!(cache.is_full(), "new blocks go to the base");
+    assert!(cache.dirty_percent() < 10, "{}", cache.dirty_percent());
+    assert_eq!(
+        cache.writeback_pace(true, false),
+        None,
+        "writes bypass for want of room: writeback must make it at full speed, not trickle"
+    );
+}
+
+#[test]
 fn a_full_cache_that_absorbs_overwrites_keeps_new_writes() {
     let (base, cache) = setup();
     // A hot set of 64 blocks overwritten over and over: writeback skips most.
