@@ -153,18 +153,22 @@ impl SpdkBase {
     /// `desc` is an open descriptor of the base bdev and `ch` a channel of it
     /// obtained on the calling thread; both outlive this value.
     pub unsafe fn new(desc: *mut sys::spdk_bdev_desc, ch: *mut sys::spdk_io_channel) -> SpdkBase {
-        let bdev = sys::spdk_bdev_desc_get_bdev(desc);
-        let block_size = sys::spdk_bdev_get_block_size(bdev);
-        SpdkBase {
-            desc,
-            ch,
-            size: sys::spdk_bdev_get_num_blocks(bdev) * block_size as u64,
-            block_size,
-            align: sys::spdk_bdev_get_buf_align(bdev).max(4096),
-            can_flush: sys::spdk_bdev_io_type_supported(bdev, sys::SPDK_BDEV_IO_TYPE_FLUSH),
-            outstanding: AtomicUsize::new(0),
-            pool: Default::default(),
-            media: None,
+        // SAFETY: desc is an open descriptor (caller's contract), so the bdev it yields stays live
+        // for these plain queries.
+        unsafe {
+            let bdev = sys::spdk_bdev_desc_get_bdev(desc);
+            let block_size = sys::spdk_bdev_get_block_size(bdev);
+            SpdkBase {
+                desc,
+                ch,
+                size: sys::spdk_bdev_get_num_blocks(bdev) * block_size as u64,
+                block_size,
+                align: sys::spdk_bdev_get_buf_align(bdev).max(4096),
+                can_flush: sys::spdk_bdev_io_type_supported(bdev, sys::SPDK_BDEV_IO_TYPE_FLUSH),
+                outstanding: AtomicUsize::new(0),
+                pool: Default::default(),
+                media: None,
+            }
         }
     }
 
@@ -265,77 +269,124 @@ impl SpdkBase {
 }
 
 /// Submits (or resubmits after ENOMEM) one base I/O.
+///
+/// # Safety
+/// `io` comes from `Box::into_raw` in `SpdkBase::launch`, SPDK holds no pointer to it (it is new,
+/// or SPDK handed it back to `resubmit`), and the call is made on the thread that owns its base's
+/// channel. Ownership passes to SPDK (or to `finish` if the submission fails).
 unsafe fn submit(io: *mut BaseIo) {
-    let b = &*(*io).base;
+    // SAFETY: io is live and ours (caller's contract); its base outlives it, because the SpdkBase
+    // is only dropped once its outstanding I/O is done.
+    let b = unsafe { &*(*io).base };
     let arg = io as *mut c_void;
-    let rc = match (*io).kind {
-        Kind::Write(_) if !(*io).iovs.is_empty() => {
-            let iovs = &mut (*io).iovs;
-            sys::spdk_bdev_writev(
-                b.desc,
-                b.ch,
-                iovs.as_mut_ptr(),
-                iovs.len() as i32,
-                (*io).offset,
-                (*io).len,
-                Some(complete),
-                arg,
-            )
-        }
-        Kind::Write(_) => sys::spdk_bdev_write(b.desc, b.ch, (*io).buf, (*io).offset, (*io).len, Some(complete), arg),
-        // SPDK emulates write_zeroes with writes on bdevs without it.
-        Kind::WriteZeroes(_) => sys::spdk_bdev_write_zeroes(b.desc, b.ch, (*io).offset, (*io).len, Some(complete), arg),
-        Kind::Read(..) => sys::spdk_bdev_read(b.desc, b.ch, (*io).buf, (*io).offset, (*io).len, Some(complete), arg),
-        Kind::Flush(_) => {
-            trace::record(Tp::BaseFlushStart, 0, 0);
-            sys::spdk_bdev_flush(b.desc, b.ch, 0, b.size, Some(complete), arg)
+    // SAFETY: b.desc and b.ch are an open descriptor and a channel of this thread (SpdkBase::new's
+    // contract); the buffer and iovecs handed over live in *io, which stays allocated until
+    // complete() gives it to finish().
+    let rc = unsafe {
+        match (*io).kind {
+            Kind::Write(_) if !(*io).iovs.is_empty() => {
+                let iovs = &mut (*io).iovs;
+                sys::spdk_bdev_writev(
+                    b.desc,
+                    b.ch,
+                    iovs.as_mut_ptr(),
+                    iovs.len() as i32,
+                    (*io).offset,
+                    (*io).len,
+                    Some(complete),
+                    arg,
+                )
+            }
+            Kind::Write(_) => {
+                sys::spdk_bdev_write(b.desc, b.ch, (*io).buf, (*io).offset, (*io).len, Some(complete), arg)
+            }
+            // SPDK emulates write_zeroes with writes on bdevs without it.
+            Kind::WriteZeroes(_) => {
+                sys::spdk_bdev_write_zeroes(b.desc, b.ch, (*io).offset, (*io).len, Some(complete), arg)
+            }
+            Kind::Read(..) => {
+                sys::spdk_bdev_read(b.desc, b.ch, (*io).buf, (*io).offset, (*io).len, Some(complete), arg)
+            }
+            Kind::Flush(_) => {
+                trace::record(Tp::BaseFlushStart, 0, 0);
+                sys::spdk_bdev_flush(b.desc, b.ch, 0, b.size, Some(complete), arg)
+            }
         }
     };
     if rc == -libc::ENOMEM {
         // The base is out of request objects: retry when one frees up.
-        (*io).wait.bdev = sys::spdk_bdev_desc_get_bdev(b.desc);
-        (*io).wait.cb_fn = Some(resubmit);
-        (*io).wait.cb_arg = arg;
-        let rc = sys::spdk_bdev_queue_io_wait((*io).wait.bdev, b.ch, &mut (*io).wait);
+        // SAFETY: the submission failed, so SPDK holds no pointer to io and its wait entry is ours
+        // to fill; the entry stays in *io, unmoved, until SPDK calls resubmit with it.
+        let rc = unsafe {
+            (*io).wait.bdev = sys::spdk_bdev_desc_get_bdev(b.desc);
+            (*io).wait.cb_fn = Some(resubmit);
+            (*io).wait.cb_arg = arg;
+            sys::spdk_bdev_queue_io_wait((*io).wait.bdev, b.ch, &mut (*io).wait)
+        };
         if rc == 0 {
             return;
         }
     }
     if rc != 0 {
-        finish(io, Err(Error::Io(format!("base I/O submission failed: {}", super::pmem_bdev::errno_str(rc)))));
+        // SAFETY: neither the submission nor the wait took io, so it is still ours and is finished
+        // once, here.
+        unsafe {
+            finish(io, Err(Error::Io(format!("base I/O submission failed: {}", super::pmem_bdev::errno_str(rc)))))
+        };
     }
 }
 
+/// The io-wait callback of submit(): SPDK passes the BaseIo it queued, once a request object is free.
 unsafe extern "C" fn resubmit(arg: *mut c_void) {
-    guard((), || submit(arg as *mut BaseIo))
+    // SAFETY: arg is the BaseIo submit() queued with spdk_bdev_queue_io_wait on this thread; SPDK
+    // hands it back once and keeps no pointer to it.
+    guard((), || unsafe { submit(arg as *mut BaseIo) })
 }
 
+/// The completion of a base I/O: SPDK passes the bdev_io, its status and the BaseIo submit() gave.
 unsafe extern "C" fn complete(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
     guard((), || {
-        sys::spdk_bdev_free_io(bio);
-        let io = arg as *mut BaseIo;
-        if matches!((*io).kind, Kind::Flush(_)) {
-            trace::record(Tp::BaseFlushDone, ok as u64, 0);
+        // SAFETY: bio is the completed base I/O, freed once here; arg is the BaseIo submit() passed
+        // with it, which SPDK gives back once and no longer holds, so finish() may reclaim it.
+        unsafe {
+            sys::spdk_bdev_free_io(bio);
+            let io = arg as *mut BaseIo;
+            if matches!((*io).kind, Kind::Flush(_)) {
+                trace::record(Tp::BaseFlushDone, ok as u64, 0);
+            }
+            let r = if ok {
+                Ok(())
+            } else {
+                Err(Error::Io(format!("base bdev I/O at {} of {} bytes failed", (*io).offset, (*io).len)))
+            };
+            finish(io, r);
         }
-        let r = if ok {
-            Ok(())
-        } else {
-            Err(Error::Io(format!("base bdev I/O at {} of {} bytes failed", (*io).offset, (*io).len)))
-        };
-        finish(io, r);
     })
 }
 
 /// Completes one base I/O: frees its buffer and calls the engine back.
+///
+/// # Safety
+/// `io` comes from `Box::into_raw` in `SpdkBase::launch`, SPDK no longer holds it (it completed,
+/// or was never submitted), and it is finished only this once, on its base's thread.
 unsafe fn finish(io: *mut BaseIo, r: crate::Result<()>) {
-    let io = Box::from_raw(io);
-    let dma: &[u8] =
-        if io.buf.is_null() { &[] } else { std::slice::from_raw_parts(io.buf as *const u8, io.len as usize) };
+    // SAFETY: io is a leaked Box nobody else holds any more (caller's contract).
+    let io = unsafe { Box::from_raw(io) };
+    let dma: &[u8] = if io.buf.is_null() {
+        &[]
+    } else {
+        // SAFETY: buf is a get_buf buffer of at least len bytes, and the I/O on it is over.
+        unsafe { std::slice::from_raw_parts(io.buf as *const u8, io.len as usize) }
+    };
     io.kind.complete(dma, r);
-    if !io.buf.is_null() {
-        (*io.base).put_buf(io.buf, io.len as usize);
+    // SAFETY: the SpdkBase outlives its I/O (it is dropped only once outstanding() is zero, and
+    // this I/O still counts until the fetch_sub below).
+    unsafe {
+        if !io.buf.is_null() {
+            (*io.base).put_buf(io.buf, io.len as usize);
+        }
+        (*io.base).outstanding.fetch_sub(1, Ordering::AcqRel);
     }
-    (*io.base).outstanding.fetch_sub(1, Ordering::AcqRel);
 }
 
 impl BaseDevice for SpdkBase {

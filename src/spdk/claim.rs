@@ -132,22 +132,27 @@ unsafe fn claims_on(bdev: *mut sys::spdk_bdev) -> Option<(Vec<String>, String)> 
     if bdev.is_null() {
         return None;
     }
-    let internal = &(*bdev).internal;
-    let kind = str_of(sys::spdk_bdev_claim_get_name(internal.claim_type)).into_owned();
-    let mut modules = Vec::new();
-    match internal.claim_type {
-        sys::SPDK_BDEV_CLAIM_NONE => return None,
-        sys::SPDK_BDEV_CLAIM_EXCL_WRITE => modules.push(internal.claim.v1.module),
-        _ => {
-            let mut c = internal.claim.v2.claims.tqh_first;
-            while !c.is_null() {
-                modules.push((*c).module);
-                c = (*c).link.tqe_next;
+    // SAFETY: bdev is a registered bdev and this is the app thread (caller's contract), so its
+    // claim state, the claim list and the modules it names stay put while they are read; the claim
+    // union is read as the member claim_type says is in use; the names are static C strings.
+    unsafe {
+        let internal = &(*bdev).internal;
+        let kind = str_of(sys::spdk_bdev_claim_get_name(internal.claim_type)).into_owned();
+        let mut modules = Vec::new();
+        match internal.claim_type {
+            sys::SPDK_BDEV_CLAIM_NONE => return None,
+            sys::SPDK_BDEV_CLAIM_EXCL_WRITE => modules.push(internal.claim.v1.module),
+            _ => {
+                let mut c = internal.claim.v2.claims.tqh_first;
+                while !c.is_null() {
+                    modules.push((*c).module);
+                    c = (*c).link.tqe_next;
+                }
             }
         }
+        let names = modules.iter().filter(|m| !m.is_null()).map(|m| str_of((**m).name).into_owned()).collect();
+        Some((names, kind))
     }
-    let names = modules.iter().filter(|m| !m.is_null()).map(|m| str_of((**m).name).into_owned()).collect();
-    Some((names, kind))
 }
 
 /// Who holds a claim on `bdev`, for messages: "module lvol (read_many_write_one)".
@@ -155,7 +160,8 @@ unsafe fn claims_on(bdev: *mut sys::spdk_bdev) -> Option<(Vec<String>, String)> 
 /// # Safety
 /// As for [`claims_on`].
 unsafe fn holder_of(bdev: *mut sys::spdk_bdev) -> Option<String> {
-    let (names, kind) = claims_on(bdev)?;
+    // SAFETY: the caller gives claims_on's guarantees.
+    let (names, kind) = unsafe { claims_on(bdev) }?;
     let who = if names.is_empty() { "a bdev module".to_string() } else { format!("module {}", names.join(", ")) };
     Some(format!("{who} ({kind})"))
 }
@@ -168,6 +174,8 @@ pub fn holders(name: &str) -> Vec<String> {
     unsafe { claims_on(sys::spdk_bdev_get_by_name(c.as_ptr())) }.map(|(m, _)| m).unwrap_or_default()
 }
 
+/// The event callback of a claimed bdev's descriptor: SPDK passes the event, the bdev and the
+/// EventCtx Claimed::claim opened the descriptor with.
 unsafe extern "C" fn bdev_event(t: sys::spdk_bdev_event_type, _bdev: *mut sys::spdk_bdev, ctx: *mut c_void) {
     guard((), || {
         if t != sys::SPDK_BDEV_EVENT_REMOVE {
@@ -175,7 +183,9 @@ unsafe extern "C" fn bdev_event(t: sys::spdk_bdev_event_type, _bdev: *mut sys::s
         }
         // Copied first: handling the event may drop the Claimed that owns ctx.
         let (name, on_remove) = {
-            let c = &*(ctx as *const EventCtx);
+            // SAFETY: ctx is the EventCtx of an open descriptor: Claimed frees it only after
+            // closing the descriptor, and SPDK calls this on the app thread, where that happens.
+            let c = unsafe { &*(ctx as *const EventCtx) };
             c.removed.store(true, Ordering::Release);
             (c.name.clone(), c.on_remove)
         };

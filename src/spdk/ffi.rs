@@ -36,7 +36,8 @@ pub unsafe fn str_of<'a>(p: *const c_char) -> std::borrow::Cow<'a, str> {
     if p.is_null() {
         return "".into();
     }
-    CStr::from_ptr(p).to_string_lossy()
+    // SAFETY: p is not NULL, and the caller guarantees a NUL-terminated string that outlives the call.
+    unsafe { CStr::from_ptr(p).to_string_lossy() }
 }
 
 /// A raw pointer that may be kept in a `static` registry. Every pointer so
@@ -59,7 +60,9 @@ unsafe impl<T> Sync for Ptr<T> {}
 /// # Safety
 /// `ch` is a live channel whose context holds a `T`.
 pub unsafe fn channel_ctx<T>(ch: *mut sys::spdk_io_channel) -> *mut T {
-    (ch as *mut u8).add(sys::SPDK_IO_CHANNEL_STRUCT_SIZE as usize) as *mut T
+    // SAFETY: ch is a live channel (caller's contract); SPDK allocates its context right after the
+    // struct, so the offset stays inside that allocation.
+    unsafe { (ch as *mut u8).add(sys::SPDK_IO_CHANNEL_STRUCT_SIZE as usize) as *mut T }
 }
 
 /// Index of the current reactor's core among the application's cores: the
@@ -92,7 +95,8 @@ pub fn core_count() -> usize {
 /// # Safety
 /// `io` is a live bdev_io of a module whose get_ctx_size covers a `T`.
 pub unsafe fn io_ctx<T>(io: *mut sys::spdk_bdev_io) -> *mut T {
-    (*io).driver_ctx.as_mut_ptr() as *mut T
+    // SAFETY: io is a live bdev_io (caller's contract), so reading its driver_ctx field is valid.
+    unsafe { (*io).driver_ctx.as_mut_ptr() as *mut T }
 }
 
 /// `(offset_blocks, num_blocks)` of a read/write/unmap/... bdev_io.
@@ -100,7 +104,8 @@ pub unsafe fn io_ctx<T>(io: *mut sys::spdk_bdev_io) -> *mut T {
 /// # Safety
 /// `io` is a live block I/O.
 pub unsafe fn block_range(io: *mut sys::spdk_bdev_io) -> (u64, u64) {
-    let p = &(*io).u.bdev;
+    // SAFETY: io is a live block I/O (caller's contract), so `u.bdev` is the union's active member.
+    let p = unsafe { &(*io).u.bdev };
     (p.offset_blocks, p.num_blocks)
 }
 
@@ -109,11 +114,14 @@ pub unsafe fn block_range(io: *mut sys::spdk_bdev_io) -> (u64, u64) {
 /// # Safety
 /// `io` is a live block I/O whose iovecs stay valid while the slice is used.
 pub unsafe fn io_iovs<'a>(io: *mut sys::spdk_bdev_io) -> &'a [libc::iovec] {
-    let p = &(*io).u.bdev;
+    // SAFETY: io is a live block I/O (caller's contract), so `u.bdev` is the union's active member.
+    let p = unsafe { &(*io).u.bdev };
     if p.iovs.is_null() || p.iovcnt <= 0 {
         return &[];
     }
-    std::slice::from_raw_parts(p.iovs as *const libc::iovec, p.iovcnt as usize)
+    // SAFETY: SPDK's iovs points to iovcnt iovecs (checked non-NULL and positive above), which the
+    // caller guarantees stay valid while the slice is used; spdk-sys's iovec has libc's layout.
+    unsafe { std::slice::from_raw_parts(p.iovs as *const libc::iovec, p.iovcnt as usize) }
 }
 
 /// Completes a block I/O.
@@ -122,7 +130,9 @@ pub unsafe fn io_iovs<'a>(io: *mut sys::spdk_bdev_io) -> &'a [libc::iovec] {
 /// `io` is a live block I/O this module was handed and has not completed.
 pub unsafe fn complete(io: *mut sys::spdk_bdev_io, ok: bool) {
     let status = if ok { sys::SPDK_BDEV_IO_STATUS_SUCCESS } else { sys::SPDK_BDEV_IO_STATUS_FAILED };
-    sys::spdk_bdev_io_complete(io, status)
+    // SAFETY: io was handed to this module and is not yet completed (caller's contract), so it is
+    // completed exactly once here.
+    unsafe { sys::spdk_bdev_io_complete(io, status) }
 }
 
 /// True when a READ arrived without buffers; the module then asks the bdev
@@ -131,7 +141,8 @@ pub unsafe fn complete(io: *mut sys::spdk_bdev_io, ok: bool) {
 /// # Safety
 /// `io` is a live block I/O.
 pub unsafe fn lacks_buffers(io: *mut sys::spdk_bdev_io) -> bool {
-    io_iovs(io).first().is_none_or(|v| v.iov_base.is_null())
+    // SAFETY: io is a live block I/O (caller's contract); the slice is only read within this call.
+    unsafe { io_iovs(io) }.first().is_none_or(|v| v.iov_base.is_null())
 }
 
 /// fn_table.get_io_channel for a bdev whose ctxt is its io_device.
@@ -139,7 +150,8 @@ pub unsafe fn lacks_buffers(io: *mut sys::spdk_bdev_io) -> bool {
 /// # Safety
 /// Called by SPDK only, with the arguments its callback contract gives.
 pub unsafe extern "C" fn get_io_channel(ctx: *mut c_void) -> *mut sys::spdk_io_channel {
-    sys::spdk_get_io_channel(ctx)
+    // SAFETY: SPDK passes the bdev's ctxt, which these bdevs register as their io_device.
+    unsafe { sys::spdk_get_io_channel(ctx) }
 }
 
 /// fn_table.io_type_supported of both pcache's bdevs: the block I/O they serve.
@@ -168,15 +180,23 @@ pub unsafe fn unregister_bdev(name: &str, module: *mut sys::spdk_bdev_module, do
     let cname = cstring(name);
     let arg = Box::into_raw(Box::new(done));
     // arg is reclaimed exactly once, by unregister_done or below.
-    let rc = sys::spdk_bdev_unregister_by_name(cname.as_ptr(), module, Some(unregister_done), arg as *mut c_void);
+    // SAFETY: cname outlives the call, module is a registered module (caller's contract), and
+    // unregister_done takes arg back as the Box<Box<dyn FnOnce(i32)>> it was made from.
+    let rc =
+        unsafe { sys::spdk_bdev_unregister_by_name(cname.as_ptr(), module, Some(unregister_done), arg as *mut c_void) };
     if rc != 0 {
         // Not handed to SPDK, so still ours.
-        Box::from_raw(arg)(rc);
+        // SAFETY: SPDK refused, so it will never call unregister_done: arg, from Box::into_raw
+        // above, is reclaimed once, here.
+        (unsafe { Box::from_raw(arg) })(rc);
     }
 }
 
+/// The unregister callback of unregister_bdev: SPDK passes back the boxed `done` and the result.
 unsafe extern "C" fn unregister_done(arg: *mut c_void, rc: std::ffi::c_int) {
-    guard((), || (Box::from_raw(arg as *mut Box<dyn FnOnce(i32)>))(rc))
+    // SAFETY: arg is the Box<Box<dyn FnOnce(i32)>> unregister_bdev leaked for this call; SPDK calls
+    // this once, so it is reclaimed once.
+    guard((), || (unsafe { Box::from_raw(arg as *mut Box<dyn FnOnce(i32)>) })(rc))
 }
 
 /// A bdev fn_table with nothing set: modules fill in what they implement and

@@ -38,9 +38,12 @@ impl Value {
 /// # Safety
 /// `v` points into a complete, well-formed list produced by SPDK's JSON parser.
 unsafe fn decode_at(v: *const sys::spdk_json_val) -> Result<(Value, usize), String> {
-    let val = &*v;
+    // SAFETY: v points to an entry of a well-formed list (caller's contract).
+    let val = unsafe { &*v };
     let bytes = || {
-        let s = std::slice::from_raw_parts(val.start as *const u8, val.len as usize);
+        // SAFETY: a NUMBER's or STRING's start and len span its text in the request's buffer,
+        // which SPDK keeps for the whole call.
+        let s = unsafe { std::slice::from_raw_parts(val.start as *const u8, val.len as usize) };
         String::from_utf8_lossy(s).into_owned()
     };
     Ok(match val.type_ {
@@ -54,7 +57,9 @@ unsafe fn decode_at(v: *const sys::spdk_json_val) -> Result<(Value, usize), Stri
             let mut i = 1;
             let mut items = Vec::new();
             while i < end {
-                let (item, n) = decode_at(v.add(i))?;
+                // SAFETY: an ARRAY_BEGIN's len counts the entries before its ARRAY_END, so with
+                // i < end, v.add(i) is the next value of the array, in the same list.
+                let (item, n) = unsafe { decode_at(v.add(i)) }?;
                 items.push(item);
                 i += n;
             }
@@ -65,14 +70,19 @@ unsafe fn decode_at(v: *const sys::spdk_json_val) -> Result<(Value, usize), Stri
             let mut i = 1;
             let mut fields = Vec::new();
             while i < end {
-                let name = &*v.add(i);
+                // SAFETY: an OBJECT_BEGIN's len counts the entries before its OBJECT_END, so with
+                // i < end, v.add(i) is an entry of the same list.
+                let name = unsafe { &*v.add(i) };
                 if name.type_ != sys::SPDK_JSON_VAL_NAME {
                     return Err("malformed object".into());
                 }
-                let key =
-                    String::from_utf8_lossy(std::slice::from_raw_parts(name.start as *const u8, name.len as usize))
-                        .into_owned();
-                let (item, n) = decode_at(v.add(i + 1))?;
+                // SAFETY: a NAME's start and len span its text in the request's buffer.
+                let key = String::from_utf8_lossy(unsafe {
+                    std::slice::from_raw_parts(name.start as *const u8, name.len as usize)
+                })
+                .into_owned();
+                // SAFETY: in a well-formed list a NAME is followed by its value, inside the object.
+                let (item, n) = unsafe { decode_at(v.add(i + 1)) }?;
                 fields.push((key, item));
                 i += 1 + n;
             }
@@ -99,7 +109,8 @@ impl Params {
         if raw.is_null() {
             return Ok(Params { method, fields: Vec::new() });
         }
-        match decode_at(raw)?.0 {
+        // SAFETY: raw is not NULL, so it is SPDK's parsed params (caller's contract): a complete list.
+        match unsafe { decode_at(raw) }?.0 {
             Value::Object(f) => Ok(Params { method, fields: f.into_iter().map(|(k, v)| (k, v, false)).collect() }),
             other => Err(format!("{method}: params must be an object, not {}", other.kind())),
         }

@@ -110,10 +110,12 @@ pub fn register_module() {
     unsafe { sys::spdk_bdev_module_list_add(m) };
 }
 
+/// module_init: SPDK passes nothing; there is nothing to set up.
 unsafe extern "C" fn module_init() -> c_int {
     0
 }
 
+/// module_fini: SPDK passes nothing; forgets every configuration and lets go of held bdevs.
 unsafe extern "C" fn module_fini() {
     guard((), || {
         let mut r = registry();
@@ -431,14 +433,18 @@ type BuildError = (String, Option<Claims>);
 /// # Safety
 /// `base` is an open bdev.
 unsafe fn base_identity(base: *mut sys::spdk_bdev, name: &str) -> BaseIdentity {
-    let block_size = sys::spdk_bdev_get_block_size(base);
-    let size = sys::spdk_bdev_get_num_blocks(base) * block_size as u64;
-    let uuid = uuid::Uuid::from_bytes((*sys::spdk_bdev_get_uuid(base)).u.raw);
-    let module = super::ffi::str_of(sys::spdk_bdev_get_module_name(base));
-    BaseIdentity {
-        uuid: Some(uuid).filter(|u| !u.is_nil()),
-        uuid_is_stable: matches!(&*module, "nvme" | "lvol"),
-        ..BaseIdentity::named(size, block_size, name)
+    // SAFETY: base is an open bdev (caller's contract), so these queries read a live bdev: the
+    // UUID they point to lives in it, and the module name is its module's static C string.
+    unsafe {
+        let block_size = sys::spdk_bdev_get_block_size(base);
+        let size = sys::spdk_bdev_get_num_blocks(base) * block_size as u64;
+        let uuid = uuid::Uuid::from_bytes((*sys::spdk_bdev_get_uuid(base)).u.raw);
+        let module = super::ffi::str_of(sys::spdk_bdev_get_module_name(base));
+        BaseIdentity {
+            uuid: Some(uuid).filter(|u| !u.is_nil()),
+            uuid_is_stable: matches!(&*module, "nvme" | "lvol"),
+            ..BaseIdentity::named(size, block_size, name)
+        }
     }
 }
 
@@ -449,8 +455,8 @@ unsafe fn base_identity(base: *mut sys::spdk_bdev, name: &str) -> BaseIdentity {
 /// On the app thread, with `claims` open on it.
 unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) -> Result<(), BuildError> {
     let base = claims.base.bdev();
-    let block_size = sys::spdk_bdev_get_block_size(base);
-    let blocks = sys::spdk_bdev_get_num_blocks(base);
+    // SAFETY: base is the base bdev, open and claimed through `claims` (caller's contract).
+    let (block_size, blocks) = unsafe { (sys::spdk_bdev_get_block_size(base), sys::spdk_bdev_get_num_blocks(base)) };
     if block_size % 512 != 0 {
         let e = format!("base_bdev {} has {block_size}-byte blocks; pcache needs a multiple of 512", opts.base_bdev);
         return Err((e, Some(claims)));
@@ -458,7 +464,8 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     // A device that already holds a pcache keeps its data_crc unless told otherwise.
     let data_crc =
         opts.data_crc.unwrap_or_else(|| Cache::read_superblock(&*media).map(|sb| sb.data_crc()).unwrap_or(false));
-    let mut cfg = Config::new(base_identity(base, &opts.base_bdev));
+    // SAFETY: as above: base is open.
+    let mut cfg = Config::new(unsafe { base_identity(base, &opts.base_bdev) });
     cfg.uuid = opts.uuid;
     cfg.seg_size = opts.seg_size;
     cfg.data_crc = data_crc;
@@ -490,12 +497,15 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
         Opened::Loaded(r) => log::info!("{}: loaded {} and replayed its log: {r:?}", opts.name, opts.cache_bdev),
     }
     let base_desc = claims.base.desc();
-    let ch = sys::spdk_bdev_get_io_channel(base_desc);
+    // SAFETY: base_desc is the open descriptor claims.base holds; the channel is got on this
+    // thread, and put on it (below, or by Background::stop).
+    let ch = unsafe { sys::spdk_bdev_get_io_channel(base_desc) };
     if ch.is_null() {
         return Err((format!("no I/O channel for base_bdev {}", opts.base_bdev), Some(claims)));
     }
     // An RBD image is this pcache's alone while the cache may hold its data.
-    let rbd = match rbd_owner::image_of(sys::spdk_bdev_desc_get_bdev(base_desc)) {
+    // SAFETY: base_desc is open, so its bdev is registered; this is the app thread (caller's contract).
+    let rbd = match unsafe { rbd_owner::image_of(sys::spdk_bdev_desc_get_bdev(base_desc)) } {
         Ok(Some(img)) => {
             let me = rbd_owner::Owner {
                 uuid: cache.uuid().to_string(),
@@ -503,7 +513,8 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
                 cache_bdev: opts.cache_bdev.clone(),
             };
             if let Err(e) = rbd_owner::claim(&img, &me) {
-                sys::spdk_put_io_channel(ch);
+                // SAFETY: ch was got above, on this thread, and nothing else holds it.
+                unsafe { sys::spdk_put_io_channel(ch) };
                 return Err((format!("{}: base_bdev {}: {e}", opts.name, opts.base_bdev), Some(claims)));
             }
             log::info!("{}: owns RBD image {img} ({} set)", opts.name, rbd_owner::KEY);
@@ -511,36 +522,42 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
         }
         Ok(None) => None,
         Err(e) => {
-            sys::spdk_put_io_channel(ch);
+            // SAFETY: ch was got above, on this thread, and nothing else holds it.
+            unsafe { sys::spdk_put_io_channel(ch) };
             return Err((format!("{}: base_bdev {}: {e}", opts.name, opts.base_bdev), Some(claims)));
         }
     };
     let cache = Arc::new(cache);
     // Writeback's batches show in the `pcache` trace group.
     cache.observe_writeback(super::trace::writeback_events());
-    let mut base_io = SpdkBase::new(base_desc, ch);
+    // SAFETY: base_desc is open and ch a channel of it got on this thread; both outlive base_io,
+    // which Background::stop drops (after putting ch) before the claims go back.
+    let mut base_io = unsafe { SpdkBase::new(base_desc, ch) };
     match base_io.write_from_media(media.clone()) {
         Ok(()) => log::info!("{}: writeback takes data straight from {}'s mapping", opts.name, opts.cache_bdev),
         Err(why) => log::warn!("{}: writeback copies data out of {} ({why})", opts.name, opts.cache_bdev),
     }
     let node = Box::into_raw(Box::new(PcacheNode {
         // SAFETY: spdk_bdev is a plain C struct; all-zero is its initial state.
-        bdev: std::mem::zeroed(),
+        bdev: unsafe { std::mem::zeroed() },
         name_c: cstring(&opts.name),
         opts: opts.clone(),
         cache: cache.clone(),
         _media: media,
         base_desc,
-        base_can_flush: sys::spdk_bdev_io_type_supported(
-            sys::spdk_bdev_desc_get_bdev(base_desc),
-            sys::SPDK_BDEV_IO_TYPE_FLUSH,
-        ),
+        // SAFETY: base_desc is open, so its bdev is live for the query.
+        base_can_flush: unsafe {
+            sys::spdk_bdev_io_type_supported(sys::spdk_bdev_desc_get_bdev(base_desc), sys::SPDK_BDEV_IO_TYPE_FLUSH)
+        },
         claims: Some(claims),
         bg: Background::new(&opts.name, cache, base_io),
         removing: AtomicBool::new(false),
         rbd,
     }));
-    let n = &mut *node;
+    // SAFETY: node is the Box leaked just above; nothing else points to it until it is registered
+    // below. Not covered: spdk_bdev_register runs every module's examine synchronously, which
+    // reaches the node through the registry and ch_create while `n` is used again on failure.
+    let n = unsafe { &mut *node };
     let b = &mut n.bdev;
     b.name = n.name_c.as_ptr() as *mut _;
     b.product_name = c"pcache".as_ptr() as *mut _;
@@ -553,27 +570,39 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
     // FLUSH makes them durable, exactly what a volatile write cache promises.
     b.write_cache = 1;
     // Read misses go straight from the base into the caller's buffers.
-    b.required_alignment = (*base).required_alignment;
+    // SAFETY: base is the open base bdev (see above).
+    b.required_alignment = unsafe { (*base).required_alignment };
     b.ctxt = node as *mut c_void;
     b.fn_table = &FN_TABLE;
     b.module = module();
 
-    sys::spdk_io_device_register(
-        node as *mut c_void,
-        Some(pcache_io::ch_create),
-        Some(pcache_io::ch_destroy),
-        std::mem::size_of::<pcache_io::Channel>() as u32,
-        n.name_c.as_ptr(),
-    );
-    n.bg.start();
+    // SAFETY: the node is boxed and never moved, and is freed only by free_node, once the io_device
+    // is unregistered and its last channel destroyed; its name outlives the io_device with it.
+    unsafe {
+        sys::spdk_io_device_register(
+            node as *mut c_void,
+            Some(pcache_io::ch_create),
+            Some(pcache_io::ch_destroy),
+            std::mem::size_of::<pcache_io::Channel>() as u32,
+            n.name_c.as_ptr(),
+        )
+    };
+    // SAFETY: bg lives in the node, which is not moved, and is stopped (drain_poll, or below)
+    // before the node is freed; this is the thread its pollers run on.
+    unsafe { n.bg.start() };
     registry().nodes.push(Ptr(node));
-    let rc = sys::spdk_bdev_register(&mut n.bdev);
+    // SAFETY: n.bdev is filled in above; its name, ctxt and fn_table point to the node and to
+    // statics, which stay until the bdev is destructed (drain_poll) and the node freed (free_node).
+    let rc = unsafe { sys::spdk_bdev_register(&mut n.bdev) };
     if rc != 0 {
         registry().nodes.retain(|x| x.0 != node);
         n.bg.stop("registration failed");
         // The claims go back to the caller; the node goes with its io_device.
         let claims = n.claims.take();
-        sys::spdk_io_device_unregister(node as *mut c_void, Some(free_node));
+        // SAFETY: the io_device registered above; free_node frees the node once it is gone.
+        // Not covered: a failure after SPDK listed the bdev (ENOMEM, open) makes SPDK unregister
+        // it itself, and that unregistration still calls destruct with the node.
+        unsafe { sys::spdk_io_device_unregister(node as *mut c_void, Some(free_node)) };
         return Err((format!("spdk_bdev_register failed: {}", errno_str(rc)), claims));
     }
     // force_format is spent: coming back after a hot-remove must load
@@ -631,10 +660,12 @@ static FN_TABLE: sys::spdk_bdev_fn_table = sys::spdk_bdev_fn_table {
     ..ffi::NO_BDEV_OPS
 };
 
+/// fn_table.dump_info_json: SPDK passes the bdev's ctxt (its PcacheNode) and a live JSON writer.
 unsafe extern "C" fn dump_info_json(ctx: *mut c_void, w: *mut sys::spdk_json_write_ctx) -> c_int {
     guard(0, || {
-        let node = &*(ctx as *const PcacheNode);
-        let mut w = Writer::new(w);
+        // SAFETY: ctx is the bdev's ctxt, its PcacheNode, live while the bdev is registered; w is
+        // SPDK's writer for this call, and the Writer does not outlive it.
+        let (node, mut w) = unsafe { (&*(ctx as *const PcacheNode), Writer::new(w)) };
         w.named_object_begin("pcache");
         write_info(node, &node.cache.stats(), &mut w);
         w.object_end();
@@ -651,21 +682,29 @@ unsafe extern "C" fn dump_info_json(ctx: *mut c_void, w: *mut sys::spdk_json_wri
 unsafe extern "C" fn destruct(ctx: *mut c_void) -> c_int {
     guard(0, || {
         let node = ctx as *mut PcacheNode;
-        (*node).removing.store(true, Ordering::Release);
-        registry().nodes.retain(|n| n.0 != node);
-        (*node).bg.halt(&format!("{} was deleted before its flush finished", (*node).name()));
-        let p = sys::spdk_poller_register(Some(drain_poll), ctx, 1000);
-        DRAIN.lock().unwrap_or_else(|e| e.into_inner()).push((Ptr(node), Ptr(p)));
+        // SAFETY: ctx is the bdev's ctxt, its PcacheNode, which lives until free_node (scheduled
+        // by drain_poll at the earliest); SPDK calls destruct once, on the creating thread, which
+        // is where the drain poller registered here runs.
+        unsafe {
+            (*node).removing.store(true, Ordering::Release);
+            registry().nodes.retain(|n| n.0 != node);
+            (*node).bg.halt(&format!("{} was deleted before its flush finished", (*node).name()));
+            let p = sys::spdk_poller_register(Some(drain_poll), ctx, 1000);
+            DRAIN.lock().unwrap_or_else(|e| e.into_inner()).push((Ptr(node), Ptr(p)));
+        }
         1 // Asynchronous: spdk_bdev_destruct_done follows.
     })
 }
 
 static DRAIN: Mutex<Vec<(Ptr<PcacheNode>, Ptr<sys::spdk_poller>)>> = Mutex::new(Vec::new());
 
+/// The poller destruct registers: SPDK passes the PcacheNode being destructed.
 unsafe extern "C" fn drain_poll(ctx: *mut c_void) -> c_int {
     guard(sys::SPDK_POLLER_IDLE as c_int, || {
         let node = ctx as *mut PcacheNode;
-        if (*node).bg.outstanding() > 0 {
+        // SAFETY: ctx is the node destruct registered this poller with; it is freed only by
+        // free_node, which this poller schedules last, after unregistering itself.
+        if unsafe { (*node).bg.outstanding() } > 0 {
             return sys::SPDK_POLLER_IDLE as c_int;
         }
         let mut p = {
@@ -673,8 +712,12 @@ unsafe extern "C" fn drain_poll(ctx: *mut c_void) -> c_int {
             let i = d.iter().position(|e| e.0 .0 == node).expect("draining node is listed");
             d.remove(i).1 .0
         };
-        sys::spdk_poller_unregister(&mut p);
-        let n = &mut *node;
+        // SAFETY: p is this poller, registered by destruct on this thread.
+        unsafe { sys::spdk_poller_unregister(&mut p) };
+        // SAFETY: the node is live (as above), off the registry, its bdev closed and its own
+        // pollers halted, so nothing on this thread uses it meanwhile. Not covered: channels not
+        // yet destroyed on other threads still make shared references to it from their pollers.
+        let n = unsafe { &mut *node };
         n.bg.stop("deleted");
         // Journal every open key, so nothing acknowledged is lost.
         if let Err(e) = n.cache.flush() {
@@ -692,8 +735,13 @@ unsafe extern "C" fn drain_poll(ctx: *mut c_void) -> c_int {
                 }
             }
         }
-        sys::spdk_io_device_unregister(ctx, Some(free_node));
-        sys::spdk_bdev_destruct_done(&mut n.bdev, 0);
+        // SAFETY: ctx is the io_device build_node registered, unregistered once, here; free_node
+        // runs later, from a message, so n.bdev is still live when SPDK is told destruct (which
+        // returned 1) is done.
+        unsafe {
+            sys::spdk_io_device_unregister(ctx, Some(free_node));
+            sys::spdk_bdev_destruct_done(&mut n.bdev, 0);
+        }
         sys::SPDK_POLLER_BUSY as c_int
     })
 }
@@ -717,9 +765,12 @@ fn release_rbd(n: &mut PcacheNode) {
     }
 }
 
+/// The io_device unregister callback: SPDK passes the PcacheNode that build_node registered.
 unsafe extern "C" fn free_node(ctx: *mut c_void) {
     guard((), || {
-        let PcacheNode { opts, cache, bg, .. } = *Box::from_raw(ctx as *mut PcacheNode);
+        // SAFETY: ctx is the node build_node leaked with Box::into_raw; SPDK calls this once, after
+        // the io_device's last channel is gone, when its bdev is destructed or was never registered.
+        let PcacheNode { opts, cache, bg, .. } = *unsafe { Box::from_raw(ctx as *mut PcacheNode) };
         // The background work holds the cache too; it has stopped by now
         // (drain_poll, or a registration that failed).
         drop(bg);
@@ -735,9 +786,12 @@ unsafe extern "C" fn free_node(ctx: *mut c_void) {
 
 /// Runs for every new bdev before any module looks at its data: claims it
 /// if it is pcache's, then builds every pcache whose bdevs now both exist.
+///
+/// SPDK passes the new bdev, synchronously inside its spdk_bdev_register.
 unsafe extern "C" fn examine_config(bdev: *mut sys::spdk_bdev) {
     guard((), || {
-        let name = str_of(sys::spdk_bdev_get_name(bdev)).into_owned();
+        // SAFETY: SPDK passes a live, registered bdev; its name is a C string it keeps.
+        let name = unsafe { str_of(sys::spdk_bdev_get_name(bdev)) }.into_owned();
         note_image(&name);
         let role = registry().wants(&name);
         if let Some(role) = role {
@@ -747,7 +801,8 @@ unsafe extern "C" fn examine_config(bdev: *mut sys::spdk_bdev) {
         }
         attach_ready();
     });
-    sys::spdk_bdev_module_examine_done(module());
+    // SAFETY: module() is pcache's registered module; every examine_config call is answered once.
+    unsafe { sys::spdk_bdev_module_examine_done(module()) };
 }
 
 /// If `bdev` is a pmem bdev holding a pcache image, remembers which base the
@@ -821,13 +876,17 @@ fn attach_ready() {
 /// configs before per-bdev ones and this module registers before SPDK's own,
 /// so a saved config creates the pcache (which then waits) before its base
 /// bdev appears, and pcache claims the base before anyone examines it.
+///
+/// SPDK passes a live JSON writer, inside the bdev subsystem's array.
 unsafe extern "C" fn config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
     guard(0, || {
-        let mut w = Writer::new(w);
+        // SAFETY: w is SPDK's writer for this call, and the Writer does not outlive it.
+        let mut w = unsafe { Writer::new(w) };
         for (c, state) in list() {
             match state {
                 State::Online(n) => {
-                    let n = &*n.0;
+                    // SAFETY: listed nodes are registered, hence live, on this thread.
+                    let n = unsafe { &*n.0 };
                     let mut live = n.opts.clone();
                     live.gc_percent = Some(n.cache.stats().gc_percent);
                     live.data_crc = Some(n.cache.data_crc());

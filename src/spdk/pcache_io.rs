@@ -83,7 +83,9 @@ impl Channel {
     /// `ctx` is the context of a pcache io_device channel that ch_create set
     /// up and ch_destroy has not torn down, used on the channel's thread.
     unsafe fn from_ctx<'a>(ctx: *mut c_void) -> &'a Channel {
-        &*(ctx as *const Channel)
+        // SAFETY: ctx holds a Channel ch_create wrote and ch_destroy has not dropped (caller's
+        // contract); only shared references to it are ever made.
+        unsafe { &*(ctx as *const Channel) }
     }
 
     fn node(&self) -> &PcacheNode {
@@ -135,7 +137,8 @@ impl Io {
     /// processing continues (no other `Io` for it is in use), on the thread
     /// of the channel it was submitted to.
     unsafe fn from_raw(raw: *mut sys::spdk_bdev_io) -> Io {
-        Io(NonNull::new_unchecked(raw))
+        // SAFETY: raw is a submitted, live I/O (caller's contract), so it is not NULL.
+        Io(unsafe { NonNull::new_unchecked(raw) })
     }
 
     /// The handle, with the channel the I/O was submitted to.
@@ -145,8 +148,12 @@ impl Io {
     /// the callback that made it (a channel lives while it has I/O in flight,
     /// and is destroyed only from a later message on its thread).
     unsafe fn with_channel<'a>(raw: *mut sys::spdk_bdev_io) -> (&'a Channel, Io) {
-        let chan = Channel::from_ctx(ffi::channel_ctx::<c_void>(sys::spdk_bdev_io_get_io_channel(raw)));
-        (chan, Io::from_raw(raw))
+        // SAFETY: raw is a live pcache I/O handled on its channel's thread (caller's contract): the
+        // channel it was submitted to is a pcache channel ch_create set up, alive while the I/O is.
+        unsafe {
+            let chan = Channel::from_ctx(ffi::channel_ctx::<c_void>(sys::spdk_bdev_io_get_io_channel(raw)));
+            (chan, Io::from_raw(raw))
+        }
     }
 
     fn raw(&self) -> *mut sys::spdk_bdev_io {
@@ -251,31 +258,43 @@ pub unsafe extern "C" fn ctx_size() -> c_int {
 /// is a live PcacheNode (its io_device), `ctx` room for a Channel.
 pub unsafe extern "C" fn ch_create(dev: *mut c_void, ctx: *mut c_void) -> c_int {
     guard(-libc::ENOMEM, || {
-        let node = &*(dev as *const PcacheNode);
-        let base_ch = sys::spdk_bdev_get_io_channel(node.base_desc);
+        // SAFETY: dev is the io_device build_node registered, a PcacheNode that is freed only by
+        // free_node, once every channel of it is destroyed.
+        let node = unsafe { &*(dev as *const PcacheNode) };
+        // SAFETY: base_desc is the node's open base descriptor; SPDK lets any thread get a channel
+        // from a descriptor, and this one is put in ch_destroy, on this thread.
+        let base_ch = unsafe { sys::spdk_bdev_get_io_channel(node.base_desc) };
         if base_ch.is_null() {
             log::error!("{}: no base bdev channel on this thread", node.name());
             return -libc::ENOMEM;
         }
-        (ctx as *mut Channel).write(Channel {
-            node: NonNull::from(node),
-            base_ch,
-            worker: ffi::current_worker(),
-            staged: RefCell::new(Vec::with_capacity(STAGE_MAX)),
-            reads: RefCell::new(Vec::with_capacity(STAGE_MAX)),
-            spare: RefCell::new(Vec::with_capacity(STAGE_MAX)),
-            done: RefCell::new(Vec::with_capacity(STAGE_MAX)),
-            deferred: RefCell::default(),
-            defer_epoch: Cell::new(0),
-            through: RefCell::default(),
-            through_errors_at: Cell::new(0),
-            poller: Cell::new(std::ptr::null_mut()),
-            stage_poller: Cell::new(std::ptr::null_mut()),
-        });
-        let ch = Channel::from_ctx(ctx);
-        ch.poller.set(sys::spdk_poller_register(Some(retry_deferred), ctx, RETRY_PERIOD_US));
-        // Period 0: runs on every iteration of the reactor.
-        ch.stage_poller.set(sys::spdk_poller_register(Some(write_staged_poll), ctx, 0));
+        // SAFETY: ctx is SPDK's uninitialized context area of this channel, sized for a Channel
+        // when build_node registered the io_device; it is written once, here.
+        unsafe {
+            (ctx as *mut Channel).write(Channel {
+                node: NonNull::from(node),
+                base_ch,
+                worker: ffi::current_worker(),
+                staged: RefCell::new(Vec::with_capacity(STAGE_MAX)),
+                reads: RefCell::new(Vec::with_capacity(STAGE_MAX)),
+                spare: RefCell::new(Vec::with_capacity(STAGE_MAX)),
+                done: RefCell::new(Vec::with_capacity(STAGE_MAX)),
+                deferred: RefCell::default(),
+                defer_epoch: Cell::new(0),
+                through: RefCell::default(),
+                through_errors_at: Cell::new(0),
+                poller: Cell::new(std::ptr::null_mut()),
+                stage_poller: Cell::new(std::ptr::null_mut()),
+            })
+        };
+        // SAFETY: ctx now holds the Channel written above, on its own thread; the pollers get ctx
+        // and run on this thread, and ch_destroy unregisters them before it drops the Channel.
+        unsafe {
+            let ch = Channel::from_ctx(ctx);
+            ch.poller.set(sys::spdk_poller_register(Some(retry_deferred), ctx, RETRY_PERIOD_US));
+            // Period 0: runs on every iteration of the reactor.
+            ch.stage_poller.set(sys::spdk_poller_register(Some(write_staged_poll), ctx, 0));
+        }
         0
     })
 }
@@ -287,10 +306,12 @@ pub unsafe extern "C" fn ch_create(dev: *mut c_void, ctx: *mut c_void) -> c_int 
 /// is a channel ch_create set up.
 pub unsafe extern "C" fn ch_destroy(_dev: *mut c_void, ctx: *mut c_void) {
     guard((), || {
-        let ch = Channel::from_ctx(ctx);
+        // SAFETY: SPDK passes the context ch_create set up, on the channel's thread, once.
+        let ch = unsafe { Channel::from_ctx(ctx) };
         for p in [&ch.poller, &ch.stage_poller] {
             let mut raw = p.replace(std::ptr::null_mut());
-            sys::spdk_poller_unregister(&mut raw);
+            // SAFETY: a poller ch_create registered on this thread (or NULL, which SPDK ignores).
+            unsafe { sys::spdk_poller_unregister(&mut raw) };
         }
         let staged = std::mem::take(&mut *ch.staged.borrow_mut());
         let reads = std::mem::take(&mut *ch.reads.borrow_mut());
@@ -304,8 +325,12 @@ pub unsafe extern "C" fn ch_destroy(_dev: *mut c_void, ctx: *mut c_void) {
         for (io, _) in Channel::drain(&ch.through) {
             io.finish(false);
         }
-        sys::spdk_put_io_channel(ch.base_ch);
-        std::ptr::drop_in_place(ctx as *mut Channel);
+        // SAFETY: base_ch was got by ch_create on this thread and nothing uses it any more; the
+        // Channel is dropped once, here, as the last use of ch, and SPDK frees its memory after.
+        unsafe {
+            sys::spdk_put_io_channel(ch.base_ch);
+            std::ptr::drop_in_place(ctx as *mut Channel);
+        }
     })
 }
 
@@ -314,26 +339,32 @@ pub unsafe extern "C" fn ch_destroy(_dev: *mut c_void, ctx: *mut c_void) {
 /// # Safety
 /// Called by SPDK only, with the arguments its callback contract gives.
 pub unsafe extern "C" fn submit_request(ch: *mut sys::spdk_io_channel, raw: *mut sys::spdk_bdev_io) {
-    ffi::io_ctx::<IoCtx>(raw).write(IoCtx {
-        written: Cell::new(0),
-        misses: RefCell::default(),
-        one_miss_iovs: UnsafeCell::new(Iovecs::new()),
-        next_miss: Cell::new(0),
-        pending: Cell::new(0),
-        failed: Cell::new(false),
-        wait: UnsafeCell::new(Default::default()),
-        waiting: Cell::new(false),
-        bypass: Cell::new(None),
-        bypass_failed: Cell::new(false),
-        flush_target: Cell::new(0),
-    });
+    // SAFETY: SPDK hands a new I/O of a pcache bdev, whose driver context (ctx_size() bytes) is
+    // uninitialized: it is written once, here, and dropped by Io::finish.
+    unsafe {
+        ffi::io_ctx::<IoCtx>(raw).write(IoCtx {
+            written: Cell::new(0),
+            misses: RefCell::default(),
+            one_miss_iovs: UnsafeCell::new(Iovecs::new()),
+            next_miss: Cell::new(0),
+            pending: Cell::new(0),
+            failed: Cell::new(false),
+            wait: UnsafeCell::new(Default::default()),
+            waiting: Cell::new(false),
+            bypass: Cell::new(None),
+            bypass_failed: Cell::new(false),
+            flush_target: Cell::new(0),
+        })
+    };
     // SAFETY: SPDK hands the module this I/O, with the channel it goes to.
-    let (io, chan) = (Io::from_raw(raw), Channel::from_ctx(ffi::channel_ctx::<c_void>(ch)));
+    let (io, chan) = unsafe { (Io::from_raw(raw), Channel::from_ctx(ffi::channel_ctx::<c_void>(ch))) };
     if !guard(false, || {
         submit(chan, io);
         true
     }) {
-        Io::from_raw(raw).finish(false);
+        // SAFETY: submit panicked; as everywhere a guard fails an I/O, the I/O is taken to be still
+        // uncompleted, with no other handle to it in use.
+        unsafe { Io::from_raw(raw) }.finish(false);
     }
 }
 
@@ -440,19 +471,26 @@ fn stage(list: &RefCell<Vec<Io>>, io: Io) -> bool {
 /// `bio` is the completed base I/O and `arg` the pcache I/O passed (with
 /// [`Io::as_arg`]) when it was submitted.
 unsafe fn on_base_done(bio: *mut sys::spdk_bdev_io, arg: *mut c_void, f: impl FnOnce(&Channel, Io)) {
-    sys::spdk_bdev_free_io(bio);
+    // SAFETY: bio is the completed base I/O (caller's contract), freed once, here.
+    unsafe { sys::spdk_bdev_free_io(bio) };
     let raw = arg as *mut sys::spdk_bdev_io;
     if !guard(false, || {
-        let (chan, io) = Io::with_channel(raw);
+        // SAFETY: raw is the pcache I/O handed over with Io::as_arg (caller's contract); its
+        // processing continues here, on its channel's thread, where the base completion runs.
+        let (chan, io) = unsafe { Io::with_channel(raw) };
         f(chan, io);
         true
     }) {
-        Io::from_raw(raw).finish(false);
+        // SAFETY: f panicked; as everywhere a guard fails an I/O, the I/O is taken to be still
+        // uncompleted, with no other handle to it in use.
+        unsafe { Io::from_raw(raw) }.finish(false);
     }
 }
 
+/// Completion of the base reset a RESET sent: SPDK passes the base I/O, its status and the RESET.
 unsafe extern "C" fn reset_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
-    on_base_done(bio, arg, |_, io| io.finish(ok));
+    // SAFETY: bio is the completed base reset and arg the RESET submit() passed with Io::as_arg.
+    unsafe { on_base_done(bio, arg, |_, io| io.finish(ok)) };
 }
 
 /// Sends a write the engine let bypass the cache to the base, from the
@@ -485,21 +523,25 @@ fn start_bypass(chan: &Channel, io: Io, b: Bypass) -> Result<(), Io> {
     }
 }
 
+/// Completion of a bypassed write: SPDK passes the base I/O, its status and the pcache WRITE.
 unsafe extern "C" fn bypass_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
-    on_base_done(bio, arg, |chan, io| {
-        let node = chan.node();
-        if let Some(b) = io.ctx().bypass.take() {
-            node.cache.end_bypass(b, ok);
-        }
-        if ok {
-            io.finish(true);
-        } else {
-            // The base refused it: the cache keeps it, and writeback retries.
-            log::warn!("{}: a bypassed write failed on the base; it goes into the cache", node.name());
-            io.ctx().bypass_failed.set(true);
-            cache_write(chan, io);
-        }
-    });
+    // SAFETY: bio is the completed base write and arg the WRITE start_bypass passed with Io::as_arg.
+    unsafe {
+        on_base_done(bio, arg, |chan, io| {
+            let node = chan.node();
+            if let Some(b) = io.ctx().bypass.take() {
+                node.cache.end_bypass(b, ok);
+            }
+            if ok {
+                io.finish(true);
+            } else {
+                // The base refused it: the cache keeps it, and writeback retries.
+                log::warn!("{}: a bypassed write failed on the base; it goes into the cache", node.name());
+                io.ctx().bypass_failed.set(true);
+                cache_write(chan, io);
+            }
+        })
+    };
 }
 
 /// Puts a write into the cache behind those already waiting for space (to
@@ -555,16 +597,20 @@ fn flush_bypassed(chan: &Channel, io: Io, target: u64) {
     }
 }
 
+/// Completion of a FLUSH's base flush: SPDK passes the base I/O, its status and the pcache FLUSH.
 unsafe extern "C" fn base_flush_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
-    on_base_done(bio, arg, |chan, io| {
-        let node = chan.node();
-        if ok {
-            node.cache.bypass_flushed(io.ctx().flush_target.get());
-        } else {
-            log::error!("{}: flush: the base flush failed", node.name());
-        }
-        io.finish(ok);
-    });
+    // SAFETY: bio is the completed base flush and arg the FLUSH flush_bypassed passed with Io::as_arg.
+    unsafe {
+        on_base_done(bio, arg, |chan, io| {
+            let node = chan.node();
+            if ok {
+                node.cache.bypass_flushed(io.ctx().flush_target.get());
+            } else {
+                log::error!("{}: flush: the base flush failed", node.name());
+            }
+            io.finish(ok);
+        })
+    };
 }
 
 /// Writes what is left of `io` into the cache and completes it `when` said.
@@ -599,10 +645,11 @@ fn try_write(chan: &Channel, io: Io, when: Completion) -> Result<(), Io> {
     }
 }
 
+/// The stage poller of a channel: SPDK passes the channel context ch_create registered it with.
 unsafe extern "C" fn write_staged_poll(arg: *mut c_void) -> c_int {
     guard(sys::SPDK_POLLER_IDLE as c_int, || {
         // SAFETY: registered by ch_create with its channel, unregistered by ch_destroy.
-        let chan = Channel::from_ctx(arg);
+        let chan = unsafe { Channel::from_ctx(arg) };
         if chan.staged.borrow().is_empty() && chan.reads.borrow().is_empty() && chan.done.borrow().is_empty() {
             return sys::SPDK_POLLER_IDLE as c_int;
         }
@@ -755,7 +802,7 @@ fn complete_written_back(chan: &Channel) -> bool {
 unsafe extern "C" fn retry_deferred(arg: *mut c_void) -> c_int {
     guard(sys::SPDK_POLLER_IDLE as c_int, || {
         // SAFETY: registered by ch_create with its channel, unregistered by ch_destroy.
-        let chan = Channel::from_ctx(arg);
+        let chan = unsafe { Channel::from_ctx(arg) };
         if complete_written_back(chan) {
             return sys::SPDK_POLLER_BUSY as c_int;
         }
@@ -792,9 +839,11 @@ unsafe extern "C" fn retry_deferred(arg: *mut c_void) -> c_int {
     })
 }
 
+/// spdk_bdev_io_get_buf's callback: SPDK passes the channel, the READ submit() asked buffers for,
+/// and whether it got them.
 unsafe extern "C" fn read_with_buf(_ch: *mut sys::spdk_io_channel, raw: *mut sys::spdk_bdev_io, ok: bool) {
     // SAFETY: the READ submit() asked buffers for; it continues here.
-    let (chan, io) = Io::with_channel(raw);
+    let (chan, io) = unsafe { Io::with_channel(raw) };
     if !ok {
         io.finish(false);
         return;
@@ -803,7 +852,9 @@ unsafe extern "C" fn read_with_buf(_ch: *mut sys::spdk_io_channel, raw: *mut sys
         start_read(chan, io, Completion::Now);
         true
     }) {
-        Io::from_raw(raw).finish(false);
+        // SAFETY: start_read panicked; as everywhere a guard fails an I/O, the I/O is taken to be
+        // still uncompleted, with no other handle to it in use.
+        unsafe { Io::from_raw(raw) }.finish(false);
     }
 }
 
@@ -969,39 +1020,50 @@ fn submit_misses(chan: &Channel, io: Io, when: Completion) {
     }
 }
 
+/// The io-wait callback of a READ's base misses: SPDK passes the READ submit_misses queued.
 unsafe extern "C" fn resume_misses(arg: *mut c_void) {
     let raw = arg as *mut sys::spdk_bdev_io;
     if !guard(false, || {
         // SAFETY: the READ submit_misses queued to wait; it continues here.
-        let (chan, io) = Io::with_channel(raw);
+        let (chan, io) = unsafe { Io::with_channel(raw) };
         io.ctx().waiting.set(false);
         submit_misses(chan, io, Completion::Now);
         true
     }) {
-        Io::from_raw(raw).finish(false);
+        // SAFETY: submit_misses panicked; as everywhere a guard fails an I/O, the I/O is taken to
+        // be still uncompleted, with no other handle to it in use.
+        unsafe { Io::from_raw(raw) }.finish(false);
     }
 }
 
+/// Completion of one of several base reads of a READ: SPDK passes the base I/O, its status and the
+/// MissIo submit_misses boxed for it.
 unsafe extern "C" fn miss_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
     guard((), || {
-        sys::spdk_bdev_free_io(bio);
+        // SAFETY: bio is the completed base read, freed once, here.
+        unsafe { sys::spdk_bdev_free_io(bio) };
         // SAFETY: the MissIo submit_misses boxed for this base read, whose
         // handle is used within this callback only.
-        let mio = Box::from_raw(arg as *mut MissIo);
-        let chan = Channel::from_ctx(ffi::channel_ctx::<c_void>(sys::spdk_bdev_io_get_io_channel(mio.io.raw())));
+        let mio = unsafe { Box::from_raw(arg as *mut MissIo) };
+        // SAFETY: mio.io is the live READ this miss belongs to; the channel it was submitted to
+        // lives while it is in flight, and this callback runs on that channel's thread.
+        let chan =
+            unsafe { Channel::from_ctx(ffi::channel_ctx::<c_void>(sys::spdk_bdev_io_get_io_channel(mio.io.raw()))) };
         let MissIo { io, idx, iovs } = *mio;
         miss_done_with(chan, io, idx, &iovs, ok);
     })
 }
 
+/// Completion of a READ's only base read: SPDK passes the base I/O, its status and the READ.
 unsafe extern "C" fn one_miss_done(bio: *mut sys::spdk_bdev_io, ok: bool, arg: *mut c_void) {
     guard((), || {
-        sys::spdk_bdev_free_io(bio);
+        // SAFETY: bio is the completed base read, freed once, here.
+        unsafe { sys::spdk_bdev_free_io(bio) };
         // SAFETY: the READ whose one miss this base read was; it continues here.
-        let (chan, io) = Io::with_channel(arg as *mut sys::spdk_bdev_io);
+        let (chan, io) = unsafe { Io::with_channel(arg as *mut sys::spdk_bdev_io) };
         // SAFETY: the base read is done with the iovecs; only this read's
         // completion, below, uses them now.
-        let iovs = std::mem::take(&mut *io.ctx().one_miss_iovs.get());
+        let iovs = std::mem::take(unsafe { &mut *io.ctx().one_miss_iovs.get() });
         miss_done_with(chan, io, 0, &iovs, ok);
     })
 }

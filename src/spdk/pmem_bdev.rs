@@ -46,10 +46,12 @@ pub fn register_module() {
     unsafe { sys::spdk_bdev_module_list_add(m) };
 }
 
+/// module_init: SPDK passes nothing; there is nothing to set up.
 unsafe extern "C" fn module_init() -> c_int {
     0
 }
 
+/// module_fini: SPDK passes nothing; every device is gone by then.
 unsafe extern "C" fn module_fini() {}
 
 /// The mapping behind the pmem bdev `name`, for pcache's DAX data path.
@@ -157,8 +159,11 @@ pub fn delete(name: &str, done: Box<dyn FnOnce(i32)>) {
     unsafe { ffi::unregister_bdev(name, module(), done) };
 }
 
+/// The io_device unregister callback: SPDK passes the PmemBdev that create registered as the io_device.
 unsafe extern "C" fn free_device(ctx: *mut c_void) {
-    guard((), || drop(Box::from_raw(ctx as *mut PmemBdev)))
+    // SAFETY: ctx is the PmemBdev create leaked with Box::into_raw; SPDK calls this once, when the
+    // io_device is gone and the bdev is destructed (or was never registered), so nothing uses it.
+    guard((), || drop(unsafe { Box::from_raw(ctx as *mut PmemBdev) }))
 }
 
 static FN_TABLE: sys::spdk_bdev_fn_table = sys::spdk_bdev_fn_table {
@@ -170,24 +175,31 @@ static FN_TABLE: sys::spdk_bdev_fn_table = sys::spdk_bdev_fn_table {
     ..ffi::NO_BDEV_OPS
 };
 
+/// bdev destruct: SPDK passes the bdev's ctxt, its PmemBdev.
 unsafe extern "C" fn destruct(ctx: *mut c_void) -> c_int {
     guard(0, || {
         devices().retain(|d| d.0 as *mut c_void != ctx);
-        sys::spdk_io_device_unregister(ctx, Some(free_device));
+        // SAFETY: ctx is the io_device create registered; SPDK destructs a bdev once, so it is
+        // unregistered once, and free_device frees it after.
+        unsafe { sys::spdk_io_device_unregister(ctx, Some(free_device)) };
         0
     })
 }
 
+/// io_device channel constructor: SPDK passes the PmemBdev and an empty context; nothing to set up.
 unsafe extern "C" fn ch_create(_dev: *mut c_void, _ctx: *mut c_void) -> c_int {
     0
 }
 
+/// io_device channel destructor: SPDK passes the PmemBdev and the empty context.
 unsafe extern "C" fn ch_destroy(_dev: *mut c_void, _ctx: *mut c_void) {}
 
+/// fn_table.dump_info_json: SPDK passes the bdev's ctxt (its PmemBdev) and a live JSON writer.
 unsafe extern "C" fn dump_info_json(ctx: *mut c_void, w: *mut sys::spdk_json_write_ctx) -> c_int {
     guard(0, || {
-        let d = &*(ctx as *const PmemBdev);
-        let mut w = Writer::new(w);
+        // SAFETY: ctx is the bdev's ctxt, its PmemBdev, live while the bdev is registered; w is
+        // SPDK's writer for this call, and the Writer does not outlive it.
+        let (d, mut w) = unsafe { (&*(ctx as *const PmemBdev), Writer::new(w)) };
         w.named_object_begin("pmem");
         w.named_str("path", &d.path.to_string_lossy());
         w.named_u64("size", d.media.len());
@@ -197,11 +209,14 @@ unsafe extern "C" fn dump_info_json(ctx: *mut c_void, w: *mut sys::spdk_json_wri
     })
 }
 
+/// The module's config_json: SPDK passes a live JSON writer, inside the bdev subsystem's array.
 unsafe extern "C" fn config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
     guard(0, || {
-        let mut w = Writer::new(w);
+        // SAFETY: w is SPDK's writer for this call, and the Writer does not outlive it.
+        let mut w = unsafe { Writer::new(w) };
         for d in devices().iter() {
-            let d = &*d.0;
+            // SAFETY: listed devices are live until destruct removes them, on this thread.
+            let d = unsafe { &*d.0 };
             w.object_begin();
             w.named_str("method", "bdev_pmem_create");
             w.named_object_begin("params");
@@ -215,20 +230,29 @@ unsafe extern "C" fn config_json(w: *mut sys::spdk_json_write_ctx) -> c_int {
     })
 }
 
+/// fn_table.submit_request: SPDK passes the channel and a new I/O of a pmem bdev.
 unsafe extern "C" fn submit_request(_ch: *mut sys::spdk_io_channel, io: *mut sys::spdk_bdev_io) {
     guard((), || {
-        if (*io).type_ as u32 == sys::SPDK_BDEV_IO_TYPE_READ && ffi::lacks_buffers(io) {
-            let (_, blocks) = ffi::block_range(io);
-            let len = blocks * (*(*io).bdev).blocklen as u64;
-            sys::spdk_bdev_io_get_buf(io, Some(read_with_buf), len);
-            return;
+        // SAFETY: SPDK hands this module a live block I/O of a pmem bdev; it is completed once:
+        // here, or by read_with_buf once the bdev layer has found it buffers.
+        unsafe {
+            if (*io).type_ as u32 == sys::SPDK_BDEV_IO_TYPE_READ && ffi::lacks_buffers(io) {
+                let (_, blocks) = ffi::block_range(io);
+                let len = blocks * (*(*io).bdev).blocklen as u64;
+                sys::spdk_bdev_io_get_buf(io, Some(read_with_buf), len);
+                return;
+            }
+            ffi::complete(io, serve(io).is_ok());
         }
-        ffi::complete(io, serve(io).is_ok());
     })
 }
 
+/// spdk_bdev_io_get_buf's callback: SPDK passes the channel, the READ submit_request asked buffers
+/// for, and whether it got them.
 unsafe extern "C" fn read_with_buf(_ch: *mut sys::spdk_io_channel, io: *mut sys::spdk_bdev_io, ok: bool) {
-    guard((), || ffi::complete(io, ok && serve(io).is_ok()))
+    // SAFETY: io is the live READ submit_request handed over, with its buffers attached when ok
+    // (serve runs only then); it is completed once, here.
+    guard((), || unsafe { ffi::complete(io, ok && serve(io).is_ok()) })
 }
 
 /// Serves one I/O synchronously against the mapping.
@@ -236,24 +260,31 @@ unsafe extern "C" fn read_with_buf(_ch: *mut sys::spdk_io_channel, io: *mut sys:
 /// # Safety
 /// `io` is a live I/O on a pmem bdev, with its buffers attached.
 unsafe fn serve(io: *mut sys::spdk_bdev_io) -> crate::Result<()> {
-    let d = &*((*(*io).bdev).ctxt as *const PmemBdev);
+    // SAFETY: io is a live I/O on a pmem bdev (caller's contract): its bdev's ctxt is the PmemBdev
+    // create registered, which lives while the bdev has I/O.
+    let d = unsafe { &*((*(*io).bdev).ctxt as *const PmemBdev) };
     let bs = d.bdev.blocklen as u64;
-    let (off_b, n_b) = ffi::block_range(io);
+    // SAFETY: a live block I/O (caller's contract).
+    let (off_b, n_b) = unsafe { ffi::block_range(io) };
     let (mut off, len) = (off_b * bs, n_b * bs);
     let m = &*d.media;
-    match (*io).type_ as u32 {
+    // SAFETY: as above.
+    match unsafe { (*io).type_ as u32 } {
         sys::SPDK_BDEV_IO_TYPE_READ => {
-            for v in ffi::io_iovs(io) {
+            // SAFETY: a live I/O with its buffers attached (caller's contract); its iovecs stay
+            // put while it is served.
+            for v in unsafe { ffi::io_iovs(io) } {
                 // SAFETY: the bdev layer owns these buffers for the I/O's life.
-                let buf = std::slice::from_raw_parts_mut(v.iov_base as *mut u8, v.iov_len);
+                let buf = unsafe { std::slice::from_raw_parts_mut(v.iov_base as *mut u8, v.iov_len) };
                 m.read(off, buf)?;
                 off += v.iov_len as u64;
             }
         }
         sys::SPDK_BDEV_IO_TYPE_WRITE => {
-            for v in ffi::io_iovs(io) {
+            // SAFETY: as for READ.
+            for v in unsafe { ffi::io_iovs(io) } {
                 // SAFETY: as above.
-                let buf = std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len);
+                let buf = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
                 m.write(off, buf)?;
                 off += v.iov_len as u64;
             }

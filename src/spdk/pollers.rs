@@ -95,7 +95,9 @@ impl Background {
                 (writeback_poll, WRITEBACK_PERIOD_US),
                 (gc_poll, GC_PERIOD_US),
             ] {
-                st.pollers.push(sys::spdk_poller_register(Some(f), arg, period));
+                // SAFETY: arg is self, which is not moved and outlives the pollers (caller's
+                // contract); pollers run on this thread, the one that registers them here.
+                st.pollers.push(unsafe { sys::spdk_poller_register(Some(f), arg, period) });
             }
         }
     }
@@ -220,7 +222,8 @@ fn rc(busy: bool) -> c_int {
 /// Background::start), which outlives the poller.
 unsafe fn counted_step(arg: *mut c_void, what: &str, step: impl FnOnce(&Cache) -> crate::Result<usize>) -> c_int {
     guard(rc(false), || {
-        let bg = &*(arg as *const Background);
+        // SAFETY: arg is the live Background the poller was registered for (caller's contract).
+        let bg = unsafe { &*(arg as *const Background) };
         match step(&bg.cache) {
             Ok(n) => rc(n > 0),
             Err(e) => {
@@ -233,23 +236,33 @@ unsafe fn counted_step(arg: *mut c_void, what: &str, step: impl FnOnce(&Cache) -
     })
 }
 
+/// The key-set flushing poller: SPDK passes the Background that Background::start registered it for.
 unsafe extern "C" fn kset_poll(arg: *mut c_void) -> c_int {
-    counted_step(arg, "key-set flush", |c| c.flush_expired_ksets())
+    // SAFETY: arg is the Background start() registered this poller with; stop() unregisters the
+    // poller before the Background goes.
+    unsafe { counted_step(arg, "key-set flush", |c| c.flush_expired_ksets()) }
 }
 
+/// The GC poller: SPDK passes the Background that Background::start registered it for.
 unsafe extern "C" fn gc_poll(arg: *mut c_void) -> c_int {
-    counted_step(arg, "gc", |c| {
-        let n = c.gc_step()?;
-        if n > 0 {
-            trace::record(Tp::GcStep, n as u64, 0);
-        }
-        Ok(n)
-    })
+    // SAFETY: as in kset_poll: arg is the Background this poller was registered with, still live.
+    unsafe {
+        counted_step(arg, "gc", |c| {
+            let n = c.gc_step()?;
+            if n > 0 {
+                trace::record(Tp::GcStep, n as u64, 0);
+            }
+            Ok(n)
+        })
+    }
 }
 
+/// The writeback poller: SPDK passes the Background that Background::start registered it for.
 unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
     guard(rc(false), || {
-        let bg = &*(arg as *const Background);
+        // SAFETY: arg is the Background start() registered this poller with; stop() unregisters the
+        // poller before the Background goes.
+        let bg = unsafe { &*(arg as *const Background) };
         let mut guard = bg.lock();
         let Some(st) = guard.as_mut() else { return rc(false) };
         // Pacing (Cache::writeback_pace): a burst gets the reactor while the

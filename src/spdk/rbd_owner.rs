@@ -72,11 +72,15 @@ impl Owner {
 /// # Safety
 /// `bdev` is a registered bdev, used on the app thread.
 pub unsafe fn image_of(bdev: *mut sys::spdk_bdev) -> Result<Option<RbdImage>, String> {
-    let product = sys::spdk_bdev_get_product_name(bdev);
-    if product.is_null() || CStr::from_ptr(product).to_bytes() != RBD_PRODUCT.as_bytes() {
+    // SAFETY: bdev is a registered bdev (caller's contract); its product name is NULL or a C string
+    // that lives as long as the bdev.
+    let product = unsafe { sys::spdk_bdev_get_product_name(bdev) };
+    // SAFETY: as above; product is not NULL here.
+    if product.is_null() || unsafe { CStr::from_ptr(product) }.to_bytes() != RBD_PRODUCT.as_bytes() {
         return Ok(None);
     }
-    let json = dump_info(bdev)?;
+    // SAFETY: bdev is a registered bdev, on the app thread (caller's contract).
+    let json = unsafe { dump_info(bdev) }?;
     let v: serde_json::Value =
         serde_json::from_str(&json).map_err(|e| format!("bdev_rbd's description does not parse: {e}"))?;
     let rbd = &v["rbd"];
@@ -101,21 +105,32 @@ pub unsafe fn image_of(bdev: *mut sys::spdk_bdev) -> Result<Option<RbdImage>, St
 }
 
 /// `bdev`'s driver-specific JSON (what bdev_get_bdevs shows), as text.
+///
+/// # Safety
+/// `bdev` is a registered bdev, used on the app thread.
 unsafe fn dump_info(bdev: *mut sys::spdk_bdev) -> Result<String, String> {
+    /// The writer's output callback: SPDK passes the Vec given to spdk_json_write_begin and the
+    /// next bytes of the text.
     unsafe extern "C" fn collect(ctx: *mut c_void, data: *const c_void, size: usize) -> c_int {
         // SAFETY: ctx is the Vec below; data holds size bytes.
-        (*(ctx as *mut Vec<u8>)).extend_from_slice(std::slice::from_raw_parts(data as *const u8, size));
+        unsafe { (*(ctx as *mut Vec<u8>)).extend_from_slice(std::slice::from_raw_parts(data as *const u8, size)) };
         0
     }
     let mut out: Vec<u8> = Vec::new();
-    let w = sys::spdk_json_write_begin(Some(collect), &mut out as *mut Vec<u8> as *mut c_void, 0);
+    // SAFETY: collect gets `out`, which outlives the writer (ended below, before out is read).
+    let w = unsafe { sys::spdk_json_write_begin(Some(collect), &mut out as *mut Vec<u8> as *mut c_void, 0) };
     if w.is_null() {
         return Err("no memory for a JSON writer".into());
     }
-    sys::spdk_json_write_object_begin(w);
-    let rc = sys::spdk_bdev_dump_info_json(bdev, w);
-    sys::spdk_json_write_object_end(w);
-    sys::spdk_json_write_end(w);
+    // SAFETY: w is the live writer begun above, ended once, here; bdev is registered and this is
+    // the app thread (caller's contract), so it may dump its description into w.
+    let rc = unsafe {
+        sys::spdk_json_write_object_begin(w);
+        let rc = sys::spdk_bdev_dump_info_json(bdev, w);
+        sys::spdk_json_write_object_end(w);
+        sys::spdk_json_write_end(w);
+        rc
+    };
     if rc != 0 {
         return Err(format!("bdev_rbd's description failed: rc {rc}"));
     }
