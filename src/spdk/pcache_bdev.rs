@@ -554,48 +554,57 @@ unsafe fn build_node(opts: &CreateOpts, media: Arc<PmemFile>, claims: Claims) ->
         removing: AtomicBool::new(false),
         rbd,
     }));
-    // SAFETY: node is the Box leaked just above; nothing else points to it until it is registered
-    // below. Not covered: spdk_bdev_register runs every module's examine synchronously, which
-    // reaches the node through the registry and ch_create while `n` is used again on failure.
-    let n = unsafe { &mut *node };
-    let b = &mut n.bdev;
-    b.name = n.name_c.as_ptr() as *mut _;
-    b.product_name = c"pcache".as_ptr() as *mut _;
-    b.blocklen = block_size;
-    b.blockcnt = blocks;
-    // The same identity at every start: an NVMe-oF namespace exported from
-    // it keeps its UUID across restarts.
-    b.uuid = sys::spdk_uuid { u: sys::spdk_uuid__bindgen_ty_1 { raw: *n.cache.uuid().as_bytes() } };
-    // Writes are acknowledged from pmem before their keys are journalled: a
-    // FLUSH makes them durable, exactly what a volatile write cache promises.
-    b.write_cache = 1;
-    // Read misses go straight from the base into the caller's buffers.
-    // SAFETY: base is the open base bdev (see above).
-    b.required_alignment = unsafe { (*base).required_alignment };
-    b.ctxt = node as *mut c_void;
-    b.fn_table = &FN_TABLE;
-    b.module = module();
+    {
+        // SAFETY: node is the Box leaked just above; nothing else points to it until it is
+        // registered below, and this borrow ends before that.
+        let n = unsafe { &mut *node };
+        let b = &mut n.bdev;
+        b.name = n.name_c.as_ptr() as *mut _;
+        b.product_name = c"pcache".as_ptr() as *mut _;
+        b.blocklen = block_size;
+        b.blockcnt = blocks;
+        // The same identity at every start: an NVMe-oF namespace exported from
+        // it keeps its UUID across restarts.
+        b.uuid = sys::spdk_uuid { u: sys::spdk_uuid__bindgen_ty_1 { raw: *n.cache.uuid().as_bytes() } };
+        // Writes are acknowledged from pmem before their keys are journalled: a
+        // FLUSH makes them durable, exactly what a volatile write cache promises.
+        b.write_cache = 1;
+        // Read misses go straight from the base into the caller's buffers.
+        // SAFETY: base is the open base bdev (see above).
+        b.required_alignment = unsafe { (*base).required_alignment };
+        b.ctxt = node as *mut c_void;
+        b.fn_table = &FN_TABLE;
+        b.module = module();
 
-    // SAFETY: the node is boxed and never moved, and is freed only by free_node, once the io_device
-    // is unregistered and its last channel destroyed; its name outlives the io_device with it.
-    unsafe {
-        sys::spdk_io_device_register(
-            node as *mut c_void,
-            Some(pcache_io::ch_create),
-            Some(pcache_io::ch_destroy),
-            std::mem::size_of::<pcache_io::Channel>() as u32,
-            n.name_c.as_ptr(),
-        )
-    };
-    // SAFETY: bg lives in the node, which is not moved, and is stopped (drain_poll, or below)
-    // before the node is freed; this is the thread its pollers run on.
-    unsafe { n.bg.start() };
+        // SAFETY: the node is boxed and never moved, and is freed only by free_node, once the
+        // io_device is unregistered and its last channel destroyed; its name outlives the
+        // io_device with it.
+        unsafe {
+            sys::spdk_io_device_register(
+                node as *mut c_void,
+                Some(pcache_io::ch_create),
+                Some(pcache_io::ch_destroy),
+                std::mem::size_of::<pcache_io::Channel>() as u32,
+                n.name_c.as_ptr(),
+            )
+        };
+        // SAFETY: bg lives in the node, which is not moved, and is stopped (drain_poll, or below)
+        // before the node is freed; this is the thread its pollers run on.
+        unsafe { n.bg.start() };
+    }
     registry().nodes.push(Ptr(node));
-    // SAFETY: n.bdev is filled in above; its name, ctxt and fn_table point to the node and to
-    // statics, which stay until the bdev is destructed (drain_poll) and the node freed (free_node).
-    let rc = unsafe { sys::spdk_bdev_register(&mut n.bdev) };
+    // spdk_bdev_register runs every module's examine before it returns, and
+    // they reach the node (the registry, ch_create): only a raw pointer to
+    // it is held across the call.
+    // SAFETY: the node's bdev is filled in above; its name, ctxt and fn_table point to the node
+    // and to statics, which stay until the bdev is destructed (drain_poll) and the node freed
+    // (free_node).
+    let rc = unsafe { sys::spdk_bdev_register(std::ptr::addr_of_mut!((*node).bdev)) };
     if rc != 0 {
         registry().nodes.retain(|x| x.0 != node);
+        // SAFETY: the registration is over; the failed bdev serves no I/O, so
+        // nothing else uses the node now.
+        let n = unsafe { &mut *node };
         n.bg.stop("registration failed");
         // The claims go back to the caller; the node goes with its io_device.
         let claims = n.claims.take();

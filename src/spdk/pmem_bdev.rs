@@ -134,7 +134,9 @@ pub fn create(name: &str, path: &Path, size: Option<u64>, block_size: u32) -> Re
         // Listed before registering: registration runs pcache's examine,
         // which looks the mapping up to attach a waiting pcache.
         devices().push(Ptr(dev));
-        let rc = sys::spdk_bdev_register(&mut d.bdev);
+        // Examine (pcache's among them) reads the device through DEVICES
+        // while this runs: only a raw pointer to it is held across the call.
+        let rc = sys::spdk_bdev_register(std::ptr::addr_of_mut!((*dev).bdev));
         if rc != 0 {
             devices().retain(|x| x.0 != dev);
             sys::spdk_io_device_unregister(dev as *mut c_void, Some(free_device));
