@@ -100,6 +100,10 @@ bluestore cache size = 134217728
 osd memory target = 939524096
 bluestore fsck on mount = false
 memstore device bytes = $(( (image_mib + 1024) << 20 ))
+# Objects as fixed pages, not buffer lists that random 4 KiB writes split
+# ever finer (with those, one bare image ran 3.6 K, then 1.75 K, 1.57 K and
+# 1.17 K IOPS in four 20 s runs in a row).
+memstore page set = true
 # A MemStore OSD saves its objects only when it unmounts the store, which
 # the fast shutdown (the default on SIGTERM) skips: osd-stop would lose them.
 osd fast shutdown = false
