@@ -109,8 +109,8 @@ check "the flushed image equals what pcache serves (rbd export)" cmp -s "$WORK/w
 stop_app tgt "$sock"
 
 # 5. kill -9 in the middle of writeback: fio (SPDK's plugin, the app here)
-#    writes FLUSH epochs over a 16 MiB region of a fresh image through a
-#    32 MiB cache, each epoch 8 MiB of random blocks with its own pattern,
+#    writes FLUSH epochs over a 32 MiB region of a fresh image through a
+#    64 MiB cache, each epoch 16 MiB of random blocks with its own pattern,
 #    and is killed while RBD is still catching up. The image read without
 #    pcache must be a prefix of the epochs; the restarted pcache must serve
 #    every epoch whose FLUSH completed; flushed, the image equals it.
@@ -118,10 +118,10 @@ if ! plugin=$(fio_plugin); then
   echo "  skipped: kill -9 in the middle of writeback needs fio and SPDK's fio plugin (SPDK built --with-fio)"
 else
   rbd -c "$conf" create --size 64 rbd/epochs >>"$WORK/export.log" 2>&1
-  sed 's/"rbd_name":"img0"/"rbd_name":"epochs"/; s/"size":67108864/"size":33554432/; s/"name":"PC0"/"name":"PCE"/
+  sed 's/"rbd_name":"img0"/"rbd_name":"epochs"/; s/"name":"PC0"/"name":"PCE"/
        s|'"$SHM"'.pmem"|'"$SHM"'.pmeme"|' "$WORK/stack.json" >"$WORK/epochs.json"
   mkdir -p "$WORK/ep"
-  python3 "$ROOT/tests/spdk/epochs.py" job "$WORK/ep/epochs.fio" "$WORK/epochs.json" PCE 100 16 8
+  python3 "$ROOT/tests/spdk/epochs.py" job "$WORK/ep/epochs.fio" "$WORK/epochs.json" PCE 100 32 16
   (cd "$WORK/ep" && exec env LD_PRELOAD="$plugin $MODULE" fio epochs.fio) >"$WORK/ep/fio.log" 2>&1 &
   fio_pid=$!
   sleep 12
@@ -129,10 +129,10 @@ else
   kill -9 "$fio_pid"; wait "$fio_pid" 2>/dev/null
   edd() { env LD_PRELOAD="$MODULE" "$DD" "${APP_ARGS[@]}" --json "$WORK/epochs.json" "$@" >>"$WORK/dd.log" 2>&1; }
   timeout 120 rbd -c "$conf" export --no-progress rbd/epochs "$WORK/ep/image.bin" >>"$WORK/export.log" 2>&1
-  prefix() { python3 "$ROOT/tests/spdk/epochs.py" check "$1" "$WORK/ep" 16 ${2:-}; }
+  prefix() { python3 "$ROOT/tests/spdk/epochs.py" check "$1" "$WORK/ep" 32 ${2:-}; }
   out=$(prefix "$WORK/ep/image.bin"); rc=$?
   check "after kill -9 the image (rbd export) is a prefix of FLUSH epochs: $out" [ $rc -eq 0 ]
-  edd --ib PCE --of "$WORK/ep/served.bin" --bs 65536 --count 256
+  edd --ib PCE --of "$WORK/ep/served.bin" --bs 65536 --count 512
   out=$(prefix "$WORK/ep/served.bin" --flushed-kept); rc=$?
   check "the restarted pcache serves every epoch whose FLUSH completed: $out" [ $rc -eq 0 ]
   start_app tgt "$sock" "$WORK/tgt-ep.log" "$SPDK_DIR/bin/spdk_tgt" "${APP_ARGS[@]}" -m 0x1 --json "$WORK/epochs.json" \
@@ -143,7 +143,7 @@ else
   stop_app tgt "$sock"
   timeout 120 rbd -c "$conf" export --no-progress rbd/epochs "$WORK/ep/image2.bin" >>"$WORK/export.log" 2>&1
   check "flushed, the image equals what the restarted pcache served" \
-    cmp -s "$WORK/ep/served.bin" <(head -c $((16 << 20)) "$WORK/ep/image2.bin")
+    cmp -s "$WORK/ep/served.bin" <(head -c $((32 << 20)) "$WORK/ep/image2.bin")
   rm -f "$SHM.pmeme"
 fi
 
