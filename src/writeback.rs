@@ -688,16 +688,17 @@ fn submit_run(s: &Shared, base: &dyn BaseDevice, run: &Run, io: &Arc<Inflight>) 
     // Without data CRCs to check first, the base takes the data straight
     // from pmem where it can: the log does not reuse these bytes before
     // the batch is finished.
-    let plain = |&(_, src): &(u32, Src)| matches!(src, Src::Key { key, .. } if key.flags & KEY_FLAG_CRC == 0);
-    if run.parts.iter().all(plain) {
-        let ranges: Vec<MediaRange> = run
-            .parts
-            .iter()
-            .map(|&(len, src)| match src {
-                Src::Key { key, skip } => MediaRange { off: s.geo.addr(key.seg, key.seg_off + skip), len },
-                Src::Zero => unreachable!("checked just above"),
-            })
-            .collect();
+    let ranges: Option<Vec<MediaRange>> = run
+        .parts
+        .iter()
+        .map(|&(len, src)| match src {
+            Src::Key { key, skip } if key.flags & KEY_FLAG_CRC == 0 => {
+                Some(MediaRange { off: s.geo.addr(key.seg, key.seg_off + skip), len })
+            }
+            _ => None,
+        })
+        .collect();
+    if let Some(ranges) = ranges {
         match base.write_media(run.off, &ranges, done) {
             Ok(()) => return Ok(()),
             Err(d) => done = d,
