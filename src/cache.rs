@@ -473,10 +473,19 @@ impl Cache {
         if self.over_dirty_cap() {
             return None;
         }
-        // New blocks are going to the base for want of room (bypass.rs):
-        // only writeback makes room, and a trickle would leave the dirty data
-        // there for good, the base lag growing while the base takes bypasses.
-        if self.is_full() {
+        // A dirty cap below the GC threshold moves the pace's marks down.
+        let ceiling = (self.gc_percent() as u32).min(self.max_dirty_percent() + writeback::WB_FULL_MARGIN);
+        let dirty = self.dirty_percent();
+        // New blocks are going to the base for want of room (bypass.rs), and
+        // dirty data holds much of it: only writeback makes room, and a
+        // trickle would leave the dirty data there for good, the base lag
+        // growing while the base takes bypasses. Not while little is dirty:
+        // the room is then clean data that GC reclaims, and writing back at
+        // once would leave later writes nothing to overwrite, so that
+        // absorbed_percent (what makes is_full hold) stayed low for good (a
+        // hot set of mixed reads and writes was caught so, at a tenth of
+        // its speed).
+        if dirty >= ceiling.saturating_sub(writeback::WB_EASY_MARGIN) && self.is_full() {
             return None;
         }
         if self.wb.may_keep_at(self.journal.tails().dirty.seq) {
@@ -484,9 +493,7 @@ impl Cache {
             // step keeps what is live, a copy in pmem), else trickle to the base.
             return (!self.keep_needs_room()).then_some(writeback::TRICKLE);
         }
-        // A dirty cap below the GC threshold moves the pace's marks down.
-        let ceiling = (self.gc_percent() as u32).min(self.max_dirty_percent() + writeback::WB_FULL_MARGIN);
-        writeback::pace(self.dirty_percent(), ceiling)
+        writeback::pace(dirty, ceiling)
     }
 
     /// Dirty bytes as a percentage of the cache's data capacity.
