@@ -118,7 +118,7 @@ def call(method, params=None):
         except ValueError: continue
 def trace():
     # BENCH_TRACE=1: a line of the cache's state every second of the timed run.
-    keys = ("segs_used", "dirty_bytes", "cache_full", "absorbed_percent", "base_writes_per_sec",
+    keys = ("segs_used", "dirty_bytes", "cache_full", "absorbed_percent", "full_hits_percent", "base_writes_per_sec",
             "base_flushes_per_sec", "writeback_bytes_per_sec", "bypass_full_writes", "deferred_writes")
     for _ in range(secs):
         time.sleep(1)

@@ -55,6 +55,9 @@ pub const DEFAULT_SEQ_CUTOFF: u64 = 1 << 20;
 /// Writeback that finds at least this share (percent) of a full cache's
 /// dirty bytes overwritten keeps new writes in the cache (see is_full).
 pub const ABSORBED_ENOUGH: u32 = 50;
+/// Share (percent) of a full cache's writes with cached data under them at
+/// which it takes new blocks again (see [`is_full`]).
+pub const FULL_HITS_ENOUGH: u32 = 50;
 /// Writes smaller than this never bypass: writeback merges them into runs of
 /// up to 1 MiB, which costs the base fewer I/Os than passing each through.
 pub const BYPASS_MIN_IO: u64 = 64 << 10;
@@ -261,8 +264,14 @@ impl Bypasses {
 /// is used up to near the GC threshold (gc_percent - WB_FULL_MARGIN: GC keeps
 /// it about there in steady state), so a burst into a cache with room stays
 /// in it.
-pub(crate) fn is_full(s: &Shared, absorbed: Option<u32>, gc_percent: u8) -> bool {
-    (s.segs.is_short() || absorbed.is_some_and(|p| p < ABSORBED_ENOUGH))
+///
+/// A full cache that finds cached data under most of its writes
+/// (`full_hits`, full_hits.rs) holds the working set after all: it takes
+/// new blocks again unless writes wait for space, whatever writeback found.
+pub(crate) fn is_full(s: &Shared, absorbed: Option<u32>, full_hits: Option<u32>, gc_percent: u8) -> bool {
+    let little_absorbed =
+        absorbed.is_some_and(|p| p < ABSORBED_ENOUGH) && full_hits.is_none_or(|h| h < FULL_HITS_ENOUGH);
+    (s.segs.is_short() || little_absorbed)
         && s.segs.used_percent() >= (gc_percent as u32).saturating_sub(WB_FULL_MARGIN)
 }
 

@@ -23,6 +23,7 @@ use crate::format::{
     CacheInfo, LogPos, Superblock, CACHE_INFO_OFF, FORMAT_VERSION, MAX_SEGS, META_BLOCK, MIN_SEGS, REC_CACHE_INFO,
     SB_FLAG_DATA_CRC, SB_OFF, SB_SIZE, SEG_START,
 };
+use crate::full_hits::FullHits;
 use crate::gc::Gc;
 use crate::heads::DataHeads;
 use crate::index::Index;
@@ -71,6 +72,8 @@ pub struct Cache {
     wb: Writeback,
     gc: Gc,
     bypass: Bypasses,
+    /// How many of a full cache's writes found cached data (full_hits.rs).
+    full_hits: FullHits,
     settings: Settings,
     /// After leaving writeback: the log sequence writeback must reach before
     /// what was dirty then is all on the base (0: no such transition).
@@ -186,6 +189,7 @@ impl Cache {
             wb: Writeback::new(cfg.writeback_batch_bytes, cfg.base_lag, cfg.max_dirty_percent),
             gc: Gc::default(),
             bypass: Bypasses::new(cfg.workers, cfg.seq_cutoff),
+            full_hits: FullHits::new(),
             settings: Settings::new(info_rep, info),
             leaving_until: AtomicU64::new(0),
             read_cache: cfg.read_cache,
@@ -330,6 +334,7 @@ impl Cache {
     }
 
     fn round(&self, base: &dyn BaseDevice, write_back: bool) -> Result<Tick> {
+        self.sample_full_hits();
         let ksets_sealed = self.flush_expired_ksets()?;
         let wb = if write_back { self.writeback_tick(base)? } else { WbProgress::Idle };
         let gc_ksets = self.gc_step()?;
@@ -574,7 +579,21 @@ impl Cache {
     /// Whether a write that no cached data overlaps is better sent to the
     /// base (see [`bypass::is_full`]).
     pub fn is_full(&self) -> bool {
-        bypass::is_full(&self.s, self.wb.absorbed_percent(), self.gc_percent())
+        bypass::is_full(&self.s, self.wb.absorbed_percent(), self.full_hits.percent(), self.gc_percent())
+    }
+
+    /// Notes how many writes the cache took and how many it sent to the
+    /// base for want of room, while it is full (full_hits.rs). Each round
+    /// of background work does; so may a host's tick.
+    pub fn sample_full_hits(&self) {
+        let bypassed = self.s.counters.total(|c| &c.bypass_full_writes);
+        self.full_hits.sample(self.heads.write_ops(), bypassed, self.is_full(), std::time::Instant::now());
+    }
+
+    /// Share (percent) of a full cache's recent writes that found cached
+    /// data under them; None before a full cache saw enough writes.
+    pub fn full_hits_percent(&self) -> Option<u32> {
+        self.full_hits.percent()
     }
 
     /// The share (percent) of recent writeback batches' dirty bytes that

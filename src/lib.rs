@@ -50,8 +50,8 @@ macro_rules! public_with_internals {
     )*};
 }
 public_with_internals!(
-    bypass, cache, config, drain, gc, heads, index, iov, journal, keep, keylog, mode, promote, read, relocate, replay,
-    replica, segment, settings, shared, spinlock, stats, tails, write, writeback
+    bypass, cache, config, drain, full_hits, gc, heads, index, iov, journal, keep, keylog, mode, promote, read,
+    relocate, replay, replica, segment, settings, shared, spinlock, stats, tails, write, writeback
 );
 #[cfg(not(feature = "internals"))]
 mod bypass;
@@ -61,6 +61,8 @@ mod cache;
 mod config;
 #[cfg(not(feature = "internals"))]
 mod drain;
+#[cfg(not(feature = "internals"))]
+mod full_hits;
 #[cfg(not(feature = "internals"))]
 mod gc;
 #[cfg(not(feature = "internals"))]

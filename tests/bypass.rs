@@ -552,3 +552,30 @@ fn gc_freeing_space_ends_the_pressure() {
     assert!(!cache.under_pressure(), "GC freed segments: writes that bypass would otherwise keep the flag forever");
     assert!(!cache.is_full());
 }
+
+/// A full cache that absorbed little but finds cached data under most of
+/// its writes holds the working set after all: it takes new blocks again,
+/// whatever writeback measured (full_hits.rs).
+#[test]
+fn a_full_cache_whose_writes_find_cached_data_takes_new_blocks_again() {
+    let (base, cache) = setup();
+    fill_then_write_back(&cache, &base, BASE, 62);
+    assert!(cache.is_full() && cache.absorbed_percent() == Some(0));
+    let mut id = 50_000;
+    for sample in 0..2 {
+        cache.sample_full_hits();
+        // Nine writes in ten over cached blocks, one to a new block.
+        for i in 0..100u64 {
+            id += 1;
+            let off = if i % 10 == 9 { BASE / 2 + (sample * 100 + i) * 4096 } else { i * 4096 };
+            let bypassed = host_write(&cache, &base, id, off, 4096);
+            assert_eq!(bypassed, off >= BASE / 2 && cache.is_full(), "write {i} at {off}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(110));
+    }
+    cache.sample_full_hits();
+    assert!(cache.full_hits_percent().is_some_and(|p| p >= 85), "{:?}", cache.full_hits_percent());
+    assert!(cache.absorbed_percent().is_some_and(|p| p < 50), "writeback still finds little overwritten");
+    assert!(!cache.is_full(), "most writes find cached data: new blocks go into the cache");
+    assert!(cache.bypass_when_full(BASE - IO, 4096).is_none());
+}

@@ -1006,6 +1006,10 @@ fn write_info(n: &PcacheNode, s: &crate::Stats, w: &mut Writer) {
         Some(p) => w.named_u64("absorbed_percent", p as u64),
         None => w.named_null("absorbed_percent"),
     }
+    match n.cache.full_hits_percent() {
+        Some(p) => w.named_u64("full_hits_percent", p as u64),
+        None => w.named_null("full_hits_percent"),
+    }
     // Rates over the last ten seconds or so, and the time left at that rate.
     let r = n.drain_rates();
     w.named_u64("base_writes_per_sec", r.base_writes_per_sec.round() as u64);
