@@ -334,7 +334,7 @@ impl Cache {
     }
 
     fn round(&self, base: &dyn BaseDevice, write_back: bool) -> Result<Tick> {
-        self.sample_full_hits();
+        self.sample_full_hits(std::time::Instant::now());
         let ksets_sealed = self.flush_expired_ksets()?;
         let wb = if write_back { self.writeback_tick(base)? } else { WbProgress::Idle };
         let gc_ksets = self.gc_step()?;
@@ -585,9 +585,9 @@ impl Cache {
     /// Notes how many writes the cache took and how many it sent to the
     /// base for want of room, while it is full (full_hits.rs). Each round
     /// of background work does; so may a host's tick.
-    pub fn sample_full_hits(&self) {
-        let bypassed = self.s.counters.total(|c| &c.bypass_full_writes);
-        self.full_hits.sample(self.heads.write_ops(), bypassed, self.is_full(), std::time::Instant::now());
+    pub fn sample_full_hits(&self, now: std::time::Instant) {
+        self.full_hits
+            .sample(now, self.is_full(), || (self.heads.write_ops(), self.s.counters.total(|c| &c.bypass_full_writes)));
     }
 
     /// Share (percent) of a full cache's recent writes that found cached

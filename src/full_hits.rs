@@ -23,7 +23,6 @@ const MIN_WRITES: u64 = 64;
 /// No sample yet.
 const UNKNOWN: u32 = u32::MAX;
 
-#[derive(Default)]
 pub(crate) struct FullHits {
     /// When the running sample began, and the counters then: writes the
     /// cache took, writes sent to the base for want of room.
@@ -43,17 +42,21 @@ impl FullHits {
         (p != UNKNOWN).then_some(p)
     }
 
-    /// Notes the counters now (`cached` writes taken, `bypassed` for want
-    /// of room) and whether the cache is `full`: a sample runs while the
-    /// cache stays full, and counts once SAMPLE has passed.
-    pub fn sample(&self, cached: u64, bypassed: u64, full: bool, now: Instant) {
+    /// Notes whether the cache is `full` at `now`, and while it is, the
+    /// counters (`counters()`: writes taken, writes sent to the base for
+    /// want of room) where a sample starts or ends: a sample runs while the
+    /// cache stays full, and counts once SAMPLE has passed. Cheap between
+    /// samples, as a poller calls it on every run.
+    pub fn sample(&self, now: Instant, full: bool, counters: impl FnOnce() -> (u64, u64)) {
         let Ok(mut start) = self.start.try_lock() else { return };
         if !full {
             *start = None;
             return;
         }
         match *start {
-            Some((t, c0, b0)) if now.duration_since(t) >= SAMPLE => {
+            Some((t, _, _)) if now.duration_since(t) < SAMPLE => {}
+            Some((_, c0, b0)) => {
+                let (cached, bypassed) = counters();
                 let (c, b) = (cached.wrapping_sub(c0), bypassed.wrapping_sub(b0));
                 if c + b >= MIN_WRITES {
                     let pct = (c * 100 / (c + b)) as u32;
@@ -62,8 +65,10 @@ impl FullHits {
                 }
                 *start = Some((now, cached, bypassed));
             }
-            Some(_) => {}
-            None => *start = Some((now, cached, bypassed)),
+            None => {
+                let (cached, bypassed) = counters();
+                *start = Some((now, cached, bypassed));
+            }
         }
     }
 }
@@ -77,16 +82,16 @@ mod tests {
         let h = FullHits::new();
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        h.sample(0, 0, true, at(0));
-        h.sample(900, 100, true, at(50));
+        h.sample(at(0), true, || (0, 0));
+        h.sample(at(50), true, || (900, 100));
         assert_eq!(h.percent(), None, "too short");
-        h.sample(900, 100, true, at(120));
+        h.sample(at(120), true, || (900, 100));
         assert_eq!(h.percent(), Some(90));
-        h.sample(1000, 1000, false, at(300));
-        h.sample(1000, 1000, true, at(310));
-        h.sample(1010, 1010, true, at(450)); // 20 writes
+        h.sample(at(300), false, || (1000, 1000));
+        h.sample(at(310), true, || (1000, 1000));
+        h.sample(at(450), true, || (1010, 1010)); // 20 writes
         assert_eq!(h.percent(), Some(90), "too few writes, and nothing counted while not full");
-        h.sample(1110, 1910, true, at(600));
+        h.sample(at(600), true, || (1110, 1910));
         assert_eq!(h.percent(), Some(50), "averaged: (90 + 10) / 2");
     }
 }

@@ -563,7 +563,7 @@ fn a_full_cache_whose_writes_find_cached_data_takes_new_blocks_again() {
     assert!(cache.is_full() && cache.absorbed_percent() == Some(0));
     let mut id = 50_000;
     for sample in 0..2 {
-        cache.sample_full_hits();
+        cache.sample_full_hits(std::time::Instant::now());
         // Nine writes in ten over cached blocks, one to a new block.
         for i in 0..100u64 {
             id += 1;
@@ -573,7 +573,7 @@ fn a_full_cache_whose_writes_find_cached_data_takes_new_blocks_again() {
         }
         std::thread::sleep(std::time::Duration::from_millis(110));
     }
-    cache.sample_full_hits();
+    cache.sample_full_hits(std::time::Instant::now());
     assert!(cache.full_hits_percent().is_some_and(|p| p >= 85), "{:?}", cache.full_hits_percent());
     assert!(cache.absorbed_percent().is_some_and(|p| p < 50), "writeback still finds little overwritten");
     assert!(!cache.is_full(), "most writes find cached data: new blocks go into the cache");

@@ -272,7 +272,7 @@ unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
         if st.drain.due(now) {
             st.drain.sample(&c.stats(), now);
         }
-        c.sample_full_hits();
+        c.sample_full_hits(now);
         let ops = c.io_ops();
         let busy_front = ops != st.last_ops;
         st.last_ops = ops;
