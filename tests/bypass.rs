@@ -478,7 +478,8 @@ fn a_cache_full_enough_to_send_writes_to_the_base_writes_back_at_full_speed() {
 /// A cache that bypassed while it absorbed little, then given a hot set of
 /// reads and writes a quarter its size, takes the hot set's writes again:
 /// writeback leaves them dirty long enough for later writes to overwrite,
-/// so that writeback's batches find them absorbed. Written back at full
+/// so that writeback's batches find them absorbed (or the full cache's
+/// writes find them cached, full_hits.rs). Written back at full
 /// speed as long as the cache bypasses, they never were, and the cache went
 /// on sending the hot set's new blocks to the base (mixed 50/50 at a tenth
 /// of its speed).
@@ -518,9 +519,13 @@ fn a_hot_set_ends_the_bypass_of_a_cache_that_absorbed_little() {
             }
         }
     }
-    assert!(cache.absorbed_percent().is_some_and(|p| p >= 50), "{:?}: {:?}", cache.absorbed_percent(), cache.stats());
+    // What ends the bypass (writeback finding the hot set absorbed, or the
+    // full cache's writes finding cached data) depends on how many ksets
+    // expire per round, which is wall-clock time: only the outcome is
+    // asserted (absorbed_percent was 46-48 % on a loaded machine, against
+    // 50 % or more on an idle one).
     assert!(
-        late_bypasses * 20 < late_writes,
+        late_bypasses * 100 < late_writes,
         "{late_bypasses} of the hot set's last {late_writes} writes bypassed: {:?}",
         cache.stats()
     );
