@@ -4,17 +4,19 @@
 //! - **Sequential streams.** They are rarely read back soon, and writing
 //!   them back costs the base the same bytes again, so once a worker's
 //!   stream has run for `seq_cutoff` bytes, its writes of at least
-//!   [`BYPASS_MIN_IO`] bytes may skip the cache ([`crate::Cache::begin_bypass`]).
+//!   [`BYPASS_MIN_IO`] bytes may skip the cache.
 //! - **Writes that find the cache full.** Writeback is what frees space, so
 //!   once the cache is full a cached write costs a base write anyway, plus
 //!   its trip through pmem and the writeback's own work. Full means writes
 //!   wait for space, or dirty data has reached the level where writeback
 //!   runs flat out (gc_percent - WB_FULL_MARGIN): a write that no cached
-//!   data overlaps then goes to the base instead ([`crate::Cache::bypass_when_full`];
+//!   data overlaps then goes to the base instead (
 //!   bcache bypasses a congested cache the same way). Overwrites of cached
 //!   blocks still go into the cache, so a hot set keeps being absorbed.
 //!
-//! With a [`Bypass`] in hand the host writes the caller's buffers to the base
+//! A host asks [`crate::Cache::admit`] where each write goes (and
+//! [`crate::Cache::admit_deferred`] again for one the cache deferred);
+//! with a [`Bypass`] in hand it writes the caller's buffers to the base
 //! itself and then calls [`crate::Cache::end_bypass`].
 //!
 //! What keeps this correct:
@@ -90,6 +92,26 @@ struct Bypassed {
     flushing: AtomicBool,
     /// Such flushes that failed (reported as writeback errors).
     flush_errors: AtomicU64,
+}
+
+/// Where a host's write goes ([`crate::Cache::admit`]).
+#[must_use = "a bypass holds its range until end_bypass"]
+#[derive(Debug)]
+pub enum Admit {
+    /// Into the cache (which may still defer it for want of room).
+    Cache,
+    /// To the base, past the cache: the host writes it there itself.
+    Base(Bypass),
+}
+
+impl Admit {
+    /// The bypass, if the write goes to the base.
+    pub fn base(self) -> Option<Bypass> {
+        match self {
+            Admit::Cache => None,
+            Admit::Base(b) => Some(b),
+        }
+    }
 }
 
 /// A write on its way to the base past the cache. Hand it back to

@@ -16,7 +16,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::base::BaseDevice;
-use crate::bypass::{self, Bypass, Bypasses};
+use crate::bypass::{self, Admit, Bypass, Bypasses};
 use crate::config::{check_identity, check_workers, kset_count, log_reserve, sb_uuid, validate_config, Config};
 use crate::error::{Error, Result};
 use crate::format::{
@@ -551,11 +551,56 @@ impl Cache {
         self.bypass.set_seq_cutoff(bytes);
     }
 
-    /// Decides whether `worker`'s write of `len` bytes at `off` goes straight
-    /// to the base as part of a sequential stream (see bypass.rs). Every
-    /// write of the worker should be shown here, so that its streams are seen.
+    /// Where `worker`'s write of `len` bytes at `off` goes: to the base
+    /// when the cache mode writes around the cache (mode.rs), when it
+    /// continues a sequential stream, or when the cache is full and nothing
+    /// cached overlaps it (bypass.rs); else into the cache. Every write of
+    /// the worker should be asked about, so that its streams are seen. A
+    /// range outside the cache's bounds goes to the cache, whose write
+    /// refuses it.
+    pub fn admit(&self, worker: usize, off: u64, len: u64) -> Admit {
+        if self.s.check_io(off, len).is_err() {
+            return Admit::Cache;
+        }
+        self.around(off, len)
+            .or_else(|| self.stream(worker, off, len))
+            .or_else(|| self.when_full(off, len))
+            .map_or(Admit::Cache, Admit::Base)
+    }
+
+    /// Where a write the cache deferred for want of room goes
+    /// (`WriteOutcome::Deferred { written: 0 }`): to the base if the cache
+    /// is full and nothing cached overlaps it, else it waits for space.
+    pub fn admit_deferred(&self, off: u64, len: u64) -> Admit {
+        if self.s.check_io(off, len).is_err() {
+            return Admit::Cache;
+        }
+        self.when_full(off, len).map_or(Admit::Cache, Admit::Base)
+    }
+
+    /// Only the sequential-stream part of [`Cache::admit`] (tests).
+    #[doc(hidden)]
     pub fn begin_bypass(&self, worker: usize, off: u64, len: u64) -> Option<Bypass> {
-        if self.bypass.seq_cutoff() == 0 || self.s.check_io(off, len).is_err() {
+        self.s.check_io(off, len).ok()?;
+        self.stream(worker, off, len)
+    }
+
+    /// Only the full-cache part of [`Cache::admit`] (tests).
+    #[doc(hidden)]
+    pub fn bypass_when_full(&self, off: u64, len: u64) -> Option<Bypass> {
+        self.admit_deferred(off, len).base()
+    }
+
+    /// Only the cache-mode part of [`Cache::admit`] (tests).
+    #[doc(hidden)]
+    pub fn begin_around(&self, off: u64, len: u64) -> Option<Bypass> {
+        self.s.check_io(off, len).ok()?;
+        self.around(off, len)
+    }
+
+    /// A write of a sequential stream past the cutoff (bypass.rs).
+    fn stream(&self, worker: usize, off: u64, len: u64) -> Option<Bypass> {
+        if self.bypass.seq_cutoff() == 0 {
             return None;
         }
         if !self.bypass.is_sequential(worker, off, len) {
@@ -564,13 +609,10 @@ impl Cache {
         self.bypass.register(&self.s, &self.journal, &self.gc, off, len, false)
     }
 
-    /// Decides whether a write goes to the base because the cache is full
-    /// (see bypass.rs): hosts ask before a write goes into the cache, and for
-    /// a write the cache deferred (`WriteOutcome::Deferred { written: 0 }`).
-    /// None while the cache has room, or when cached data overlaps the
-    /// range: then the write goes into the cache, or waits for space.
-    pub fn bypass_when_full(&self, off: u64, len: u64) -> Option<Bypass> {
-        if !self.is_full() || self.s.check_io(off, len).is_err() {
+    /// A write to the base because the cache is full (bypass.rs); None
+    /// while the cache has room, or when cached data overlaps the range.
+    fn when_full(&self, off: u64, len: u64) -> Option<Bypass> {
+        if !self.is_full() {
             return None;
         }
         self.bypass.register(&self.s, &self.journal, &self.gc, off, len, true)
@@ -664,8 +706,8 @@ impl Cache {
     /// In writearound and passthrough: registers a write of `[off, off+len)`
     /// to go straight to the base, if the guarantee allows it (see bypass.rs);
     /// None: it goes into the cache and completes once written back.
-    pub fn begin_around(&self, off: u64, len: u64) -> Option<Bypass> {
-        if !self.cache_mode().writes_around() || self.s.check_io(off, len).is_err() {
+    fn around(&self, off: u64, len: u64) -> Option<Bypass> {
+        if !self.cache_mode().writes_around() {
             return None;
         }
         self.bypass.register(&self.s, &self.journal, &self.gc, off, len, false)

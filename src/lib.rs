@@ -107,7 +107,7 @@ mod write;
 mod writeback;
 
 pub use base::{BaseDevice, FileBase};
-pub use bypass::Bypass;
+pub use bypass::{Admit, Bypass};
 pub use cache::{Cache, Opened, Tick};
 pub use config::{sb_uuid, BaseIdentity, Config};
 pub use drain::{DrainMeter, DrainRates};

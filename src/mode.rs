@@ -7,7 +7,7 @@
 //!   ([`crate::Cache::through_ticket`], [`crate::Cache::written_back`]);
 //!   what is cached is then clean. Reads are cached.
 //! - **writearound**: a write goes straight to the base, past the cache, when
-//!   the guarantee allows it ([`crate::Cache::begin_around`]: no cached data
+//!   the guarantee allows it ([`crate::Cache::admit`]: no cached data
 //!   over its range, every earlier epoch on the base, no GC pass; see
 //!   bypass.rs), so
 //!   writes do not take cache space. Otherwise (it overwrites cached data, or

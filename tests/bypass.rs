@@ -44,7 +44,7 @@ fn host_write(cache: &Cache, base: &MemBase, id: u64, off: u64, len: u64) -> boo
 /// The same from worker `w`.
 fn worker_write(cache: &Cache, base: &MemBase, w: usize, id: u64, off: u64, len: u64) -> bool {
     let data = write_data(id, off / 512, len / 512);
-    match cache.begin_bypass(w, off, len).or_else(|| cache.bypass_when_full(off, len)) {
+    match cache.admit(w, off, len).base() {
         Some(b) => {
             base_write(base, off, data);
             cache.end_bypass(b, true);

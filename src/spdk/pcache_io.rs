@@ -41,7 +41,7 @@ use spdk_sys as sys;
 use super::ffi::{self, guard};
 use super::node::PcacheNode;
 use super::trace::{self, Tp};
-use crate::{Bypass, Misses, WriteOutcome, WriteReq};
+use crate::{Admit, Bypass, Misses, WriteOutcome, WriteReq};
 
 const RETRY_PERIOD_US: u64 = 100;
 /// Staged writes beyond this are written at once rather than at the next
@@ -396,14 +396,7 @@ fn submit(chan: &Channel, io: Io) {
     serve_reads(chan);
     if t == sys::SPDK_BDEV_IO_TYPE_WRITE && chan.deferred.borrow().is_empty() {
         let (off, len) = io.byte_range();
-        // Writearound or passthrough (mode.rs), a sequential stream, or a
-        // full cache (bypass.rs).
-        let bypass = node
-            .cache
-            .begin_around(off, len)
-            .or_else(|| node.cache.begin_bypass(chan.worker, off, len))
-            .or_else(|| node.cache.bypass_when_full(off, len));
-        if let Some(b) = bypass {
+        if let Admit::Base(b) = node.cache.admit(chan.worker, off, len) {
             write_staged(chan);
             if let Err(io) = start_bypass(chan, io, b) {
                 cache_write(chan, io);
@@ -564,12 +557,12 @@ fn defer(chan: &Channel, io: Io) {
     let ctx = io.ctx();
     let io = if io.kind() == sys::SPDK_BDEV_IO_TYPE_WRITE && ctx.written.get() == 0 && !ctx.bypass_failed.get() {
         let (off, len) = io.byte_range();
-        match chan.node().cache.bypass_when_full(off, len) {
-            Some(b) => match start_bypass(chan, io, b) {
+        match chan.node().cache.admit_deferred(off, len) {
+            Admit::Base(b) => match start_bypass(chan, io, b) {
                 Ok(()) => return,
                 Err(io) => io,
             },
-            None => io,
+            Admit::Cache => io,
         }
     } else {
         io

@@ -123,11 +123,11 @@ pub fn wait_base(submit: impl FnOnce(pcache::base::Done)) -> pcache::Result<()> 
 
 /// Writes as a host does: into the cache, or, when the cache defers the
 /// whole write for lack of space and lets it, straight to the base
-/// (`Cache::bypass_when_full`). Returns whether it went to the base.
+/// (`Cache::admit_deferred`). Returns whether it went to the base.
 pub fn write_or_bypass(cache: &Cache, base: &dyn BaseDevice, worker: usize, off: u64, data: &[u8]) -> bool {
     match cache.write_buf(worker, off, data).unwrap() {
         pcache::WriteOutcome::Done => false,
-        pcache::WriteOutcome::Deferred { written: 0 } => match cache.bypass_when_full(off, data.len() as u64) {
+        pcache::WriteOutcome::Deferred { written: 0 } => match cache.admit_deferred(off, data.len() as u64).base() {
             Some(b) => {
                 let r = wait_base(|done| base.write(off, data.to_vec(), done));
                 cache.end_bypass(b, r.is_ok());
