@@ -30,7 +30,8 @@
 # BENCH_PC_PARAMS adds parameters to bdev_pcache_create (JSON members with a
 # leading comma, e.g. ',"writeback_batch_bytes":268435456'). BENCH_TRACE=1
 # prints the cache's state (used segments, dirty bytes, base rates, bypasses)
-# every second of each timed pcache run, on stderr.
+# every second of each timed pcache run, on stderr. BENCH_PERF=DIR records a
+# CPU profile (perf record) of each timed pcache and OCF run into DIR.
 #
 # Environment: SPDK_DIR (else pkg-config spdk_bdev, else /opt/spdk),
 # SPDK_APP_ARGS (default "--no-huge -s 2048 -u").
@@ -98,9 +99,9 @@ run_pre() {
   env LD_PRELOAD="$so" "$bp" "${app_args[@]}" "${mem[@]}" -m "$3" "${extra[@]}" --json "$1" -T "$2" \
     -q 32 -o "$5" -w "$4" $(mix_args "$4") -t "$7" -z -r "$sock" >"$dir/last.log" 2>&1 &
   local pid=$!
-  python3 - "$sock" "$6" "$7" "$2" <<'PY' || { kill -9 $pid; tail -20 "$dir/last.log" >&2; return 1; }
-import json, os, socket, sys, time
-path, pre, secs, bdev = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+  python3 - "$sock" "$6" "$7" "$2" "$pid" "${BENCH_PERF:+$BENCH_PERF/$kind-$3-$c-$2.perf.data}" <<'PY' || { kill -9 $pid; tail -20 "$dir/last.log" >&2; return 1; }
+import json, os, socket, subprocess, sys, time
+path, pre, secs, bdev, pid, perf_out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
 def call(method, params=None):
     for _ in range(300):
         try:
@@ -128,6 +129,10 @@ for t in (pre, secs):
     if t == secs and os.environ.get("BENCH_TRACE") and bdev == "PC0":
         import threading
         threading.Thread(target=trace, daemon=True).start()
+    if t == secs and perf_out:
+        # BENCH_PERF=DIR: a CPU profile of the timed run, per thread (perf report --sort comm,dso,symbol).
+        subprocess.Popen(["perf", "record", "-q", "-F", "999", "-p", pid, "-o", perf_out, "--", "sleep", str(secs)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     r = call("perform_tests", {"time_in_sec": t})
     if "error" in r: raise SystemExit(r["error"])
 # Where the writes went, for the log (stderr): a few counters at the end.
