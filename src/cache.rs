@@ -41,7 +41,7 @@ use crate::shared::Shared;
 use crate::stats::{Counters, Stats};
 use crate::tails::Tails;
 use crate::write::{Front, WriteOutcome, WriteReq};
-use crate::writeback::{self, Pacer, WbProgress, Writeback};
+use crate::writeback::{self, Pacer, Stepper, WbProgress, Writeback};
 
 /// What open() did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,13 +363,25 @@ impl Cache {
     /// than written, as long as the base may lag ([`Cache::base_lag`];
     /// writeback.rs). Flushes a host waits for go through
     /// [`Cache::drain_ticket`], which nothing is kept past.
+    /// While helpers exist ([`Cache::writeback_helper`]), it leaves the
+    /// planning of batches to them.
     pub fn writeback_tick(&self, base: &dyn BaseDevice) -> Result<WbProgress> {
-        self.wb.step(
-            &self.front(),
-            base,
-            self.keep_needs_room() && self.cache_mode().completes_in_cache() && !self.over_dirty_cap(),
-            self.settled(),
-        )
+        self.wb.step_as(&self.front(), Some(base), self.may_keep(), self.settled(), Stepper::Poller)
+    }
+
+    /// A helper that plans writeback's batches from another thread than the
+    /// one calling [`Cache::writeback_tick`] (writeback.rs): planning needs
+    /// no base device, and it is most of writeback's work on a host's
+    /// thread. While any helper lives, writeback_tick leaves planning to it,
+    /// so a helper must be ticked.
+    pub fn writeback_helper(self: &Arc<Self>) -> WritebackHelper {
+        self.wb.add_helper();
+        WritebackHelper { cache: self.clone() }
+    }
+
+    /// Whether a writeback step may keep live dirty data rather than write it.
+    fn may_keep(&self) -> bool {
+        self.keep_needs_room() && self.cache_mode().completes_in_cache() && !self.over_dirty_cap()
     }
 
     /// Whether the cache has filled up to about where GC keeps it (see
@@ -493,7 +505,14 @@ impl Cache {
         if dirty >= ceiling.saturating_sub(writeback::WB_EASY_MARGIN) && self.is_full() {
             return None;
         }
-        if self.wb.may_keep_at(self.journal.tails().dirty.seq) {
+        // Writeback takes its keep lock before the tails lock: the tails
+        // guard must be gone before may_keep_at (a helper steps writeback
+        // on another thread).
+        // Writeback takes its keep lock before the tails lock: the tails
+        // guard must be gone before may_keep_at (a helper steps writeback
+        // on another thread).
+        let dirty_seq = self.journal.tails().dirty.seq;
+        if self.wb.may_keep_at(dirty_seq) {
             // Dirty data may stay: step when the hot set needs room (the
             // step keeps what is live, a copy in pmem), else trickle to the base.
             return (!self.keep_needs_room()).then_some(writeback::TRICKLE);
@@ -805,4 +824,26 @@ fn new_nonce() -> u64 {
     // A v4 UUID is 122 bits from the OS's random source (getrandom).
     let (a, b) = Uuid::new_v4().as_u64_pair();
     a ^ b.rotate_left(32)
+}
+
+/// Plans writeback's batches beside the host's writeback poller (see
+/// [`Cache::writeback_helper`]). Dropping it hands planning back.
+pub struct WritebackHelper {
+    cache: Arc<Cache>,
+}
+
+impl WritebackHelper {
+    /// Plans some of a batch the poller started, if one waits and no other
+    /// thread is stepping writeback; whether there was such work.
+    pub fn tick(&self) -> Result<bool> {
+        let c = &self.cache;
+        let p = c.wb.step_as(&c.front(), None, c.may_keep(), c.settled(), Stepper::Helper)?;
+        Ok(p != WbProgress::Idle)
+    }
+}
+
+impl Drop for WritebackHelper {
+    fn drop(&mut self) {
+        self.cache.wb.remove_helper();
+    }
 }

@@ -108,7 +108,7 @@ mod writeback;
 
 pub use base::{BaseDevice, FileBase};
 pub use bypass::{Admit, Bypass};
-pub use cache::{Cache, Opened, Tick};
+pub use cache::{Cache, Opened, Tick, WritebackHelper};
 pub use config::{sb_uuid, BaseIdentity, Config};
 pub use drain::{DrainMeter, DrainRates};
 pub use error::{Error, Result};

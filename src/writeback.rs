@@ -37,7 +37,12 @@
 //! The host calls [`crate::Cache::writeback_tick`] from a poller (tools and
 //! tests that must see everything on the base call
 //! [`crate::Cache::writeback_step`], which never keeps); completions may
-//! arrive on any thread and only update counters.
+//! arrive on any thread and only update counters. Planning a batch (reading
+//! its ksets, dropping what was overwritten, keeping live data) needs no
+//! base device and costs a host more than writing it: a host with threads
+//! beside the poller's lets them plan ([`crate::WritebackHelper`]), and the
+//! poller then only starts batches and writes them. A step finds writeback
+//! busy, rather than waits, while another thread steps it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -53,7 +58,7 @@ use crate::keep::Keep;
 use crate::keylog::read_kset;
 use crate::relocate::{move_piece, next_live_piece, MoveCredit, Moved, MOVE_KSET, MOVE_MAX_PERCENT};
 use crate::segment::Geometry;
-use crate::shared::{lock, Shared};
+use crate::shared::{lock, try_lock, Shared};
 use crate::write::Front;
 
 /// Bytes of writes in flight to the base at once.
@@ -215,6 +220,24 @@ pub(crate) struct Writeback {
     absorbed_pct: AtomicU32,
     /// Who hears of batches starting and ending (a host's tracing), if anyone.
     events: std::sync::OnceLock<Arc<dyn WritebackEvents>>,
+    /// Helpers that plan batches (WritebackHelper): while there are any, the
+    /// host's poller leaves planning to them.
+    helpers: AtomicUsize,
+    /// A helper's planning failed: the poller's next step returns the error,
+    /// so that the host sees it where it sees every writeback error.
+    plan_error: Mutex<Option<Error>>,
+}
+
+/// Who takes a writeback step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stepper {
+    /// A tool or a test: every state.
+    All,
+    /// The host's poller: every state, but planning is left to helpers
+    /// while there are any.
+    Poller,
+    /// A helper: only a batch being planned.
+    Helper,
 }
 
 /// What a host hears of writeback's batches as they happen, to trace them
@@ -243,6 +266,8 @@ impl Writeback {
             max_dirty_pct: AtomicU32::new(max_dirty_pct.clamp(1, MAX_DIRTY_PERCENT)),
             absorbed_pct: AtomicU32::new(ABSORBED_UNKNOWN),
             events: Default::default(),
+            helpers: AtomicUsize::new(0),
+            plan_error: Mutex::new(None),
         }
     }
 
@@ -360,10 +385,83 @@ impl Writeback {
     /// planned now counts in absorbed_percent: while a cache fills, what
     /// writeback finds overwritten says nothing of the steady state.
     pub fn step(&self, f: &Front, base: &dyn BaseDevice, may_keep: bool, settled: bool) -> Result<WbProgress> {
+        self.step_as(f, Some(base), may_keep, settled, Stepper::All)
+    }
+
+    /// Planning helpers come and go (see [`crate::WritebackHelper`]).
+    pub fn add_helper(&self) {
+        self.helpers.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn remove_helper(&self) {
+        self.helpers.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A step by `who` (see [`Stepper`]; a helper passes no base device):
+    /// Busy, without doing anything, while another thread is stepping or
+    /// while a batch waits for a helper to plan it.
+    pub fn step_as(
+        &self,
+        f: &Front,
+        base: Option<&dyn BaseDevice>,
+        may_keep: bool,
+        settled: bool,
+        who: Stepper,
+    ) -> Result<WbProgress> {
+        let Some(mut st) = try_lock(&self.state) else { return Ok(WbProgress::Busy) };
+        if who != Stepper::Helper {
+            if let Some(e) = lock(&self.plan_error).take() {
+                return Err(e);
+            }
+        }
+        lock(&self.keep).note_head(f.journal.head().seq, f.journal.tails().dirty.seq, Instant::now());
+        match (std::mem::take(&mut *st), base) {
+            (WbState::Collecting(batch), _) => {
+                let plans = match who {
+                    Stepper::All | Stepper::Helper => true,
+                    Stepper::Poller => self.helpers.load(Ordering::Relaxed) == 0,
+                };
+                if !plans {
+                    *st = WbState::Collecting(batch);
+                    return Ok(WbProgress::Busy);
+                }
+                // On an error the batch is dropped (the state stays Idle):
+                // the next one starts again at dirty_tail.
+                match self.plan_step(f, batch, may_keep, settled) {
+                    Ok(next) => *st = next,
+                    Err(e) if who == Stepper::Helper => *lock(&self.plan_error) = Some(e),
+                    Err(e) => return Err(e),
+                }
+                Ok(WbProgress::Busy)
+            }
+            (other, Some(base)) => self.io_step(f, base, &mut st, other),
+            // A helper plans; it neither starts batches nor writes them.
+            (other, None) => {
+                *st = other;
+                Ok(WbProgress::Idle)
+            }
+        }
+    }
+
+    /// Reads a batch's ksets, some at a time, then plans it (see
+    /// [`Writeback::plan`]); returns the state that follows.
+    fn plan_step(&self, f: &Front, mut batch: Batch, may_keep: bool, settled: bool) -> Result<WbState> {
+        self.collect(f.s, f.journal, &mut batch)?;
+        if !batch.done_reading {
+            return Ok(WbState::Collecting(batch));
+        }
+        let runs = self.plan(f, &mut batch, may_keep, settled)?;
+        if let Some(ev) = self.events.get() {
+            ev.batch_start(runs.iter().map(|r| r.len).sum(), runs.len());
+        }
+        Ok(WbState::Writing { batch, runs, next: 0, io: Arc::default() })
+    }
+
+    /// A step of every state but planning: starts a batch, writes it, flushes
+    /// the base and ends it. `state` was taken out of `st`, which gets the next.
+    fn io_step(&self, f: &Front, base: &dyn BaseDevice, st: &mut WbState, state: WbState) -> Result<WbProgress> {
         let (s, journal) = (f.s, f.journal);
-        let mut st = lock(&self.state);
-        lock(&self.keep).note_head(journal.head().seq, journal.tails().dirty.seq, Instant::now());
-        match std::mem::take(&mut *st) {
+        match state {
             WbState::Idle => {
                 let pos = journal.tails().dirty;
                 if pos.seq >= journal.head().seq {
@@ -372,17 +470,8 @@ impl Writeback {
                 *st = WbState::Collecting(Batch { start: pos, end: pos, ..Batch::default() });
                 Ok(WbProgress::Busy)
             }
-            WbState::Collecting(mut batch) => {
-                self.collect(s, journal, &mut batch)?;
-                if !batch.done_reading {
-                    *st = WbState::Collecting(batch);
-                    return Ok(WbProgress::Busy);
-                }
-                let runs = self.plan(f, &mut batch, may_keep, settled)?;
-                if let Some(ev) = self.events.get() {
-                    ev.batch_start(runs.iter().map(|r| r.len).sum(), runs.len());
-                }
-                *st = WbState::Writing { batch, runs, next: 0, io: Arc::default() };
+            WbState::Collecting(batch) => {
+                *st = WbState::Collecting(batch);
                 Ok(WbProgress::Busy)
             }
             WbState::Writing { batch, runs, mut next, io } => {

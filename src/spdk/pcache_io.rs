@@ -40,6 +40,7 @@ use spdk_sys as sys;
 
 use super::ffi::{self, guard};
 use super::node::PcacheNode;
+use super::pollers::PlanHelper;
 use super::trace::{self, Tp};
 use crate::{Admit, Bypass, Misses, WriteOutcome, WriteReq};
 
@@ -74,6 +75,9 @@ pub struct Channel {
     through_errors_at: Cell<u64>,
     poller: Cell<*mut sys::spdk_poller>,
     stage_poller: Cell<*mut sys::spdk_poller>,
+    /// Plans writeback on this core, if it is not the background pollers'
+    /// (pollers.rs); dropped with the channel, on its thread.
+    _plan_helper: Option<Box<PlanHelper>>,
 }
 
 impl Channel {
@@ -285,6 +289,7 @@ pub unsafe extern "C" fn ch_create(dev: *mut c_void, ctx: *mut c_void) -> c_int 
                 through_errors_at: Cell::new(0),
                 poller: Cell::new(std::ptr::null_mut()),
                 stage_poller: Cell::new(std::ptr::null_mut()),
+                _plan_helper: node.bg.plan_helper(),
             })
         };
         // SAFETY: ctx now holds the Channel written above, on its own thread; the pollers get ctx

@@ -1,8 +1,12 @@
 //! Background work of one pcache as SPDK pollers on the thread that created
 //! it: key-set flushing (the timer), writeback and GC. Writeback I/O goes to
-//! the base through that thread's own channel ([`SpdkBase`]).
+//! the base through that thread's own channel ([`SpdkBase`]). Channels on
+//! other cores plan writeback's batches ([`PlanHelper`]): planning is most
+//! of writeback's work, and the pollers' core also serves its share of I/O.
 
+use std::cell::Cell;
 use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -11,7 +15,7 @@ use spdk_sys as sys;
 use super::base_io::SpdkBase;
 use super::ffi::guard;
 use super::trace::{self, Tp};
-use crate::{Cache, DrainMeter, Pacer, WbProgress};
+use crate::{Cache, DrainMeter, Pacer, WbProgress, WritebackHelper};
 
 const KSET_PERIOD_US: u64 = 1000;
 const WRITEBACK_PERIOD_US: u64 = 100;
@@ -41,6 +45,10 @@ pub struct Background {
     cache: Arc<Cache>,
     /// Present from start() until stop().
     state: Mutex<Option<BgState>>,
+    /// The core the pollers run on (u32::MAX before start()).
+    home_core: AtomicU32,
+    /// From start() until halt(): planning helpers work only meanwhile.
+    running: Arc<AtomicBool>,
 }
 
 /// What the pollers of one pcache share.
@@ -75,7 +83,13 @@ impl Background {
             last_error_log: None,
             drain: DrainMeter::default(),
         };
-        Background { name: name.to_string(), cache, state: Mutex::new(Some(state)) }
+        Background {
+            name: name.to_string(),
+            cache,
+            state: Mutex::new(Some(state)),
+            home_core: AtomicU32::new(u32::MAX),
+            running: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<BgState>> {
@@ -88,6 +102,9 @@ impl Background {
     /// `self` is not moved, and outlives the pollers: stop() runs before it
     /// is dropped.
     pub unsafe fn start(&self) {
+        // SAFETY: a plain query of the SPDK environment.
+        self.home_core.store(unsafe { sys::spdk_env_get_current_core() }, Ordering::Relaxed);
+        self.running.store(true, Ordering::Release);
         let arg = self as *const Background as *mut c_void;
         if let Some(st) = self.lock().as_mut() {
             for (f, period) in [
@@ -106,6 +123,7 @@ impl Background {
     /// base channel stays: writeback I/O in flight completes on it (see
     /// [`Background::outstanding`]).
     pub fn halt(&self, why: &str) {
+        self.running.store(false, Ordering::Release);
         let ended = match self.lock().as_mut() {
             Some(st) => st.stop(why),
             None => return,
@@ -116,6 +134,7 @@ impl Background {
     /// Halts (if not yet) and gives back the base channel, on the thread
     /// that created it. Does nothing the second time.
     pub fn stop(&self, why: &str) {
+        self.running.store(false, Ordering::Release);
         let Some(mut st) = self.lock().take() else { return };
         let ended = st.stop(why);
         // SAFETY: the channel was got on this thread for this state, and
@@ -123,6 +142,28 @@ impl Background {
         unsafe { sys::spdk_put_io_channel(st.base.channel()) };
         drop(st);
         ended.tell();
+    }
+
+    /// A planning helper polling on the current thread, if it runs on
+    /// another core than the pollers; the caller drops it on this thread.
+    pub fn plan_helper(&self) -> Option<Box<PlanHelper>> {
+        // SAFETY: a plain query of the SPDK environment.
+        let core = unsafe { sys::spdk_env_get_current_core() };
+        if core == self.home_core.load(Ordering::Relaxed) {
+            return None;
+        }
+        let h = Box::new(PlanHelper {
+            name: self.name.clone(),
+            helper: self.cache.writeback_helper(),
+            running: self.running.clone(),
+            poller: Cell::new(std::ptr::null_mut()),
+            last_error_log: Cell::new(None),
+        });
+        let arg = &*h as *const PlanHelper as *mut c_void;
+        // SAFETY: arg is the boxed helper, which does not move and unregisters
+        // the poller when dropped, on this thread (the caller's contract).
+        h.poller.set(unsafe { sys::spdk_poller_register(Some(plan_poll), arg, WRITEBACK_PERIOD_US) });
+        Some(h)
     }
 
     /// Writeback writes and flushes in flight to the base.
@@ -294,5 +335,47 @@ unsafe extern "C" fn writeback_poll(arg: *mut c_void) -> c_int {
             ended.tell();
         }
         rc(busy)
+    })
+}
+
+/// Plans writeback's batches on a core other than the pollers' (see
+/// [`Background::plan_helper`]), from a poller of its own.
+pub struct PlanHelper {
+    name: String,
+    helper: WritebackHelper,
+    running: Arc<AtomicBool>,
+    poller: Cell<*mut sys::spdk_poller>,
+    last_error_log: Cell<Option<Instant>>,
+}
+
+impl Drop for PlanHelper {
+    fn drop(&mut self) {
+        let mut p = self.poller.replace(std::ptr::null_mut());
+        // SAFETY: the poller plan_helper registered on this thread (the drop
+        // happens there, per plan_helper's contract).
+        unsafe { sys::spdk_poller_unregister(&mut p) };
+    }
+}
+
+/// The planning helper's poller: SPDK passes the PlanHelper that Background::plan_helper registered it for.
+unsafe extern "C" fn plan_poll(arg: *mut c_void) -> c_int {
+    guard(rc(false), || {
+        // SAFETY: arg is the boxed PlanHelper, which unregisters this poller before it goes.
+        let h = unsafe { &*(arg as *const PlanHelper) };
+        if !h.running.load(Ordering::Acquire) {
+            return rc(false);
+        }
+        match h.helper.tick() {
+            Ok(busy) => rc(busy),
+            Err(e) => {
+                // The pollers fail waiting flushes with the same error; this
+                // only logs it, at most once a second.
+                if h.last_error_log.get().is_none_or(|t| t.elapsed().as_secs() >= 1) {
+                    h.last_error_log.set(Some(Instant::now()));
+                    log::error!("{}: writeback planning: {e}", h.name);
+                }
+                rc(false)
+            }
+        }
     })
 }
