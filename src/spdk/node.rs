@@ -12,8 +12,8 @@ use spdk_sys as sys;
 use super::claim::Claimed;
 use super::json::Writer;
 use super::pollers::Background;
-use crate::cache::Cache;
 use crate::pmem::PmemFile;
+use crate::Cache;
 
 /// What a pcache was created with; kept for save_config and for pcaches
 /// waiting for their bdevs.

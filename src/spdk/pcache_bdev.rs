@@ -28,9 +28,9 @@ use super::pcache_io;
 use super::pmem_bdev::{self, errno_str};
 use super::pollers::{Background, FlushDone};
 use super::rbd_owner;
-use crate::cache::{Cache, Opened};
-use crate::config::{BaseIdentity, Config};
 use crate::pmem::{Media, PmemFile};
+use crate::{BaseIdentity, Config};
+use crate::{Cache, Opened};
 
 struct Registry {
     /// Every configured pcache, created or waiting for its bdevs.
