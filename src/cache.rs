@@ -508,9 +508,6 @@ impl Cache {
         // Writeback takes its keep lock before the tails lock: the tails
         // guard must be gone before may_keep_at (a helper steps writeback
         // on another thread).
-        // Writeback takes its keep lock before the tails lock: the tails
-        // guard must be gone before may_keep_at (a helper steps writeback
-        // on another thread).
         let dirty_seq = self.journal.tails().dirty.seq;
         if self.wb.may_keep_at(dirty_seq) {
             // Dirty data may stay: step when the hot set needs room (the

@@ -237,7 +237,7 @@ pub(crate) enum Stepper {
     /// A tool or a test: every state.
     All,
     /// The host's poller: every state, but planning is left to helpers
-    /// while there are any.
+    /// while there are any, unless the last batch kept data.
     Poller,
     /// A helper: only a batch being planned.
     Helper,
